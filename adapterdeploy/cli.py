@@ -1,0 +1,47 @@
+"""The ``adapterdeploy`` command line (click).
+
+Each stage owns its commands (``models/commands.py``, ``exporter/commands.py``, ``runtime/commands.py``,
+``serving/commands.py``); this module only assembles the group. Command modules import their heavy
+dependencies (torch, onnx, onnxruntime) inside the command bodies, so ``adapterdeploy --help`` is fast
+and the runtime commands never import torch. Every option can also come from the environment as
+``ADAPTERDEPLOY_<COMMAND>_<OPTION>`` (click's ``auto_envvar_prefix``).
+"""
+
+from __future__ import annotations
+
+import click
+
+from adapterdeploy import __version__
+from adapterdeploy.exporter.commands import add_task, export, inspect_cmd, remove_task
+from adapterdeploy.models.commands import import_adapterhub, train
+from adapterdeploy.runtime.commands import check, predict
+from adapterdeploy.serving.commands import serve
+
+__all__ = ["export_adapters_main", "main"]
+
+CONTEXT = {"auto_envvar_prefix": "ADAPTERDEPLOY", "help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="adapterdeploy")
+def main() -> None:
+    """Deploy BERT-family encoders with per-task bottleneck adapters: one shared ONNX featurizer, many tasks.
+
+    \b
+    Data flow:  train / import-adapterhub  ->  export (add-task, remove-task, inspect)
+                ->  predict / check  ->  serve
+    """
+
+
+for _cmd in (train, import_adapterhub, export, add_task, remove_task, inspect_cmd, predict, check, serve):
+    main.add_command(_cmd)
+
+
+def export_adapters_main() -> None:
+    """Entry point of ``export-adapters``: the same command as ``adapterdeploy export``."""
+    export.main(prog_name="export-adapters", auto_envvar_prefix="ADAPTERDEPLOY_EXPORT",
+                help_option_names=["-h", "--help"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""One exception hierarchy for every stage.
+
+Each error carries an ``error_type`` (a short stable name used by the HTTP layer and ``--json`` output)
+and an HTTP status. Messages give the value, the limit, and the setting or command that changes it.
+Pure Python: imported by models, exporter, runtime and serving alike.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterDeployError",
+    "ArtifactError",
+    "ChecksumError",
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "FingerprintMismatchError",
+    "InputError",
+    "ParityError",
+    "ProviderError",
+    "RegistryFullError",
+    "SchemaVersionError",
+    "UnknownTaskError",
+    "UnsupportedArchitectureError",
+    "UnsupportedAdapterError",
+]
+
+
+class AdapterDeployError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    error_type = "internal"
+    http_status = 500
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": str(self), "error_type": self.error_type}
+
+
+class ConfigError(AdapterDeployError, ValueError):
+    """An option or configuration value is invalid."""
+
+    error_type = "invalid_config"
+    http_status = 400
+
+
+class UnsupportedArchitectureError(ConfigError):
+    """The base model is not a supported BERT-family encoder."""
+
+    error_type = "unsupported_architecture"
+
+
+class UnsupportedAdapterError(ConfigError):
+    """An adapter method or option we cannot represent (LoRA, prefix tuning, fusion, ...)."""
+
+    error_type = "unsupported_adapter"
+
+
+class DataError(AdapterDeployError, ValueError):
+    """A dataset file is missing, empty or malformed; the message names file and line."""
+
+    error_type = "invalid_data"
+    http_status = 400
+
+
+class InputError(AdapterDeployError, ValueError):
+    """A prediction input is invalid (empty text, wrong type, too long with strict=True, ...)."""
+
+    error_type = "invalid_input"
+    http_status = 400
+
+
+class UnknownTaskError(AdapterDeployError, KeyError):
+    """A task name that the deployment does not know."""
+
+    error_type = "unknown_task"
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
+        return str(self.args[0]) if self.args else "unknown task"
+
+
+class RegistryFullError(AdapterDeployError, RuntimeError):
+    """The memory budget is full and every loaded task is pinned."""
+
+    error_type = "registry_full"
+    http_status = 503
+
+
+class ArtifactError(AdapterDeployError, OSError):
+    """A deployment or checkpoint on disk is missing, unreadable or inconsistent."""
+
+    error_type = "invalid_artifact"
+    http_status = 500
+
+
+class ChecksumError(ArtifactError):
+    """A file's sha256 or size differs from the manifest (corrupt or truncated)."""
+
+    error_type = "checksum_mismatch"
+
+
+class SchemaVersionError(ArtifactError):
+    """A manifest written by a newer (or unknown) schema version."""
+
+    error_type = "schema_version"
+
+
+class FingerprintMismatchError(ArtifactError):
+    """A task was exported for another base model or featurizer."""
+
+    error_type = "fingerprint_mismatch"
+    http_status = 409
+
+
+class ExportError(AdapterDeployError, RuntimeError):
+    """The exporter could not produce a valid deployment."""
+
+    error_type = "export_failed"
+
+
+class ParityError(ExportError):
+    """ONNX outputs differ from PyTorch beyond the tolerance; lists every failing output."""
+
+    error_type = "parity_failed"
+
+    def __init__(self, message: str, failures: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures or {})
+
+
+class ProviderError(AdapterDeployError, RuntimeError):
+    """A requested onnxruntime execution provider is not available here."""
+
+    error_type = "provider_unavailable"
+    http_status = 500

@@ -1,0 +1,191 @@
+"""Task checkpoints: a directory with ``adapter.safetensors`` + ``task.json``. Never pickle.
+
+``adapter.safetensors`` holds the task's own weights (adapters, own LayerNorms, head) under the
+state-dict names of :class:`~adapterdeploy.models.encoder.EncoderWithAdapters`; ``task.json`` says what
+they mean (adapter and head config, labels, tokenizer settings, base fingerprint, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from adapterdeploy.artifacts import atomic_directory, sha256_file
+from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.errors import ArtifactError, ChecksumError, FingerprintMismatchError, SchemaVersionError
+from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.encoder import EncoderWithAdapters
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "TaskCheckpoint",
+    "checkpoint_from_model",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "adapterdeploy.task-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "adapter.safetensors"
+META_FILE = "task.json"
+
+
+@dataclass(frozen=True)
+class TaskCheckpoint:
+    """A task's adapters + head, independent of any deployment."""
+
+    name: str
+    base_fingerprint: str
+    base_model_type: str
+    hidden_size: int
+    num_layers: int
+    adapter: AdapterConfig
+    head: HeadConfig
+    max_length: int = 128
+    text_pair: bool = False
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    source: str = "adapterdeploy"
+    path: Path | None = None
+
+    def bottleneck(self) -> int:
+        return self.adapter.bottleneck_size(self.hidden_size)
+
+    def check_base(self, base: BaseModel) -> None:
+        """Refuse a checkpoint trained on another base model."""
+        if self.base_fingerprint != base.fingerprint:
+            raise FingerprintMismatchError(
+                f"task {self.name!r} ({self.path or 'in memory'}) was trained on a different base model "
+                f"(fingerprint {self.base_fingerprint[:12]}…) than {base.path} ({base.fingerprint[:12]}…); "
+                "pass the --base it was trained on, or retrain it on this base"
+            )
+
+    def build_model(self, base: BaseModel) -> EncoderWithAdapters:
+        """An EncoderWithAdapters on ``base`` with this checkpoint's weights loaded (strictly)."""
+        self.check_base(base)
+        model = EncoderWithAdapters(base, self.adapter, self.head)
+        own = model.trainable_state_dict()
+        missing = sorted(set(own) - set(self.weights))
+        unexpected = sorted(set(self.weights) - set(own))
+        if missing or unexpected:
+            raise ArtifactError(
+                f"checkpoint {self.name!r} does not match its task.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.load_state_dict(self.weights, strict=False)
+        model.eval()
+        return model
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "name": self.name,
+            "source": self.source,
+            "base": {
+                "fingerprint": self.base_fingerprint,
+                "model_type": self.base_model_type,
+                "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers,
+            },
+            "adapter": self.adapter.to_dict(),
+            "head": self.head.to_dict(),
+            "tokenizer": {"max_length": self.max_length, "text_pair": self.text_pair},
+            "metrics": self.metrics,
+            "training": self.training,
+        }
+
+
+def save_checkpoint(ckpt: TaskCheckpoint, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write ``adapter.safetensors`` + ``task.json`` atomically (temp dir + rename)."""
+    out = Path(out_dir)
+    with atomic_directory(out, force=force) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in ckpt.weights.items()}
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+        meta = ckpt.meta()
+        meta["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    return out
+
+
+def load_checkpoint(path: str | Path) -> TaskCheckpoint:
+    """Read a task checkpoint directory, checking format version and weights checksum."""
+    p = Path(path)
+    meta_file, weights_file = p / META_FILE, p / WEIGHTS_FILE
+    if not p.is_dir():
+        raise ArtifactError(f"task checkpoint {p} does not exist (expected a directory with {META_FILE} and {WEIGHTS_FILE})")
+    for f in (meta_file, weights_file):
+        if not f.is_file():
+            raise ArtifactError(f"task checkpoint {p} has no {f.name}; was it written by 'adapterdeploy train' or 'import-adapterhub'?")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{meta_file} is not valid JSON ({exc}); the checkpoint is corrupt") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{meta_file} is not an adapterdeploy task checkpoint (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise SchemaVersionError(
+            f"{meta_file} has format_version {version}, this adapterdeploy reads up to {CHECKPOINT_FORMAT_VERSION}; "
+            "upgrade adapterdeploy"
+        )
+    expected = meta.get("weights_sha256")
+    if expected and sha256_file(weights_file) != expected:
+        raise ChecksumError(f"{weights_file} does not match the sha256 in {meta_file}: the file is corrupt or truncated")
+    try:
+        weights = load_file(str(weights_file))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"cannot read {weights_file}: {exc}") from exc
+    base = meta["base"]
+    tok = meta.get("tokenizer", {})
+    return TaskCheckpoint(
+        name=meta["name"],
+        base_fingerprint=base["fingerprint"],
+        base_model_type=base["model_type"],
+        hidden_size=int(base["hidden_size"]),
+        num_layers=int(base["num_layers"]),
+        adapter=AdapterConfig.from_dict(meta["adapter"]),
+        head=HeadConfig.from_dict(meta["head"]),
+        max_length=int(tok.get("max_length", 128)),
+        text_pair=bool(tok.get("text_pair", False)),
+        weights=weights,
+        metrics=dict(meta.get("metrics", {})),
+        training=dict(meta.get("training", {})),
+        source=str(meta.get("source", "adapterdeploy")),
+        path=p,
+    )
+
+
+def checkpoint_from_model(
+    model: EncoderWithAdapters,
+    name: str,
+    *,
+    max_length: int,
+    text_pair: bool,
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    source: str = "adapterdeploy",
+) -> TaskCheckpoint:
+    """Snapshot a model's own weights into a TaskCheckpoint (copies, so later training does not alter it)."""
+    base = model.base_info
+    return TaskCheckpoint(
+        name=name,
+        base_fingerprint=base.fingerprint,
+        base_model_type=base.model_type,
+        hidden_size=base.hidden_size,
+        num_layers=base.num_layers,
+        adapter=model.adapter_config,
+        head=model.head_config,
+        max_length=max_length,
+        text_pair=text_pair,
+        weights={k: v.detach().clone() for k, v in model.trainable_state_dict().items()},
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+        source=source,
+    )

@@ -1,0 +1,139 @@
+"""EncoderWithAdapters: a frozen HF BERT-family encoder + one task's adapters and head (training / reference).
+
+Also the pooling and head modules shared with the exporter. The exporter's banked featurizer reuses
+:func:`adapterdeploy.models.adapters.install_adapter_sites` with a whole bank instead of one task.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.errors import ConfigError
+from adapterdeploy.models.adapters import BottleneckAdapter, install_adapter_sites
+from adapterdeploy.models.base import BaseModel
+
+__all__ = ["EncoderWithAdapters", "TaskHead", "mean_pool"]
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of the hidden states over real (mask = 1) tokens: ``sum(h * m) / max(sum(m), 1)``."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+_HEAD_ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class TaskHead(nn.Module):
+    """Pooling (cls / mean / base pooler) -> 0..2 hidden dense layers -> output layer."""
+
+    def __init__(self, config: HeadConfig, hidden_size: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(config.hidden_layers))
+        self.act = _HEAD_ACTS[config.hidden_activation]()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, config.out_features)
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor, pooler: nn.Module | None) -> Tensor:
+        if self.config.pooling == "mean":
+            return mean_pool(hidden, attention_mask)
+        if self.config.pooling == "pooler":
+            assert pooler is not None
+            return pooler(hidden)
+        return hidden[:, 0]
+
+    def forward_pooled(self, z: Tensor) -> Tensor:
+        for lin in self.hidden:
+            z = self.act(lin(self.dropout(z)))
+        return self.out(self.dropout(z))
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor, pooler: nn.Module | None = None) -> Tensor:
+        return self.forward_pooled(self.pool(hidden, attention_mask, pooler))
+
+
+class EncoderWithAdapters(nn.Module):
+    """One task: frozen base + bottleneck adapters (+ optional own LayerNorms) + head.
+
+    Trainable: ``adapters``, ``layernorms`` (when per_task_layernorm) and ``head``; the base never is.
+    State-dict names of the trainable part: ``adapters.{layer}.{site}.down.weight``,
+    ``layernorms.{layer}.{attn|ffn}.weight``, ``head.out.weight`` ...
+    """
+
+    def __init__(self, base: BaseModel, adapter_config: AdapterConfig, head_config: HeadConfig) -> None:
+        super().__init__()
+        if head_config.pooling == "pooler" and not base.has_pooler:
+            raise ConfigError(
+                f"pooling 'pooler' needs the base's pooler weights, which {base.path} does not have; "
+                "use --pooling cls or mean"
+            )
+        self.base_info = base
+        self.base = base.model
+        self.adapter_config = adapter_config
+        self.head_config = head_config
+        self.layer_ids = adapter_config.adapter_layers(base.num_layers)
+        H = base.hidden_size
+        m = adapter_config.bottleneck_size(H)
+        opts = adapter_config.site_options()
+        self.adapters = nn.ModuleDict(
+            {
+                str(i): nn.ModuleDict(
+                    {s: BottleneckAdapter(H, m, opts, adapter_config.init_std) for s in adapter_config.sites}
+                )
+                for i in self.layer_ids
+            }
+        )
+        self.layernorms = nn.ModuleDict()
+        if adapter_config.per_task_layernorm:
+            for i in self.layer_ids:
+                layer = self.base.encoder.layer[i]
+                lns = {"attn": layer.attention.output.LayerNorm, "ffn": layer.output.LayerNorm}
+                self.layernorms[str(i)] = nn.ModuleDict({k: _copy_layernorm(v) for k, v in lns.items()})
+        self.head = TaskHead(head_config, H, dropout=getattr(self.base.config, "hidden_dropout_prob", 0.1))
+        self.ctx = install_adapter_sites(self.base)
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
+        sd = self.state_dict()
+        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "head")}
+
+    def _fill_context(self) -> None:
+        params = {
+            f"{i}.{site}": adapter.site_params() for i, sites in self.adapters.items() for site, adapter in sites.items()
+        }
+        lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
+        self.ctx.activate(self.adapter_config, params, lns)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """Last hidden states with this task's adapters, ``[B, S, H]``."""
+        self._fill_context()
+        try:
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            return self.base(**kwargs).last_hidden_state
+        finally:
+            self.ctx.clear()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """Logits ``[B, num_labels]`` (``[B, 1]`` for regression)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.head(hidden, attention_mask, getattr(self.base, "pooler", None))
+
+    def count_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(v.numel() for v in self.trainable_state_dict().values())
+        total = trainable + sum(p.numel() for p in self.base.parameters())
+        return trainable, total
+
+
+def _copy_layernorm(ln: nn.LayerNorm) -> nn.LayerNorm:
+    new = nn.LayerNorm(ln.normalized_shape, eps=ln.eps)
+    with torch.no_grad():
+        new.weight.copy_(ln.weight)
+        new.bias.copy_(ln.bias)
+    return new
