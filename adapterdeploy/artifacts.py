@@ -48,8 +48,8 @@ __all__ = [
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
     "TASK_FILE",
-    "FileEntry",
     "FeaturizerSpec",
+    "FileEntry",
     "Manifest",
     "TaskSpec",
     "TokenizerSpec",
@@ -124,7 +124,9 @@ def require_files(root: str | Path, files: dict[str, FileEntry], only: list[str]
         )
 
 
-def featurizer_fingerprint(base_fingerprint: str, adapter_drop: int, signature: AdapterSignature, num_layers: int) -> str:
+def featurizer_fingerprint(
+    base_fingerprint: str, adapter_drop: int, signature: AdapterSignature, num_layers: int
+) -> str:
     """Identity of a featurizer: base weights, AdapterDrop K, adapter signature and depth.
 
     Tasks exported against one featurizer can be loaded by any deployment with the same fingerprint.

@@ -21,8 +21,8 @@ __all__ = [
     "RegistryFullError",
     "SchemaVersionError",
     "UnknownTaskError",
-    "UnsupportedArchitectureError",
     "UnsupportedAdapterError",
+    "UnsupportedArchitectureError",
 ]
 
 

@@ -119,10 +119,14 @@ def load_checkpoint(path: str | Path) -> TaskCheckpoint:
     p = Path(path)
     meta_file, weights_file = p / META_FILE, p / WEIGHTS_FILE
     if not p.is_dir():
-        raise ArtifactError(f"task checkpoint {p} does not exist (expected a directory with {META_FILE} and {WEIGHTS_FILE})")
+        raise ArtifactError(
+            f"task checkpoint {p} does not exist (expected a directory with {META_FILE} and {WEIGHTS_FILE})"
+        )
     for f in (meta_file, weights_file):
         if not f.is_file():
-            raise ArtifactError(f"task checkpoint {p} has no {f.name}; was it written by 'adapterdeploy train' or 'import-adapterhub'?")
+            raise ArtifactError(
+                f"task checkpoint {p} has no {f.name}; was it written by 'adapterdeploy train' or 'import-adapterhub'?"
+            )
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -137,7 +141,9 @@ def load_checkpoint(path: str | Path) -> TaskCheckpoint:
         )
     expected = meta.get("weights_sha256")
     if expected and sha256_file(weights_file) != expected:
-        raise ChecksumError(f"{weights_file} does not match the sha256 in {meta_file}: the file is corrupt or truncated")
+        raise ChecksumError(
+            f"{weights_file} does not match the sha256 in {meta_file}: the file is corrupt or truncated"
+        )
     try:
         weights = load_file(str(weights_file))
     except (SafetensorError, OSError) as exc:

@@ -103,7 +103,9 @@ class EncoderWithAdapters(nn.Module):
 
     def _fill_context(self) -> None:
         params = {
-            f"{i}.{site}": adapter.site_params() for i, sites in self.adapters.items() for site, adapter in sites.items()
+            f"{i}.{site}": adapter.site_params()
+            for i, sites in self.adapters.items()
+            for site, adapter in sites.items()
         }
         lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
         self.ctx.activate(self.adapter_config, params, lns)
