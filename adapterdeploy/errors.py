@@ -10,16 +10,22 @@ from __future__ import annotations
 __all__ = [
     "AdapterDeployError",
     "ArtifactError",
+    "AuthenticationError",
     "ChecksumError",
+    "ClientTimeoutError",
     "ConfigError",
     "DataError",
     "ExportError",
     "FingerprintMismatchError",
     "InputError",
+    "OverloadedError",
     "ParityError",
+    "PayloadTooLargeError",
     "ProviderError",
     "RegistryFullError",
+    "RequestTimeoutError",
     "SchemaVersionError",
+    "UnavailableError",
     "UnknownTaskError",
     "UnsupportedAdapterError",
     "UnsupportedArchitectureError",
@@ -133,3 +139,51 @@ class ProviderError(AdapterDeployError, RuntimeError):
 
     error_type = "provider_unavailable"
     http_status = 500
+
+
+# --- serving (HTTP) errors: raised by adapterdeploy.serving, mapped to their status by the HTTP layer ---
+
+
+class PayloadTooLargeError(InputError):
+    """A request body or row count over the server's limit (refused before tokenization)."""
+
+    error_type = "payload_too_large"
+    http_status = 413
+
+
+class ClientTimeoutError(InputError):
+    """The client sent its request body too slowly (slow-client protection)."""
+
+    error_type = "client_timeout"
+    http_status = 408
+
+
+class AuthenticationError(AdapterDeployError, PermissionError):
+    """A missing or wrong admin bearer token."""
+
+    error_type = "unauthorized"
+    http_status = 401
+
+
+class OverloadedError(AdapterDeployError, RuntimeError):
+    """The request queue is full; the client should retry after ``retry_after_s`` seconds."""
+
+    error_type = "overloaded"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+class UnavailableError(AdapterDeployError, RuntimeError):
+    """The server is not ready or is shutting down; retry on another replica."""
+
+    error_type = "unavailable"
+    http_status = 503
+
+
+class RequestTimeoutError(UnavailableError):
+    """A request waited longer than the server's per-request timeout (queue + inference)."""
+
+    error_type = "timeout"
