@@ -1,0 +1,351 @@
+"""Deployment: open a deployment directory and predict with any mix of its tasks (no torch anywhere).
+
+    with Deployment.open("deploy/") as d:
+        d.predict(["great movie"], task="sst2")
+        d.predict_mixed([("sst2", "great movie"), ("mrpc", ("a b", "a c"))])
+        d.fan_out(["great movie"], tasks=["sst2", "topic"])
+
+Opening verifies the featurizer files' checksums and starts the two featurizer sessions; tasks load on
+first use (checksum of their files, fingerprint check, a small safetensors read: no session is rebuilt)
+and are evicted least-recently-used under the optional count / byte budget. Every method is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from adapterdeploy.artifacts import (
+    TASK_FILE,
+    TASK_HEAD_FILE,
+    TASK_WEIGHTS_FILE,
+    Manifest,
+    TaskSpec,
+    require_files,
+    safe_relpath,
+)
+from adapterdeploy.errors import (
+    AdapterDeployError,
+    ArtifactError,
+    ChecksumError,
+    ConfigError,
+    FingerprintMismatchError,
+    InputError,
+    UnknownTaskError,
+)
+from adapterdeploy.runtime.bank import BankLayout
+from adapterdeploy.runtime.engine import BANK_MODES, Engine, LoadedTask
+from adapterdeploy.runtime.heads import Head
+from adapterdeploy.runtime.prediction import Prediction
+from adapterdeploy.runtime.providers import ProviderSpec, normalize_providers, trt_profile_options
+from adapterdeploy.runtime.registry import EvictCallback, TaskInfo, TaskRegistry
+from adapterdeploy.runtime.sessions import SessionFactory
+from adapterdeploy.runtime.tokenization import Row, TextEncoder, length_buckets, validate_row, validate_rows
+
+__all__ = ["Deployment"]
+
+log = logging.getLogger(__name__)
+
+
+class Deployment:
+    """A deployment directory opened for inference. Create with :meth:`open`."""
+
+    def __init__(self, root: Path, manifest: Manifest, precision: str, encoder: TextEncoder, engine: Engine,
+                 factory: SessionFactory, *, batch_size: int, max_loaded_tasks: int | None,
+                 memory_budget_bytes: int | None, on_evict: EvictCallback | None) -> None:
+        self.root = root
+        self._manifest = manifest
+        self.precision = precision
+        self._encoder = encoder
+        self._engine = engine
+        self._factory = factory
+        self.batch_size = batch_size
+        self._closed = False
+        self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
+                                      on_evict=on_evict)
+        for name, rel in manifest.tasks.items():
+            self._registry.add(name, root / safe_relpath(rel))
+
+    # ---- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, providers: Sequence[ProviderSpec] | ProviderSpec | None = None,
+             precision: str = "fp32", threads: int | None = None, max_loaded_tasks: int | None = None,
+             memory_budget_bytes: int | None = None, *, batch_size: int = 64, bank_mode: str | None = None,
+             shared_thread_pool: bool = True, engine_cache_dir: str | Path | None = None,
+             on_evict: EvictCallback | None = None) -> Deployment:
+        """Open ``path`` for inference.
+
+        Args:
+            providers: None (CPU), or a fallback list in preference order, e.g. ``["cuda", "cpu"]``;
+                ``["cuda"]`` alone raises ProviderError when CUDA cannot run here.
+            precision: which featurizer variant to run (fp32, int8, fp16: see ``manifest.precisions``).
+            threads: intra-op threads of the process-wide onnxruntime pool (None: one per core).
+            max_loaded_tasks / memory_budget_bytes: the registry's budget (None: unlimited).
+            batch_size: rows per forward pass; larger inputs are split into length-sorted buckets.
+            bank_mode: ``rows`` (stack only the batch's tasks; CPU default) or ``resident`` (whole bank,
+                kept on the device; GPU default). See engine.py.
+            engine_cache_dir: TensorRT engine cache (default ``<deployment>/engine_cache/<precision>``).
+            on_evict: called as ``on_evict(task, bytes, reason)`` when a task leaves memory.
+        """
+        root = Path(path).expanduser()
+        manifest = Manifest.read(root)
+        fz = manifest.featurizer
+        variant = fz.variants.get(precision)
+        if variant is None:
+            raise ConfigError(
+                f"precision {precision!r} is not in deployment {root} (it has {', '.join(manifest.precisions)}); "
+                f"re-export with --precision {precision}"
+            )
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        require_files(root, manifest.files, only=_featurizer_files(manifest, precision))
+        choices = normalize_providers(providers)
+        on_gpu = choices[0].is_gpu
+        mode = bank_mode or ("resident" if on_gpu else "rows")
+        if mode not in BANK_MODES:
+            raise ConfigError(f"bank_mode must be one of {', '.join(BANK_MODES)}, got {mode!r}")
+        cache = Path(engine_cache_dir) if engine_cache_dir else root / "engine_cache" / precision
+        factory = SessionFactory(threads=threads, shared_pool=shared_thread_pool, precision=precision,
+                                 cache_dir=cache)
+        trunk_path, adapted_path = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
+        if any(c.name == "TensorrtExecutionProvider" for c in choices):
+            factory.trt_profiles = _trt_profiles(manifest, trunk_path, adapted_path, batch_size,
+                                                 max_loaded_tasks or max(64, len(manifest.tasks)))
+        trunk, adapted = factory.open_first(choices, [trunk_path, adapted_path])
+        layout = BankLayout.from_session_inputs(adapted.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
+        device = "cuda" if factory.choice is not None and factory.choice.is_gpu else None
+        engine = Engine(trunk, adapted, layout, bank_mode=mode, device=device)
+        base = manifest.base
+        encoder = TextEncoder(root / safe_relpath(manifest.tokenizer.file), manifest.tokenizer.max_length,
+                              single_token_type=int(base.get("type_vocab_size", 2) or 2) <= 1,
+                              pad_id=base.get("pad_token_id"))
+        log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
+        return cls(root, manifest, precision, encoder, engine, factory, batch_size=batch_size,
+                   max_loaded_tasks=max_loaded_tasks, memory_budget_bytes=memory_budget_bytes, on_evict=on_evict)
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the sessions and every loaded task (the object cannot predict afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        for name in self._registry.names():
+            self._registry.unload(name)
+        self._engine = None  # type: ignore[assignment]
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def max_length(self) -> int:
+        return self._encoder.max_length
+
+    @property
+    def task_names(self) -> list[str]:
+        return self._registry.names()
+
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider the featurizer runs on."""
+        return self._factory.choice.name if self._factory.choice else "CPUExecutionProvider"
+
+    @property
+    def bank_mode(self) -> str:
+        return self._engine.bank_mode
+
+    # ---- tasks -------------------------------------------------------------------------------
+    def load_task(self, name_or_path: str | Path, pin: bool = False, priority: int = 0) -> TaskInfo:
+        """Load a known task by name, or register and load a task directory (``tasks/<name>`` of an export)."""
+        self._check_open()
+        name = str(name_or_path)
+        if name not in self._registry:
+            p = Path(name_or_path).expanduser()
+            if not (p / TASK_FILE).is_file():
+                known = ", ".join(self._registry.names()) or "none"
+                raise UnknownTaskError(f"unknown task {name!r} (not a task name, nor a directory with {TASK_FILE}); "
+                                       f"known tasks: {known}")
+            spec = TaskSpec.read(p)
+            self._check_fingerprint(spec, p)
+            self._registry.add(spec.name, p.resolve())
+            name = spec.name
+        return self._registry.load(name, pin=pin, priority=priority)
+
+    def unload_task(self, name: str) -> None:
+        """Free a task's weights (it stays known and reloads on its next use); also unpins it."""
+        self._registry.unload(name)
+
+    def tasks(self) -> list[TaskInfo]:
+        return self._registry.infos()
+
+    def task_info(self, name: str) -> TaskInfo:
+        return self._registry.info(name)
+
+    def task_spec(self, name: str) -> TaskSpec:
+        """The task's task.json (loads the task)."""
+        return self._task(name).spec
+
+    # ---- predictions -------------------------------------------------------------------------
+    def token_counts(self, inputs: Sequence[Row]) -> list[int]:
+        """Untruncated token counts of ``inputs`` (special tokens included), without running the model."""
+        return self._encoder.count(validate_rows(inputs))
+
+    def predict(self, inputs: Sequence[Row], task: str, strict: bool = False) -> list[Prediction]:
+        """One task over ``inputs`` (texts, or (text_a, text_b) pairs for a pair task)."""
+        rows = validate_rows(inputs)
+        return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+
+    def predict_mixed(self, rows: Sequence[tuple[str, Row]], strict: bool = False) -> list[Prediction]:
+        """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order."""
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+            raise InputError(f"rows must be a list of (task, text) pairs, got {type(rows).__name__}")
+        names, texts = [], []
+        for i, row in enumerate(rows):
+            if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], str):
+                raise InputError(f"rows[{i}] must be (task, text) or (task, (text_a, text_b)), got {row!r:.80}")
+            names.append(row[0])
+            texts.append(validate_row(row[1], f"rows[{i}]"))
+        return self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))])
+
+    def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False
+                ) -> dict[str, list[Prediction]]:
+        """Every input through every task; the trunk runs once per unique text."""
+        if isinstance(tasks, str):
+            raise InputError(f"tasks must be a list of task names, got the str {tasks!r}; pass [{tasks!r}]")
+        rows = validate_rows(inputs)
+        order = list(dict.fromkeys(tasks))
+        if not order:
+            raise InputError("fan_out needs at least one task")
+        names = [t for t in order for _ in rows]
+        flat = self._run(names, [r for _ in order for r in rows], strict,
+                         [f"inputs[{i}]" for _ in order for i in range(len(rows))])
+        n = len(rows)
+        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AdapterDeployError(f"deployment {self.root} is closed; open it again with Deployment.open")
+
+    def _task(self, name: str) -> LoadedTask:
+        self._check_open()
+        if not isinstance(name, str):
+            raise InputError(f"a task name is a str, got {type(name).__name__}")
+        return self._registry.get(name)
+
+    def _run(self, names: list[str], texts: list[Row], strict: bool, where: list[str]) -> list[Prediction]:
+        """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
+        if not names:
+            return []
+        loaded = {n: self._task(n) for n in dict.fromkeys(names)}
+        for i, (n, text) in enumerate(zip(names, texts, strict=True)):
+            pair = isinstance(text, tuple)
+            if pair != loaded[n].spec.text_pair:
+                want = "text pairs (text_a, text_b)" if loaded[n].spec.text_pair else "single texts"
+                raise InputError(f"task {n!r} takes {want}; {where[i]} is {'a pair' if pair else 'a single text'}")
+        unique_index: dict[Row, int] = {}
+        source = [unique_index.setdefault(t, len(unique_index)) for t in texts]
+        uniques = list(unique_index)
+        first_row = {u: r for r, u in reversed(list(enumerate(source)))}
+        labels = [where[first_row[u]] for u in range(len(uniques))]
+        tokens = self._encoder.tokenize(uniques, strict=strict, labels=labels)
+        rows_of: list[list[int]] = [[] for _ in uniques]
+        for r, u in enumerate(source):
+            rows_of[u].append(r)
+        if len(names) <= self.batch_size:
+            chunks = [list(range(len(uniques)))]
+        else:
+            chunks = length_buckets([len(t.ids) for t in tokens], self.batch_size, [len(x) for x in rows_of])
+        engine = self._engine
+        if engine is None:
+            self._check_open()
+        registry = self._registry
+        resident = engine.bank_mode == "resident"
+        out: list[Prediction | None] = [None] * len(names)
+        for chunk in chunks:
+            local = {u: j for j, u in enumerate(chunk)}
+            row_ids = [r for u in chunk for r in rows_of[u]]
+            padded = self._encoder.pad([tokens[u] for u in chunk])
+            row_source = np.array([local[source[r]] for r in row_ids], dtype=np.int64)
+            version, all_loaded = registry.loaded_snapshot() if resident else (0, None)
+            preds = engine.run(padded, row_source, [loaded[names[r]] for r in row_ids],
+                               version=version, loaded=all_loaded)
+            for r, p in zip(row_ids, preds, strict=True):
+                out[r] = p
+        return out  # type: ignore[return-value]
+
+    def _check_fingerprint(self, spec: TaskSpec, where: Path) -> None:
+        want = self._manifest.featurizer.fingerprint
+        if spec.featurizer_fingerprint != want:
+            raise FingerprintMismatchError(
+                f"task {spec.name!r} ({where}) was exported for featurizer {spec.featurizer_fingerprint[:12]}…, "
+                f"this deployment's featurizer is {want[:12]}… (another base model, AdapterDrop or adapter "
+                f"signature); add it with 'adapterdeploy add-task {self.root} CHECKPOINT' to re-export it here"
+            )
+
+    def _read_task(self, name: str, source: Path) -> tuple[LoadedTask, int]:
+        """The registry's loader: task.json, fingerprint, checksums, then the safetensors read."""
+        spec = TaskSpec.read(source)
+        if spec.name != name:
+            raise ArtifactError(f"{source / TASK_FILE} names task {spec.name!r}, the manifest calls it {name!r}; "
+                                "the deployment is inconsistent: re-export it")
+        self._check_fingerprint(spec, source)
+        if TASK_WEIGHTS_FILE not in spec.files:
+            raise ArtifactError(f"{source / TASK_FILE} lists no {TASK_WEIGHTS_FILE}; re-export the task")
+        require_files(source, spec.files)
+        try:
+            tensors = load_file(str(source / TASK_WEIGHTS_FILE))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ChecksumError(f"cannot read {source / TASK_WEIGHTS_FILE}: {exc}; re-export the task") from exc
+        fz = self._manifest.featurizer
+        rows = self._engine.layout.task_rows(name, tensors, spec.bottleneck)
+        head_file = source / TASK_HEAD_FILE
+        factory: Callable[[], Any] | None = (lambda: self._factory.session(head_file)) if head_file.is_file() else None
+        head = Head.from_tensors(name, spec.head, tensors, fz.hidden_size, session_factory=factory)
+        if head.feature not in self._engine.output_names:
+            raise ArtifactError(f"task {name!r} pools with {spec.head.pooling!r}, but the featurizer has no "
+                                f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)})")
+        task = LoadedTask(spec=spec, rows=rows, head=head)
+        return task, task.nbytes
+
+
+def _featurizer_files(manifest: Manifest, precision: str) -> list[str]:
+    """Manifest files to verify at open: all but task pieces, standalone graphs and other precisions' graphs."""
+    ours = {manifest.featurizer.variants[precision].trunk, manifest.featurizer.variants[precision].adapted}
+    others = {p for v in manifest.featurizer.variants.values() for p in (v.trunk, v.adapted)} - ours
+    task_dirs = tuple(rel.rstrip("/") + "/" for rel in manifest.tasks.values())
+    return [
+        rel for rel in manifest.files
+        if not rel.startswith((*task_dirs, "standalone/"))
+        and not any(rel == o or rel.startswith(o + ".") for o in others)  # graph + its external data
+    ]
+
+
+def _trt_profiles(manifest: Manifest, trunk: Path, adapted: Path, batch_size: int, max_tasks: int
+                 ) -> dict[str, dict[str, str]]:
+    """TensorRT shape profiles: rows 1..batch_size, sequence 1..max_length, bank 1..max_tasks, bottleneck 1..256."""
+    H, S, B = manifest.featurizer.hidden_size, manifest.tokenizer.max_length, batch_size
+    opt_s = min(S, 128)
+    tok = {n: ((1, 1), (B, opt_s), (B, S)) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    tasks, m = max_tasks, 256
+    adapted_shapes: dict[str, Any] = {"hidden": ((1, 1, H), (B, opt_s, H), (B, S, H)),
+                                      "attention_mask": ((1, 1), (B, opt_s), (B, S)),
+                                      "row_source": ((1,), (B,), (B,)), "task_index": ((1,), (B,), (B,))}
+    for name in manifest.featurizer.bank_inputs:
+        role = name.rsplit(".", 1)[1]
+        lo, opt, hi = {"down_w": ((H, 1), (H, 32), (H, m)), "down_b": ((1,), (32,), (m,)),
+                       "up_w": ((1, H), (32, H), (m, H))}.get(role, ((H,), (H,), (H,)))
+        adapted_shapes[name] = ((1, *lo), (min(4, tasks), *opt), (tasks, *hi))
+    return {trunk.name: trt_profile_options(tok), adapted.name: trt_profile_options(adapted_shapes)}

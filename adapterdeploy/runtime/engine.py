@@ -1,0 +1,152 @@
+"""The forward pass of a mixed-task batch: trunk once per unique text, adapted once per batch, heads per task.
+
+Semantics (U unique texts, B rows, row r = (task t_r, text u_r)):
+    hidden[U, S, H]  = trunk(input_ids, attention_mask, token_type_ids)
+    feats[B, H]      = adapted(hidden, attention_mask, row_source = u, task_index = slot(t), bank)
+    logits[r]        = head_{t_r}(feats[feature of t_r][r])       (one numpy pass per task group)
+
+The bank holds either only this batch's tasks (``rows`` mode: ``slot`` counts within the batch) or every
+loaded task (``resident`` mode: a snapshot rebuilt when the loaded set changes; on a GPU its tensors stay on
+the device, so a call copies token ids and indices, never weights). A snapshot and a task's rows are never
+mutated after they are built, so an in-flight batch is unaffected by concurrent loads and evictions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapterdeploy.artifacts import TaskSpec
+from adapterdeploy.runtime.bank import BankLayout, TaskRows
+from adapterdeploy.runtime.heads import Head, predictions_from_logits
+from adapterdeploy.runtime.prediction import Prediction
+from adapterdeploy.runtime.tokenization import Padded
+
+__all__ = ["BANK_MODES", "Engine", "LoadedTask"]
+
+BANK_MODES = ("rows", "resident")
+
+
+@dataclass(frozen=True)
+class LoadedTask:
+    """What the registry holds for a loaded task (immutable: safe to share across threads)."""
+
+    spec: TaskSpec
+    rows: TaskRows
+    head: Head
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.head.nbytes
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    version: int
+    slots: dict[str, int]
+    feeds: dict[str, Any]  # numpy arrays, or OrtValues on the device
+
+
+class Engine:
+    """Runs padded batches through the trunk and adapted sessions and the task heads."""
+
+    def __init__(self, trunk: Any, adapted: Any, layout: BankLayout, *, bank_mode: str = "rows",
+                 device: str | None = None) -> None:
+        self.trunk = trunk
+        self.adapted = adapted
+        self.layout = layout
+        self.bank_mode = bank_mode
+        self.device = device  # "cuda" when inputs should be bound on the GPU (I/O binding)
+        self.trunk_inputs = {i.name for i in trunk.get_inputs()}
+        self.trunk_output = trunk.get_outputs()[0].name
+        self.output_names = [o.name for o in adapted.get_outputs()]
+        self._snapshot: _Snapshot | None = None
+        self._snap_lock = threading.Lock()
+
+    # ---- bank feeds --------------------------------------------------------------------------
+    def snapshot(self, version: int, loaded: Sequence[LoadedTask]) -> _Snapshot:
+        """The resident bank for registry ``version`` (rebuilt once per change of the loaded set)."""
+        snap = self._snapshot
+        if snap is not None and snap.version == version:
+            return snap
+        with self._snap_lock:
+            snap = self._snapshot
+            if snap is not None and snap.version == version:
+                return snap
+            feeds: dict[str, Any] = dict(self.layout.gather([t.rows for t in loaded])) if loaded else {}
+            if self.device and feeds:
+                import onnxruntime as ort
+
+                feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0)
+                         for k, v in feeds.items()}
+            snap = _Snapshot(version, {t.name: i for i, t in enumerate(loaded)}, feeds)
+            self._snapshot = snap
+            return snap
+
+    def _bank(self, tasks: list[LoadedTask], version: int, loaded: Sequence[LoadedTask] | None
+              ) -> tuple[dict[str, int], dict[str, Any]]:
+        if self.bank_mode == "resident" and loaded is not None:
+            snap = self.snapshot(version, loaded)
+            if all(t.name in snap.slots for t in tasks):
+                return snap.slots, snap.feeds
+        return {t.name: i for i, t in enumerate(tasks)}, self.layout.gather([t.rows for t in tasks])
+
+    # ---- forward -----------------------------------------------------------------------------
+    def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask], *,
+            version: int = 0, loaded: Sequence[LoadedTask] | None = None) -> list[Prediction]:
+        """Predictions for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``)."""
+        tasks = list({t.name: t for t in row_tasks}.values())
+        slots, bank = self._bank(tasks, version, loaded)
+        task_index = np.array([slots[t.name] for t in row_tasks], dtype=np.int64)
+        row_source = np.ascontiguousarray(row_source, dtype=np.int64)
+        trunk_feeds = {k: v for k, v in (("input_ids", padded.input_ids), ("attention_mask", padded.attention_mask),
+                                         ("token_type_ids", padded.token_type_ids)) if k in self.trunk_inputs}
+        small = {"attention_mask": padded.attention_mask, "row_source": row_source, "task_index": task_index}
+        if self.device:
+            outs = self._run_bound(trunk_feeds, small, bank)
+        else:
+            hidden = self.trunk.run([self.trunk_output], trunk_feeds)[0]
+            outs = self.adapted.run(self.output_names, {"hidden": hidden, **small, **bank})
+        features = dict(zip(self.output_names, outs, strict=True))
+        truncated = padded.truncated[row_source]
+        preds: list[Prediction | None] = [None] * len(row_tasks)
+        for task in tasks:
+            idx = np.flatnonzero(task_index == slots[task.name])
+            logits = task.head.logits(features[task.head.feature][idx])
+            for i, p in zip(idx, predictions_from_logits(task.name, task.spec.head, logits, truncated[idx]),
+                            strict=True):
+                preds[i] = p
+        return preds  # type: ignore[return-value]
+
+    def _run_bound(self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any]
+                   ) -> list[np.ndarray]:
+        """GPU path: hidden stays on the device between the graphs; resident bank tensors are device OrtValues."""
+        import onnxruntime as ort
+
+        tb = self.trunk.io_binding()
+        for k, v in trunk_feeds.items():
+            tb.bind_cpu_input(k, v)
+        tb.bind_output(self.trunk_output, self.device)
+        self.trunk.run_with_iobinding(tb)
+        hidden = tb.get_outputs()[0]
+        ab = self.adapted.io_binding()
+        ab.bind_ortvalue_input("hidden", hidden)
+        for k, v in small.items():
+            ab.bind_cpu_input(k, v)
+        for k, v in bank.items():
+            if isinstance(v, ort.OrtValue):
+                ab.bind_ortvalue_input(k, v)
+            else:
+                ab.bind_cpu_input(k, np.ascontiguousarray(v))
+        for name in self.output_names:
+            ab.bind_output(name, "cpu")
+        self.adapted.run_with_iobinding(ab)
+        return ab.copy_outputs_to_cpu()

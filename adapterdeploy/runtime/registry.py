@@ -1,0 +1,253 @@
+"""TaskRegistry: tasks *known* (on disk) vs *loaded* (weights in memory), with LRU eviction under a budget.
+
+Two levels, as in vLLM's LoRA manager: registering a task only records where it lives; its weights are read
+on first use (or an explicit load) and evicted when the budget (a count and/or a byte size) needs room.
+The victim is the unpinned loaded task with the lowest priority, least recently used among equals.
+Evicted tasks stay known and reload on demand. Pinned tasks are never evicted; when every loaded task is
+pinned and the budget is full, loading another raises RegistryFullError naming the pins and the fix.
+
+The registry is generic: a ``loader(name, source)`` returns ``(payload, size_bytes)``; the runtime's payload
+is a task's bank rows + head. Thread-safe: one lock guards the tables; the file read happens outside it
+(a per-task lock stops two threads reading the same task twice), so a slow load never blocks predictions
+of loaded tasks. A payload handed out stays valid after its eviction (it is simply no longer cached), so
+an in-flight batch never sees its weights change under it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from adapterdeploy.errors import ConfigError, RegistryFullError, UnknownTaskError
+
+__all__ = ["TaskInfo", "TaskRegistry"]
+
+State = Literal["known", "loaded", "pinned"]
+Loader = Callable[[str, Path], tuple[Any, int]]
+EvictCallback = Callable[[str, int, str], None]  # (name, bytes freed, "evicted" | "unloaded" | "replaced")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A snapshot of one task's registry entry."""
+
+    name: str
+    state: State
+    size_bytes: int  # bytes held in memory when loaded; last loaded size (or 0) otherwise
+    last_used: float | None  # wall-clock time of the last use, None if never used
+    use_count: int
+    priority: int
+    source: str  # the task directory it loads from
+
+
+@dataclass
+class _Entry:
+    name: str
+    source: Path
+    priority: int = 0
+    pinned: bool = False
+    payload: Any = None
+    size: int = 0
+    last_used: float | None = None
+    tick: int = 0
+    use_count: int = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self.payload is not None
+
+
+class TaskRegistry:
+    """Known and loaded tasks with a count / byte budget and LRU + priority eviction (thread-safe)."""
+
+    def __init__(self, loader: Loader, *, max_loaded: int | None = None, max_bytes: int | None = None,
+                 on_evict: EvictCallback | None = None) -> None:
+        if max_loaded is not None and max_loaded < 1:
+            raise ConfigError(f"max_loaded_tasks must be >= 1 or None (no limit), got {max_loaded}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ConfigError(f"memory_budget_bytes must be >= 1 or None (no limit), got {max_bytes}")
+        self._loader = loader
+        self.max_loaded = max_loaded
+        self.max_bytes = max_bytes
+        self._on_evict = on_evict
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.RLock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._tick = 0
+        self.version = 0  # bumped whenever the loaded set changes
+
+    # ---- known level -------------------------------------------------------------------------
+    def add(self, name: str, source: str | Path, *, priority: int = 0) -> None:
+        """Register a task (known, not loaded). Re-adding a name with a new source drops its loaded weights."""
+        with self._lock:
+            old = self._entries.get(name)
+            if old is not None and old.source == Path(source):
+                return
+            if old is not None and old.loaded:
+                self._drop(old, "replaced")
+            self._entries[name] = _Entry(name=name, source=Path(source), priority=priority)
+
+    def remove(self, name: str) -> None:
+        """Forget a task entirely (unload it first if loaded)."""
+        with self._lock:
+            entry = self._get(name)
+            if entry.loaded:
+                self._drop(entry, "unloaded")
+            del self._entries[name]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._entries
+
+    # ---- loaded level ------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        """The task's payload, loading it if needed; counts as a use (LRU order, use_count)."""
+        return self._ensure(name, touch=True)
+
+    def load(self, name: str, *, pin: bool | None = None, priority: int | None = None) -> TaskInfo:
+        """Load (if needed) and optionally pin / re-prioritise; does not count as a use."""
+        with self._lock:
+            entry = self._get(name)
+            if priority is not None:
+                entry.priority = int(priority)
+        self._ensure(name, touch=False, pin=pin)
+        return self.info(name)
+
+    def unload(self, name: str) -> None:
+        """Drop the task's weights (it stays known) and unpin it; a no-op when it is not loaded."""
+        with self._lock:
+            entry = self._get(name)
+            entry.pinned = False
+            if entry.loaded:
+                self._drop(entry, "unloaded")
+
+    def pin(self, name: str, pinned: bool = True) -> None:
+        """Pin (never evicted) or unpin a task; pinning loads it."""
+        if pinned:
+            self._ensure(name, touch=False, pin=True)
+        else:
+            with self._lock:
+                self._get(name).pinned = False
+
+    def info(self, name: str) -> TaskInfo:
+        with self._lock:
+            return self._info(self._get(name))
+
+    def infos(self) -> list[TaskInfo]:
+        with self._lock:
+            return [self._info(e) for _, e in sorted(self._entries.items())]
+
+    def loaded_names(self) -> list[str]:
+        """Loaded tasks, least recently used first."""
+        with self._lock:
+            return [e.name for e in sorted(self._entries.values(), key=lambda e: e.tick) if e.loaded]
+
+    def loaded_snapshot(self) -> tuple[int, list[Any]]:
+        """(version, payloads of every loaded task), taken atomically; no use is counted."""
+        with self._lock:
+            return self.version, [e.payload for e in sorted(self._entries.values(), key=lambda e: e.tick) if e.loaded]
+
+    def loaded_bytes(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._entries.values() if e.loaded)
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _get(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise UnknownTaskError(
+                f"unknown task {name!r}; known tasks: {known}. Add one with load_task(PATH) "
+                "or 'adapterdeploy add-task'"
+            )
+        return entry
+
+    def _info(self, e: _Entry) -> TaskInfo:
+        state: State = "pinned" if e.pinned and e.loaded else "loaded" if e.loaded else "known"
+        return TaskInfo(name=e.name, state=state, size_bytes=e.size, last_used=e.last_used,
+                        use_count=e.use_count, priority=e.priority, source=str(e.source))
+
+    def _touch(self, entry: _Entry, use: bool) -> None:
+        self._tick += 1
+        entry.tick = self._tick
+        if use:
+            entry.use_count += 1
+            entry.last_used = time.time()
+
+    def _ensure(self, name: str, *, touch: bool, pin: bool | None = None) -> Any:
+        with self._lock:
+            entry = self._get(name)
+            if entry.loaded:
+                self._touch(entry, touch)
+                if pin is not None:
+                    entry.pinned = pin
+                return entry.payload
+            load_lock = self._load_locks.setdefault(name, threading.Lock())
+        with load_lock:
+            with self._lock:
+                entry = self._get(name)
+                if entry.loaded:  # another thread loaded it while we waited
+                    self._touch(entry, touch)
+                    if pin is not None:
+                        entry.pinned = pin
+                    return entry.payload
+                source = entry.source
+                self._victim(name, 0)  # fail before reading the file when only pins fill the count budget
+            payload, size = self._loader(name, source)  # file I/O outside the registry lock
+            with self._lock:
+                entry = self._get(name)
+                if entry.source != source:  # re-registered elsewhere meanwhile: our read is stale
+                    return self._ensure(name, touch=touch, pin=pin)
+                self._make_room(name, size)
+                entry.payload, entry.size = payload, size
+                if pin is not None:
+                    entry.pinned = pin
+                self._touch(entry, touch)
+                self.version += 1
+                return payload
+
+    def _make_room(self, name: str, size: int) -> None:
+        """Evict until ``size`` more bytes and one more task fit; raise when only pins are left."""
+        while (victim := self._victim(name, size)) is not None:
+            self._drop(victim, "evicted")
+
+    def _victim(self, name: str, size: int) -> _Entry | None:
+        """The entry to evict for ``name`` to fit (None: it fits); RegistryFullError when it never can."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise RegistryFullError(
+                f"task {name!r} needs {size} bytes, more than the whole memory_budget_bytes={self.max_bytes}; "
+                "raise memory_budget_bytes (CLI: --memory-budget)"
+            )
+        loaded = [e for e in self._entries.values() if e.loaded and e.name != name]
+        over_count = self.max_loaded is not None and len(loaded) + 1 > self.max_loaded
+        used = sum(e.size for e in loaded)
+        over_bytes = self.max_bytes is not None and used + size > self.max_bytes
+        if not (over_count or over_bytes):
+            return None
+        victims = [e for e in loaded if not e.pinned]
+        if not victims:
+            pins = ", ".join(sorted(e.name for e in loaded))
+            budget = (f"max_loaded_tasks={self.max_loaded}" if over_count
+                      else f"memory_budget_bytes={self.max_bytes} ({used} in use, {size} needed)")
+            raise RegistryFullError(
+                f"cannot load task {name!r}: the budget ({budget}) is full and every loaded task is pinned "
+                f"({pins}); unpin or unload one (unload_task / load_task(name, pin=False)) or raise the budget"
+            )
+        return min(victims, key=lambda e: (e.priority, e.tick))
+
+    def _drop(self, entry: _Entry, reason: str) -> None:
+        """Forget the payload; the callback runs under the registry lock, so it must be quick."""
+        size = entry.size
+        entry.payload = None
+        entry.pinned = False
+        self.version += 1
+        if self._on_evict is not None:
+            self._on_evict(entry.name, size, reason)

@@ -1,0 +1,138 @@
+"""onnxruntime sessions on ONE process-wide thread pool, with explicit provider selection.
+
+Why one pool: every session (trunk, adapted, an unusual head) with its own intra-op pool means several
+pools spinning on the same cores; on 2 cores that made batch-1 latency ~3x worse. onnxruntime's global
+thread pools (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``) give every session
+of the process the same workers. The pool is sized once per process: the first ``Deployment.open`` decides;
+a later, different ``threads`` is logged and ignored (the pool cannot be resized).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterdeploy.errors import ArtifactError, ConfigError
+from adapterdeploy.runtime.providers import (
+    CPU,
+    ProviderChoice,
+    provider_problem,
+    raise_unavailable,
+    session_provider_list,
+)
+
+__all__ = ["SessionFactory", "global_pool_threads"]
+
+log = logging.getLogger(__name__)
+
+_POOL_LOCK = threading.Lock()
+_POOL: dict[str, Any] = {"configured": False, "threads": None, "usable": True}
+
+
+def global_pool_threads() -> int | None:
+    """The intra-op size the process-wide pool was created with (None: onnxruntime's default, or not yet)."""
+    return _POOL["threads"]
+
+
+def _configure_pool(threads: int | None) -> bool:
+    """Create the global pool once; True when sessions can use it."""
+    import onnxruntime as ort
+
+    with _POOL_LOCK:
+        if _POOL["configured"]:
+            if threads != _POOL["threads"]:
+                log.warning("onnxruntime's thread pool is process-wide and already sized for threads=%s; "
+                            "threads=%s is ignored", _POOL["threads"], threads)
+            return bool(_POOL["usable"])
+        setter = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
+        usable = setter is not None
+        if usable:
+            setter(int(threads or 0), 1)
+        else:
+            log.warning("this onnxruntime %s has no global thread pool API; each session gets its own pool",
+                        ort.__version__)
+        _POOL.update(configured=True, threads=threads, usable=usable)
+        return usable
+
+
+@dataclass
+class SessionFactory:
+    """Builds every session of a deployment with the same options and the chosen provider."""
+
+    threads: int | None = None
+    shared_pool: bool = True
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+    choice: ProviderChoice | None = None  # the provider that won; set by ``open_first``
+    trt_profiles: dict[str, dict[str, str]] | None = None  # per graph file name
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or None (onnxruntime picks), got {self.threads}")
+        self._use_pool = self.shared_pool and _configure_pool(self.threads)
+
+    def options(self) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self._use_pool:
+            so.use_per_session_threads = False
+        elif self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        return so
+
+    def session(self, path: Path, choice: ProviderChoice | None = None) -> Any:
+        """One session for ``path`` on ``choice`` (default: the provider already chosen)."""
+        import onnxruntime as ort
+
+        choice = choice or self.choice or ProviderChoice(CPU)
+        providers = session_provider_list(
+            choice, ort.get_available_providers(), precision=self.precision, cache_dir=self.cache_dir,
+            trt_profiles=(self.trt_profiles or {}).get(path.name),
+        )
+        try:
+            return ort.InferenceSession(str(path), self.options(), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
+            if self._use_pool and "GlobalThreadPools" in str(exc):
+                log.warning("onnxruntime refused the shared thread pool (%s); using per-session pools", exc)
+                self._use_pool = False
+                return self.session(path, choice)
+            if choice.name != CPU:
+                raise
+            raise ArtifactError(f"onnxruntime cannot load {path}: {exc}; the file is corrupt or from an "
+                                "incompatible exporter: re-export the deployment") from exc
+
+    def open_first(self, choices: Sequence[ProviderChoice], paths: Sequence[Path]) -> list[Any]:
+        """Sessions for ``paths`` on the first usable provider of ``choices``; ProviderError when none is."""
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        problems: list[str] = []
+        for i, choice in enumerate(choices):
+            problem = provider_problem(choice.name, available)
+            sessions: list[Any] = []
+            if problem is None:
+                try:
+                    sessions = [self.session(p, choice) for p in paths]
+                except ArtifactError:
+                    raise
+                except Exception as exc:
+                    problem = f"{choice.name} failed to start: {exc}"
+            if problem is None and any(s.get_providers()[0] != choice.name for s in sessions):
+                problem = (f"onnxruntime could not start {choice.name} (CUDA / cuDNN / TensorRT libraries missing "
+                           "or incompatible; it fell back to CPU on its own)")
+            if problem is None:
+                if i:
+                    log.warning("execution provider fallback: using %s because %s", choice.name, "; ".join(problems))
+                self.choice = choice
+                return sessions
+            problems.append(problem)
+        raise_unavailable(list(choices), problems)
+        raise AssertionError("unreachable")
