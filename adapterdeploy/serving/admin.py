@@ -1,0 +1,115 @@
+"""Admin API on Triton's model-repository extension paths, behind a bearer token.
+
+``POST /v2/repository/index`` lists every task with its registry state, size and use count;
+``POST /v2/repository/models/{task}/load`` loads (``{"parameters": {"pin": true, "priority": 5}}`` pins it,
+``"path"`` loads a task directory exported elsewhere); ``POST /v2/repository/models/{task}/unload`` evicts.
+The router exists only when a token is configured (otherwise these paths are plain 404s). The token is
+compared with ``hmac.compare_digest`` (constant time); a failure is logged with the request id, client
+address and the reason (missing / malformed / wrong), never with the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from adapterdeploy.errors import AuthenticationError, InputError
+from adapterdeploy.serving.app import ERRORS, body_doc, read_body, request_id_of
+from adapterdeploy.serving.schemas import (
+    ErrorResponse,
+    LoadRequest,
+    RepositoryIndexRequest,
+    RepositoryModel,
+    parse_body,
+    validate,
+)
+from adapterdeploy.serving.state import ServingState
+
+__all__ = ["admin_router", "check_token"]
+
+log = logging.getLogger("adapterdeploy.serving.admin")
+ADMIN_ERRORS = {401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"}, **ERRORS}
+
+
+def check_token(request: Request, expected: str) -> None:
+    """Raise AuthenticationError unless ``Authorization: Bearer <expected>``; log failures without the token."""
+    header = request.headers.get("authorization")
+    reason = None
+    if header is None:
+        reason = "missing"
+    else:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            reason = "malformed"
+        elif not hmac.compare_digest(token.strip().encode("utf-8"), expected.encode("utf-8")):
+            reason = "wrong"
+    if reason is not None:
+        client = request.client.host if request.client else "-"
+        log.warning("admin authentication failed", extra={"request_id": request_id_of(request), "client": client,
+                                                            "reason": reason, "path": request.url.path})
+        raise AuthenticationError(
+            f"admin endpoints need 'Authorization: Bearer <token>' ({reason} token); the token is the one given "
+            "to the server by --admin-token-file or ADAPTERDEPLOY_ADMIN_TOKEN"
+        )
+
+
+def admin_router(state: ServingState) -> APIRouter:
+    token = state.settings.admin_token
+    assert token is not None, "admin_router needs a configured token"
+    router = APIRouter(prefix="/v2/repository", tags=["admin"])
+
+    @router.post("/index", summary="List tasks with state, size and use counts",
+                 openapi_extra=body_doc(RepositoryIndexRequest),
+                 responses={200: {"model": list[RepositoryModel]}, **ADMIN_ERRORS})
+    async def index(request: Request) -> Response:
+        check_token(request, token)
+        req = validate(RepositoryIndexRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
+        models = []
+        for info in await state.task_infos():
+            loaded = info.state != "known"
+            if req.ready and not loaded:
+                continue
+            models.append(RepositoryModel(
+                name=info.name, state="READY" if loaded else "UNAVAILABLE",
+                reason="" if loaded else "not loaded; loads on first request",
+                load_state=info.state, size_bytes=info.size_bytes, use_count=info.use_count,
+                last_used=info.last_used, priority=info.priority,
+            ).model_dump())
+        return JSONResponse(models)
+
+    @router.post("/models/{task}/load", summary="Load (and optionally pin) a task",
+                 openapi_extra=body_doc(LoadRequest), responses=ADMIN_ERRORS)
+    async def load(task: str, request: Request) -> Response:
+        check_token(request, token)
+        req = validate(LoadRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
+        params = req.parameters
+        source = task
+        if params.path is not None:
+            from adapterdeploy.artifacts import TaskSpec
+
+            spec = TaskSpec.read(Path(params.path))
+            if spec.name != task:
+                raise InputError(f"parameters.path holds task {spec.name!r}, not {task!r}; load it under its own name")
+            source = params.path
+        else:
+            state.require_task(task)
+        info, seconds = await state.load_task(source, pin=params.pin, priority=params.priority)
+        log.info("task loaded", extra={"request_id": request_id_of(request), "task": info.name, "pin": params.pin,
+                                       "seconds": round(seconds, 4)})
+        return JSONResponse({"name": info.name, "load_state": info.state, "size_bytes": info.size_bytes,
+                             "priority": info.priority, "load_seconds": round(seconds, 6)})
+
+    @router.post("/models/{task}/unload", summary="Unload (evict, unpin) a task; it reloads on its next request",
+                 responses=ADMIN_ERRORS)
+    async def unload(task: str, request: Request) -> Response:
+        check_token(request, token)
+        await read_body(request, state.settings)
+        await state.unload_task(task)
+        log.info("task unloaded", extra={"request_id": request_id_of(request), "task": task})
+        return JSONResponse({"name": task, "load_state": "known"})
+
+    return router

@@ -1,0 +1,395 @@
+"""The HTTP app (FastAPI on Starlette): KServe v2 endpoints, the plain JSON API, metrics, admin, errors.
+
+Why FastAPI + uvicorn: an ASGI stack keeps thousands of waiting requests on one event loop (each is a
+coroutine awaiting a future, not a thread), which is what a cross-task batcher needs; FastAPI adds the
+OpenAPI document (``/openapi.json``, ``/docs``) that clients and schemathesis read, and uvicorn is the
+standard, well-kept ASGI server with graceful shutdown and connection limits. Bodies are read and
+parsed here, not by FastAPI, so the size limit is enforced while reading, JSON is strict (no NaN) and
+every failure gets the same ``{"error", "error_type", "request_id"}`` body (the v2 protocol's
+``{"error": ...}`` plus two fields) — never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapterdeploy import __version__
+from adapterdeploy.errors import (
+    AdapterDeployError,
+    AuthenticationError,
+    ClientTimeoutError,
+    InputError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnavailableError,
+)
+from adapterdeploy.serving import protocol
+from adapterdeploy.serving.logs import ACCESS_LOGGER
+from adapterdeploy.serving.metrics import CONTENT_TYPE_LATEST, FAN_OUT_TASK, Metrics
+from adapterdeploy.serving.schemas import (
+    ErrorResponse,
+    FanOutRequest,
+    FanOutResponse,
+    LoadRequest,
+    PredictRequest,
+    PredictResponse,
+    RepositoryIndexRequest,
+    check_rows,
+    parse_body,
+    validate,
+)
+from adapterdeploy.serving.settings import Settings
+from adapterdeploy.serving.state import ClientGone, ServingState, Tracker
+
+__all__ = [
+    "ERRORS",
+    "body_doc",
+    "create_app",
+    "error_response",
+    "install_drain_signal",
+    "read_body",
+    "request_id_of",
+    "until_disconnect",
+]
+
+log = logging.getLogger("adapterdeploy.serving")
+access_log = logging.getLogger(ACCESS_LOGGER)
+T = TypeVar("T")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+QUIET_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+BODY_MODELS = (PredictRequest, FanOutRequest, protocol.InferenceRequest, LoadRequest, RepositoryIndexRequest)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in ((400, "Invalid request (the message names the field)"), (404, "Unknown task"),
+                       (408, "Body sent too slowly"), (413, "Body or rows over the limit"),
+                       (429, "Queue full; see Retry-After"), (503, "Draining, starting, or timed out"))
+}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def error_response(exc: AdapterDeployError, request_id: str) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, UnavailableError):
+        headers["Retry-After"] = "1"
+    elif isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="adapterdeploy-admin"'
+    body = {"error": str(exc), "error_type": exc.error_type, "request_id": request_id}
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "-"))
+
+
+def _note(request: Request, **fields: Any) -> None:
+    """Fields for this request's access-log line."""
+    request.scope.setdefault("state", {}).setdefault("log", {}).update(fields)
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The body, refused early when over ``max_body_bytes`` (413) or slower than ``body_timeout_s`` (408)."""
+    limit = settings.max_body_bytes
+    if request.headers.get("inference-header-content-length") is not None:
+        raise InputError("the binary tensor data extension is not supported; send the inputs as JSON strings")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InputError(f"the Content-Length header {declared[:40]!r} is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLargeError(
+                f"the request body has {int(declared)} bytes, the limit is {limit} (--max-body-bytes); "
+                "send fewer or shorter inputs per request"
+            )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.body_timeout_s
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise ClientTimeoutError(
+                f"the request body did not arrive within {settings.body_timeout_s:g} s (--body-timeout)"
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client disconnected while sending its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body exceeds {limit} bytes (--max-body-bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first; then cancel it (its rows leave the queue)."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+        watch.cancel()
+    if job.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        raise ClientGone("the client disconnected before its result was ready; its rows were dropped")
+    return job.result()
+
+
+def install_drain_signal(state: ServingState) -> Callable[[], None]:
+    """Chain SIGTERM/SIGINT: first turn readiness to 503, then call the server's own handler (uvicorn's).
+
+    uvicorn installs its handlers before the lifespan starts, so wrapping them here works the same for one
+    process and for every ``--workers`` child. Signal handlers can only be set from the main thread; in a
+    thread (tests) or a Ray replica this does nothing and the host's own shutdown applies.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        state.begin_drain()
+        prev = previous[sig]
+        if callable(prev):
+            prev(sig, frame)
+        elif sig == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, prev in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, prev)
+
+    return restore
+
+
+def body_doc(model: type) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body that the handler parses itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+# ---------------------------------------------------------------------------------------- middleware
+class RequestContext:
+    """Pure ASGI middleware: request id, one access-log line per request, and the last-resort 500."""
+
+    def __init__(self, app: ASGIApp, instance_id: str = "") -> None:
+        self.app = app
+        self.instance = instance_id.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        rid = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["log"] = {}
+        status = 0
+        t0 = time.perf_counter()
+        quiet = scope["path"] in QUIET_PATHS
+        access_log.debug("request started", extra={"request_id": rid, "path": scope["path"]})
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
+                                      (b"x-adapterdeploy-instance", self.instance)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            if status == 0:
+                await JSONResponse(
+                    {"error": "internal server error; the server log has the details under this request id",
+                     "error_type": "internal", "request_id": rid}, status_code=500)(scope, receive, send_with_id)
+        finally:
+            fields = {"request_id": rid, "method": scope["method"], "path": scope["path"],
+                      "status": status or 499, "ms": round((time.perf_counter() - t0) * 1000, 2), **state["log"]}
+            access_log.log(logging.DEBUG if quiet and status == 200 else logging.INFO, "request", extra=fields)
+
+
+# ------------------------------------------------------------------------------------------ the app
+def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
+    """The app for one process. Without ``deployment`` it opens ``settings.deploy_dir`` at startup."""
+    metrics = Metrics()
+    state = ServingState(settings, metrics, deployment)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        restore = install_drain_signal(state)
+        try:
+            yield
+        finally:
+            restore()
+            await state.stop()
+
+    app = FastAPI(
+        title="adapterdeploy", version=__version__, lifespan=lifespan, redoc_url=None,
+        description="Many adapter tasks on one shared ONNX featurizer, batched across tasks. KServe Open "
+                    "Inference Protocol v2 under /v2, a plain JSON API under /v1, Prometheus metrics at /metrics.",
+    )
+    app.state.serving = state
+    app.add_middleware(RequestContext, instance_id=state.instance_id)
+
+    @app.exception_handler(AdapterDeployError)
+    async def _adapterdeploy_error(request: Request, exc: AdapterDeployError) -> Response:
+        if exc.http_status >= 500 and not isinstance(exc, UnavailableError):
+            log.error("request failed: %s", exc, extra={"request_id": request_id_of(request)})
+        return error_response(exc, request_id_of(request))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
+        return JSONResponse({"error": message, "error_type": kind, "request_id": request_id_of(request)},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error_response(InputError(f"{where}: {first.get('msg')}"), request_id_of(request))
+
+    _add_health_routes(app, state)
+    _add_inference_routes(app, state, metrics)
+
+    if settings.admin_enabled:
+        from adapterdeploy.serving.admin import admin_router
+
+        app.include_router(admin_router(state))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _add_health_routes(app: FastAPI, state: ServingState) -> None:
+    @app.get("/v2/health/live", tags=["health"], summary="Liveness: 200 while the batching loop runs")
+    async def live() -> Response:
+        if state.started and (state.batcher is None or not state.batcher.alive) and not state.draining:
+            raise UnavailableError("the batching loop has stopped; restart the server")
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready", tags=["health"], summary="Readiness: 503 while starting or draining",
+             responses={503: ERRORS[503]})
+    async def ready() -> Response:
+        if not state.ready:
+            raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
+        return JSONResponse({"ready": True})
+
+    @app.get("/v2", tags=["v2"], summary="Server metadata")
+    async def server_metadata() -> Response:
+        return JSONResponse(protocol.server_metadata(__version__, state.settings.admin_enabled))
+
+    @app.get("/v2/models/{task}", tags=["v2"], summary="Model (task) metadata", responses={404: ERRORS[404]})
+    async def model_metadata(task: str) -> Response:
+        return JSONResponse(protocol.model_metadata(await state.task_meta(task)))
+
+    @app.get("/v2/models/{task}/ready", tags=["v2"], summary="Model (task) readiness",
+             responses={404: ERRORS[404], 503: ERRORS[503]})
+    async def model_ready(task: str) -> Response:
+        state.require_task(task)
+        if not state.ready:
+            raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
+        return JSONResponse({"name": task, "ready": True})
+
+    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint() -> Response:
+        body = await asyncio.get_running_loop().run_in_executor(state.aux_pool, state.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
+    settings = state.settings
+
+    @app.post("/v2/models/{task}/infer", tags=["v2"], summary="Open Inference Protocol v2 inference",
+              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
+    async def v2_infer(task: str, request: Request) -> Response:
+        with Tracker(metrics, "v2_infer", state.task_label(task)):
+            meta = await state.task_meta(task)
+            req = validate(protocol.InferenceRequest, parse_body(await read_body(request, settings)))
+            rows = protocol.rows_from_request(req, meta)
+            check_rows(rows, settings, field="inputs[0].data")
+            protocol.check_outputs(req, meta)
+            _note(request, task=task, rows=len(rows))
+            predictions = await until_disconnect(request, state.predict([task], rows, field="inputs[0].data"))
+            return JSONResponse(protocol.infer_response(req, meta, predictions))
+
+    @app.post("/v1/predict", tags=["v1"], summary="Predict one task over texts or text pairs",
+              openapi_extra=body_doc(PredictRequest), responses={200: {"model": PredictResponse}, **ERRORS})
+    async def predict(request: Request) -> Response:
+        with Tracker(metrics, "predict", "_unknown") as tracker:
+            req = validate(PredictRequest, parse_body(await read_body(request, settings)))
+            tracker.task = state.task_label(req.task)
+            state.require_task(req.task)
+            check_rows(list(req.inputs), settings)
+            _note(request, task=req.task, rows=len(req.inputs))
+            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs)))
+            return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
+
+    @app.post("/v1/fan-out", tags=["v1"], summary="Run several tasks over the same texts",
+              openapi_extra=body_doc(FanOutRequest), responses={200: {"model": FanOutResponse}, **ERRORS})
+    async def fan_out(request: Request) -> Response:
+        with Tracker(metrics, "fan_out", FAN_OUT_TASK):
+            req = validate(FanOutRequest, parse_body(await read_body(request, settings)))
+            tasks = list(dict.fromkeys(req.tasks))
+            if len(tasks) > settings.max_tasks_per_request:
+                raise PayloadTooLargeError(
+                    f"tasks: {len(tasks)} tasks, the limit is {settings.max_tasks_per_request} per request "
+                    "(--max-tasks-per-request); split the request"
+                )
+            for task in tasks:
+                state.require_task(task)
+            inputs = list(req.inputs)
+            check_rows(inputs, settings, n_tasks=len(tasks))
+            _note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
+            predictions = await until_disconnect(request, state.predict(tasks, inputs))
+            n = len(inputs)
+            out = {task: [p.to_dict() for p in predictions[i * n:(i + 1) * n]] for i, task in enumerate(tasks)}
+            return JSONResponse({"predictions": out})

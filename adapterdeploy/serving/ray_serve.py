@@ -1,0 +1,90 @@
+"""Scale-out on Ray Serve: the same FastAPI app as a Ray Serve deployment with N replicas.
+
+Each replica builds its own app (``create_app``) when it starts, opening the deployment directory itself:
+replicas share nothing but that directory (which must be readable at the same path on every node, e.g. a
+shared volume, or baked into the image). Ray's HTTP proxy spreads requests over replicas; inside a
+replica the batcher works as in plain ``serve``. ``max_ongoing_requests`` is raised from Ray's default (5)
+to ``--max-connections`` so that enough requests reach one replica to form batches; the replica's own
+bounded queue still answers 429 when full.
+
+Run: ``adapterdeploy serve DEPLOY_DIR --ray --replicas 2`` (starts a local Ray, or joins the cluster in
+``RAY_ADDRESS``). Stop with Ctrl+C / SIGTERM: Serve shuts down, each replica drains (``--drain``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from adapterdeploy.serving.settings import Settings
+
+__all__ = ["APP_NAME", "build_ray_app", "run_ray"]
+
+log = logging.getLogger("adapterdeploy.serving.ray")
+APP_NAME = "adapterdeploy"
+
+
+def build_ray_app(settings: Settings) -> Any:
+    """A bound Ray Serve application (``serve.run`` it) with ``settings.replicas`` replicas."""
+    from ray import serve
+
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas)
+    replica_settings = settings.with_overrides(threads=threads, workers=1, ray=False)
+
+    @serve.deployment(
+        name="adapterdeploy",
+        num_replicas=settings.replicas,
+        max_ongoing_requests=settings.max_connections,
+        graceful_shutdown_timeout_s=settings.drain_s,
+        ray_actor_options={"num_cpus": min(1.0, (os.cpu_count() or 1) / settings.replicas)},
+    )
+    @serve.ingress()
+    class AdapterDeployReplica:
+        """One replica: builds the app in the replica process (late-bound ingress)."""
+
+        def __init__(self, settings_json: str) -> None:
+            self._settings = Settings.from_json(settings_json)
+
+        def __serve_build_asgi_app__(self) -> Any:
+            from adapterdeploy.serving.app import create_app
+            from adapterdeploy.serving.logs import configure_logging
+
+            configure_logging(self._settings.log_level, json_lines=self._settings.access_log_json)
+            return create_app(self._settings)
+
+        def check_health(self) -> None:
+            """Ray restarts a replica whose batching loop died."""
+            state = self.app.state.serving  # type: ignore[attr-defined]
+            if state.started and not state.draining and not (state.batcher and state.batcher.alive):
+                raise RuntimeError("the batching loop has stopped")
+
+    return AdapterDeployReplica.bind(replica_settings.to_json())
+
+
+def run_ray(settings: Settings) -> None:
+    """Start (or join) Ray, run the app on ``settings.host:port`` and block until SIGTERM/SIGINT."""
+    import ray
+    from ray import serve
+
+    from adapterdeploy.serving.logs import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.access_log_json)
+    ray.init(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_ray_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        log.info("ray serve running", extra={"replicas": settings.replicas, "host": settings.host,
+                                             "port": settings.port})
+        print(f"serving {settings.deploy_dir} with {settings.replicas} Ray Serve replicas on "
+              f"http://{settings.host}:{settings.port}", flush=True)
+        stop.wait()
+    finally:
+        log.info("shutting down ray serve")
+        serve.shutdown()
+        ray.shutdown()

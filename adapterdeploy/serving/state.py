@@ -1,0 +1,227 @@
+"""One server process's state: the open Deployment, its two worker threads, the batcher and the metrics.
+
+Threads: ``forward`` (one thread) runs every mixed forward, so onnxruntime sessions see one caller and
+use their own intra-op pool; ``aux`` (one thread) tokenizes for the limits and batching, reads task
+metadata and runs admin loads, so none of that waits behind a forward or blocks the event loop. The
+runtime is thread-safe (its registry has a lock; its tokenizers are never mutated after open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
+from adapterdeploy.serving.batcher import Batcher
+from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
+from adapterdeploy.serving.protocol import TaskMeta
+from adapterdeploy.serving.settings import Settings
+
+__all__ = ["CLIENT_GONE_STATUS", "REASON_BY_TYPE", "ClientGone", "ServingState", "Tracker"]
+
+log = logging.getLogger("adapterdeploy.serving")
+
+REASON_BY_TYPE = {
+    "overloaded": "queue_full",
+    "payload_too_large": "too_large",
+    "timeout": "timeout",
+    "unavailable": "unavailable",
+    "unauthorized": "unauthorized",
+    "client_timeout": "client_slow",
+    "client_gone": "client_gone",
+}
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": logged and counted, never sent
+
+
+class ClientGone(AdapterDeployError):
+    """The client disconnected while its request waited; its rows were dropped from the queue."""
+
+    error_type = "client_gone"
+    http_status = CLIENT_GONE_STATUS
+
+
+class ServingState:
+    """Created by the app factory; ``start()`` in the lifespan startup, ``stop()`` at shutdown."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, deployment: Any = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.deployment = deployment
+        self._owns_deployment = deployment is None
+        self.forward_pool = ThreadPoolExecutor(1, thread_name_prefix="adapterdeploy-forward")
+        self.aux_pool = ThreadPoolExecutor(1, thread_name_prefix="adapterdeploy-aux")
+        self.batcher: Batcher | None = None
+        self.draining = False
+        self.started = False
+        self.max_length = 0
+        self._meta: dict[str, TaskMeta] = {}
+        # Names this process (worker / replica) in the x-adapterdeploy-instance response header.
+        self.instance_id = uuid.uuid4().hex[:12]
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        if self.deployment is None:
+            from adapterdeploy.runtime import Deployment
+
+            opener = partial(Deployment.open, self.settings.deploy_dir, **self.settings.deployment_kwargs())
+            self.deployment = await loop.run_in_executor(self.aux_pool, opener)
+        self.max_length = int(self.deployment.max_length)
+        for name in self.settings.preload:
+            await self.load_task(name)
+        s = self.settings
+        self.batcher = Batcher(self._run_batch, executor=self.forward_pool, max_rows=s.max_batch_rows,
+                               max_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_s, max_queue_rows=s.max_queue,
+                               metrics=self.metrics)
+        await self.batcher.start()
+        self.metrics.bind_task_counts(self._count_loaded, lambda: float(len(self.deployment.task_names)))
+        self.started = True
+        self.metrics.ready.set(1)
+        log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": len(self.deployment.task_names),
+                                           "seconds": round(time.perf_counter() - t0, 3)})
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        if self.batcher is not None:
+            await self.batcher.close(self.settings.drain_s)
+        self.forward_pool.shutdown(wait=True, cancel_futures=True)
+        self.aux_pool.shutdown(wait=True, cancel_futures=True)
+        if self._owns_deployment and self.deployment is not None:
+            self.deployment.close()
+
+    def begin_drain(self) -> None:
+        """Readiness turns 503 now; in-flight and queued requests still finish. Safe from a signal handler."""
+        if not self.draining:
+            self.draining = True
+            self.metrics.ready.set(0)
+            log.info("draining: readiness is now 503; finishing in-flight requests")
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.batcher is not None and self.batcher.alive
+
+    def require_ready(self) -> None:
+        if not self.started or self.batcher is None:
+            raise UnavailableError("the server is still starting; retry in a moment")
+
+    # ------------------------------------------------------------------------------------- tasks
+    def task_label(self, task: str) -> str:
+        """A bounded metric label: the task name if the deployment knows it."""
+        return task if self.deployment is not None and task in self.deployment.task_names else UNKNOWN_TASK
+
+    def require_task(self, task: str) -> None:
+        names = self.deployment.task_names
+        if task not in names:
+            shown = ", ".join(sorted(names)[:10]) + (", ..." if len(names) > 10 else "")
+            raise UnknownTaskError(
+                f"unknown task {task[:200]!r}; this deployment serves {len(names)} tasks ({shown}); "
+                "GET /v2/repository/index (admin) or `adapterdeploy inspect DEPLOY_DIR` lists them"
+            )
+
+    async def task_meta(self, task: str) -> TaskMeta:
+        self.require_task(task)
+        meta = self._meta.get(task)
+        if meta is None:
+            meta = await asyncio.get_running_loop().run_in_executor(self.aux_pool, self._read_meta, task)
+            self._meta[task] = meta
+        return meta
+
+    def _read_meta(self, task: str) -> TaskMeta:
+        from adapterdeploy.artifacts import TaskSpec
+
+        source = next((info.source for info in self.deployment.tasks() if info.name == task), None)
+        if source is None:
+            raise UnknownTaskError(f"unknown task {task!r}")
+        spec = TaskSpec.read(Path(source))
+        return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
+                        text_pair=spec.text_pair)
+
+    async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        loader = partial(self.deployment.load_task, name_or_path, pin=pin, priority=priority)
+        info = await loop.run_in_executor(self.aux_pool, loader)
+        seconds = time.perf_counter() - t0
+        self.metrics.task_load_time.observe(seconds)
+        self._meta.pop(info.name, None)
+        return info, seconds
+
+    async def unload_task(self, name: str) -> None:
+        self.require_task(name)
+        await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.unload_task, name)
+
+    async def task_infos(self) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.tasks)
+
+    def _count_loaded(self) -> float:
+        return float(sum(1 for info in self.deployment.tasks() if info.state != "known"))
+
+    # --------------------------------------------------------------------------------- inference
+    def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
+        return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
+
+    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
+        """Every task over every input (task-major order), through the batcher; limits already checked.
+
+        Token counts come from the deployment's tokenizer once per input (not per task). With
+        ``--no-truncate`` an over-long text is refused here, before it is queued.
+        """
+        self.require_ready()
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
+            meta = await self.task_meta(task)
+            for i, row in enumerate(inputs):
+                if isinstance(row, tuple) != meta.text_pair:
+                    want = "[text_a, text_b] pairs" if meta.text_pair else "single texts"
+                    raise InputError(f"{field}[{i}]: task {task!r} takes {want}, this is "
+                                     f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
+        loop = asyncio.get_running_loop()
+        counts = await loop.run_in_executor(self.aux_pool, self.deployment.token_counts, list(inputs))
+        if not self.settings.truncate:
+            for i, c in enumerate(counts):
+                if c > self.max_length:
+                    raise InputError(
+                        f"{field}[{i}] has {c} tokens, the deployment's max_length is {self.max_length}; shorten the "
+                        "text, start the server with --truncate, or re-export with a larger --max-length"
+                    )
+        tokens = [min(int(c), self.max_length) for c in counts]
+        rows = [(task, row) for task in tasks for row in inputs]
+        assert self.batcher is not None
+        return await self.batcher.submit(rows, tokens * len(tasks), timeout=max(0.001, deadline - time.monotonic()))
+
+
+class Tracker:
+    """Counts one inference request: ``requests{endpoint,task,status}``, latency and rejection reasons."""
+
+    def __init__(self, metrics: Metrics, endpoint: str, task: str) -> None:
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.task = task
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            status = 200
+        elif isinstance(exc, AdapterDeployError):
+            status = exc.http_status
+            reason = REASON_BY_TYPE.get(exc.error_type, "invalid" if status < 500 and status != 404 else None)
+            if reason in REJECT_REASONS:
+                self.metrics.rejected.labels(reason=reason).inc()
+        elif isinstance(exc, asyncio.CancelledError):
+            status = CLIENT_GONE_STATUS
+            self.metrics.rejected.labels(reason="client_gone").inc()
+        else:
+            status = 500
+        self.metrics.requests.labels(endpoint=self.endpoint, task=self.task, status=str(status)).inc()
+        self.metrics.request_latency.labels(endpoint=self.endpoint).observe(time.perf_counter() - self.t0)
