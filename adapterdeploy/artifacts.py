@@ -68,6 +68,10 @@ TASK_FILE = "task.json"
 TASK_WEIGHTS_FILE = "adapters.safetensors"
 TASK_HEAD_FILE = "head.onnx"
 PRECISIONS = ("fp32", "int8", "fp16")
+# Optional key of TaskSpec.parity read by `adapterdeploy check`: a few inputs with the PyTorch fp32 reference
+# logits of this task, [{"input": "text" | ["text_a", "text_b"], "logits": [float, ...]}, ...]; check runs the
+# runtime on them and compares (tokenized with truncation at the deployment's max_length).
+PARITY_SAMPLES = "samples"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -149,6 +153,11 @@ class VariantSpec:
     optimization: str = "none"
     op_counts: dict[str, int] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    # Added by the exporter: how the variant was chosen (candidate timings in ms, batch shape, chosen one).
+    timings: dict[str, Any] = field(default_factory=dict)
+    # {"trunk" | "adapted": {graph input/output name: "float32" | "float16" | "int64"}}; fp16 variants take
+    # fp16 bank inputs (the runtime casts task rows once) while hidden / cls / mean / pooled stay float32.
+    io_dtypes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,8 @@ class Manifest:
     files: dict[str, FileEntry]
     parity: dict[str, Any] = field(default_factory=dict)
     adapter_drop_eval: dict[str, Any] = field(default_factory=dict)
+    # Added by the exporter (--standalone): task name -> {precision: path of its self-contained graph}.
+    standalone: dict[str, dict[str, str]] = field(default_factory=dict)
     tool_version: str = __version__
     created: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -282,6 +293,7 @@ class Manifest:
             "files": {k: asdict(v) for k, v in sorted(self.files.items())},
             "parity": self.parity,
             "adapter_drop_eval": self.adapter_drop_eval,
+            "standalone": self.standalone,
         }
 
     @classmethod
@@ -296,6 +308,7 @@ class Manifest:
                 files={safe_relpath(k): FileEntry(**v) for k, v in d["files"].items()},
                 parity=dict(d.get("parity", {})),
                 adapter_drop_eval=dict(d.get("adapter_drop_eval", {})),
+                standalone={k: {p: safe_relpath(f) for p, f in v.items()} for k, v in d.get("standalone", {}).items()},
                 tool_version=str(d.get("tool_version", "")),
                 created=str(d.get("created", "")),
                 schema_version=int(d["schema_version"]),
