@@ -11,20 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
+import adapters as ah
 import pytest
 import torch
-
-pytest.importorskip("adapters")
-
-import adapters as ah
 from click.testing import CliRunner
 
 from adapterdeploy.cli import main
-from adapterdeploy.errors import (
-    ArtifactError,
-    FingerprintMismatchError,
-    UnsupportedAdapterError,
-)
+from adapterdeploy.errors import ArtifactError, FingerprintMismatchError, UnsupportedAdapterError
 from adapterdeploy.models.adapterhub import AdapterHubImportWarning, import_adapterhub, verify_import
 from adapterdeploy.models.base import load_base
 from adapterdeploy.models.checkpoint import load_checkpoint, save_checkpoint
