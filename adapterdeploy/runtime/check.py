@@ -210,8 +210,8 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
             continue
         problems += [f"{rel}/{p}" for p in verify_files(root / rel, spec.files)]
     n_files = len(manifest.files)
-    items.append(CheckItem("checksums", "fail" if problems else "pass",
-                           "; ".join(problems) if problems else f"{n_files} featurizer files + every task's files ok"))
+    ok_detail = f"{n_files} files of the manifest + every task's own list ok"
+    items.append(CheckItem("checksums", "fail" if problems else "pass", "; ".join(problems) if problems else ok_detail))
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
     try:

@@ -24,8 +24,8 @@ PROVIDER_HELP = ("Execution provider, in preference order; repeat for a fallback
 
 def _open_options(f: Any) -> Any:
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="Intra-op threads of the process-wide onnxruntime pool (default: one per core). Fewer "
-                          "threads leave cores to other processes at some latency cost.")(f)
+                     help="Intra-op threads per onnxruntime session (default: one per core). Fewer threads leave "
+                          "cores to other processes at some latency cost.")(f)
     f = click.option("--provider", "providers", multiple=True, help=PROVIDER_HELP)(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="Featurizer variant: fp32 (reference), int8 (smaller and faster on CPU, small accuracy "

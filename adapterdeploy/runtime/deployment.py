@@ -52,6 +52,8 @@ __all__ = ["Deployment"]
 
 log = logging.getLogger(__name__)
 
+ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
+
 
 class Deployment:
     """A deployment directory opened for inference. Create with :meth:`open`."""
@@ -77,7 +79,7 @@ class Deployment:
     def open(cls, path: str | Path, providers: Sequence[ProviderSpec] | ProviderSpec | None = None,
              precision: str = "fp32", threads: int | None = None, max_loaded_tasks: int | None = None,
              memory_budget_bytes: int | None = None, *, batch_size: int = 64, bank_mode: str | None = None,
-             shared_thread_pool: bool = True, engine_cache_dir: str | Path | None = None,
+             shared_thread_pool: bool = False, engine_cache_dir: str | Path | None = None,
              on_evict: EvictCallback | None = None) -> Deployment:
         """Open ``path`` for inference.
 
@@ -85,7 +87,9 @@ class Deployment:
             providers: None (CPU), or a fallback list in preference order, e.g. ``["cuda", "cpu"]``;
                 ``["cuda"]`` alone raises ProviderError when CUDA cannot run here.
             precision: which featurizer variant to run (fp32, int8, fp16: see ``manifest.precisions``).
-            threads: intra-op threads of the process-wide onnxruntime pool (None: one per core).
+            threads: intra-op threads per session (None: one per core).
+            shared_thread_pool: one process-wide onnxruntime pool instead of per-session pools without
+                spinning; slower under load and process-wide in effect (see sessions.py), so opt-in.
             max_loaded_tasks / memory_budget_bytes: the registry's budget (None: unlimited).
             batch_size: rows per forward pass; larger inputs are split into length-sorted buckets.
             bank_mode: ``rows`` (stack only the batch's tasks; CPU default) or ``resident`` (whole bank,
@@ -122,9 +126,12 @@ class Deployment:
         device = "cuda" if factory.choice is not None and factory.choice.is_gpu else None
         engine = Engine(trunk, adapted, layout, bank_mode=mode, device=device)
         base = manifest.base
+        # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
+        # past the table, so those models get zeros whatever the tokenizer says.
+        single_type = (int(base.get("type_vocab_size") or 2) <= 1
+                       or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS)
         encoder = TextEncoder(root / safe_relpath(manifest.tokenizer.file), manifest.tokenizer.max_length,
-                              single_token_type=int(base.get("type_vocab_size", 2) or 2) <= 1,
-                              pad_id=base.get("pad_token_id"))
+                              single_token_type=single_type, pad_id=base.get("pad_token_id"))
         log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
         return cls(root, manifest, precision, encoder, engine, factory, batch_size=batch_size,
                    max_loaded_tasks=max_loaded_tasks, memory_budget_bytes=memory_budget_bytes, on_evict=on_evict)

@@ -1,10 +1,20 @@
-"""onnxruntime sessions on ONE process-wide thread pool, with explicit provider selection.
+"""onnxruntime sessions with explicit provider selection and thread pools that do not fight each other.
 
-Why one pool: every session (trunk, adapted, an unusual head) with its own intra-op pool means several
-pools spinning on the same cores; on 2 cores that made batch-1 latency ~3x worse. onnxruntime's global
-thread pools (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``) give every session
-of the process the same workers. The pool is sized once per process: the first ``Deployment.open`` decides;
-a later, different ``threads`` is logged and ignored (the pool cannot be resized).
+Why this matters: the trunk, adapted and (rarely) head sessions each get an intra-op pool; pools whose idle
+workers *spin* burn the cores the next session needs, which made batch-1 latency ~3x worse on 2 cores
+(DESIGN.md). Two remedies, measured on MiniLM on this 2-core machine while other jobs loaded it
+(load average 7-12; medians of 60 batch-1 / 6 batch-32 calls, fresh process per mode, 2 rounds):
+
+    per-session pools, spinning (onnxruntime's default)   b1 44-55 ms   b32 474-544 ms
+    ONE process-wide pool (global thread pool, spins)     b1 30-31 ms   b32 388-459 ms
+    per-session pools, spinning off (our default)         b1 18-20 ms   b32 153-348 ms
+
+So the default is per-session pools with ``session.intra_op.allow_spinning = 0``. The process-wide pool
+(``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``) stays available with
+``shared_thread_pool=True``, with a caveat that makes it opt-in: once created, onnxruntime refuses every
+later session of the process that does not also opt out of per-session threads (an exporter, a user's own
+session), and its spinning cannot be turned off from Python. It is sized once per process; a later,
+different ``threads`` is logged and ignored.
 """
 
 from __future__ import annotations
@@ -64,11 +74,12 @@ class SessionFactory:
     """Builds every session of a deployment with the same options and the chosen provider."""
 
     threads: int | None = None
-    shared_pool: bool = True
+    shared_pool: bool = False
     precision: str = "fp32"
     cache_dir: Path | None = None
     choice: ProviderChoice | None = None  # the provider that won; set by ``open_first``
     trt_profiles: dict[str, dict[str, str]] | None = None  # per graph file name
+    spin: bool = False  # per-session pools only: let idle workers spin (slower under load: see above)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -83,9 +94,12 @@ class SessionFactory:
         so.log_severity_level = 3
         if self._use_pool:
             so.use_per_session_threads = False
-        elif self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
+        else:
+            if self.threads:
+                so.intra_op_num_threads = self.threads
+                so.inter_op_num_threads = 1
+            if not self.spin:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
     def session(self, path: Path, choice: ProviderChoice | None = None) -> Any:
