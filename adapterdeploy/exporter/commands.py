@@ -1,30 +1,225 @@
-"""CLI commands of this stage (work in progress: each command is replaced by its real implementation)."""
+"""CLI of the exporter: ``export`` (= ``export-adapters``), ``add-task``, ``remove-task``, ``inspect``.
+
+Heavy imports (torch, onnx, onnxruntime) happen inside the command bodies; ``inspect`` needs none of them.
+Errors of the package's hierarchy become one-line messages (``error_type: message``) and exit status 1.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import click
+
+from adapterdeploy.errors import AdapterDeployError
+
+__all__ = ["add_task", "export", "inspect_cmd", "remove_task"]
+
+PRECISION_CHOICES = ("fp32", "int8", "fp16")
+_SHORT = {"Attention": "Attn", "MultiHeadAttention": "MHA", "SkipLayerNormalization": "SkipLN",
+          "LayerNormalization": "LN", "EmbedLayerNormalization": "EmbedLN"}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except AdapterDeployError as exc:
+        raise click.ClickException(f"{exc.error_type}: {exc}") from exc
+
+
+def _logger(quiet: bool):
+    if quiet:
+        return lambda _m: None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda m: console.print(f"[dim]·[/dim] {m}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _sci(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def _summary_tables(info: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    fz = info["featurizer"]
+    head = Table(title=f"deployment {info['path']}", show_header=False)
+    head.add_row("base", f"{info['base'].get('model_type')} {info['base'].get('path')} "
+                         f"({info['base'].get('num_layers')} layers, H={info['base'].get('hidden_size')})")
+    sig = fz["signature"]
+    head.add_row("featurizer", f"{fz['fingerprint'][:16]}…  K={fz['adapter_drop']}  adapted layers "
+                               f"{fz['adapted_layers']}  {sig['placement']} / {sig['activation']}")
+    head.add_row("tokenizer", f"{info['tokenizer']['file']} max_length={info['tokenizer']['max_length']}")
+    head.add_row("size", f"{_mb(info['sizes']['total_bytes'])} total, tasks {_mb(info['sizes']['tasks_bytes'])}"
+                         + (f", standalone {_mb(info['sizes']['standalone_bytes'])}"
+                            if info['sizes']['standalone_bytes'] else ""))
+    checks = info["checksums"]
+    head.add_row("checksums", f"[green]ok[/green] ({checks['files_checked']} files)" if checks["ok"]
+                 else f"[red]{len(checks['problems'])} problem(s)[/red]: " + "; ".join(checks["problems"][:5]))
+    variants = Table(title="featurizer variants")
+    for col in ("precision", "size", "fused ops (adapted)", "logits max|Δ|", "argmax", "ms: candidates (*kept)"):
+        variants.add_column(col)
+    for p, v in fz["variants"].items():
+        ops = v["op_counts"].get("adapted", {})
+        fused = ", ".join(f"{_SHORT.get(k, k)} {n}" for k, n in ops.items() if n and k not in ("MatMul", "nodes"))
+        t = v.get("timings", {})
+        timing = " / ".join(f"{k}{'*' if k == t.get('chosen') else ''} {ms:.2f}"
+                            for k, ms in t.get("candidates", {}).items()) or "-"
+        par = v.get("parity", {})
+        diff = par.get("logits_max_abs_diff")
+        variants.add_row(p, _mb(v["size_bytes"]), fused or "none", _sci(diff),
+                         str(par.get("argmax_agreement", "-")), timing)
+    tasks = Table(title="tasks")
+    for col in ("task", "type", "labels", "pooling", "m", "layers", "pair", "size", "fp32 logits max|Δ|"):
+        tasks.add_column(col)
+    for t in info["tasks"]:
+        if "error" in t:
+            tasks.add_row(t["name"], f"[red]{t['error']}[/red]", *[""] * 7)
+            continue
+        layers = t["layers"]
+        contiguous = layers and layers == list(range(layers[0], layers[-1] + 1))
+        span = f"{layers[0]}-{layers[-1]}" if contiguous else str(layers)
+        if t["dropped_layers"]:
+            span += f" (dropped {t['dropped_layers']})"
+        tasks.add_row(t["name"], "regression" if t["problem_type"] == "regression" else "classification",
+                      ",".join(t["labels"]), t["pooling"], str(t["bottleneck"]), span,
+                      "yes" if t["text_pair"] else "no",
+                      _mb(t["size_bytes"]), _sci(t["parity"].get("fp32", {}).get("logits_max_abs_diff")))
+    out = [head, variants, tasks]
+    drop = info.get("adapter_drop_eval", {}).get("tasks", {})
+    if drop:
+        ev = Table(title=f"AdapterDrop K={info['adapter_drop_eval'].get('adapter_drop')} (PyTorch, --eval)")
+        for col in ("task", "file", "rows", "metric", "all adapters", "without dropped", "retained"):
+            ev.add_column(col)
+        for name, e in drop.items():
+            ev.add_row(name, e["file"], str(e["rows"]), e["metric"], str(e["all_adapters"]), str(e["without_dropped"]),
+                       str(e.get("retained")))
+        out.append(ev)
+    return out
+
+
+def _print_info(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for table in _summary_tables(info):
+        console.print(table)
 
 
 @click.command("export")
-def export() -> None:
-    """(not available yet in this build)."""
-    raise click.ClickException("'export' is not implemented yet")
+@click.option("--base", "base_dir", type=click.Path(file_okay=False), default=None,
+              help="Local BERT-family model directory the tasks were trained on. Default: the embedded "
+                   "all-MiniLM-L6-v2.")
+@click.option("--task", "tasks", multiple=True, required=True, type=click.Path(file_okay=False),
+              help="Task checkpoint directory (repeatable). All tasks must share one adapter signature (placement, "
+                   "activation, site options, per-task LayerNorms); bottleneck sizes may differ.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Deployment directory to write (atomically: it appears complete or not at all).")
+@click.option("--adapter-drop", "adapter_drop", type=click.IntRange(min=0), default=0, show_default=True,
+              help="AdapterDrop K: layers [0, K) run once per text without adapters (shared by every task of a "
+                   "fan-out); faster, at some accuracy cost for tasks trained with adapters there (see --allow-drop).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISION_CHOICES), default=("fp32",),
+              show_default=True,
+              help="Featurizer variants to write (repeatable). fp32 is always written (the reference); int8 is ~2-4x "
+                   "smaller and faster on CPU with small accuracy loss; fp16 is for GPU providers.")
+@click.option("--max-length", type=click.IntRange(min=2), default=None,
+              help="Longest input in tokens. Default: the largest max_length of the tasks, capped by the base.")
+@click.option("--opset", type=click.IntRange(14, 20), default=17, show_default=True,
+              help="ONNX opset; 17 has a single LayerNormalization op and is what the fusions are tuned for.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Max abs difference of fp32 outputs vs PyTorch; the export is refused beyond it.")
+@click.option("--standalone", is_flag=True,
+              help="Also write one self-contained ONNX per task (adapters and head baked in; fp32, and int8 when "
+                   "asked) for edge / browser use; each is as large as the base model.")
+@click.option("--force", is_flag=True, help="Replace an existing deployment at --out (swapped in only when complete).")
+@click.option("--allow-drop", is_flag=True,
+              help="Deploy tasks trained with adapters below --adapter-drop without those adapters (measure the "
+                   "cost with --eval).")
+@click.option("--eval", "eval_files", multiple=True,
+              help="Labelled TSV/CSV/JSONL rows to score each task with and without its dropped adapters: FILE "
+                   "(the only task, or the task named like the file's folder) or NAME=FILE; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_drop: int,
+           precisions: tuple[str, ...], max_length: int | None, opset: int, tolerance: float, standalone: bool,
+           force: bool, allow_drop: bool, eval_files: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Export task checkpoints into one deployment: a shared ONNX featurizer + small per-task pieces.
+
+    \b
+    Every export checks the ONNX graphs against PyTorch (several tasks in one mixed batch, padded and
+    unpadded rows, single texts and pairs, a row at max length) before anything is written.
+    """
+    with _errors():
+        from adapterdeploy.exporter.deployment import export_deployment
+        from adapterdeploy.exporter.report import inspect_deployment
+
+        export_deployment(base_dir, list(tasks), out_dir, adapter_drop=adapter_drop, precisions=precisions,
+                          max_length=max_length, opset=opset, tolerance=tolerance, standalone=standalone,
+                          force=force, allow_drop=allow_drop, eval_file=list(eval_files) or None,
+                          log=_logger(quiet or as_json))
+        _print_info(inspect_deployment(out_dir), as_json)
 
 
 @click.command("add-task")
-def add_task() -> None:
-    """(not available yet in this build)."""
-    raise click.ClickException("'add-task' is not implemented yet")
+@click.argument("deploy_dir", type=click.Path(file_okay=False))
+@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.option("--base", "base_dir", type=click.Path(file_okay=False), default=None,
+              help="The base model directory, when it moved since the export (its fingerprint must match).")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Max abs difference vs PyTorch. Default: the deployment's.")
+@click.option("--replace", is_flag=True, help="Replace a task of the same name.")
+@click.option("--allow-drop", is_flag=True, help="Accept losing the task's adapters below the deployment's K.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def add_task(deploy_dir: str, checkpoint: str, base_dir: str | None, tolerance: float | None, replace: bool,
+             allow_drop: bool, quiet: bool) -> None:
+    """Add one task to a deployment against its existing featurizer (no re-export, parity-checked, atomic)."""
+    with _errors():
+        from adapterdeploy.exporter.deployment import add_task as do_add
+
+        spec = do_add(deploy_dir, checkpoint, base_dir=base_dir, tolerance=tolerance, replace=replace,
+                      allow_drop=allow_drop, log=_logger(quiet))
+        fig = spec.parity.get("fp32", {})
+        click.echo(f"added task {spec.name!r} to {deploy_dir} (bottleneck {spec.bottleneck}, layers "
+                   f"{list(spec.layers)}; fp32 logits max abs diff {fig.get('logits_max_abs_diff')})")
 
 
 @click.command("remove-task")
-def remove_task() -> None:
-    """(not available yet in this build)."""
-    raise click.ClickException("'remove-task' is not implemented yet")
+@click.argument("deploy_dir", type=click.Path(file_okay=False))
+@click.argument("name")
+def remove_task(deploy_dir: str, name: str) -> None:
+    """Remove a task's pieces from a deployment and rewrite its manifest (atomic)."""
+    with _errors():
+        from adapterdeploy.exporter.deployment import remove_task as do_remove
+
+        manifest = do_remove(deploy_dir, name)
+        click.echo(f"removed task {name!r}; {len(manifest.tasks)} task(s) left: {', '.join(sorted(manifest.tasks))}")
 
 
 @click.command("inspect")
-def inspect_cmd() -> None:
-    """(not available yet in this build)."""
-    raise click.ClickException("'inspect' is not implemented yet")
+@click.argument("deploy_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (for scripts and CI).")
+def inspect_cmd(deploy_dir: str, as_json: bool) -> None:
+    """Show a deployment: manifest summary, tasks, sizes, parity; verify every file's sha256.
 
+    Exits with status 1 when a file is missing, truncated or modified.
+    """
+    with _errors():
+        from adapterdeploy.exporter.report import inspect_deployment
+
+        info = inspect_deployment(deploy_dir)
+    _print_info(info, as_json)
+    if not info["checksums"]["ok"]:
+        click.echo(f"checksum verification failed: {'; '.join(info['checksums']['problems'])}", err=True)
+        sys.exit(1)

@@ -1,0 +1,500 @@
+"""export_deployment / add_task / remove_task / inspect: the exporter's public API.
+
+Order of work, so that bad input and failed parity leave nothing behind:
+1. validate everything that can be checked cheaply (target, precisions, opset, base, checkpoints,
+   names, signatures, AdapterDrop, max length, eval files) -> clear errors, nothing written;
+2. build the PyTorch references and (with ``--eval``) measure the AdapterDrop accuracy;
+3. inside ``atomic_directory`` (a hidden temp dir beside the target): export, fuse, quantize, check
+   parity (ParityError removes the temp dir), write task pieces, checksums and the manifest last;
+4. rename into place. add-task / remove-task stage a hard-linked copy of the deployment with the
+   change applied and swap it in the same way, so a reader sees the old or the new deployment, whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapterdeploy.artifacts import (
+    MANIFEST_FILE,
+    PARITY_SAMPLES,
+    PRECISIONS,
+    FeaturizerSpec,
+    FileEntry,
+    Manifest,
+    TaskSpec,
+    TokenizerSpec,
+    atomic_directory,
+    featurizer_fingerprint,
+    file_entry,
+    require_files,
+)
+from adapterdeploy.config import AdapterSignature
+from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
+from adapterdeploy.exporter.report import inspect_deployment
+
+__all__ = ["add_task", "bank_of", "export_deployment", "inspect", "remove_task"]
+
+Log = Callable[[str], None]
+EvalSpec = str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None
+OPSETS = range(14, 21)
+inspect = inspect_deployment
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _preflight(out_dir: str | Path, force: bool) -> Path:
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists():
+        if not force:
+            raise ArtifactError(f"{out} already exists; pass --force to replace it (the old deployment stays "
+                                "whole until the new one is complete)")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file()):
+            raise ArtifactError(f"{out} exists and is not an adapterdeploy deployment; refusing to replace it even "
+                                "with --force: choose another --out")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write to {ancestor} (permission denied); choose a writable --out directory")
+    return out
+
+
+def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> tuple[str, ...]:
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+    if opset not in OPSETS:
+        raise ConfigError(f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (17 recommended)")
+    if not tolerance > 0:
+        raise ConfigError(f"--tolerance must be > 0, got {tolerance}")
+    # fp32 is always built: it is the parity reference of the other precisions and of add-task.
+    return tuple(dict.fromkeys(["fp32", *precisions]))
+
+
+def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
+    first = ckpts[0]
+    sig = first.adapter.signature()
+    for other in ckpts[1:]:
+        osig = other.adapter.signature()
+        if osig != sig:
+            raise ConfigError(
+                f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
+                f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
+                "so export them into separate deployments (separate --out)"
+            )
+    return sig
+
+
+def _position_limit(base: Any) -> int:
+    cfg = base.model.config
+    offset = (cfg.pad_token_id or 0) + 1 if base.model_type in ("roberta", "xlm-roberta") else 0
+    return int(base.max_position_embeddings) - offset
+
+
+def _resolve_max_length(base: Any, ckpts: Sequence[Any], max_length: int | None) -> int:
+    limit = _position_limit(base)
+    if max_length is None:
+        return min(max(c.max_length for c in ckpts), limit)
+    if not 2 <= max_length <= limit:
+        raise ConfigError(f"--max-length {max_length} is out of range: {base.path} has position embeddings for "
+                          f"{limit} tokens; choose 2..{limit}")
+    return int(max_length)
+
+
+def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_drop: int, num_layers: int) -> None:
+    from adapterdeploy.errors import UnsupportedAdapterError
+    from adapterdeploy.exporter.featurizer import zero_adapter_is_identity
+
+    for ckpt in ckpts:
+        missing = sorted(set(range(adapter_drop, num_layers)) - set(ckpt.adapter.adapter_layers(num_layers)))
+        if missing and not zero_adapter_is_identity(signature):
+            raise UnsupportedAdapterError(
+                f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
+                f"({signature.site}) a zero adapter is not the same as no adapter, so it cannot share the bank; "
+                f"deploy it with --adapter-drop {max(missing) + 1} or train adapters in every layer >= K"
+            )
+
+
+def _eval_plan(eval_file: EvalSpec, ckpts: Sequence[Any]) -> dict[str, Path]:
+    """``{task: file}`` from FILE / NAME=FILE entries; a bare FILE goes to the only task or the task named
+    like its directory or stem (``.../sst2/dev.tsv`` -> ``sst2``)."""
+    if eval_file is None:
+        return {}
+    names = {c.name for c in ckpts}
+    if isinstance(eval_file, Mapping):
+        entries = [(str(k), Path(v)) for k, v in eval_file.items()]
+    else:
+        items = [eval_file] if isinstance(eval_file, (str, Path)) else list(eval_file)
+        entries = []
+        for item in items:
+            text = str(item)
+            name, sep, rest = text.partition("=")
+            if sep and name in names:
+                entries.append((name, Path(rest)))
+                continue
+            p = Path(text)
+            guess = [n for n in names if len(names) == 1 or n in (p.parent.name, p.stem)]
+            if len(guess) != 1:
+                raise ConfigError(f"cannot tell which task --eval {text} is for; write it as NAME=FILE with NAME "
+                                  f"one of {sorted(names)}")
+            entries.append((guess[0], p))
+    plan = {}
+    for name, path in entries:
+        if name not in names:
+            raise ConfigError(f"--eval names task {name!r}, which is not exported here ({sorted(names)})")
+        if not path.expanduser().is_file():
+            raise ConfigError(f"--eval file {path} does not exist")
+        plan[name] = path.expanduser()
+    return plan
+
+
+def _base_info(base: Any) -> dict[str, Any]:
+    return {
+        "path": str(base.path),
+        "model_type": base.model_type,
+        "fingerprint": base.fingerprint,
+        "hidden_size": base.hidden_size,
+        "num_layers": base.num_layers,
+        "num_heads": base.num_heads,
+        "has_pooler": base.has_pooler,
+        "max_position_embeddings": base.max_position_embeddings,
+        "layer_norm_eps": base.layer_norm_eps,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _collect_files(root: Path) -> dict[str, FileEntry]:
+    return {p.relative_to(root).as_posix(): file_entry(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_FILE}
+
+
+def _write_tokenizer(base: Any, root: Path) -> None:
+    if base.tokenizer_file.is_file():
+        shutil.copyfile(base.tokenizer_file, root / "tokenizer.json")
+    else:  # a base shipping only vocab.txt: HF builds the fast tokenizer, we save its tokenizers JSON
+        base.load_tokenizer().backend_tokenizer.save(str(root / "tokenizer.json"))
+
+
+def _samples(model: Any, tokenizer: Any, text_pair: bool, max_length: int) -> list[dict[str, Any]]:
+    """A few inputs with their PyTorch fp32 logits (TaskSpec.parity["samples"], read by ``check``)."""
+    import torch
+
+    items: list[Any] = (
+        [("the company said its shares were up", "shares of the company rose"), ("it is great", "it is terrible")]
+        if text_pair else ["the movie was good", "a very bad film and a boring plot"]
+    )
+    out = []
+    with torch.no_grad():
+        for item in items:
+            a, b = (item, None) if isinstance(item, str) else item
+            enc = tokenizer(a, b, truncation=True, max_length=max_length, return_tensors="pt",
+                            return_token_type_ids=True)
+            logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[0]
+            out.append({"input": item if isinstance(item, str) else list(item),
+                        "logits": [round(float(x), 6) for x in logits]})
+    return out
+
+
+class _Build:
+    """The featurizer modules, task preparations and parity inputs of one export or add-task."""
+
+    def __init__(self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int,
+                 max_length: int) -> None:
+        from adapterdeploy.exporter.featurizer import Adapted, Trunk, _copy_encoder, stack_bank
+        from adapterdeploy.exporter.parity import parity_batches, timing_batch, torch_reference
+        from adapterdeploy.exporter.task_pieces import prepare_task
+
+        hf = _copy_encoder(base)
+        self.base, self.max_length = base, max_length
+        self.trunk = Trunk(base, adapter_drop, hf)
+        self.adapted = Adapted(base, adapter_drop, signature, hf)
+        self.tasks = [prepare_task(base, c, signature, adapter_drop, self.adapted.adapted_layers) for c in ckpts]
+        self.bank_torch = stack_bank([t.rows for t in self.tasks], self.adapted.keys)
+        self.bank = [b.numpy() for b in self.bank_torch]
+        self.tokenizer = base.load_tokenizer()
+        self.batches = parity_batches(self.tokenizer, len(self.tasks), max_length)
+        self.refs = [torch_reference([t.model for t in self.tasks], b) for b in self.batches]
+        self.timing = timing_batch(self.tokenizer, len(self.tasks), max_length)
+
+    def parity_inputs(self, heads: dict[str, Path]) -> Any:
+        from adapterdeploy.exporter.variants import ParityInputs
+
+        return ParityInputs(
+            tasks=[t.name for t in self.tasks],
+            poolings=[t.ckpt.head.pooling for t in self.tasks],
+            classification=[t.ckpt.head.problem_type != "regression" for t in self.tasks],
+            heads=heads, bank=self.bank, batches=self.batches, refs=self.refs, timing=self.timing,
+        )
+
+    def export_heads(self, root: Path, opset: int) -> dict[str, Path]:
+        from adapterdeploy.artifacts import TASK_HEAD_FILE
+        from adapterdeploy.exporter.featurizer import HeadGraph
+        from adapterdeploy.exporter.onnx_graphs import export_head
+
+        heads = {}
+        for t in self.tasks:
+            task_dir = root / "tasks" / t.name
+            task_dir.mkdir(parents=True, exist_ok=True)
+            heads[t.name] = task_dir / TASK_HEAD_FILE
+            export_head(HeadGraph(t.model.head), heads[t.name], opset=opset, hidden_size=self.base.hidden_size)
+        return heads
+
+    def write_tasks(self, root: Path, fingerprint: str, parity: Mapping[str, Any], tolerance: float) -> None:
+        from adapterdeploy.exporter.task_pieces import write_task_piece
+
+        for t in self.tasks:
+            figures: dict[str, Any] = {"tolerance": tolerance}
+            figures.update({p: r.summary(t.name) for p, r in parity.items()})
+            figures[PARITY_SAMPLES] = _samples(t.model, self.tokenizer, t.ckpt.text_pair, self.max_length)
+            write_task_piece(root / "tasks" / t.name, t, fingerprint=fingerprint, parity=figures)
+
+
+def _load_inputs(base_dir: Any, checkpoint_dirs: Sequence[str | Path]) -> tuple[Any, list[Any]]:
+    from adapterdeploy.exporter.task_pieces import check_task_name
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.checkpoint import load_checkpoint
+
+    if not checkpoint_dirs:
+        raise ConfigError("no task given: pass at least one --task CHECKPOINT_DIR")
+    base = load_base(base_dir)
+    ckpts = [load_checkpoint(p) for p in checkpoint_dirs]
+    seen: dict[str, Any] = {}
+    for c in ckpts:
+        check_task_name(c.name)
+        if c.name in seen:
+            raise ConfigError(f"two checkpoints are named {c.name!r} ({seen[c.name]} and {c.path}); task names "
+                              "must be unique in a deployment: rename one (its task.json 'name')")
+        seen[c.name] = c.path
+        c.check_base(base)
+    return base, ckpts
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def export_deployment(
+    base_dir: str | Path | None,
+    checkpoint_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    adapter_drop: int = 0,
+    precisions: Sequence[str] = ("fp32",),
+    max_length: int | None = None,
+    opset: int = 17,
+    tolerance: float = 1e-4,
+    standalone: bool = False,
+    force: bool = False,
+    allow_drop: bool = False,
+    eval_file: EvalSpec = None,
+    log: Log = _quiet,
+) -> Manifest:
+    """Export tasks sharing one featurizer into ``out_dir``; refuse (nothing written) on any problem."""
+    from adapterdeploy.exporter.adapter_drop import check_drop, evaluate_drop
+    from adapterdeploy.exporter.standalone import export_standalone_graphs
+    from adapterdeploy.exporter.variants import build_variants
+
+    out = _preflight(out_dir, force)
+    precisions = _check_options(precisions, opset, tolerance)
+    log("loading the base and the task checkpoints")
+    base, ckpts = _load_inputs(base_dir, checkpoint_dirs)
+    signature = _common_signature(ckpts)
+    check_drop(ckpts, adapter_drop, base.num_layers, allow_drop)
+    _check_zero_fill(signature, ckpts, adapter_drop, base.num_layers)
+    max_length = _resolve_max_length(base, ckpts, max_length)
+    plan = _eval_plan(eval_file, ckpts)
+    by_name = {c.name: c for c in ckpts}
+    drop_eval: dict[str, Any] = {}
+    for name, path in plan.items():
+        log(f"measuring AdapterDrop accuracy of {name} on {path}")
+        drop_eval[name] = evaluate_drop(base, by_name[name], path, adapter_drop, max_length)
+    log("building the PyTorch references")
+    build = _Build(base, ckpts, signature, adapter_drop, max_length)
+    fingerprint = featurizer_fingerprint(base.fingerprint, adapter_drop, signature, base.num_layers)
+    vocab = int(base.model.config.vocab_size)
+    with atomic_directory(out, force=force) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; a deployment is read by other users (servers)
+        heads = build.export_heads(tmp, opset)
+        variants, results = build_variants(
+            tmp, tmp / ".work", build.trunk, build.adapted, bank_torch=build.bank_torch, precisions=precisions,
+            opset=opset, tolerance=tolerance, num_heads=base.num_heads, hidden_size=base.hidden_size,
+            vocab_size=vocab, parity=build.parity_inputs(heads), log=log,
+        )
+        standalone_paths: dict[str, dict[str, str]] = {}
+        standalone_parity: dict[str, Any] = {}
+        if standalone:
+            standalone_paths, standalone_parity = export_standalone_graphs(
+                tmp, build.trunk, build.adapted, build.tasks, opset=opset, vocab_size=vocab, precisions=precisions,
+                tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+        log("writing task pieces, tokenizer, checksums and the manifest")
+        build.write_tasks(tmp, fingerprint, results, tolerance)
+        _write_tokenizer(base, tmp)
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        parity: dict[str, Any] = {"tolerance": tolerance, "reference": "pytorch fp32",
+                                  "batches": [f"{b.name}: {len(b.row_source)} rows x {b.input_ids.shape[1]} tokens"
+                                              for b in build.batches]}
+        parity.update({p: r.summary() for p, r in results.items()})
+        parity["tasks"] = {t.name: {p: r.summary(t.name) for p, r in results.items()} for t in build.tasks}
+        if standalone_parity:
+            parity["standalone"] = standalone_parity
+        manifest = Manifest(
+            base=_base_info(base),
+            featurizer=FeaturizerSpec(
+                fingerprint=fingerprint, adapter_drop=adapter_drop, num_layers=base.num_layers,
+                hidden_size=base.hidden_size, signature=signature, adapted_layers=build.adapted.adapted_layers,
+                bank_inputs=build.adapted.keys, outputs=build.adapted.output_names, variants=variants, opset=opset,
+            ),
+            tokenizer=TokenizerSpec(file="tokenizer.json", max_length=max_length, model_type=base.model_type),
+            tasks={t.name: f"tasks/{t.name}" for t in build.tasks},
+            files=_collect_files(tmp),
+            parity=parity,
+            adapter_drop_eval={"adapter_drop": adapter_drop, "tasks": drop_eval} if drop_eval else {},
+            standalone=standalone_paths,
+        )
+        manifest.write(tmp)
+        manifest = Manifest.read(tmp)
+    return manifest
+
+
+def _stage_copy(root: Path, tmp: Path, skip: Callable[[str], bool]) -> None:
+    """Hard-link (or copy) the deployment's files into ``tmp``; files are never modified in place."""
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel == MANIFEST_FILE or skip(rel):
+            continue
+        dst = tmp / rel
+        if p.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, dst)
+        except OSError:
+            shutil.copy2(p, dst)
+
+
+def _task_skip(name: str) -> Callable[[str], bool]:
+    return lambda rel: rel == f"tasks/{name}" or rel.startswith((f"tasks/{name}/", f"standalone/{name}."))
+
+
+def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Path | None = None,
+             tolerance: float | None = None, replace: bool = False, allow_drop: bool = False,
+             log: Log = _quiet) -> TaskSpec:
+    """Export one more task against the existing featurizer (no re-export), parity-checked, swapped in atomically."""
+    from adapterdeploy.exporter.adapter_drop import check_drop
+    from adapterdeploy.exporter.parity import raise_on_failures
+    from adapterdeploy.exporter.standalone import export_standalone_graphs
+    from adapterdeploy.exporter.variants import ParityInputs
+
+    root = Path(deploy_dir).expanduser().absolute()
+    manifest = Manifest.read(root)
+    require_files(root, manifest.files)
+    fz = manifest.featurizer
+    base, (ckpt,) = _load_inputs(base_dir or manifest.base.get("path"), [ckpt_dir])
+    if base.fingerprint != manifest.base.get("fingerprint"):
+        raise FingerprintMismatchError(f"the base at {base.path} is not the base {root} was exported from "
+                                       f"(fingerprint {base.fingerprint[:12]}… vs "
+                                       f"{str(manifest.base.get('fingerprint'))[:12]}…); pass --base with that model")
+    if ckpt.name in manifest.tasks and not replace:
+        raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
+                          f"(adapterdeploy remove-task {root} {ckpt.name})")
+    sig = ckpt.adapter.signature()
+    if sig != fz.signature:
+        raise FingerprintMismatchError(
+            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
+            f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+    if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, sig, fz.num_layers) != fz.fingerprint:
+        raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
+                                       "the deployment is inconsistent: re-export it")
+    check_drop([ckpt], fz.adapter_drop, fz.num_layers, allow_drop)
+    _check_zero_fill(sig, [ckpt], fz.adapter_drop, fz.num_layers)
+    tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
+    log("building the PyTorch reference")
+    build = _Build(base, [ckpt], sig, fz.adapter_drop, manifest.tokenizer.max_length)
+    if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
+        raise FingerprintMismatchError(f"{root}'s bank inputs differ from what this featurizer layout needs; re-export")
+    name = ckpt.name
+    with atomic_directory(root, force=True) as tmp:
+        tmp.chmod(root.stat().st_mode & 0o777)
+        _stage_copy(root, tmp, _task_skip(name))
+        heads = build.export_heads(tmp, fz.opset)
+        inputs: ParityInputs = build.parity_inputs(heads)
+        results = {}
+        for precision, variant in fz.variants.items():
+            log(f"checking {precision} parity")
+            try:
+                results[precision], _ = inputs.run(tmp / variant.trunk, tmp / variant.adapted)
+            except Exception:
+                if precision != "fp16":  # fp16 may lack CPU kernels; everything else must run
+                    raise
+        raise_on_failures(results["fp32"], tolerance, f"task {name!r} on the featurizer of {root}")
+        standalone = dict(manifest.standalone)
+        parity = dict(manifest.parity)
+        if manifest.standalone:
+            paths, st_parity = export_standalone_graphs(
+                tmp, build.trunk, build.adapted, build.tasks, opset=fz.opset,
+                vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions, tolerance=tolerance,
+                batches=build.batches, refs=build.refs, log=log)
+            standalone.update(paths)
+            parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
+        build.write_tasks(tmp, fz.fingerprint, results, tolerance)
+        parity["tasks"] = {**parity.get("tasks", {}), name: {p: r.summary(name) for p, r in results.items()}}
+        new = dataclasses.replace(manifest, tasks={**manifest.tasks, name: f"tasks/{name}"},
+                                  files=_collect_files(tmp), standalone=standalone, parity=parity)
+        new.write(tmp)
+    return TaskSpec.read(root / "tasks" / name)
+
+
+def remove_task(deploy_dir: str | Path, name: str, *, log: Log = _quiet) -> Manifest:
+    """Remove one task's pieces (and standalone graphs) and rewrite the manifest, atomically."""
+    root = Path(deploy_dir).expanduser().absolute()
+    manifest = Manifest.read(root)
+    if name not in manifest.tasks:
+        raise UnknownTaskError(f"no task {name!r} in {root}; its tasks are {sorted(manifest.tasks) or 'none'}")
+    log(f"removing task {name}")
+    with atomic_directory(root, force=True) as tmp:
+        tmp.chmod(root.stat().st_mode & 0o777)
+        _stage_copy(root, tmp, _task_skip(name))
+        parity = dict(manifest.parity)
+        parity["tasks"] = {k: v for k, v in parity.get("tasks", {}).items() if k != name}
+        if "standalone" in parity:
+            parity["standalone"] = {k: v for k, v in parity["standalone"].items() if k != name}
+        drop_eval = dict(manifest.adapter_drop_eval)
+        if "tasks" in drop_eval:
+            drop_eval["tasks"] = {k: v for k, v in drop_eval["tasks"].items() if k != name}
+        new = dataclasses.replace(
+            manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name}, files=_collect_files(tmp),
+            standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
+            adapter_drop_eval=drop_eval)
+        new.write(tmp)
+    return Manifest.read(root)
+
+
+def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
+    """The stacked bank of some tasks of a deployment (fp32, padded): for tests and debugging."""
+    from safetensors.numpy import load_file
+
+    root = Path(deploy_dir)
+    manifest = Manifest.read(root)
+    rows = [load_file(str(root / manifest.tasks[n] / "adapters.safetensors")) for n in names]
+    out = []
+    for key in manifest.featurizer.bank_inputs:
+        leaf = key.rsplit(".", 1)[1]
+        m = max(r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w"))
+        parts = []
+        for r in rows:
+            t = r[key]
+            if leaf in ("down_w", "down_b"):
+                t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
+            elif leaf == "up_w":
+                t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
+            parts.append(t)
+        out.append(np.stack(parts))
+    return out

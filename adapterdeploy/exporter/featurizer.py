@@ -1,0 +1,383 @@
+"""The banked featurizer in PyTorch: the modules that become ``trunk.onnx``, ``adapted.onnx`` and standalone graphs.
+
+Why a copy of the base: the featurizer replaces the sub-layer outputs of layers [K, L) with
+:class:`BankedSublayerOutput` (same math, fusion-friendly node order). Working on a deep copy leaves the
+caller's base (and the PyTorch reference models built on it for parity) untouched.
+
+Semantics (per row ``r`` of the adapted batch, ``t = task_index[r]``, ``u = row_source[r]``):
+
+    h0[r]   = hidden[u]                      (trunk output: embeddings + layers [0, K), no adapters)
+    W[r]    = bank[t]                        (Gather; biases / LayerNorm rows become [B, 1, *])
+    h[r]    = layers [K, L) of h0[r], each adapter site reading W[r] (config.py's site semantics)
+    cls[r]  = h[r, 0];  mean[r] = sum_s h[r, s] m[u, s] / max(sum_s m[u, s], 1);  pooled[r] = pooler(h[r])
+
+For the native sub-layer sites (``y = LN(d + a(d) + res)`` with ``d = x W + b``) the graph is written as
+``LN((x W + (up(act(down(d))) + up_b + b)) + res)``: the same value, but the LayerNorm's input is an
+``Add`` whose parent is the dense ``MatMul``, which is the pattern onnxruntime's Attention and
+SkipLayerNormalization fusions look for. The textbook order ``(d + a) + res`` hides the dense MatMul
+behind the adapter and loses the Attention fusion of every adapted layer (measured: see optimize.py).
+A task with a smaller bottleneck is zero-padded to the bank's ``m``: the padded columns of ``down`` give
+``act(0 + 0) `` times zero rows of ``up``, so the padding adds exactly 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adapterdeploy.config import AdapterSignature, SiteOptions
+from adapterdeploy.errors import ExportError
+from adapterdeploy.models.adapters import AdapterContext, activation_fn, adapter_site
+from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
+
+__all__ = [
+    "Adapted",
+    "AdaptedLayer",
+    "BankedSublayerOutput",
+    "HeadGraph",
+    "StandaloneModel",
+    "Trunk",
+    "bank_dynamic_axes",
+    "bank_keys",
+    "fusion_friendly",
+    "head_rows",
+    "outputs_for",
+    "stack_bank",
+    "task_rows",
+    "zero_adapter_is_identity",
+]
+
+SITE_WEIGHTS = ("down_w", "down_b", "up_w", "up_b")
+SUBLAYER_SITES = ("attn", "ffn")
+
+
+def bank_keys(signature: AdapterSignature, adapted_layers: Sequence[int]) -> tuple[str, ...]:
+    """The adapted graph's bank inputs, in input order (the BANK KEYS of artifacts.py)."""
+    names = list(SITE_WEIGHTS)
+    if signature.site.ln_before:
+        names += ["ln_before_w", "ln_before_b"]
+    if signature.site.ln_after:
+        names += ["ln_after_w", "ln_after_b"]
+    keys: list[str] = []
+    for layer in adapted_layers:
+        keys += [f"bank.{layer}.{site}.{n}" for site in signature.sites for n in names]
+        if signature.per_task_layernorm:
+            keys += [f"bank.{layer}.{s}_ln.{p}" for s in SUBLAYER_SITES for p in ("w", "b")]
+    return tuple(keys)
+
+
+def bank_dynamic_axes(key: str) -> dict[int, str]:
+    """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections."""
+    leaf = key.rsplit(".", 1)[1]
+    return {
+        "down_w": {0: "tasks", 2: "bottleneck"},
+        "down_b": {0: "tasks", 1: "bottleneck"},
+        "up_w": {0: "tasks", 1: "bottleneck"},
+    }.get(leaf, {0: "tasks"})
+
+
+def outputs_for(base: BaseModel) -> tuple[str, ...]:
+    return ("cls", "mean", "pooled") if base.has_pooler else ("cls", "mean")
+
+
+def fusion_friendly(opts: SiteOptions) -> bool:
+    """True for the native site form ``LN(d + a(d) + res)``, which can be rewritten in fusion order."""
+    return (
+        not opts.original_ln_before
+        and opts.original_ln_after
+        and opts.residual_before_ln is True
+        and not opts.ln_before
+        and not opts.ln_after
+    )
+
+
+def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16) -> bool:
+    """Whether a site with all-zero adapter weights computes exactly what a site without adapter does.
+
+    Decides if a task without an adapter in some adapted layer can share the bank with zero rows there.
+    Checked numerically on random inputs (cheap, and true to the implementation rather than to a proof).
+    """
+    gen = torch.Generator().manual_seed(0)
+    h, r = torch.randn(2, 3, hidden_size, generator=gen), torch.randn(2, 3, hidden_size, generator=gen)
+    ln = nn.LayerNorm(hidden_size)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5, generator=gen)
+        ln.bias.uniform_(-0.5, 0.5, generator=gen)
+        p = {"down_w": torch.zeros(hidden_size, 4), "down_b": torch.zeros(4),
+             "up_w": torch.zeros(4, hidden_size), "up_b": torch.zeros(hidden_size)}
+        for which in ("ln_before", "ln_after"):
+            if getattr(signature.site, which):
+                p[f"{which}_w"], p[f"{which}_b"] = torch.ones(hidden_size), torch.zeros(hidden_size)
+        act = activation_fn(signature.activation)
+        if signature.placement == "after_layer":
+            return torch.equal(adapter_site(h, None, None, p, signature.site, act), h)
+        return torch.equal(adapter_site(h, r, ln, p, signature.site, act), ln(h + r))
+
+
+def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
+              adapted_layers: Sequence[int]) -> dict[str, Tensor]:
+    """One task's bank rows (no T axis, its own bottleneck m), for every key of the bank.
+
+    Layers where the task has no adapter get zero projections (identity LayerNorms for adapter LNs) and,
+    with per-task LayerNorms, the base's own LayerNorm weights: both reproduce "no adapter" exactly
+    (for adapter LNs only when :func:`zero_adapter_is_identity`; the exporter checks).
+    """
+    H = model.base_info.hidden_size
+    m = model.adapter_config.bottleneck_size(H)
+    rows: dict[str, Tensor] = {}
+    for layer in adapted_layers:
+        for site in signature.sites:
+            prefix = f"bank.{layer}.{site}"
+            sites = model.adapters[str(layer)] if str(layer) in model.adapters else None
+            if sites is not None:
+                params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
+            else:
+                params = {"down_w": torch.zeros(H, m), "down_b": torch.zeros(m),
+                          "up_w": torch.zeros(m, H), "up_b": torch.zeros(H)}
+                for which in ("ln_before", "ln_after"):
+                    if getattr(signature.site, which):
+                        params[f"{which}_w"], params[f"{which}_b"] = torch.ones(H), torch.zeros(H)
+            rows.update({f"{prefix}.{k}": v.float() for k, v in params.items()})
+        if signature.per_task_layernorm:
+            base_layer = model.base.encoder.layer[layer]
+            base_lns = {"attn": base_layer.attention.output.LayerNorm, "ffn": base_layer.output.LayerNorm}
+            own = model.layernorms[str(layer)] if str(layer) in model.layernorms else base_lns
+            for s in SUBLAYER_SITES:
+                rows[f"bank.{layer}.{s}_ln.w"] = own[s].weight.detach().clone().float()
+                rows[f"bank.{layer}.{s}_ln.b"] = own[s].bias.detach().clone().float()
+    return rows
+
+
+def head_rows(head: TaskHead) -> dict[str, Tensor]:
+    """The head's weights in "x @ W" layout: ``head.hidden.{i}.w [H, H]``, ``head.out.w [H, out]``."""
+    rows = {}
+    for i, lin in enumerate(head.hidden):
+        rows[f"head.hidden.{i}.w"] = lin.weight.detach().t().contiguous().float()
+        rows[f"head.hidden.{i}.b"] = lin.bias.detach().clone().float()
+    rows["head.out.w"] = head.out.weight.detach().t().contiguous().float()
+    rows["head.out.b"] = head.out.bias.detach().clone().float()
+    return rows
+
+
+def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[Tensor]:
+    """Stack task rows into bank tensors ``[T, ...]``, zero-padding each task to the largest bottleneck."""
+    m = max(int(r[k].shape[-1]) for r in rows for k in keys if k.endswith(".down_w")) if rows else 1
+    out = []
+    for key in keys:
+        leaf = key.rsplit(".", 1)[1]
+        parts = []
+        for r in rows:
+            t = r[key]
+            if leaf in ("down_w", "down_b"):
+                t = F.pad(t, (0, m - t.shape[-1]))
+            elif leaf == "up_w":
+                t = F.pad(t, (0, 0, 0, m - t.shape[0]))
+            parts.append(t)
+        out.append(torch.stack(parts))
+    return out
+
+
+class BankedSublayerOutput(nn.Module):
+    """A BertSelfOutput / BertOutput that reads adapters from a context, in fusion-friendly node order.
+
+    Same attribute names (``dense``, ``dropout``, ``LayerNorm``) as the original. With no adapter for
+    its key it is the original sub-layer; with adapters of a non-native form it is ``adapter_site``.
+    """
+
+    def __init__(self, original: nn.Module, key: str, ctx: AdapterContext) -> None:
+        super().__init__()
+        self.dense = original.dense
+        self.dropout = original.dropout
+        self.LayerNorm = original.LayerNorm
+        self._key = key
+        self._ctx = ctx
+
+    def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
+        own = self._ctx.layernorms.get(self._key)
+        shape, eps = tuple(self.LayerNorm.normalized_shape), self.LayerNorm.eps
+
+        def ln(x: Tensor) -> Tensor:  # static normalized_shape: the tracer would make x.shape[-1] dynamic
+            if own is None:
+                return self.LayerNorm(x)
+            if own[0].dim() == 1:
+                return F.layer_norm(x, shape, own[0], own[1], eps)
+            return F.layer_norm(x, shape, None, None, eps) * own[0] + own[1]
+
+        p = self._ctx.params.get(self._key)
+        if p is None:
+            return ln(self.dense(hidden_states) + input_tensor)
+        if not fusion_friendly(self._ctx.opts):
+            return adapter_site(self.dense(hidden_states), input_tensor, ln, p, self._ctx.opts, self._ctx.act)
+        bias = self.dense.bias
+        h_raw = torch.matmul(hidden_states, self.dense.weight.t())
+        a = self._ctx.act(torch.matmul(h_raw + bias, p["down_w"]) + p["down_b"])
+        a = torch.matmul(a, p["up_w"]) + (p["up_b"] + bias)
+        return ln((h_raw + a) + input_tensor)
+
+
+def _copy_encoder(base: BaseModel) -> nn.Module:
+    """A private deep copy of the HF encoder without the adapter hooks a shared base may carry."""
+    hf = copy.deepcopy(base.model)
+    hf.eval()
+    for layer in hf.encoder.layer:
+        layer._forward_hooks.clear()
+    if hasattr(hf, "_adapterdeploy_ctx"):
+        del hf._adapterdeploy_ctx
+    return hf
+
+
+def _extended_mask(hf: nn.Module, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """HF's eager additive mask ``(1 - m[:, None, None, :]) * finfo.min`` (the pattern ORT's fusion expects)."""
+    return hf.get_extended_attention_mask(mask, tuple(mask.shape), dtype=dtype)
+
+
+class AdaptedLayer(nn.Module):
+    """One HF layer plus its ``layer`` adapter site (after_layer placement), under one module scope so the
+    exported node names of the adapter carry the layer index."""
+
+    def __init__(self, layer: nn.Module, key: str, ctx: AdapterContext) -> None:
+        super().__init__()
+        self.layer = layer
+        self._key = key
+        self._ctx = ctx
+
+    def forward(self, h: Tensor, ext: Tensor) -> Tensor:
+        h = self.layer(h, attention_mask=ext)[0]
+        p = self._ctx.params.get(self._key)
+        return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
+
+
+class Trunk(nn.Module):
+    """Embeddings (+ ELECTRA's projection) and layers [0, K): no adapter, shared by every task."""
+
+    def __init__(self, base: BaseModel, adapter_drop: int, hf: nn.Module | None = None) -> None:
+        super().__init__()
+        hf = hf if hf is not None else _copy_encoder(base)
+        self.hf = hf
+        self.embeddings = hf.embeddings
+        self.project = getattr(hf, "embeddings_project", None)
+        self.layers = nn.ModuleDict({str(i): hf.encoder.layer[i] for i in range(adapter_drop)})
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        if self.project is not None:
+            h = self.project(h)
+        if not len(self.layers):  # K = 0: the mask is unused here; onnx_graphs keeps it a graph input
+            return h
+        ext = _extended_mask(self.hf, attention_mask, h.dtype)
+        for layer in self.layers.values():
+            h = layer(h, attention_mask=ext)[0]
+        return h
+
+
+class Adapted(nn.Module):
+    """Layers [K, L) with adapter weights read per row from bank inputs, then cls / mean (/ pooled).
+
+    ``forward(hidden, attention_mask, row_source, task_index, *bank)`` is the adapted graph;
+    :meth:`encode` runs the layers with given (banked or single-task) weights, for standalone graphs.
+    """
+
+    def __init__(self, base: BaseModel, adapter_drop: int, signature: AdapterSignature,
+                 hf: nn.Module | None = None) -> None:
+        super().__init__()
+        hf = hf if hf is not None else _copy_encoder(base)
+        self.hf = hf
+        self.signature = signature
+        self.adapted_layers = tuple(range(adapter_drop, base.num_layers))
+        self.keys = bank_keys(signature, self.adapted_layers)
+        self.ctx = AdapterContext(opts=signature.site, act=activation_fn(signature.activation))
+        for i in self.adapted_layers:
+            layer = hf.encoder.layer[i]
+            layer.attention.output = BankedSublayerOutput(layer.attention.output, f"{i}.attn", self.ctx)
+            layer.output = BankedSublayerOutput(layer.output, f"{i}.ffn", self.ctx)
+        self.layers = nn.ModuleDict({str(i): AdaptedLayer(hf.encoder.layer[i], f"{i}.layer", self.ctx)
+                                     for i in self.adapted_layers})
+        self.pooler = hf.pooler if base.has_pooler else None
+        self.output_names = outputs_for(base)
+
+    def gather(self, bank: Sequence[Tensor], task_index: Tensor) -> tuple[dict, dict]:
+        """Per-row weights: ``bank[task_index]``; 2-D bank inputs come out as ``[B, 1, X]``."""
+        col = task_index.unsqueeze(1)
+        params: dict[str, dict[str, Tensor]] = {}
+        lns: dict[str, list[Tensor]] = {}
+        for key, t in zip(self.keys, bank, strict=True):
+            g = torch.index_select(t, 0, task_index) if t.dim() == 3 else F.embedding(col, t)
+            _, layer, site, leaf = key.split(".")
+            if site.endswith("_ln"):
+                lns.setdefault(f"{layer}.{site[:-3]}", []).append(g)
+            else:
+                params.setdefault(f"{layer}.{site}", {})[leaf] = g
+        return params, {k: (v[0], v[1]) for k, v in lns.items()}
+
+    def encode(self, h: Tensor, mask: Tensor, params: dict, lns: dict) -> Tensor:
+        ext = _extended_mask(self.hf, mask, h.dtype)
+        self.ctx.params, self.ctx.layernorms = params, lns
+        try:
+            for layer in self.layers.values():
+                h = layer(h, ext)
+        finally:
+            self.ctx.clear()
+        return h
+
+    def features(self, h: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+        out = (h[:, 0], mean_pool(h, mask))
+        return (*out, self.pooler(h)) if self.pooler is not None else out
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor,
+                *bank: Tensor) -> tuple[Tensor, ...]:
+        h = torch.index_select(hidden, 0, row_source)
+        mask = torch.index_select(attention_mask, 0, row_source)
+        params, lns = self.gather(bank, task_index)
+        return self.features(self.encode(h, mask, params, lns), mask)
+
+
+class HeadGraph(nn.Module):
+    """``head.onnx``: pooled features ``[rows, H]`` -> logits (dense layers of the task's head)."""
+
+    def __init__(self, head: TaskHead) -> None:
+        super().__init__()
+        self.head = copy.deepcopy(head).eval()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head.forward_pooled(features)
+
+
+class StandaloneModel(nn.Module):
+    """One task, self-contained: trunk + adapted layers with the task's rows as constants + head."""
+
+    def __init__(self, trunk: Trunk, adapted: Adapted, rows: dict[str, Tensor], head: TaskHead) -> None:
+        super().__init__()
+        self.trunk, self.adapted = trunk, adapted
+        self.head = HeadGraph(head)
+        self.feature = outputs_feature_index(head.config.pooling, adapted.output_names)
+        self._names = []
+        for i, key in enumerate(adapted.keys):
+            self.register_buffer(f"w{i}", rows[key].clone())
+            self._names.append(key)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        h = self.trunk(input_ids, attention_mask, token_type_ids)
+        params: dict[str, dict[str, Tensor]] = {}
+        lns: dict[str, list[Tensor]] = {}
+        for i, key in enumerate(self._names):
+            _, layer, site, leaf = key.split(".")
+            t = getattr(self, f"w{i}")
+            if site.endswith("_ln"):
+                lns.setdefault(f"{layer}.{site[:-3]}", []).append(t)
+            else:
+                params.setdefault(f"{layer}.{site}", {})[leaf] = t
+        h = self.adapted.encode(h, attention_mask, params, {k: (v[0], v[1]) for k, v in lns.items()})
+        return self.head(self.adapted.features(h, attention_mask)[self.feature])
+
+
+def outputs_feature_index(pooling: str, output_names: Sequence[str]) -> int:
+    """Which adapted output a head reads: cls -> ``cls``, mean -> ``mean``, pooler -> ``pooled``."""
+    name = {"cls": "cls", "mean": "mean", "pooler": "pooled"}[pooling]
+    if name not in output_names:
+        raise ExportError(f"pooling {pooling!r} needs the adapted output {name!r}, which this base does not have")
+    return list(output_names).index(name)

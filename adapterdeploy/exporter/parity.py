@@ -1,0 +1,255 @@
+"""Parity: the ONNX graphs (plain onnxruntime sessions) against the PyTorch model of every task.
+
+What is compared, per task and per output, on every parity batch:
+- features: each adapted output (cls, mean, pooled) of each row vs the PyTorch encoder of the row's task;
+- logits: ``head.onnx`` on the task's pooled feature vs ``EncoderWithAdapters.forward``;
+- standalone graphs: their logits vs the same reference.
+The batches mix every task in one forward, hold padded rows, an unpadded row at max length, single
+texts and pairs, and fan out every text to every task (row_source), plus an unpadded batch of one
+short text fanned out to all tasks. fp32 refuses beyond the tolerance (ParityError listing every
+failing output); int8 / fp16 record max abs diff and argmax agreement instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adapterdeploy.errors import ParityError
+from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
+
+__all__ = [
+    "GraphRunner",
+    "ParityBatch",
+    "ParityResult",
+    "compare_standalone",
+    "encode_items",
+    "parity_batches",
+    "raise_on_failures",
+    "run_parity",
+    "timing_batch",
+    "torch_reference",
+]
+
+Item = str | tuple[str, str]
+FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+@dataclass(frozen=True)
+class ParityBatch:
+    """Unique texts ``[U, S]`` and the rows ``(row_source, task_index)`` that read them."""
+
+    name: str
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    row_source: np.ndarray
+    task_index: np.ndarray
+
+
+def encode_items(tokenizer: Any, items: Sequence[Item], max_length: int) -> tuple[np.ndarray, ...]:
+    """Tokenize singles and pairs one by one (truncated to max_length), pad to the longest: int64 arrays."""
+    encs = []
+    for item in items:
+        a, b = (item, None) if isinstance(item, str) else item
+        encs.append(tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True))
+    S = max(len(e["input_ids"]) for e in encs)
+    pad = tokenizer.pad_token_id or 0
+    ids = np.full((len(encs), S), pad, dtype=np.int64)
+    mask = np.zeros((len(encs), S), dtype=np.int64)
+    tt = np.zeros((len(encs), S), dtype=np.int64)
+    for i, e in enumerate(encs):
+        n = len(e["input_ids"])
+        ids[i, :n], mask[i, :n] = e["input_ids"], 1
+        tt[i, :n] = e.get("token_type_ids") or [0] * n
+    return ids, mask, tt
+
+
+def parity_batches(tokenizer: Any, num_tasks: int, max_length: int) -> list[ParityBatch]:
+    """A mixed batch (max-length row, padded rows, singles, pairs, full fan-out) and an unpadded one."""
+    long_text = " ".join(["the movie was a great story and the actor was very good"] * max_length)
+    items: list[Item] = [
+        long_text,
+        "the movie was good",
+        ("it is great", "the story was terrible"),
+        "a very bad film and a boring plot , i hate it",
+        ("the company said its shares were up two percent", "shares of the company rose"),
+        "yes",
+    ]
+    ids, mask, tt = encode_items(tokenizer, items, max_length)
+    pairs = [(u, t) for t in range(num_tasks) for u in range(len(items))]
+    order = np.random.default_rng(0).permutation(len(pairs))  # interleave tasks and texts
+    rs = np.array([pairs[i][0] for i in order], dtype=np.int64)
+    ti = np.array([pairs[i][1] for i in order], dtype=np.int64)
+    mixed = ParityBatch("mixed", ids, mask, tt, rs, ti)
+    ids1, mask1, tt1 = encode_items(tokenizer, ["a good film"], max_length)
+    fan = ParityBatch("fan_out_unpadded", ids1, mask1, tt1, np.zeros(num_tasks, dtype=np.int64),
+                      np.arange(num_tasks, dtype=np.int64))
+    return [mixed, fan]
+
+
+@dataclass
+class _Reference:
+    features: dict[str, np.ndarray]  # output name -> [U, H]
+    logits: np.ndarray  # [U, out]
+
+
+def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -> list[_Reference]:
+    """Each task's PyTorch features and logits on every unique text of the batch."""
+    ids, mask, tt = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
+    refs = []
+    with torch.no_grad():
+        for model in models:
+            h = model.encode(ids, mask, tt)
+            pooler = getattr(model.base, "pooler", None) if model.base_info.has_pooler else None
+            feats = {"cls": h[:, 0], "mean": mean_pool(h, mask)}
+            if pooler is not None:
+                feats["pooled"] = pooler(h)
+            logits = model.head(h, mask, pooler)
+            refs.append(_Reference({k: v.float().numpy() for k, v in feats.items()}, logits.float().numpy()))
+    return refs
+
+
+def _session(path: str | Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _feed(session: Any, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs cast to the dtypes the graph declares (fp16 banks, int64 indices)."""
+    return {i.name: np.ascontiguousarray(values[i.name], dtype=_NP.get(i.type, None)) for i in session.get_inputs()}
+
+
+class GraphRunner:
+    """trunk -> adapted (with a bank) -> head.onnx per task, on plain onnxruntime CPU sessions."""
+
+    def __init__(self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path]) -> None:
+        self.trunk, self.adapted = _session(trunk), _session(adapted)
+        self.heads = {name: _session(p) for name, p in heads.items()}
+        self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
+
+    def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        text = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "token_type_ids": batch.token_type_ids}
+        (hidden,) = self.trunk.run(None, _feed(self.trunk, text))
+        values = {"hidden": hidden, "attention_mask": batch.attention_mask, "row_source": batch.row_source,
+                  "task_index": batch.task_index, **dict(zip(self.bank_names, bank, strict=True))}
+        outs = self.adapted.run(None, _feed(self.adapted, values))
+        return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
+
+    def head(self, task: str, features: np.ndarray) -> np.ndarray:
+        session = self.heads[task]
+        return session.run(None, _feed(session, {"features": features}))[0].astype(np.float32)
+
+
+@dataclass
+class ParityResult:
+    """Max abs differences per task and output over every batch, argmax agreement of the logits."""
+
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    rows: int = 0
+
+    def add(self, task: str, key: str, diff: float) -> None:
+        slot = self.per_task.setdefault(task, {})
+        slot[key] = max(slot.get(key, 0.0), float(diff))
+
+    def agreement(self, task: str, agree: int, total: int) -> None:
+        slot = self.per_task.setdefault(task, {})
+        a, n = slot.get("_agree", 0.0) + agree, slot.get("_n", 0.0) + total
+        slot["_agree"], slot["_n"] = a, n
+
+    def summary(self, task: str | None = None) -> dict[str, Any]:
+        """``{"logits_max_abs_diff", "features_max_abs_diff", "argmax_agreement", "rows"}`` (one or all tasks)."""
+        tasks = [task] if task is not None else list(self.per_task)
+        slots = [self.per_task[t] for t in tasks if t in self.per_task]
+        logits = max((s.get("logits", 0.0) for s in slots), default=0.0)
+        feats = max((v for s in slots for k, v in s.items() if k.startswith("features.")), default=0.0)
+        n = sum(s.get("_n", 0.0) for s in slots)
+        out: dict[str, Any] = {"logits_max_abs_diff": _fmt(logits)}
+        if any(k.startswith("features.") for s in slots for k in s):
+            out["features_max_abs_diff"] = _fmt(feats)
+        out["argmax_agreement"] = round(sum(s.get("_agree", 0.0) for s in slots) / n, 6) if n else None
+        if task is None:
+            out["rows"] = self.rows
+        return out
+
+    def failures(self, tolerance: float) -> dict[str, float]:
+        return {f"{task} {key}": v for task, slot in self.per_task.items() for key, v in slot.items()
+                if not key.startswith("_") and v > tolerance}
+
+
+def _fmt(x: float) -> float:
+    return float(f"{x:.3e}")
+
+
+def run_parity(runner: GraphRunner, tasks: Sequence[str], poolings: Sequence[str], classification: Sequence[bool],
+               bank: Sequence[np.ndarray], batches: Sequence[ParityBatch],
+               refs: Sequence[Sequence[_Reference]]) -> ParityResult:
+    """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``)."""
+    result = ParityResult()
+    for batch, batch_refs in zip(batches, refs, strict=True):
+        feats = runner.features(batch, bank)
+        result.rows += len(batch.row_source)
+        for t, task in enumerate(tasks):
+            rows = np.nonzero(batch.task_index == t)[0]
+            if not len(rows):
+                continue
+            src = batch.row_source[rows]
+            ref = batch_refs[t]
+            for name, value in feats.items():
+                result.add(task, f"features.{name}", np.abs(value[rows] - ref.features[name][src]).max())
+            logits = runner.head(task, feats[FEATURE_OF_POOLING[poolings[t]]][rows])
+            expected = ref.logits[src]
+            result.add(task, "logits", np.abs(logits - expected).max())
+            if classification[t]:
+                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(rows))
+    return result
+
+
+def compare_standalone(path: str | Path, task: str, t: int, classification: bool, batches: Sequence[ParityBatch],
+                       refs: Sequence[Sequence[_Reference]]) -> ParityResult:
+    """A standalone graph's logits on every unique text vs the task's PyTorch logits."""
+    session = _session(path)
+    result = ParityResult()
+    for batch, batch_refs in zip(batches, refs, strict=True):
+        text = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "token_type_ids": batch.token_type_ids}
+        logits = session.run(None, _feed(session, text))[0].astype(np.float32)
+        expected = batch_refs[t].logits
+        result.rows += len(logits)
+        result.add(task, "logits", np.abs(logits - expected).max())
+        if classification:
+            result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))
+    return result
+
+
+def raise_on_failures(result: ParityResult, tolerance: float, what: str) -> None:
+    """ParityError naming every output over the tolerance."""
+    failures = result.failures(tolerance)
+    if failures:
+        listed = "; ".join(f"{k}: {v:.3e}" for k, v in sorted(failures.items()))
+        raise ParityError(
+            f"{what}: ONNX differs from PyTorch beyond the tolerance {tolerance:g} (max abs diff) in "
+            f"{len(failures)} output(s): {listed}. Nothing was written. Check the checkpoint, or raise "
+            "--tolerance if the difference is expected (e.g. a large base)",
+            failures,
+        )
+
+
+def timing_batch(tokenizer: Any, num_tasks: int, max_length: int) -> ParityBatch:
+    """8 rows x up to 32 tokens, mixing the tasks: the small batch plain and fused variants are timed on."""
+    words = "the company said its shares were up two percent after the new film was a great story".split()
+    items: list[Item] = [" ".join(words * 3), "the movie was good", ("it is great", "the story was terrible"),
+                         " ".join(words[:9])]
+    ids, mask, tt = encode_items(tokenizer, items, min(32, max_length))
+    rows = np.arange(8, dtype=np.int64)
+    return ParityBatch("timing", ids, mask, tt, rows % len(items), rows % max(num_tasks, 1))

@@ -1,0 +1,98 @@
+"""Per-task pieces of a deployment: ``adapters.safetensors``, ``head.onnx`` and ``task.json``.
+
+A task piece carries no featurizer weights: its bank rows (every bank key of the featurizer, its own
+bottleneck m, no T axis; zero rows in adapted layers where it has no adapter) and its head in "x @ W"
+layout, so the runtime can run standard heads in numpy, plus ``head.onnx`` for anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from adapterdeploy.artifacts import TASK_HEAD_FILE, TASK_WEIGHTS_FILE, TaskSpec, file_entry
+from adapterdeploy.config import AdapterSignature
+from adapterdeploy.errors import ConfigError
+from adapterdeploy.exporter.adapter_drop import dropped_layers, without_dropped
+from adapterdeploy.exporter.featurizer import head_rows, task_rows
+from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.checkpoint import TaskCheckpoint
+from adapterdeploy.models.encoder import EncoderWithAdapters
+
+__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "check_task_name", "prepare_task", "write_task_piece"]
+
+TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_task_name(name: str) -> str:
+    """Task names become directory names and URL path parts: letters, digits, ``_ . -``, at most 64."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise ConfigError(
+            f"task name {name!r} is not usable as a directory name; use letters, digits, '_', '.', '-' "
+            "(starting with a letter or digit, at most 64 characters); rename the checkpoint's task"
+        )
+    return name
+
+
+@dataclass
+class PreparedTask:
+    """A checkpoint made ready to export: its reference model (without dropped adapters) and its rows."""
+
+    ckpt: TaskCheckpoint
+    model: EncoderWithAdapters
+    rows: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    dropped: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.ckpt.name
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.model.layer_ids)
+
+
+def prepare_task(base: BaseModel, ckpt: TaskCheckpoint, signature: AdapterSignature, adapter_drop: int,
+                 adapted_layers: Sequence[int]) -> PreparedTask:
+    """Build the task's PyTorch model as deployed (adapters below K removed) and its bank rows."""
+    model = without_dropped(ckpt, adapter_drop).build_model(base)
+    return PreparedTask(ckpt=ckpt, model=model, rows=task_rows(model, signature, adapted_layers),
+                        head=head_rows(model.head), dropped=dropped_layers(ckpt, adapter_drop))
+
+
+def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
+                     parity: dict[str, Any]) -> TaskSpec:
+    """Write ``adapters.safetensors`` and ``task.json`` beside an exported ``head.onnx``; return the spec."""
+    weights = {k: v.detach().contiguous().float() for k, v in {**task.rows, **task.head}.items()}
+    save_file(weights, str(task_dir / TASK_WEIGHTS_FILE),
+              metadata={"format": TASK_PIECE_FORMAT, "task": task.name, "featurizer_fingerprint": fingerprint})
+    files = {f: file_entry(task_dir / f) for f in (TASK_WEIGHTS_FILE, TASK_HEAD_FILE)}
+    ckpt = task.ckpt
+    spec = TaskSpec(
+        name=task.name,
+        featurizer_fingerprint=fingerprint,
+        head=ckpt.head,
+        bottleneck=ckpt.bottleneck(),
+        layers=task.layers,
+        text_pair=ckpt.text_pair,
+        files=files,
+        parity=parity,
+        metrics=dict(ckpt.metrics),
+        adapter={
+            "config": ckpt.adapter.to_dict(),
+            "dropped_layers": list(task.dropped),
+            "source": ckpt.source,
+            "checkpoint": str(ckpt.path) if ckpt.path else None,
+            "max_length": ckpt.max_length,
+        },
+    )
+    spec.write(task_dir)
+    return spec
