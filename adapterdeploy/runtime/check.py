@@ -122,6 +122,9 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
 
 
 def _parity(dep: Deployment, tolerance: float) -> CheckItem:
+    """Runtime vs an independent path through the same graphs (always within ``tolerance``), and vs the
+    PyTorch fp32 logits stored at export: within ``tolerance`` for fp32; for int8 / fp16, which are not
+    meant to match fp32 that closely, the difference and the label agreement are reported, not judged."""
     names = dep.task_names
     specs = {t: dep.task_spec(t) for t in names}
     inputs = {t: list(SAMPLE_PAIRS if specs[t].text_pair else SAMPLE_TEXTS) for t in names}
@@ -131,33 +134,45 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
     singles = [t for t in names if not specs[t].text_pair]
     fan = dep.fan_out(list(SAMPLE_TEXTS), tasks=singles) if singles else {}
     worst: dict[str, float] = {}
-    stored: dict[str, Any] = {}
+    stored: dict[str, float] = {}
+    agree: dict[str, float] = {}
     for t in names:
         ref = reference_outputs(dep, t, inputs[t])
         got = np.array([_pred_vector(p) for (task, _), p in zip(mixed_rows, mixed, strict=True) if task == t])
         diffs = [float(np.abs(got - ref).max())]
         if t in fan:
             diffs.append(float(np.abs(np.array([_pred_vector(p) for p in fan[t]]) - ref).max()))
+        worst[t] = max(diffs)
         samples = specs[t].parity.get(PARITY_SAMPLES) or []
         if samples:
+            regression = specs[t].head.problem_type == "regression"
             rows = [s["input"] if isinstance(s["input"], str) else tuple(s["input"]) for s in samples]
-            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64),
-                          specs[t].head.problem_type == "regression")
+            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression)
             got_t = np.array([_pred_vector(p) for p in dep.predict(rows, task=t)])
             stored[t] = float(np.abs(got_t - want).max())
-        worst[t] = max(diffs)
-    bad = {t: v for t, v in {**worst, **{f"{t} vs PyTorch": v for t, v in stored.items()}}.items() if v > tolerance}
+            if not regression:
+                agree[t] = float((got_t.argmax(1) == want.argmax(1)).mean())
+    exact = dep.precision == "fp32"
+    bad = {k: v for k, v in {**worst, **{f"{t} vs PyTorch": v for t, v in stored.items()}}.items()
+           if v > tolerance} if exact else {}
     detail = (f"{len(names)} tasks, mixed batch + fan-out vs single-row reference: max diff "
               f"{max(worst.values(), default=0):.1e}")
     if stored:
-        detail += f"; vs stored PyTorch logits: {max(stored.values()):.1e}"
+        detail += f"; vs stored PyTorch fp32 logits: {max(stored.values()):.1e}"
+        if agree:
+            detail += f", label agreement {min(agree.values()):.0%}"
     else:
         detail += "; no stored PyTorch samples in task.json"
+    if not exact:
+        # Dynamic int8 quantizes activations with one scale per batch tensor, so a row's output depends on
+        # the rows beside it: batch-vs-single differences of ~1e-2 are expected and not judged.
+        detail += f" ({dep.precision}: reported, not judged; outputs depend on the batch composition)"
     if bad:
         detail = "over tolerance " + ", ".join(f"{k}: {v:.1e}" for k, v in bad.items()) + f" (> {tolerance:g})"
-    return CheckItem("parity", "fail" if bad else "pass", detail,
-                     {"tolerance": tolerance, "max_diff": worst, "vs_pytorch": stored,
-                      "stored_figures": {t: specs[t].parity.get("logits_max_abs_diff") for t in names}})
+    status = "fail" if bad else "pass" if exact else "info"
+    return CheckItem("parity", status, detail,
+                     {"tolerance": tolerance, "max_diff": worst, "vs_pytorch": stored, "label_agreement": agree,
+                      "stored_figures": {t: specs[t].parity.get(dep.precision, specs[t].parity) for t in names}})
 
 
 def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> CheckItem:
