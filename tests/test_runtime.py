@@ -41,7 +41,7 @@ TASKS = {
 MAX_LENGTH = 24
 
 
-def _export(base_dir: Path, out: Path, tasks: dict, adapter_drop: int = 1):
+def _export(base_dir: Path, out: Path, tasks: dict, adapter_drop: int = 1, init_std: float = 0.3):
     """Checkpoints with random (non-trivial) weights on layers >= adapter_drop, exported; returns dir + models."""
     import torch
 
@@ -60,7 +60,7 @@ def _export(base_dir: Path, out: Path, tasks: dict, adapter_drop: int = 1):
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:
-                    p.normal_(0.0, 0.3)
+                    p.normal_(0.0, init_std)
         model.eval()
         models[name] = model
         ckpt = checkpoint_from_model(model, name, max_length=MAX_LENGTH, text_pair=pair)
