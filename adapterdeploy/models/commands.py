@@ -2,13 +2,172 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
+
+from adapterdeploy.config import ACTIVATIONS, PLACEMENTS, POOLINGS, AdapterConfig, HeadConfig
+from adapterdeploy.errors import AdapterDeployError
+from adapterdeploy.metrics import MAIN_METRICS
+from adapterdeploy.models.data import FORMATS
+
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """``"3-5"`` -> (3, 4, 5); ``"1,2,5"`` -> (1, 2, 5); ``"0-1,4"`` mixes both; None / "all" -> every layer."""
+    if value is None or value.strip().lower() in ("", "all"):
+        return None
+    layers: set[int] = set()
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        lo, hi = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (1, 0)
+        if hi < lo:
+            raise click.BadParameter(
+                f"{value!r} is not a layer list; write e.g. '3-5' or '1,2,5' (0-based layer indices)",
+                param_hint="--layers",
+            )
+        layers.update(range(lo, hi + 1))
+    return tuple(sorted(layers))
 
 
 @click.command("train")
-def train() -> None:
-    """(not available yet in this build)."""
-    raise click.ClickException("'train' is not implemented yet")
+@click.option("--base", type=click.Path(file_okay=False), default=None,
+              help="Local BERT-family model directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA). Default: the "
+                   "embedded all-MiniLM-L6-v2 (22M params, fast on CPU; a larger base is more accurate and slower).")
+@click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
+              help="Training rows: .tsv (header; label<TAB>text or label<TAB>text_a<TAB>text_b; no quoting), "
+                   ".csv or .jsonl with named columns.")
+@click.option("--eval", "eval_file", type=click.Path(dir_okay=False), default=None,
+              help="Evaluation rows, same columns; scored after every epoch and the best epoch is kept. Without it "
+                   "the last epoch is kept and the checkpoint records no metrics.")
+@click.option("--task", "task_name", required=True,
+              help="Task name (letters, digits, '-', '_', '.'): the name predictions and deployments use.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint directory to write (adapter.safetensors + task.json).")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default="after_layer", show_default=True,
+              help="after_layer: one adapter after each whole layer (the tutorial recipe; keeps every ONNX fusion, "
+                   "fastest to serve). pfeiffer: on the FFN output. houlsby: after attention and FFN (2x the "
+                   "adapter weights, often a bit more accurate, slowest).")
+@click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+              help="Bottleneck = hidden size / factor (MiniLM: 384/16 = 24). Smaller factor: more capacity and "
+                   "accuracy, bigger task files.")
+@click.option("--bottleneck", type=click.IntRange(min=1), default=None,
+              help="Explicit bottleneck size; overrides --reduction-factor.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Bottleneck non-linearity; relu is the recipe's and the cheapest at inference.")
+@click.option("--layers", default=None,
+              help="Layers that carry adapters, e.g. '3-5' or '1,2,5' (0-based; default all). Skipping the first "
+                   "k layers (AdapterDrop) lets deployments share those layers' compute across tasks, at some "
+                   "accuracy cost.")
+@click.option("--per-task-layernorm/--shared-layernorm", default=False, show_default=True,
+              help="Also train this task's own copies of the LayerNorm weights (as indico's DeploymentModel): "
+                   "slightly more accurate, but deployments cannot share the layers that have them.")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True,
+              help="Sentence vector for the head: cls token, mean over tokens (often better for sentence-embedding "
+                   "bases such as MiniLM), or the base's own pooler (needs its weights).")
+@click.option("--head-layers", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="Hidden dense layers in the head (0-2): more capacity, H*H more weights each.")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Passes over the training rows; more epochs usually help small datasets, at linear time cost.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Rows per optimizer step: larger is faster per row on CPU but takes fewer steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Peak AdamW learning rate, decayed linearly to 0. 1e-3 suits adapters; full fine-tuning "
+                   "needs ~2e-5.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of the steps with a linear lr warm-up; stabilises large learning rates.")
+@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Tokens per row (pairs together); longer rows are truncated. Shorter is faster; recorded in "
+                   "the checkpoint as the serving default.")
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Seeds init, dropout, shuffling and subsets: the same seed gives the same weights.")
+@click.option("--max-train-rows", type=click.IntRange(min=1), default=None,
+              help="Train on a seeded random sample of this many rows (faster, usually less accurate).")
+@click.option("--max-eval-rows", type=click.IntRange(min=1), default=None,
+              help="Evaluate on a seeded random sample of this many rows (faster epochs, noisier metrics).")
+@click.option("--labels", default=None,
+              help="Comma-separated class names in index order, e.g. 'negative,positive'; rows may use the names or "
+                   "the indices. Default: 0..max for integer labels, sorted names otherwise.")
+@click.option("--problem-type", type=click.Choice(["auto", "classification", "regression"]), default="auto",
+              show_default=True, help="auto: regression when labels are non-integer numbers, else classification.")
+@click.option("--metric", type=click.Choice(["auto", *MAIN_METRICS]), default="auto", show_default=True,
+              help="Picks the best epoch. auto: mcc when one class has over 60% of the training rows (CoLA, MRPC), "
+                   "accuracy otherwise; pearson for regression.")
+@click.option("--text-column", default=None, help="Text column (default: text, text_a, sentence or sentence1).")
+@click.option("--text-pair-column", default=None, help="Second-text column (default: text_b or sentence2).")
+@click.option("--label-column", default=None, help="Label column (default: label).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="File format; default from the extension (.tsv/.txt, .csv, .jsonl/.ndjson).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(base: str | None, train_file: str, eval_file: str | None, task_name: str, out_dir: str, placement: str,
+          reduction_factor: float, bottleneck: int | None, activation: str, layers: str | None,
+          per_task_layernorm: bool, pooling: str, head_layers: int, epochs: int, batch_size: int, lr: float,
+          warmup_ratio: float, max_length: int, seed: int, max_train_rows: int | None, max_eval_rows: int | None,
+          labels: str | None, problem_type: str, metric: str, text_column: str | None,
+          text_pair_column: str | None, label_column: str | None, fmt: str | None, force: bool,
+          quiet: bool) -> None:
+    """Train one task's adapters + head on a frozen base; write a task checkpoint.
+
+    \b
+    The defaults are the classic adapter recipe as a one-liner: an adapter after each layer, reduction
+    factor 16, relu, base frozen, AdamW lr 1e-3, batch 8, 1 epoch.
+    \b
+    Example:
+      adapterdeploy train --train examples/data/sst2/train.tsv --eval examples/data/sst2/dev.tsv \\
+          --task sst2 --out out/sst2
+    """
+    from adapterdeploy.models.data import read_dataset, subset
+
+    if not TASK_NAME_RE.match(task_name):
+        raise click.BadParameter(f"{task_name!r}: use 1-64 letters, digits, '-', '_' or '.', starting with a "
+                                 "letter or digit", param_hint="--task")
+    layer_ids = _parse_layers(layers)
+    label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression"}[problem_type]
+    if Path(out_dir).exists() and not force:
+        raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")
+    cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,
+            "label_column": label_column}
+    try:
+        # Data first: a bad file fails in a second, before the model is loaded and before anything is written.
+        train_data = subset(read_dataset(train_file, labels=label_list, problem_type=ptype, **cols),
+                            max_train_rows, seed)
+        eval_data = None
+        if eval_file is not None:
+            eval_data = subset(read_dataset(eval_file, labels=train_data.labels or None,
+                                            problem_type=train_data.problem_type, **cols), max_eval_rows, seed)
+        adapter_cfg = AdapterConfig(placement=placement, reduction_factor=reduction_factor, bottleneck=bottleneck,
+                                    activation=activation, layers=layer_ids, per_task_layernorm=per_task_layernorm)
+        head_cfg = HeadConfig(pooling=pooling, hidden_layers=head_layers)
+        from adapterdeploy.models.trainer import TrainConfig
+
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+                                max_length=max_length, seed=seed, metric=metric, progress=not quiet)
+    except AdapterDeployError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    try:
+        from adapterdeploy.models.base import load_base
+        from adapterdeploy.models.checkpoint import save_checkpoint
+        from adapterdeploy.models.trainer import train_task
+
+        base_model = load_base(base)
+        if not quiet:
+            click.echo(f"training {task_name!r} on {base_model.path.name} ({base_model.model_type}): "
+                       f"{len(train_data)} train rows, {len(eval_data) if eval_data else 0} eval rows", err=True)
+        ckpt = train_task(base_model, train_data, eval_data, name=task_name, adapter=adapter_cfg, head=head_cfg,
+                          config=train_cfg)
+        save_checkpoint(ckpt, out_dir, force=force)
+    except AdapterDeployError as exc:
+        raise click.ClickException(str(exc)) from exc
+    info = ckpt.training
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items() if isinstance(v, float))
+    click.echo(f"wrote {out_dir}: task {task_name!r}, {info['trainable_params']:,} trainable params "
+               f"({info['trainable_percent']:.2f}% of {info['total_params']:,}), {info['seconds']:.1f}s"
+               + (f"; best epoch {info['best_epoch']}: {metrics}" if metrics else ""))
 
 
 @click.command("import-adapterhub")
@@ -75,3 +234,4 @@ def import_adapterhub(
         f"{h.hidden_layers} hidden layer(s)"
         + (f"\n  verified against the adapters library: max abs logit diff {diff:.2e}" if verify else "")
     )
+
