@@ -300,8 +300,23 @@ def test_missing_gpu_provider_is_an_error_unless_falling_back(deploy_dir):
     with pytest.raises(ProviderError, match="TensorrtExecutionProvider"):
         Deployment.open(deploy_dir, providers="tensorrt")
     with Deployment.open(deploy_dir, providers=["cuda", "cpu"]) as d:
-        assert d.provider == "CPUExecutionProvider"
+        assert d.provider == "CPUExecutionProvider" and d.bank_mode == "rows"
         assert d.predict(["yes"], task="sent")
+
+
+def test_io_binding_path_runs_on_cpu(deploy_dir, dep):
+    """The GPU code path (I/O binding, bank as OrtValues) exercised with CPU OrtValues."""
+    rows = [(t, x) for t in TASKS for x in _inputs(t)]
+    ref = dep.predict_mixed(rows)
+    with Deployment.open(deploy_dir, bank_mode="resident") as d:
+        d._engine.device = "cpu"
+        got = d.predict_mixed(rows)
+        d.unload_task("sent")
+        got2 = d.predict_mixed(rows[:3])
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_allclose(_vec(a), _vec(b), rtol=0, atol=TOL)
+    for a, b in zip(ref[:3], got2, strict=True):
+        np.testing.assert_allclose(_vec(a), _vec(b), rtol=0, atol=TOL)
 
 
 def test_closed_deployment_refuses(deploy_dir):

@@ -391,5 +391,5 @@ def test_missing_gpu_provider_raises_provider_error():
     if CUDA in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
     problem = provider_problem(CUDA, ort.get_available_providers())
-    with pytest.raises(ProviderError, match="onnxruntime-gpu is not installed.*'cpu'"):
+    with pytest.raises(ProviderError, match=r"onnxruntime-gpu is not installed.*'cpu'"):
         raise_unavailable(normalize_providers(["cuda"]), [problem])

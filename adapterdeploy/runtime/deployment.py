@@ -13,6 +13,7 @@ and are evicted least-recently-used under the optional count / byte budget. Ever
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ class Deployment:
             batch_size: rows per forward pass; larger inputs are split into length-sorted buckets.
             bank_mode: ``rows`` (stack only the batch's tasks; CPU default) or ``resident`` (whole bank,
                 kept on the device; GPU default). See engine.py.
-            engine_cache_dir: TensorRT engine cache (default ``<deployment>/engine_cache/<precision>``).
+            engine_cache_dir: TensorRT engine cache (default ``<deployment>/engine_cache/<precision>``, or
+                ``~/.cache/adapterdeploy/engine_cache/...`` when the deployment is read-only).
             on_evict: called as ``on_evict(task, bytes, reason)`` when a task leaves memory.
         """
         root = Path(path).expanduser()
@@ -110,11 +112,9 @@ class Deployment:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         require_files(root, manifest.files, only=_featurizer_files(manifest, precision))
         choices = normalize_providers(providers)
-        on_gpu = choices[0].is_gpu
-        mode = bank_mode or ("resident" if on_gpu else "rows")
-        if mode not in BANK_MODES:
-            raise ConfigError(f"bank_mode must be one of {', '.join(BANK_MODES)}, got {mode!r}")
-        cache = Path(engine_cache_dir) if engine_cache_dir else root / "engine_cache" / precision
+        if bank_mode is not None and bank_mode not in BANK_MODES:
+            raise ConfigError(f"bank_mode must be one of {', '.join(BANK_MODES)}, got {bank_mode!r}")
+        cache = Path(engine_cache_dir) if engine_cache_dir else _engine_cache(root, fz.fingerprint, precision)
         factory = SessionFactory(threads=threads, shared_pool=shared_thread_pool, precision=precision,
                                  cache_dir=cache)
         trunk_path, adapted_path = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
@@ -124,7 +124,8 @@ class Deployment:
         trunk, adapted = factory.open_first(choices, [trunk_path, adapted_path])
         layout = BankLayout.from_session_inputs(adapted.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
         device = "cuda" if factory.choice is not None and factory.choice.is_gpu else None
-        engine = Engine(trunk, adapted, layout, bank_mode=mode, device=device)
+        engine = Engine(trunk, adapted, layout, bank_mode=bank_mode or ("resident" if device else "rows"),
+                        device=device)
         base = manifest.base
         # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
         # past the table, so those models get zeros whatever the tokenizer says.
@@ -175,7 +176,11 @@ class Deployment:
 
     # ---- tasks -------------------------------------------------------------------------------
     def load_task(self, name_or_path: str | Path, pin: bool = False, priority: int = 0) -> TaskInfo:
-        """Load a known task by name, or register and load a task directory (``tasks/<name>`` of an export)."""
+        """Load a known task by name, or register and load a task directory (``tasks/<name>`` of an export).
+
+        A directory whose task name is already known replaces that task's source (its weights reload).
+        ``pin`` keeps it loaded whatever the budget; ``priority`` orders evictions (lowest first, then LRU).
+        """
         self._check_open()
         name = str(name_or_path)
         if name not in self._registry:
@@ -338,6 +343,13 @@ def _featurizer_files(manifest: Manifest, precision: str) -> list[str]:
         if not rel.startswith((*task_dirs, "standalone/"))
         and not any(rel == o or rel.startswith(o + ".") for o in others)  # graph + its external data
     ]
+
+
+def _engine_cache(root: Path, fingerprint: str, precision: str) -> Path:
+    """TensorRT engines live beside the graphs they come from; a read-only deployment uses the user's cache."""
+    if os.access(root, os.W_OK):
+        return root / "engine_cache" / precision
+    return Path.home() / ".cache" / "adapterdeploy" / "engine_cache" / fingerprint[:16] / precision
 
 
 def _trt_profiles(manifest: Manifest, trunk: Path, adapted: Path, batch_size: int, max_tasks: int
