@@ -120,8 +120,10 @@ class SessionFactory:
                 return self.session(path, choice)
             if choice.name != CPU:
                 raise
-            raise ArtifactError(f"onnxruntime cannot load {path}: {exc}; the file is corrupt or from an "
-                                "incompatible exporter: re-export the deployment") from exc
+            raise ArtifactError(
+                f"onnxruntime cannot load {path} on CPU: {exc}. Its checksum matched, so the graph needs kernels "
+                "this onnxruntime lacks (an fp16 variant may need --provider cuda) or comes from an "
+                "incompatible exporter: upgrade onnxruntime or re-export the deployment") from exc
 
     def open_first(self, choices: Sequence[ProviderChoice], paths: Sequence[Path]) -> list[Any]:
         """Sessions for ``paths`` on the first usable provider of ``choices``; ProviderError when none is."""
