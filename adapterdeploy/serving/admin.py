@@ -10,6 +10,7 @@ address and the reason (missing / malformed / wrong), never with the token.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from adapterdeploy.errors import AuthenticationError, InputError
+from adapterdeploy.errors import ArtifactError, AuthenticationError, InputError
 from adapterdeploy.serving.app import ERRORS, body_doc, read_body, request_id_of
 from adapterdeploy.serving.schemas import (
     ErrorResponse,
@@ -29,7 +30,7 @@ from adapterdeploy.serving.schemas import (
 )
 from adapterdeploy.serving.state import ServingState
 
-__all__ = ["admin_router", "check_token"]
+__all__ = ["admin_router", "check_token", "task_name_at"]
 
 log = logging.getLogger("adapterdeploy.serving.admin")
 ADMIN_ERRORS = {401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"}, **ERRORS}
@@ -55,6 +56,18 @@ def check_token(request: Request, expected: str) -> None:
             f"admin endpoints need 'Authorization: Bearer <token>' ({reason} token); the token is the one given "
             "to the server by --admin-token-file or ADAPTERDEPLOY_ADMIN_TOKEN"
         )
+
+
+def task_name_at(path: str) -> str:
+    """The task name in ``path``/task.json; a path that is not a readable task directory is the client's error."""
+    from adapterdeploy.artifacts import TASK_FILE, TaskSpec
+
+    if "\x00" in path or not (Path(path) / TASK_FILE).is_file():
+        raise InputError(f"parameters.path {path[:200]!r} is not a task directory (no {TASK_FILE} in it)")
+    try:
+        return TaskSpec.read(Path(path)).name
+    except ArtifactError as exc:
+        raise InputError(f"parameters.path: {exc}") from None
 
 
 def admin_router(state: ServingState) -> APIRouter:
@@ -89,15 +102,14 @@ def admin_router(state: ServingState) -> APIRouter:
         params = req.parameters
         source = task
         if params.path is not None:
-            from adapterdeploy.artifacts import TaskSpec
-
-            spec = TaskSpec.read(Path(params.path))
-            if spec.name != task:
-                raise InputError(f"parameters.path holds task {spec.name!r}, not {task!r}; load it under its own name")
+            spec_name = await asyncio.get_running_loop().run_in_executor(state.aux_pool, task_name_at, params.path)
+            if spec_name != task:
+                raise InputError(f"parameters.path holds task {spec_name!r}, not {task!r}; load it under its own name")
             source = params.path
         else:
             state.require_task(task)
         info, seconds = await state.load_task(source, pin=params.pin, priority=params.priority)
+        request.app.openapi_schema = None  # a task loaded from a path joins the documented task names
         log.info("task loaded", extra={"request_id": request_id_of(request), "task": info.name, "pin": params.pin,
                                        "seconds": round(seconds, 4)})
         return JSONResponse({"name": info.name, "load_state": info.state, "size_bytes": info.size_bytes,

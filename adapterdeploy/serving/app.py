@@ -153,15 +153,17 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     watch = asyncio.ensure_future(_wait_disconnect(request.receive))
     try:
         await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not job.done():
-            job.cancel()
+    except asyncio.CancelledError:
+        job.cancel()
         watch.cancel()
-    if job.cancelled():
-        with contextlib.suppress(asyncio.CancelledError):
-            await job
-        raise ClientGone("the client disconnected before its result was ready; its rows were dropped")
-    return job.result()
+        raise
+    watch.cancel()
+    if job.done():
+        return job.result()
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError, AdapterDeployError):
+        await job
+    raise ClientGone("the client disconnected before its result was ready; its rows were dropped")
 
 
 def install_drain_signal(state: ServingState) -> Callable[[], None]:
@@ -302,11 +304,29 @@ def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
             _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
                                          ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            if state.deployment is not None:
+                _document_task_names(schema, sorted(state.deployment.task_names))
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _document_task_names(schema: dict[str, Any], names: list[str]) -> None:
+    """List the deployment's tasks as the ``task`` enums, so /docs offers them and clients see them."""
+    if not names:
+        return
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            for param in op.get("parameters", []):
+                if param.get("name") == "task" and param.get("in") == "path":
+                    param["schema"] = {"type": "string", "enum": names, "title": "Task"}
+    comps = schema.get("components", {}).get("schemas", {})
+    if "PredictRequest" in comps:
+        comps["PredictRequest"]["properties"]["task"]["enum"] = names
+    if "FanOutRequest" in comps:
+        comps["FanOutRequest"]["properties"]["tasks"]["items"]["enum"] = names
 
 
 def _add_health_routes(app: FastAPI, state: ServingState) -> None:

@@ -60,9 +60,11 @@ class _V2(BaseModel):
 
 
 class InferInput(_V2):
-    name: str = Field(max_length=64, description="'text', or 'text_pair' for the second texts of pairs.")
+    # Validated as plain strings (our messages name the field); the enums document the accepted values.
+    name: str = Field(max_length=64, description="'text', or 'text_pair' for the second texts of pairs.",
+                      json_schema_extra={"enum": list(INPUT_NAMES)})
     shape: list[int] = Field(min_length=1, max_length=2, description="[N] or [N, 1].")
-    datatype: str = Field(max_length=16, description="Must be BYTES.")
+    datatype: str = Field(max_length=16, description="Must be BYTES.", json_schema_extra={"enum": ["BYTES"]})
     parameters: dict[str, Scalar] | None = None
     data: list[Any] = Field(description="The N texts (flat, or nested as the shape says).")
 
