@@ -33,7 +33,28 @@ def main() -> None:
     """
 
 
-for _cmd in (train, import_adapterhub, export, add_task, remove_task, inspect_cmd, predict, check, serve):
+@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": []})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Run the benchmarks (source checkout only): `adapterdeploy bench [--quick] ...`; see `bench --help`."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise click.ClickException(
+            f"'adapterdeploy bench' runs the benchmarks/ package of a source checkout, and {root} has none (this is "
+            "an installed copy); clone the repository, `pip install -e '.[export,adapterhub,serve,bench]'`, and run "
+            "`adapterdeploy bench` or `python -m benchmarks` from it"
+        )
+    sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+
+    bench_main.main(args=ctx.args, prog_name=ctx.command_path)
+
+
+for _cmd in (train, import_adapterhub, export, add_task, remove_task, inspect_cmd, predict, check, serve, bench):
     main.add_command(_cmd)
 
 

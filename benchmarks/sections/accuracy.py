@@ -1,0 +1,155 @@
+"""Section 7 (and the accuracy half of 4): each variant's accuracy on the real dev sets vs the PyTorch model.
+
+Tasks: the trained MiniLM checkpoints in ``--ckpt-dir`` (sst2, mrpc, rte, cola: any subfolder holding a
+task.json whose name contains one of them), scored on ../shared/data (SST-2, RTE, CoLA dev; MRPC test,
+which has no dev split). Variants: eager PyTorch (the reference), our fp32 and int8 featurizers at K = 0,
+and fp32 at each AdapterDrop K > 0 of section 4, where the adapters of layers [0, K) are simply left out
+(the tasks were trained with adapters in every layer: this is the accuracy the drop costs, without
+retraining). Without trained checkpoints (``--quick``, or before training finished) a random task is
+scored on SST-2 instead: its accuracy is meaningless, its agreement with PyTorch is still a parity check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import start_workers
+from benchmarks.prepare import Prepared, deployment, k_deployment, ours_available
+from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec, torch_spec
+from benchmarks.settings import Context
+from benchmarks.workloads import DATA_DIR
+
+__all__ = ["find_tasks", "run"]
+
+DEV_FILES = {"sst2": "sst2/dev.tsv", "mrpc": "mrpc/test.tsv", "rte": "rte/dev.tsv", "cola": "cola/dev.tsv"}
+MAIN_METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "mcc"}
+
+
+def find_tasks(ckpt_dir: Path, p: Prepared) -> list[dict[str, Any]]:
+    """Trained checkpoints for ``p``'s base under ``ckpt_dir``, each with its evaluation file."""
+    from adapterdeploy.models.base import load_base
+
+    if not ckpt_dir.is_dir():
+        return []
+    fingerprint = load_base(p.base_dir).fingerprint
+    found = []
+    for meta in sorted(ckpt_dir.rglob("task.json")):
+        data = json.loads(meta.read_text())
+        if data.get("base", {}).get("fingerprint") != fingerprint:
+            continue
+        for ds, rel in DEV_FILES.items():
+            if ds in data.get("name", "").lower() or ds in meta.parent.name.lower():
+                if (DATA_DIR / rel).is_file() and not any(f["dataset"] == ds for f in found):
+                    found.append({"name": data["name"], "dataset": ds, "ckpt": meta.parent, "eval": DATA_DIR / rel})
+                break
+    return found
+
+
+def _examples(path: Path, labels: tuple[str, ...], max_rows: int | None) -> tuple[list[Any], np.ndarray]:
+    from adapterdeploy.models.data import read_dataset, subset
+
+    data = subset(read_dataset(path, labels=labels or None), max_rows, seed=0)
+    rows = [ex.text if ex.text_pair is None else [ex.text, ex.text_pair] for ex in data.examples]
+    return rows, np.array([int(ex.label) for ex in data.examples])
+
+
+def _metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from adapterdeploy.metrics import classification_metrics
+
+    return classification_metrics(y, probs.argmax(axis=1), num_labels=probs.shape[1])
+
+
+def run(ctx: Context) -> SectionResult:
+    result = SectionResult("accuracy", "7. Accuracy of each variant on the real dev sets (and AdapterDrop K)")
+    missing = ours_available()
+    if missing:
+        result.skipped = missing
+        return result
+    s = ctx.settings
+    key = s.models[0]
+    p = ctx.model(key)
+    tasks = find_tasks(s.ckpt_dir, p)
+    real = bool(tasks)
+    if not tasks:
+        result.notes.append(f"no trained checkpoints for {key} under {s.ckpt_dir}: a random task is scored on SST-2 "
+                            "(accuracy meaningless; the agreement with PyTorch is the check)")
+        tasks = [{"name": "t0000", "dataset": "sst2", "ckpt": p.task_dirs(1)[0], "eval": DATA_DIR / DEV_FILES["sst2"]}]
+    from adapterdeploy.models.checkpoint import load_checkpoint
+
+    ckpts = {t["name"]: load_checkpoint(t["ckpt"]) for t in tasks}
+    inputs = {t["name"]: _examples(t["eval"], ckpts[t["name"]].head.labels, s.accuracy_rows) for t in tasks}
+    ks = [k for k in (s.fanout_k if s.fanout_k is not None else range(p.num_layers)) if 0 < k < p.num_layers]
+    probs: dict[str, dict[str, np.ndarray]] = {}
+
+    def score(label: str, w: Any, task_names: list[str]) -> None:
+        _, failed = start_workers([w])
+        if failed:
+            raise RuntimeError(f"accuracy worker {label} failed: {failed}")
+        try:
+            for name in task_names:
+                kw: dict[str, Any] = {"rows": inputs[name][0]}
+                if label != "pytorch":
+                    kw["task"] = name
+                probs.setdefault(label, {})[name] = np.array(
+                    w.request("call", method="predict_proba", kwargs=kw)["result"])
+        finally:
+            w.close()
+
+    def evaluate() -> None:
+        # One process at a time (the dev sets are scored, not timed); PyTorch: a fresh process per task.
+        for t in tasks:
+            score("pytorch", ctx.worker(f"acc_torch_{t['name']}", "torch_ours", torch_spec(p, t["ckpt"])), [t["name"]])
+        for k in [0, *ks]:
+            precs = ("fp32", "int8") if k == 0 else ("fp32",)
+            if real:
+                dep = deployment(p, 0, checkpoints=[t["ckpt"] for t in tasks], adapter_drop=k, precisions=precs,
+                                 name="real")
+            else:
+                dep = k_deployment(p, k, not ctx.settings.quick)
+            for prec in precs:
+                score(f"{prec} K={k}", ctx.worker(f"acc_{prec}_k{k}", "ours", ours_spec(dep, prec)),
+                      [t["name"] for t in tasks])
+
+    monitored(result, "accuracy/dev sets", evaluate)
+    _report(result, tasks, inputs, probs, key, ks)
+    return result
+
+
+def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str, Any],
+            probs: dict[str, dict[str, np.ndarray]], key: str, ks: list[int]) -> None:
+    variants = list(probs)
+    scores = {v: {t["name"]: _metrics(inputs[t["name"]][1], probs[v][t["name"]]) for t in tasks} for v in variants}
+    t1 = Table(f"{key}: dev-set score per variant (metric per task: accuracy; F1 for MRPC; MCC for CoLA)",
+               ["task", "rows", "metric", *variants])
+    for t in tasks:
+        metric = MAIN_METRIC[t["dataset"]]
+        t1.rows.append([t["name"], len(inputs[t["name"]][1]), metric,
+                        *[f"{100 * scores[v][t['name']][metric]:.2f}" for v in variants]])
+    result.tables.append(t1)
+    t2 = Table(f"{key}: agreement with the PyTorch model (same predicted label; largest probability difference)",
+               ["task", "variant", "same label %", "max |p - p_torch|"])
+    targets = []
+    for t in tasks:
+        ref = probs["pytorch"][t["name"]]
+        for v in variants[1:]:
+            pr = probs[v][t["name"]]
+            same = float((pr.argmax(1) == ref.argmax(1)).mean())
+            t2.rows.append([t["name"], v, f"{100 * same:.2f}", f"{float(np.abs(pr - ref).max()):.2e}"])
+        metric = MAIN_METRIC[t["dataset"]]
+        loss = 100 * (scores["fp32 K=0"][t["name"]][metric] - scores["int8 K=0"][t["name"]][metric])
+        targets.append({"name": f"{key} {t['name']}: int8 loss vs fp32 ({metric}, points)", "value": loss,
+                        "goal": 1.0, "op": "<=", "fmt": "{:.2f}"})
+    result.tables.append(t2)
+    if ks:
+        series = {t["name"]: [100 * scores[f"fp32 K={k}"][t["name"]][MAIN_METRIC[t["dataset"]]] for k in [0, *ks]]
+                  for t in tasks}
+        result.plots.append({"file": f"adapterdrop-accuracy-{key}.png", "kind": "line",
+                             "title": f"{key}: dev score vs AdapterDrop K "
+                                      "(adapters of layers < K removed, no retraining)",
+                             "x": [0, *ks], "series": series, "xlabel": "K", "ylabel": "score (%)"})
+    result.raw = {"model": key, "tasks": [{**t, "ckpt": str(t["ckpt"]), "eval": str(t["eval"])} for t in tasks],
+                  "scores": scores, "targets": targets}

@@ -1,0 +1,155 @@
+"""Section 8: the HTTP server under closed-loop load (1 / 16 / 64 clients), dynamic batching on and off.
+
+Server: ``python -m adapterdeploy.cli serve DEPLOYMENT`` (uvicorn, one process, fixed threads), requests
+``POST /v1/predict`` with one text of a random task out of 8 (random SST-2 sentences). Batching on = the
+CLI defaults (up to 64 rows, 2 ms wait); off = ``--max-batch-rows 1 --max-wait-ms 0``. Offline reference:
+the same requests through ``Deployment.predict_mixed`` in batches of 64 in one process, no HTTP.
+The load generator (benchmarks/loadgen.py) is a separate process on the same cores.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import REPO_ROOT, thread_env
+from benchmarks.prepare import clone_tasks, main_deployment, ours_available
+from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
+from benchmarks.settings import Context
+from benchmarks.workloads import task_stream
+
+__all__ = ["run"]
+
+N_TASKS = 8
+OFFLINE_BATCH = 64
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batching: bool,
+                  log: Path) -> subprocess.Popen:
+    """Start ``adapterdeploy serve`` and hot-load ``tasks`` through its admin API (load from a path)."""
+    args = [sys.executable, "-m", "adapterdeploy.cli", "serve", str(dep), "--port", str(port),
+            "--threads", str(threads), "--max-queue", "4096"]
+    if not batching:
+        args += ["--max-batch-rows", "1", "--max-wait-ms", "0"]
+    token = secrets.token_urlsafe(24)
+    env = {**thread_env(threads), "ADAPTERDEPLOY_ADMIN_TOKEN": token}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server not ready after 120 s: {log.read_text()[-2000:]}") from None
+            time.sleep(0.2)
+    for task in tasks:
+        body = json.dumps({"parameters": {"path": str(task)}}).encode()
+        req = urllib.request.Request(f"{base}/v2/repository/models/{task.name}/load", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+    return proc
+
+
+def _load(url: str, bodies_file: Path, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", url, str(bodies_file), str(clients),
+                          str(seconds), str(warmup)], capture_output=True, text=True, cwd=str(REPO_ROOT),
+                         env=thread_env(1), timeout=seconds + warmup + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(ctx: Context) -> SectionResult:
+    result = SectionResult("server", "8. Server: closed-loop load, dynamic batching on / off, vs offline")
+    missing = ours_available()
+    if missing:
+        result.skipped = missing
+        return result
+    try:
+        import aiohttp  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        result.skipped = f"the serving stack is not installed ({exc}); pip install 'adapterdeploy[serve,bench]'"
+        return result
+    s = ctx.settings
+    key = s.models[0]
+    p = ctx.model(key)
+    dep = main_deployment(p, not ctx.settings.quick)
+    task_dirs = clone_tasks(p, dep, "t0000", "b", N_TASKS)
+    tasks = [d.name for d in task_dirs]
+    stream = task_stream(ctx.texts, tasks, 1024, seed=8)
+    bodies_file = ctx.out / "logs" / "server-requests.json"
+    bodies_file.parent.mkdir(parents=True, exist_ok=True)
+    bodies_file.write_text(json.dumps([{"task": t, "inputs": [x]} for t, x in stream]))
+    warmup = 0.2 if s.quick else 2.0
+    rows: list[dict[str, Any]] = []
+    for batching in (True, False):
+        port = _free_port()
+
+        def serve(batching: bool = batching, port: int = port) -> list[dict[str, Any]]:
+            proc = _start_server(dep, task_dirs, port, s.threads, batching,
+                                 ctx.out / "logs" / f"server-batching-{batching}.log")
+            try:
+                url = f"http://127.0.0.1:{port}/v1/predict"
+                return [{"batching": batching, **_load(url, bodies_file, c, s.server_seconds, warmup)}
+                        for c in s.server_clients]
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+        rows += monitored(result, f"server/batching={'on' if batching else 'off'}", serve)
+    offline_payload = {"kind": "batches", "batches": [stream[i:i + OFFLINE_BATCH]
+                                                     for i in range(0, len(stream), OFFLINE_BATCH)]}
+    w = ctx.worker("offline", "ours", ours_spec(dep, "fp32", load_tasks=[str(d) for d in task_dirs]))
+    run_ = monitored(result, "server/offline", lambda: ctx.time_cases([w], ["offline"], lambda _w, _c: offline_payload))
+    offline = OFFLINE_BATCH / run_.timings["offline"]["offline"].stats.mean
+    t = Table(f"{key}: POST /v1/predict, one text per request, {N_TASKS} tasks, {s.server_seconds:g} s per point "
+              f"after {warmup:g} s warm-up; offline predict_mixed (batches of {OFFLINE_BATCH}): {offline:.1f} rows/s",
+              ["dynamic batching", "clients", "requests/s", "x offline", "p50 ms", "p95 ms", "p99 ms", "errors"])
+    for r in rows:
+        r["vs_offline"] = r["rows_per_s"] / offline
+        t.rows.append(["on" if r["batching"] else "off", r["clients"], f"{r['rows_per_s']:.1f}",
+                       f"{r['vs_offline']:.2f}",
+                       *[("n/a" if r[k] is None else f"{r[k] * 1e3:.1f}") for k in ("p50_s", "p95_s", "p99_s")],
+                       r["errors"]])
+    result.tables.append(t)
+    top = max(s.server_clients)
+    best = next((r for r in rows if r["batching"] and r["clients"] == top), None)
+    result.raw = {"model": key, "rows": rows, "offline_rows_per_s": offline, "targets": [] if best is None else [
+        {"name": f"{key}: server throughput at {top} clients / offline", "value": best["vs_offline"], "goal": 0.85,
+         "op": ">=", "fmt": "{:.2f}"}]}
+    result.notes.append("the load generator runs on the same cores as the server, so it takes CPU the server "
+                        "would otherwise use; the ratio to offline is a lower bound for a separate client machine.")
+    series = {f"batching {'on' if b else 'off'}": [next(r["rows_per_s"] for r in rows
+                                                        if r["batching"] == b and r["clients"] == c)
+                                                   for c in s.server_clients] for b in (True, False)}
+    series["offline"] = [offline] * len(s.server_clients)
+    result.plots.append({"file": f"server-{key}.png", "kind": "line", "title": f"{key}: server throughput vs clients",
+                         "x": list(s.server_clients), "series": series, "xlabel": "clients", "ylabel": "requests/s",
+                         "logx": True})
+    return result

@@ -1,0 +1,101 @@
+"""The benchmark harness: statistics, interleaving, FLOP counts, and a whole ``--quick`` run (structure, not speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import interleave, summarize
+from benchmarks.peak import ModelShape, encoder_flops
+from benchmarks.settings import SECTIONS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_summarize_order_statistics():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0], round_medians=[2.0, 3.0, 4.0])
+    assert (s.n, s.median, s.min, s.max, s.mean) == (5, 3.0, 1.0, 5.0, 3.0)
+    assert s.p90 == pytest.approx(4.6)  # linear interpolation, as numpy's default
+    assert s.spread == pytest.approx((4.0 - 2.0) / 3.0)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+class _FakeWorker:
+    """Stands in for harness.Worker: records the order of requests and answers fixed call times."""
+
+    def __init__(self, name: str, seconds: float, log: list[str]) -> None:
+        self.name, self.seconds, self.log = name, seconds, log
+
+    def request(self, op: str, **kw):
+        assert op == "run"
+        self.log.append(self.name)
+        return {"times": [self.seconds] * kw["n"]}
+
+
+def test_interleave_rotates_order_and_sizes_blocks():
+    log: list[str] = []
+    a, b = _FakeWorker("a", 0.01, log), _FakeWorker("b", 0.1, log)
+    out = interleave([a, b], "case", rounds=4, block_s=0.2, warmup=2)
+    assert log[:2] == ["a", "b"]  # calibration, then rounds in rotating order
+    assert log[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert out["a"].calls_per_round == 20 and out["b"].calls_per_round == 2
+    assert out["a"].stats.n == 80 and out["a"].stats.median == 0.01
+
+
+def test_encoder_flops_counts_dense_attention_and_adapters():
+    shape = ModelShape(layers=2, hidden=4, intermediate=8, bottleneck=2, adapter_sites=1, adapted_layers=2)
+    t = 3 * 5
+    dense = 2 * t * (4 * 16 + 2 * 4 * 8) * 2
+    attention = 2 * 3 * 2 * 25 * 4 * 2
+    adapters = 2 * t * 2 * 4 * 2 * 1 * 2
+    assert encoder_flops(shape, 3, 5) == dense + attention + adapters
+    assert encoder_flops(shape, 3, 5, adapters=False) == dense + attention
+
+
+def test_bench_command_forwards_to_the_benchmarks_package():
+    from click.testing import CliRunner
+
+    from adapterdeploy.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--quick" in result.output and "--sections" in result.output
+
+
+@pytest.mark.timeout(600)
+def test_quick_run_writes_the_report(tmp_path: Path):
+    """``python -m benchmarks --quick`` on the tiny model: every section runs and the report files exist."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--work", str(work)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    raw = json.loads((out / "results.json").read_text())
+    for field in ("cpu_model", "logical_cores", "versions", "date", "git_commit"):
+        assert raw["machine"][field], field
+    assert raw["settings"]["quick"] is True
+    assert [s["key"] for s in raw["sections"]] == list(SECTIONS)
+    for section in raw["sections"]:
+        assert section["skipped"] is None, (section["key"], section["skipped"])
+        assert section["tables"] and all(t["rows"] for t in section["tables"]), section["key"]
+        assert section["title"] in report
+        for plot in section["plots"]:
+            png = out / plot["file"]
+            assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot["file"]
+            assert f"]({plot['file']})" in report
+    assert "## Load conditions" in report and ("QUIET machine" in report or "SHARED machine" in report)
+    by_key = {s["key"]: s for s in raw["sections"]}
+    single = by_key["single"]["raw"]["tiny"]["rows"]
+    systems = {r["system"] for r in single}
+    assert {"torch_eager", "ort_plain", "ort_task", "ours_fp32", "ours_int8"} <= systems
+    assert all(r["median_ms"] > 0 and r["n"] >= 3 for r in single)
+    agreement = by_key["accuracy"]["tables"][1]["rows"]
+    assert all(float(row[2]) >= 90.0 for row in agreement if row[1] == "fp32 K=0")
+    assert raw["targets"], "the targets table is empty"
