@@ -211,7 +211,7 @@ class _Build:
     def __init__(self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int,
                  max_length: int) -> None:
         from adapterdeploy.exporter.featurizer import Adapted, Trunk, _copy_encoder, stack_bank
-        from adapterdeploy.exporter.parity import parity_batches, timing_batch, torch_reference
+        from adapterdeploy.exporter.parity import parity_batches, timing_batches, torch_reference
         from adapterdeploy.exporter.task_pieces import prepare_task
 
         hf = _copy_encoder(base)
@@ -224,7 +224,7 @@ class _Build:
         self.tokenizer = base.load_tokenizer()
         self.batches = parity_batches(self.tokenizer, len(self.tasks), max_length)
         self.refs = [torch_reference([t.model for t in self.tasks], b) for b in self.batches]
-        self.timing = timing_batch(self.tokenizer, len(self.tasks), max_length)
+        self.timing = timing_batches(self.tokenizer, len(self.tasks), max_length)
 
     def parity_inputs(self, heads: dict[str, Path]) -> Any:
         from adapterdeploy.exporter.variants import ParityInputs

@@ -32,7 +32,7 @@ __all__ = [
     "parity_batches",
     "raise_on_failures",
     "run_parity",
-    "timing_batch",
+    "timing_batches",
     "torch_reference",
 ]
 
@@ -116,11 +116,14 @@ def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -
     return refs
 
 
-def _session(path: str | Path):
+def _session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -132,9 +135,10 @@ def _feed(session: Any, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 class GraphRunner:
     """trunk -> adapted (with a bank) -> head.onnx per task, on plain onnxruntime CPU sessions."""
 
-    def __init__(self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path]) -> None:
-        self.trunk, self.adapted = _session(trunk), _session(adapted)
-        self.heads = {name: _session(p) for name, p in heads.items()}
+    def __init__(self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path],
+                 threads: int | None = None) -> None:
+        self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
+        self.heads = {name: _session(p, threads) for name, p in heads.items()}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
 
     def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -245,11 +249,12 @@ def raise_on_failures(result: ParityResult, tolerance: float, what: str) -> None
         )
 
 
-def timing_batch(tokenizer: Any, num_tasks: int, max_length: int) -> ParityBatch:
-    """8 rows x up to 32 tokens, mixing the tasks: the small batch plain and fused variants are timed on."""
+def timing_batches(tokenizer: Any, num_tasks: int, max_length: int) -> list[ParityBatch]:
+    """The small batches plain and fused variants are timed on: 1 row x 32 tokens, 8 mixed rows x 32 tokens."""
     words = "the company said its shares were up two percent after the new film was a great story".split()
     items: list[Item] = [" ".join(words * 3), "the movie was good", ("it is great", "the story was terrible"),
                          " ".join(words[:9])]
     ids, mask, tt = encode_items(tokenizer, items, min(32, max_length))
     rows = np.arange(8, dtype=np.int64)
-    return ParityBatch("timing", ids, mask, tt, rows % len(items), rows % max(num_tasks, 1))
+    one = ParityBatch("1x32", ids[:1], mask[:1], tt[:1], np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    return [one, ParityBatch("8x32", ids, mask, tt, rows % len(items), rows % max(num_tasks, 1))]

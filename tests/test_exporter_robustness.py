@@ -1,0 +1,165 @@
+"""Exporter robustness: bad input refused with nothing written, SIGKILL mid-export, and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from exporter_helpers import make_checkpoint
+
+from adapterdeploy.artifacts import Manifest, verify_files
+from adapterdeploy.cli import main as cli
+from adapterdeploy.errors import (
+    ArtifactError,
+    ConfigError,
+    FingerprintMismatchError,
+    UnsupportedArchitectureError,
+)
+from adapterdeploy.exporter.deployment import export_deployment
+from adapterdeploy.models.base import load_base
+from adapterdeploy.models.tiny import build_tiny_base
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpts(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "x": make_checkpoint(tiny_base, root, "x", bottleneck=4, seed=1),
+        "y": make_checkpoint(tiny_base, root, "y", bottleneck=6, pooling="mean", seed=2),
+        "al": make_checkpoint(tiny_base, root, "al", placement="after_layer", seed=3),
+    }
+
+
+def _entries(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
+def test_bad_inputs_are_refused_and_nothing_is_written(tiny_base_dir, ckpts, tmp_path, tmp_path_factory):
+    before = _entries(tmp_path)
+    out = tmp_path / "dep"
+    cases = [
+        (ArtifactError, "does not exist", dict(base_dir=tmp_path / "nope")),
+        (ConfigError, "out of range", dict(adapter_drop=4)),
+        (ConfigError, "unknown precision", dict(precisions=("fp8",))),
+        (ConfigError, "--max-length", dict(max_length=10_000)),
+        (ConfigError, "placement", dict(tasks=[ckpts["x"], ckpts["al"]])),
+        (ConfigError, "two checkpoints are named 'x'", dict(tasks=[ckpts["x"], ckpts["x"]])),
+        (ConfigError, "no task", dict(tasks=[])),
+    ]
+    gpt = tmp_path_factory.mktemp("gpt2")
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    cases.append((UnsupportedArchitectureError, "gpt2", dict(base_dir=gpt)))
+    other_base = load_base(build_tiny_base(tmp_path_factory.mktemp("other"), seed=1))
+    foreign = make_checkpoint(other_base, tmp_path_factory.mktemp("foreign"), "foreign")
+    cases.append((FingerprintMismatchError, "different base model", dict(tasks=[foreign])))
+    for exc, match, kwargs in cases:
+        base_dir = kwargs.pop("base_dir", tiny_base_dir)
+        tasks = kwargs.pop("tasks", [ckpts["x"]])
+        with pytest.raises(exc, match=match):
+            export_deployment(base_dir, tasks, out, **kwargs)
+        assert _entries(tmp_path) == before, f"{exc.__name__} ({match}) left files behind"
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="--force"):
+        export_deployment(tiny_base_dir, [ckpts["x"]], existing)
+    with pytest.raises(ArtifactError, match="not an adapterdeploy deployment"):
+        export_deployment(tiny_base_dir, [ckpts["x"]], existing, force=True)
+    assert (existing / "notes.txt").read_text() == "mine"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        export_deployment(tiny_base_dir, [ckpts["x"]], blocker / "dep")
+
+
+def _export_in_subprocess(base_dir: Path, tasks: list[Path], out: Path) -> subprocess.Popen:
+    code = ("import sys; from adapterdeploy.exporter.deployment import export_deployment; "
+            "export_deployment(sys.argv[1], sys.argv[3:], sys.argv[2], force=True, precisions=('fp32', 'int8'))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code, str(base_dir), str(out), *map(str, tasks)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("previous,stage", [(False, ".work/adapted.plain.onnx"),
+                                            (True, "tasks/y/adapters.safetensors")])
+def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp_path, previous, stage):
+    out = tmp_path / "deploy"
+    old = export_deployment(tiny_base_dir, [ckpts["x"]], out) if previous else None
+    proc = _export_in_subprocess(tiny_base_dir, [ckpts["x"], ckpts["y"]], out)
+    deadline = time.monotonic() + 240
+    try:
+        while not list(tmp_path.glob(f".deploy.tmp-*/{stage}")):
+            if proc.poll() is not None:
+                pytest.fail(f"the export ended (rc {proc.returncode}) before reaching {stage}: "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the export did not reach {stage} in time")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    if old is None:
+        assert not out.exists()
+    else:
+        manifest = Manifest.read(out)
+        assert manifest.created == old.created and set(manifest.tasks) == {"x"}
+        assert verify_files(out, manifest.files) == []
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+            [*manifest.files, "deployment.json"])
+    # What a kill leaves is a hidden temp sibling, never the target itself.
+    assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
+
+
+@pytest.fixture(scope="module")
+def cli_dep(tiny_base_dir, ckpts, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cli") / "dep"
+    result = CliRunner().invoke(cli, ["export", "--base", str(tiny_base_dir), "--task", str(ckpts["x"]), "--out",
+                                      str(out), "--precision", "int8", "--max-length", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output)
+
+
+def test_cli_export_and_inspect(cli_dep):
+    out, info = cli_dep
+    assert info["checksums"]["ok"] and info["tokenizer"]["max_length"] == 40
+    assert set(info["featurizer"]["variants"]) == {"fp32", "int8"}
+    runner = CliRunner()
+    table = runner.invoke(cli, ["inspect", str(out)])
+    assert table.exit_code == 0 and "featurizer variants" in table.output and "checksums" in table.output
+    again = runner.invoke(cli, ["export", "--base", str(info["base"]["path"]), "--task", "x", "--out", str(out)])
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
+    import shutil
+
+    out, _ = cli_dep
+    dep = tmp_path / "dep"
+    shutil.copytree(out, dep)
+    runner = CliRunner()
+    added = runner.invoke(cli, ["add-task", str(dep), str(ckpts["y"]), "--quiet"])
+    assert added.exit_code == 0, added.output
+    assert "added task 'y'" in added.output
+    bad = runner.invoke(cli, ["add-task", str(dep), str(ckpts["al"]), "--quiet"])
+    assert bad.exit_code == 1 and "fingerprint_mismatch" in bad.output
+    removed = runner.invoke(cli, ["remove-task", str(dep), "x"])
+    assert removed.exit_code == 0 and "1 task(s) left: y" in removed.output
+    info = json.loads(runner.invoke(cli, ["inspect", str(dep), "--json"]).output)
+    assert [t["name"] for t in info["tasks"]] == ["y"] and info["checksums"]["ok"]
+    (dep / "featurizer" / "trunk.onnx").write_bytes(b"truncated")
+    broken = runner.invoke(cli, ["inspect", str(dep)])
+    assert broken.exit_code == 1 and "featurizer/trunk.onnx" in broken.output
+    missing = runner.invoke(cli, ["inspect", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "invalid_artifact" in missing.output
