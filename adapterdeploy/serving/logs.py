@@ -52,6 +52,9 @@ def configure_logging(level: str = "info", *, json_lines: bool = True) -> None:
     numeric = logging.getLevelName(level.upper())
     for name in ("adapterdeploy", "uvicorn", "uvicorn.error"):
         logging.getLogger(name).setLevel(numeric)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # Our middleware writes the access line (with the request id); uvicorn's own stays off.
+    logging.getLogger("uvicorn.access").handlers.clear()
+    logging.getLogger("uvicorn.access").propagate = False
