@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,11 @@ def test_subset_is_seeded_and_keeps_file_order(tmp_path):
     assert list(a.line_numbers) == sorted(a.line_numbers)
     assert all(a.examples[i].text == f"row {a.line_numbers[i] - 2}" for i in range(10))
     assert subset(d, None) is d and subset(d, 500) is d
+
+
+def test_readers_and_metrics_do_not_import_torch():
+    """The runtime's ``check --eval`` reuses them on installs without torch."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import adapterdeploy.models.data, adapterdeploy.metrics\n"
+            "assert 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -132,7 +132,11 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
     cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,
             "label_column": label_column}
     try:
-        # Data first: a bad file fails in a second, before the model is loaded and before anything is written.
+        from adapterdeploy.models.base import resolve_base_dir
+
+        # Base directory and data first: a bad --base or file fails in a second, before the model is loaded
+        # and before anything is written.
+        base_dir = resolve_base_dir(base)
         train_data = subset(read_dataset(train_file, labels=label_list, problem_type=ptype, **cols),
                             max_train_rows, seed)
         eval_data = None
@@ -154,9 +158,9 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
         from adapterdeploy.models.checkpoint import save_checkpoint
         from adapterdeploy.models.trainer import train_task
 
-        base_model = load_base(base)
+        base_model = load_base(base_dir)
         if not quiet:
-            click.echo(f"training {task_name!r} on {base_model.path.name} ({base_model.model_type}): "
+            click.echo(f"training {task_name!r} on {base_model.path} ({base_model.model_type}): "
                        f"{len(train_data)} train rows, {len(eval_data) if eval_data else 0} eval rows", err=True)
         ckpt = train_task(base_model, train_data, eval_data, name=task_name, adapter=adapter_cfg, head=head_cfg,
                           config=train_cfg)
