@@ -18,6 +18,10 @@ Graph I/O (names are part of the contract; dynamic axes are named):
              row_source int64 [rows], task_index int64 [rows], bank inputs (below)
              -> cls, mean float [rows, H] (+ pooled [rows, H] when the base has a pooler)
     head:    features float [rows, H] -> logits float [rows, out]
+    standalone: input_ids, attention_mask, token_type_ids int64 [batch, sequence] -> logits [batch, out]
+    The bank's T (``tasks``) and m (``bottleneck``) axes are dynamic. ``VariantSpec.io_dtypes`` gives each
+    graph's float I/O dtypes: fp16 variants take float16 bank inputs, all activations stay float32.
+    A head reads the adapted output named by its pooling: cls -> ``cls``, mean -> ``mean``, pooler -> ``pooled``.
 
 BANK KEYS: per adapted layer l and site s (attn / ffn / layer): ``bank.{l}.{s}.down_w [T, H, m]``,
 ``.down_b [T, m]``, ``.up_w [T, m, H]``, ``.up_b [T, H]`` and, when the signature has them,

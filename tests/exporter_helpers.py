@@ -19,25 +19,27 @@ PAIRS = [("it is great", "the story was terrible"), ("the company said shares we
 def make_checkpoint(base: BaseModel, out: Path, name: str, *, placement: str = "houlsby", bottleneck: int = 4,
                     layers: tuple[int, ...] | None = None, pooling: str = "cls", head_layers: int = 0,
                     text_pair: bool = False, regression: bool = False, per_task_layernorm: bool = False,
-                    site: SiteOptions | None = None, seed: int = 0, num_labels: int = 3) -> Path:
-    """Random adapters (std 0.3, so parity is tested on outputs adapters actually move) and a random head."""
+                    site: SiteOptions | None = None, seed: int = 0, num_labels: int = 3, std: float = 0.3,
+                    head_std: float = 0.5) -> Path:
+    """Random adapters (std 0.3 on the tiny base, so parity is tested on outputs adapters actually move) and a
+    random head; on a real base use smaller values (std 0.3 on H=384 multiplies the hidden states ~10x per layer)."""
     torch.manual_seed(seed)
-    cfg = AdapterConfig(placement=placement, bottleneck=bottleneck, layers=layers, init_std=0.3,
+    cfg = AdapterConfig(placement=placement, bottleneck=bottleneck, layers=layers, init_std=std,
                         per_task_layernorm=per_task_layernorm, site=site or SiteOptions())
     head = HeadConfig(problem_type="regression" if regression else "single_label_classification",
                       num_labels=1 if regression else num_labels, pooling=pooling, hidden_layers=head_layers)
     model = EncoderWithAdapters(base, cfg, head)
     with torch.no_grad():
         for p in model.head.parameters():
-            p.normal_(0.0, 0.5)
+            p.normal_(0.0, head_std)
         for lns in model.layernorms.values():
             for ln in lns.values():
                 ln.weight.add_(torch.randn_like(ln.weight) * 0.2)
                 ln.bias.add_(torch.randn_like(ln.bias) * 0.2)
         for sites in model.adapters.values():  # nonzero biases too, so zero padding is really exercised
             for ad in sites.values():
-                ad.down.bias.normal_(0.0, 0.3)
-                ad.up.bias.normal_(0.0, 0.3)
+                ad.down.bias.normal_(0.0, std)
+                ad.up.bias.normal_(0.0, std)
     ckpt = checkpoint_from_model(model, name, max_length=48, text_pair=text_pair)
     return save_checkpoint(ckpt, out / name, force=True)
 

@@ -20,6 +20,7 @@ from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ConfigError, FingerprintMismatchError, UnknownTaskError, UnsupportedAdapterError
 from adapterdeploy.exporter.deployment import add_task, bank_of, export_deployment, inspect, remove_task
 from adapterdeploy.exporter.parity import FEATURE_OF_POOLING, GraphRunner, ParityBatch, encode_items
+from adapterdeploy.models.base import load_base
 
 TOL = 1e-4
 
@@ -110,8 +111,7 @@ def test_placements_parity_and_fusions_survive(tiny_base, tiny_base_dir, tmp_pat
     out = tmp_path / "dep"
     manifest = export_deployment(tiny_base_dir, [a, b], out, adapter_drop=1)
     variant = manifest.featurizer.variants["fp32"]
-    chosen = variant.timings["chosen"]
-    fused = variant.op_counts if chosen == "fused" else variant.timings["candidate_op_counts"]["fused"]
+    fused = _fused_counts(variant)
     adapted_layers = 3
     assert fused["adapted"]["Attention"] == adapted_layers
     assert fused["adapted"]["SkipLayerNormalization"] == 2 * adapted_layers
@@ -119,6 +119,11 @@ def test_placements_parity_and_fusions_survive(tiny_base, tiny_base_dir, tmp_pat
     assert fused["trunk"]["Attention"] == 1  # the one trunk layer (K = 1)
     assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
     assert independent_check(tiny_base, out, ["p1", "p2"], [a, b], adapter_drop=1) <= TOL
+
+
+def _fused_counts(variant) -> dict:
+    timings = variant.timings
+    return variant.op_counts if timings["chosen"] == "fused" else timings["candidate_op_counts"]["fused"]
 
 
 def _layer_of(node_name: str) -> int | None:
@@ -203,6 +208,39 @@ def test_standalone_graphs_run_in_plain_onnxruntime(tiny_base, dep, ckpts):
     assert manifest.parity["standalone"]["a"]["int8"]["argmax_agreement"] is not None
 
 
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra"])
+def test_other_architectures(tiny_bases, model_type, tmp_path):
+    """RoBERTa (positions from input ids), XLM-R and ELECTRA (embeddings projection): parity and fusions."""
+    base = load_base(tiny_bases[model_type])
+    a = make_checkpoint(base, tmp_path, "a", placement="pfeiffer", bottleneck=4, seed=1)
+    b = make_checkpoint(base, tmp_path, "b", placement="pfeiffer", bottleneck=6, seed=2, pooling="mean",
+                        text_pair=True)
+    manifest = export_deployment(tiny_bases[model_type], [a, b], tmp_path / "dep", adapter_drop=1, allow_drop=True)
+    assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
+    assert _fused_counts(manifest.featurizer.variants["fp32"])["adapted"]["Attention"] == 3
+    assert independent_check(base, tmp_path / "dep", ["a", "b"], [a, b], adapter_drop=1) <= TOL
+
+
+def test_add_task_to_a_standalone_deployment(tiny_base, dep, ckpts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "dep"
+    shutil.copytree(dep, copy)
+    add_task(copy, ckpts["big"])
+    manifest = Manifest.read(copy)
+    assert manifest.standalone["big"] == {"fp32": "standalone/big.onnx", "int8": "standalone/big.int8.onnx"}
+    assert manifest.parity["standalone"]["big"]["fp32"]["logits_max_abs_diff"] <= TOL
+    assert set(TaskSpec.read(copy / "tasks" / "big").parity) >= {"fp32", "int8", "fp16", "samples"}
+    sess = ort.InferenceSession(str(copy / "standalone" / "big.onnx"), providers=["CPUExecutionProvider"])
+    ids, mask, tt = encode_items(tiny_base.load_tokenizer(), TEXTS, manifest.tokenizer.max_length)
+    (logits,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt})
+    want = torch_logits(tiny_base, ckpts["big"], TEXTS, manifest.tokenizer.max_length)
+    assert np.abs(logits - want).max() <= TOL
+    assert inspect(copy)["checksums"]["ok"]
+    remove_task(copy, "big")
+    assert not list((copy / "standalone").glob("big*")) and "big" not in Manifest.read(copy).standalone
+
+
 def test_add_and_remove_task(tiny_base, tiny_base_dir, ckpts, tmp_path):
     out = tmp_path / "dep"
     export_deployment(tiny_base_dir, [ckpts["a"]], out, precisions=("fp32", "int8"))
@@ -270,3 +308,18 @@ def test_inspect_reports_and_detects_corruption(dep, tmp_path):
         f.write(b"\x00\x01\x02")
     bad = inspect(copy)
     assert not bad["checksums"]["ok"] and "tasks/a/adapters.safetensors" in bad["checksums"]["problems"][0]
+
+
+@pytest.mark.slow
+def test_real_minilm_two_tasks_k3(tmp_path):
+    """The embedded all-MiniLM-L6-v2 with two tasks (one pair task), K = 3: parity <= 1e-4, fusions survive."""
+    base = load_base(None)
+    common = {"placement": "after_layer", "layers": (3, 4, 5), "num_labels": 2, "std": 0.05, "head_std": 0.1}
+    a = make_checkpoint(base, tmp_path, "sent", bottleneck=24, seed=11, **common)
+    b = make_checkpoint(base, tmp_path, "para", bottleneck=48, seed=12, text_pair=True, pooling="mean", **common)
+    manifest = export_deployment(None, [a, b], tmp_path / "dep", adapter_drop=3)
+    assert manifest.featurizer.adapted_layers == (3, 4, 5)
+    assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
+    fused = _fused_counts(manifest.featurizer.variants["fp32"])
+    assert fused["adapted"]["Attention"] == 3 and fused["trunk"]["Attention"] == 3
+    assert independent_check(base, tmp_path / "dep", ["sent", "para"], [a, b], adapter_drop=3) <= TOL

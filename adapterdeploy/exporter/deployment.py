@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from adapterdeploy.artifacts import (
     MANIFEST_FILE,
     PARITY_SAMPLES,
@@ -38,6 +36,7 @@ from adapterdeploy.artifacts import (
 from adapterdeploy.config import AdapterSignature
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.report import inspect_deployment
+from adapterdeploy.exporter.task_pieces import bank_of
 
 __all__ = ["add_task", "bank_of", "export_deployment", "inspect", "remove_task"]
 
@@ -210,11 +209,11 @@ class _Build:
 
     def __init__(self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int,
                  max_length: int) -> None:
-        from adapterdeploy.exporter.featurizer import Adapted, Trunk, _copy_encoder, stack_bank
+        from adapterdeploy.exporter.featurizer import Adapted, Trunk, copy_encoder, stack_bank
         from adapterdeploy.exporter.parity import parity_batches, timing_batches, torch_reference
         from adapterdeploy.exporter.task_pieces import prepare_task
 
-        hf = _copy_encoder(base)
+        hf = copy_encoder(base)
         self.base, self.max_length = base, max_length
         self.trunk = Trunk(base, adapter_drop, hf)
         self.adapted = Adapted(base, adapter_drop, signature, hf)
@@ -475,26 +474,3 @@ def remove_task(deploy_dir: str | Path, name: str, *, log: Log = _quiet) -> Mani
             adapter_drop_eval=drop_eval)
         new.write(tmp)
     return Manifest.read(root)
-
-
-def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
-    """The stacked bank of some tasks of a deployment (fp32, padded): for tests and debugging."""
-    from safetensors.numpy import load_file
-
-    root = Path(deploy_dir)
-    manifest = Manifest.read(root)
-    rows = [load_file(str(root / manifest.tasks[n] / "adapters.safetensors")) for n in names]
-    out = []
-    for key in manifest.featurizer.bank_inputs:
-        leaf = key.rsplit(".", 1)[1]
-        m = max(r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w"))
-        parts = []
-        for r in rows:
-            t = r[key]
-            if leaf in ("down_w", "down_b"):
-                t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
-            elif leaf == "up_w":
-                t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
-            parts.append(t)
-        out.append(np.stack(parts))
-    return out

@@ -44,6 +44,7 @@ __all__ = [
     "Trunk",
     "bank_dynamic_axes",
     "bank_keys",
+    "copy_encoder",
     "fusion_friendly",
     "head_rows",
     "outputs_for",
@@ -220,7 +221,7 @@ class BankedSublayerOutput(nn.Module):
         return ln((h_raw + a) + input_tensor)
 
 
-def _copy_encoder(base: BaseModel) -> nn.Module:
+def copy_encoder(base: BaseModel) -> nn.Module:
     """A private deep copy of the HF encoder without the adapter hooks a shared base may carry."""
     hf = copy.deepcopy(base.model)
     hf.eval()
@@ -257,7 +258,7 @@ class Trunk(nn.Module):
 
     def __init__(self, base: BaseModel, adapter_drop: int, hf: nn.Module | None = None) -> None:
         super().__init__()
-        hf = hf if hf is not None else _copy_encoder(base)
+        hf = hf if hf is not None else copy_encoder(base)
         self.hf = hf
         self.embeddings = hf.embeddings
         self.project = getattr(hf, "embeddings_project", None)
@@ -285,7 +286,7 @@ class Adapted(nn.Module):
     def __init__(self, base: BaseModel, adapter_drop: int, signature: AdapterSignature,
                  hf: nn.Module | None = None) -> None:
         super().__init__()
-        hf = hf if hf is not None else _copy_encoder(base)
+        hf = hf if hf is not None else copy_encoder(base)
         self.hf = hf
         self.signature = signature
         self.adapted_layers = tuple(range(adapter_drop, base.num_layers))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -25,7 +26,7 @@ from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
-__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "check_task_name", "prepare_task", "write_task_piece"]
+__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "bank_of", "check_task_name", "prepare_task", "write_task_piece"]
 
 TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,3 +97,28 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
     )
     spec.write(task_dir)
     return spec
+
+
+def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
+    """The stacked bank of some tasks of a deployment (fp32, padded): for tests and debugging."""
+    from safetensors.numpy import load_file
+
+    from adapterdeploy.artifacts import Manifest
+
+    root = Path(deploy_dir)
+    manifest = Manifest.read(root)
+    rows = [load_file(str(root / manifest.tasks[n] / "adapters.safetensors")) for n in names]
+    out = []
+    for key in manifest.featurizer.bank_inputs:
+        leaf = key.rsplit(".", 1)[1]
+        m = max(r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w"))
+        parts = []
+        for r in rows:
+            t = r[key]
+            if leaf in ("down_w", "down_b"):
+                t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
+            elif leaf == "up_w":
+                t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
+            parts.append(t)
+        out.append(np.stack(parts))
+    return out
