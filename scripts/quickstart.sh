@@ -38,20 +38,52 @@ step "train mrpc (sentence pairs, 1000 of 1500 rows)"
   --max-train-rows 1000 --max-length 96 --pooling mean </dev/null
 
 # ---------------------------------------------------------------------------------------------------
-# [export] (added by the exporter stage): $OUT/ckpt/{sst2,mrpc} -> one deployment directory
+# [export] both checkpoints -> one deployment: a shared featurizer + two small task pieces (fp32 + int8).
+# Every export is parity-checked against PyTorch before it is written.
 # ---------------------------------------------------------------------------------------------------
+step "export (fp32 + int8, parity-checked)"
+"$AD" export --task "$OUT/ckpt/sst2" --task "$OUT/ckpt/mrpc" --out "$OUT/deploy" \
+  --precision fp32 --precision int8 --force </dev/null
 
 # ---------------------------------------------------------------------------------------------------
-# [predict] (added by the runtime stage)
+# [predict] with onnxruntime only: a single-text task, a pair task, JSON lines output
 # ---------------------------------------------------------------------------------------------------
+step "predict"
+"$AD" predict "$OUT/deploy" --task sst2 "a gripping, beautifully acted film." "the plot is thin and dull." </dev/null
+"$AD" predict "$OUT/deploy" --task mrpc --pair "The cat sat on the mat." "A cat was sitting on the mat." </dev/null
+"$AD" predict "$OUT/deploy" --task sst2 --precision int8 --format jsonl "an uneven but often charming comedy." </dev/null
+step "check (production checklist)"
+"$AD" check "$OUT/deploy" --eval examples/data/sst2/dev.tsv --task sst2 </dev/null
 
 # ---------------------------------------------------------------------------------------------------
-# [latency] (added by the benchmark stage): onnxruntime deployment vs eager PyTorch
+# [latency] onnxruntime deployment vs eager PyTorch, same task, same inputs, interleaved, medians
 # ---------------------------------------------------------------------------------------------------
+step "latency vs eager PyTorch"
+"$VENV/bin/python" examples/latency_vs_eager.py "$OUT/deploy" "$OUT/ckpt/sst2" --repeats 20 </dev/null
 
 # ---------------------------------------------------------------------------------------------------
-# [serve] (added by the serving stage)
+# [serve] start the HTTP server, call it once, stop it (SIGTERM drains in-flight requests)
 # ---------------------------------------------------------------------------------------------------
+step "serve (start, one request, stop)"
+PORT=${PORT:-18080}
+"$AD" serve "$OUT/deploy" --port "$PORT" </dev/null >"$OUT/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  if "$VENV/bin/python" -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/v2/health/ready', timeout=1)" 2>/dev/null; then break; fi
+  kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.log"; echo "server exited"; exit 1; }
+  sleep 0.5
+done
+"$VENV/bin/python" - "$PORT" <<'PY'
+import json, sys, urllib.request
+port = sys.argv[1]
+body = json.dumps({"task": "sst2", "inputs": ["what a wonderful surprise."]}).encode()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body, headers={"Content-Type": "application/json"})
+print("POST /v1/predict ->", urllib.request.urlopen(req, timeout=30).read().decode())
+PY
+kill -TERM $SERVER && wait $SERVER || true
+trap - EXIT
+echo "server stopped; run it yourself with: $AD serve $OUT/deploy --port 8080"
 
 step "done"
-echo "task checkpoints: $OUT/ckpt/sst2 $OUT/ckpt/mrpc"
+echo "task checkpoints: $OUT/ckpt/sst2 $OUT/ckpt/mrpc; deployment: $OUT/deploy"
