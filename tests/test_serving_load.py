@@ -210,7 +210,7 @@ def test_sigterm_during_load_loses_no_accepted_request(deploy_dir, tmp_path):
 
         out = asyncio.run(run())
         code = proc.wait(30)
-    assert code in (0, -signal.SIGTERM), code
+    assert code == 0, code  # drained, then a clean exit (not "killed by SIGTERM")
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     started = {r["request_id"] for r in lines if r.get("msg") == "request started" and r["path"] == "/v1/predict"}
     finished = {r["request_id"]: r["status"] for r in lines if r.get("msg") == "request" and r["path"] == "/v1/predict"}

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import stat
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -127,12 +129,20 @@ def app_from_env() -> Any:
     return create_app(settings)
 
 
+def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def run_server(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT (blocking). One process, or ``settings.workers`` uvicorn workers."""
     from adapterdeploy.serving.app import create_app
 
     configure_logging(settings.log_level, json_lines=settings.access_log_json)
     if settings.workers == 1:
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, to the handler that was installed
+        # before it started. Ours exits 0: a server that drained cleanly is "Completed", not killed (143).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
         uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
         return
     # Workers get the settings (with the admin token) through a private file, not the environment.
