@@ -61,6 +61,11 @@ def split_off(data: Any, n: int, salt: str) -> tuple[Any, Any]:
 def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    if args.threads:
+        # On a shared machine one thread per process wastes less: with 2 threads each step waits at
+        # barriers for whichever thread the scheduler last preempted.
+        torch.set_num_threads(args.threads)
+
     from adapterdeploy.config import AdapterConfig, HeadConfig
     from adapterdeploy.models.base import load_base
     from adapterdeploy.models.checkpoint import save_checkpoint
@@ -268,6 +273,7 @@ def main() -> None:
     run.add_argument("--full-lr", type=float, default=2e-5)
     run.add_argument("--pooling", default="mean")
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write the markdown table from the results JSON")
     rep.add_argument("--results", default=str(RESULTS / "training.json"))
