@@ -121,6 +121,17 @@ def test_placements_parity_and_fusions_survive(tiny_base, tiny_base_dir, tmp_pat
     assert independent_check(tiny_base, out, ["p1", "p2"], [a, b], adapter_drop=1) <= TOL
 
 
+def test_adapterhub_site_options_with_adapter_layernorms(tiny_base, tiny_base_dir, tmp_path):
+    """Imported (AdapterHub-style) sites take the generic path: LN before, post-add residual, adapter LNs."""
+    site = SiteOptions(original_ln_before=True, residual_before_ln="post_add", ln_before=True, ln_after=True)
+    a = make_checkpoint(tiny_base, tmp_path, "h1", placement="pfeiffer", bottleneck=4, site=site, seed=13)
+    b = make_checkpoint(tiny_base, tmp_path, "h2", placement="pfeiffer", bottleneck=6, site=site, seed=14)
+    manifest = export_deployment(tiny_base_dir, [a, b], tmp_path / "dep")
+    assert "bank.0.ffn.ln_after_w" in manifest.featurizer.bank_inputs
+    assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
+    assert independent_check(tiny_base, tmp_path / "dep", ["h1", "h2"], [a, b]) <= TOL
+
+
 def _fused_counts(variant) -> dict:
     timings = variant.timings
     return variant.op_counts if timings["chosen"] == "fused" else timings["candidate_op_counts"]["fused"]

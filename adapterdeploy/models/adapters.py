@@ -46,9 +46,11 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """LayerNorm over the last axis with shared ``[H]`` or per-row ``[B, 1, H]`` affine weights."""
+    # int(): H is static; the ONNX tracer would otherwise record a dynamic normalized_shape, which it cannot export.
+    shape = (int(x.shape[-1]),)
     if weight.dim() == 1:
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-    return F.layer_norm(x, (x.shape[-1],), None, None, eps) * weight + bias
+        return F.layer_norm(x, shape, weight, bias, eps)
+    return F.layer_norm(x, shape, None, None, eps) * weight + bias
 
 
 def adapter_site(
