@@ -23,6 +23,7 @@ from adapterdeploy.errors import (
     UnsupportedArchitectureError,
 )
 from adapterdeploy.exporter.deployment import export_deployment
+from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.models.base import load_base
 from adapterdeploy.models.tiny import build_tiny_base
 
@@ -118,8 +119,10 @@ def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp
         assert verify_files(out, manifest.files) == []
         assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
             [*manifest.files, "deployment.json"])
-    # What a kill leaves is a hidden temp sibling, never the target itself.
+    # What a kill leaves is a hidden temp sibling, never the target itself; inspect lists it.
     assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
+    if old is not None:
+        assert inspect_deployment(out)["leftovers"]
 
 
 @pytest.fixture(scope="module")

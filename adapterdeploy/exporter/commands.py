@@ -220,6 +220,9 @@ def inspect_cmd(deploy_dir: str, as_json: bool) -> None:
 
         info = inspect_deployment(deploy_dir)
     _print_info(info, as_json)
+    if info["leftovers"] and not as_json:
+        click.echo(f"note: interrupted runs left {len(info['leftovers'])} hidden temp dir(s) beside the deployment, "
+                   f"safe to delete: {', '.join(info['leftovers'])}", err=True)
     if not info["checksums"]["ok"]:
         click.echo(f"checksum verification failed: {'; '.join(info['checksums']['problems'])}", err=True)
         sys.exit(1)

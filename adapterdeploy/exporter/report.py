@@ -21,6 +21,12 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     a task's ``task.json`` is unreadable or was exported for another featurizer.
     """
     root = Path(deploy_dir)
+    leftovers = _leftovers(root)
+    if not root.is_dir():
+        old = [p for p in leftovers if ".old-" in p.name]
+        if old:
+            raise ArtifactError(f"deployment directory {root} does not exist, but {old[0]} does: an update was "
+                                f"interrupted between its two renames; rename {old[0].name} back to {root.name}")
     manifest = Manifest.read(root)
     fz = manifest.featurizer
     problems = verify_files(root, manifest.files)
@@ -93,4 +99,13 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "parity": manifest.parity,
         "adapter_drop_eval": manifest.adapter_drop_eval,
         "checksums": {"ok": not problems, "files_checked": len(manifest.files), "problems": problems},
+        "leftovers": [str(p) for p in leftovers],
     }
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Hidden temp siblings an interrupted export / add-task / remove-task left (safe to delete)."""
+    parent = root.absolute().parent
+    if not parent.is_dir():
+        return []
+    return sorted(parent.glob(f".{root.name}.tmp-*")) + sorted(parent.glob(f".{root.name}.old-*"))
