@@ -379,18 +379,25 @@ def interleave(
     block_s: float,
     warmup: int,
     max_calls_per_round: int = 200,
+    budget_s: float | None = None,
+    min_rounds: int = 3,
 ) -> dict[str, Timing]:
     """Time ``case`` on every worker in interleaved rounds; the order rotates each round.
 
     Each worker first runs ``warmup`` untimed calls and one calibration call; its block size is then
     ``ceil(block_s / calibration time)`` calls (at least 1), so a fast system gets many calls per round
-    and a slow one at least one.
+    and a slow one at least one. With ``budget_s``, the rounds are cut (to no fewer than ``min_rounds``)
+    so that the timed part of this case takes about that long: slow shapes get fewer rounds, never none.
     """
     per_round: dict[str, int] = {}
+    round_s = 0.0
     for w in workers:
         reply = w.request("run", case=case, n=warmup + 1)
         t = max(reply["times"][-1], 1e-6)
         per_round[w.name] = max(1, min(max_calls_per_round, math.ceil(block_s / t)))
+        round_s += per_round[w.name] * t
+    if budget_s is not None and round_s > 0:
+        rounds = max(min(rounds, min_rounds), min(rounds, int(budget_s / round_s)))
     samples: dict[str, list[float]] = {w.name: [] for w in workers}
     medians: dict[str, list[float]] = {w.name: [] for w in workers}
     for r in range(rounds):

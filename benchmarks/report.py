@@ -194,10 +194,13 @@ def write_report(out: Path, info: dict[str, Any], settings: dict[str, Any], sect
         f"- **Load conditions**: {condition}",
         "",
         "Method: every system runs in its own fresh worker process with fixed threads; systems are timed in "
-        f"{settings['rounds']} interleaved rounds (order rotating each round) after {settings['warmup']} warm-up "
-        "calls; each number is the median over every timed call (p90 and the spread of the per-round medians "
-        "show the noise). Every system gets the same texts, tokenized by the same tokenizer.json with the same "
-        "max_length and dynamic padding, end to end to class probabilities. Raw numbers: `results.json`.",
+        f"{settings['rounds']} interleaved rounds (order rotating each round; a case whose rounds would take "
+        f"longer than {settings['case_budget_s']} s gets fewer, never under 3) after {settings['warmup']} warm-up "
+        "calls plus one calibration call; each round runs a block of calls of about "
+        f"{settings['block_s']} s per system; each number is the median over every timed call (p90, the call "
+        "count and the spread of the per-round medians show the noise). Every system gets the same texts, "
+        "tokenized by the same tokenizer.json with the same max_length and dynamic padding, end to end to class "
+        "probabilities. Raw numbers: `results.json`.",
         "",
         "## Targets",
         "",

@@ -27,6 +27,7 @@ class BenchSettings:
     rounds: int = 7  # interleaved rounds per case
     block_s: float = 0.4  # target seconds per system per round
     warmup: int = 3  # untimed calls before timing (plus one calibration call)
+    case_budget_s: float | None = 120.0  # cut rounds (to >= 3) when one case's timed part would take longer
     compile: bool = True  # include torch.compile
     many_tasks_n: tuple[int, ...] = (1, 8, 64, 512)
     many_tasks_rows: int = 256  # requests in the many-task stream
@@ -51,6 +52,7 @@ class BenchSettings:
 def quick_settings(**overrides: Any) -> BenchSettings:
     base = BenchSettings(
         quick=True, models=("tiny",), sections=SECTIONS, threads=1, rounds=3, block_s=0.02, warmup=1, compile=False,
+        case_budget_s=None,
         many_tasks_n=(1, 8), many_tasks_rows=64, resident_tasks=32, memory_budget_bytes=1 << 30,
         fanout_n=(1, 4), fanout_k=(0, 2), load_repeats=20, cold_repeats=1, accuracy_rows=32,
         server_clients=(1, 4), server_seconds=0.5,
@@ -117,7 +119,8 @@ class Context:
             for case in cases:
                 for w in workers:
                     w.request("case", case=case, payload=payload_for(w, case))
-            out = {case: interleave(workers, case, rounds=rounds or s.rounds, block_s=s.block_s, warmup=s.warmup)
+            out = {case: interleave(workers, case, rounds=rounds or s.rounds, block_s=s.block_s, warmup=s.warmup,
+                                    budget_s=s.case_budget_s)
                    for case in cases}
             rss = {w.name: {**w.request("rss"), "load_s": w.load_reply.get("load_s")} for w in workers}
             return TimedRun(out, failed or {}, rss)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -30,11 +29,18 @@ PROTOCOL_PREFIX = "@@bench "
 
 
 def rss_bytes() -> dict[str, int]:
-    """Current resident set size and this process's peak RSS (ru_maxrss is in KiB on Linux)."""
-    with open("/proc/self/statm") as f:
-        resident_pages = int(f.read().split()[1])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rss_bytes": resident_pages * os.sysconf("SC_PAGE_SIZE"), "peak_rss_bytes": peak}
+    """Current resident set size (VmRSS) and this process's peak (VmHWM), from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux keeps that across execve, so a worker spawned by a large parent would report
+    the parent's peak.
+    """
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024  # kB
+    return {"rss_bytes": fields["VmRSS"], "peak_rss_bytes": fields["VmHWM"]}
 
 
 def prepare(system: Any, payload: dict[str, Any]) -> Callable[[], object]:

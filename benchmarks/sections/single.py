@@ -121,12 +121,12 @@ def _tables(result: SectionResult, key: str, cases: dict[str, Case], rows: list[
         case = cases[case_name]
         t = Table(f"{key}: {case.description} (padded to {case.seq} tokens)",
                   ["system", "median ms", "p90 ms", "rows/s", "x eager PyTorch", "time / ORT-O3 plain",
-                   "GFLOP/s", "% of peak", "round spread"])
+                   "GFLOP/s", "% of peak", "calls", "round spread"])
         for r in (r for r in rows if r["case"] == case_name):
             t.rows.append([LABELS.get(r["system"], r["system"]), _fmt(r["median_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"),
                            _fmt(r["rows_per_s"], ".1f"), _fmt(r["speedup_vs_eager"], ".2f"),
                            _fmt(r["vs_ort_plain_o3"], ".3f"), _fmt(r["gflops"], ".1f"),
-                           _fmt(r["pct_of_peak"], ".1f"), _fmt(100 * r["spread"], ".0f") + "%"])
+                           _fmt(r["pct_of_peak"], ".1f"), r["n"], _fmt(100 * r["spread"], ".0f") + "%"])
         result.tables.append(t)
     mem = Table(f"{key}: memory of each system's process after the timed runs",
                 ["system", "RSS MiB", "peak RSS MiB", "load s"])
