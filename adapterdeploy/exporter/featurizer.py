@@ -14,10 +14,10 @@ Semantics (per row ``r`` of the adapted batch, ``t = task_index[r]``, ``u = row_
 For the native sub-layer sites (``y = LN(d + a(d) + res)`` with ``d = x W + b``) the graph is written as
 ``LN((x W + (up(act(down(d))) + up_b + b)) + res)``: the same value, but the LayerNorm's input is an
 ``Add`` whose parent is the dense ``MatMul``, which is the pattern onnxruntime's Attention and
-SkipLayerNormalization fusions look for. The textbook order ``(d + a) + res`` hides the dense MatMul
-behind the adapter and loses the Attention fusion of every adapted layer (measured: see optimize.py).
-A task with a smaller bottleneck is zero-padded to the bank's ``m``: the padded columns of ``down`` give
-``act(0 + 0) `` times zero rows of ``up``, so the padding adds exactly 0.
+SkipLayerNormalization fusions look for. In the textbook order ``(d + a) + res`` an adapter on the
+attention output hides that MatMul (measured on MiniLM, houlsby at K = 2: 0 of 4 Attention fusions,
+against 4 of 4 in this order). A task with a smaller bottleneck is zero-padded to the bank's ``m``:
+the padded units compute ``act(0)`` and meet zero rows of ``up``, so the padding adds exactly 0.
 """
 
 from __future__ import annotations
