@@ -166,3 +166,33 @@ def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
     assert broken.exit_code == 1 and "featurizer/trunk.onnx" in broken.output
     missing = runner.invoke(cli, ["inspect", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "invalid_artifact" in missing.output
+
+
+def test_eval_plan_and_zero_fill_rules(tmp_path):
+    from types import SimpleNamespace
+
+    from adapterdeploy.config import AdapterConfig, SiteOptions
+    from adapterdeploy.exporter.deployment import _eval_plan
+    from adapterdeploy.exporter.featurizer import fusion_friendly, zero_adapter_is_identity
+
+    f = tmp_path / "sst2" / "dev.tsv"
+    f.parent.mkdir()
+    f.write_text("label\ttext\n1\tgood\n")
+    one, two = [SimpleNamespace(name="sst2")], [SimpleNamespace(name="sst2"), SimpleNamespace(name="cola")]
+    assert _eval_plan(str(f), one) == {"sst2": f}
+    assert _eval_plan([str(f)], two) == {"sst2": f}  # named like its folder
+    assert _eval_plan([f"cola={f}"], two) == {"cola": f}
+    with pytest.raises(ConfigError, match="NAME=FILE"):
+        _eval_plan([str(tmp_path / "other.tsv")], two)
+    with pytest.raises(ConfigError, match="does not exist"):
+        _eval_plan([f"cola={tmp_path / 'missing.tsv'}"], two)
+    with pytest.raises(ConfigError, match="not exported here"):
+        _eval_plan({"rte": f}, two)
+    native = AdapterConfig(placement="houlsby").signature()
+    assert fusion_friendly(native.site) and zero_adapter_is_identity(native)
+    hub = AdapterConfig(placement="pfeiffer", site=SiteOptions(original_ln_before=True)).signature()
+    assert not fusion_friendly(hub.site) and zero_adapter_is_identity(hub)
+    lossy = AdapterConfig(placement="pfeiffer", site=SiteOptions(ln_after=True, adapter_residual_before_ln=True))
+    assert not zero_adapter_is_identity(lossy.signature())
+    no_ln_after = AdapterConfig(placement="pfeiffer", site=SiteOptions(original_ln_after=False))
+    assert not zero_adapter_is_identity(no_ln_after.signature())

@@ -16,7 +16,7 @@ import collections
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -25,7 +25,6 @@ from onnx import numpy_helper
 __all__ = [
     "FUSED_OPS",
     "constants_to_initializers",
-    "fastest",
     "interleaved_medians",
     "op_counts",
     "optimize_graph",
@@ -117,8 +116,3 @@ def interleaved_medians(candidates: dict[str, Callable[[], object]], *, repeats:
             fn()
             samples[name].append((clock() - t0) * 1e3)
     return {k: round(statistics.median(v), 3) for k, v in samples.items()}
-
-
-def fastest(timings: dict[str, float], eligible: Sequence[str]) -> str:
-    """The eligible candidate with the lowest median time."""
-    return min(eligible, key=lambda k: timings[k])
