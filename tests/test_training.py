@@ -175,12 +175,13 @@ def _cli(*args: str):
     return CliRunner().invoke(main, ["train", *args], catch_exceptions=False)
 
 
-def test_cli_train_end_to_end(tiny_base_dir, sentiment, tmp_path):
+def test_cli_train_end_to_end(tiny_base_dir, sentiment, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # --threads must not slow later tests
     out = tmp_path / "ckpt"
     res = _cli("--base", str(tiny_base_dir), "--train", str(sentiment[0]), "--eval", str(sentiment[1]),
                "--task", "senti", "--out", str(out), "--layers", "1-3", "--reduction-factor", "8",
                "--epochs", "2", "--max-train-rows", "64", "--max-eval-rows", "30", "--max-length", "16",
-               "--pooling", "mean", "--seed", "3", "--quiet")
+               "--pooling", "mean", "--seed", "3", "--threads", "1", "--quiet")
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "trainable params" in res.output
     ckpt = load_checkpoint(out)

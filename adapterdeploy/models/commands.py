@@ -100,6 +100,9 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--label-column", default=None, help="Label column (default: label).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="File format; default from the extension (.tsv/.txt, .csv, .jsonl/.ndjson).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads (default: one per core). On a machine shared with other jobs, 1 can be several "
+                   "times faster: multi-threaded steps wait for whichever thread was preempted.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(base: str | None, train_file: str, eval_file: str | None, task_name: str, out_dir: str, placement: str,
@@ -107,8 +110,8 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
           per_task_layernorm: bool, pooling: str, head_layers: int, epochs: int, batch_size: int, lr: float,
           warmup_ratio: float, max_length: int, seed: int, max_train_rows: int | None, max_eval_rows: int | None,
           labels: str | None, problem_type: str, metric: str, text_column: str | None,
-          text_pair_column: str | None, label_column: str | None, fmt: str | None, force: bool,
-          quiet: bool) -> None:
+          text_pair_column: str | None, label_column: str | None, fmt: str | None, threads: int | None,
+          force: bool, quiet: bool) -> None:
     """Train one task's adapters + head on a frozen base; write a task checkpoint.
 
     \b
@@ -158,6 +161,10 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
         from adapterdeploy.models.checkpoint import save_checkpoint
         from adapterdeploy.models.trainer import train_task
 
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         base_model = load_base(base_dir)
         if not quiet:
             click.echo(f"training {task_name!r} on {base_model.path} ({base_model.model_type}): "
