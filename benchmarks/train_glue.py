@@ -45,6 +45,9 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "cola": "CoLA"}
+
+
 def split_off(data: Any, n: int, salt: str) -> tuple[Any, Any]:
     """(rest, held_out): held_out = the n rows with the smallest sha256(f"{salt}:{file line}"), in file order."""
     lines = data.line_numbers
@@ -92,7 +95,7 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     base = load_base(args.base)
     print(f"[{key}] train {len(train)} rows (of {len(train_all)}), select {len(select)}, "
           f"{spec['split']} {len(report)}; {cfg}", file=sys.stderr, flush=True)
-    out = Path(args.ckpts) / key
+    out = Path(args.ckpts) / (f"{key}-{args.variant}" if args.variant else key)
     started = time.perf_counter()
     if full:
         result = full_finetune(base, train, select, name=task, head=head, config=cfg)
@@ -107,7 +110,8 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     scored = evaluate_dataset(model, base.load_tokenizer(), report, max_length=cfg.max_length)
     row = {
-        "key": key, "task": task, "mode": "full_finetune" if full else "adapters",
+        "key": f"{key}:{args.variant}" if args.variant else key, "task": task, "variant": args.variant,
+        "mode": "full_finetune" if full else "adapters",
         "split": spec["split"], "report_file": spec["report"], "report_rows": len(report),
         "report_metrics": scored, "report_seconds": round(time.perf_counter() - t0, 2),
         "select_rows": len(select), "select_metrics": metrics,
@@ -149,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         row = run_one(key, args)
         row["settings"] = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
                            "lr": args.full_lr if key.startswith("full-") else args.lr}
-        results["runs"][key] = row
+        results["runs"][row["key"]] = row
         results["environment"] = environment()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1) + "\n")  # after every task: a crash keeps the others
@@ -170,18 +174,21 @@ def _minutes(s: float) -> str:
 def cmd_report(args: argparse.Namespace) -> None:
     results = json.loads(Path(args.results).read_text())
     env, runs = results["environment"], results["runs"]
-    order = [k for k in ("sst2", "mrpc", "rte", "cola") if k in runs] + sorted(k for k in runs if k.startswith("full-"))
-    head = ("| task | method | train rows | split (rows) | accuracy | F1 | MCC | trainable params | % of model "
-            "| weights file | training time | best epoch (of) |")
-    lines = [head, "|" + " --- |" * 12]
+    rank = {"sst2": 0, "mrpc": 1, "rte": 2, "cola": 3}
+    order = sorted(runs, key=lambda k: (k.startswith("full-"), rank.get(runs[k]["task"], 9), k))
+    head = ("| task | method | train rows | selection rows | reported split (rows) | accuracy | F1 | MCC "
+            "| trainable params | % of model | weights file | training time | best epoch (of) |")
+    lines = [head, "|" + " --- |" * 13]
     for key in order:
         r = runs[key]
         m, info = r["report_metrics"], r["training"]
-        rows = f"{r['train_rows']:,}" + ("" if r["train_rows"] + r["select_rows"] == r["train_file_rows"] else
-                                        f" of {r['train_file_rows']:,}")
+        remaining = r["train_file_rows"] - r["select_rows"]
+        rows = f"{r['train_rows']:,}" + ("" if r["train_rows"] == remaining else f" of {remaining:,}")
         method = "full fine-tuning" if r["mode"] == "full_finetune" else "adapters"
+        if r.get("variant"):
+            method += f" ({r['variant']})"
         lines.append(
-            f"| {r['task'].upper()} | {method} | {rows} | {r['split']} ({r['report_rows']:,}) "
+            f"| {NAMES[r['task']]} | {method} | {rows} | {r['select_rows']:,} | {r['split']} ({r['report_rows']:,}) "
             f"| {_pct(m.get('accuracy'))} | {_pct(m.get('f1'))} | {_pct(m.get('mcc'))} "
             f"| {info['trainable_params']:,} | "
             f"{info['trainable_percent']:.2f}% | {_size(r['weights_bytes'])} | {_minutes(info['train_seconds'])} | "
@@ -273,6 +280,7 @@ def main() -> None:
     run.add_argument("--full-lr", type=float, default=2e-5)
     run.add_argument("--pooling", default="mean")
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--variant", default="", help="tag for a second setting of a task (own key and checkpoint dir)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write the markdown table from the results JSON")
