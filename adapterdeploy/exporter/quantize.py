@@ -1,8 +1,11 @@
 """int8 dynamic quantization and fp16 conversion of the featurizer graphs.
 
-int8: onnxruntime's ``quantize_dynamic`` (weights int8, activations quantized per call). It quantizes
-MatMuls whose weight is an initializer (``MatMulConstBOnly``), so the base's projections become int8
-while the adapter MatMuls, whose weights are bank *inputs*, stay fp32; embedding Gathers become int8.
+int8: onnxruntime's ``quantize_dynamic`` (weights int8 per output channel, activations quantized per call).
+It quantizes MatMuls whose weight is an initializer (``MatMulConstBOnly``), so the base's projections
+become int8 while the adapter MatMuls, whose weights are bank *inputs*, stay fp32; embedding Gathers
+become int8. Per-channel scales, measured on MiniLM + the trained SST-2 adapter (256 dev rows, vs the
+fp32 graphs): argmax agreement 97.7% vs 94.5% per-tensor, max logit diff 0.74 vs 1.51, same size and
+speed. ``reduce_range`` (7-bit weights, for CPUs without VNNI) gave no gain on this VNNI CPU, so it is off.
 
 fp16: ``onnxruntime.transformers``' float16 converter. Initializers are clipped to the fp16 range
 (HF's additive mask constant ``finfo(float32).min`` becomes -1e4, still a zero softmax weight);
@@ -37,7 +40,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
     root.setLevel(logging.ERROR)  # its "consider pre-processing" warning: shapes are not needed for dynamic int8
     try:
         # DefaultTensorType: ONNX shape inference cannot type the outputs of fused com.microsoft ops; they are fp32.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False,
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
