@@ -381,10 +381,12 @@ def interleave(
     max_calls_per_round: int = 200,
     budget_s: float | None = None,
     min_rounds: int = 3,
+    slow_s: float = 1.0,
 ) -> dict[str, Timing]:
     """Time ``case`` on every worker in interleaved rounds; the order rotates each round.
 
-    Each worker first runs ``warmup`` untimed calls and one calibration call; its block size is then
+    Each worker first runs ``warmup`` untimed calls (just one when that call took over ``slow_s``: a
+    multi-second call is warm after one) and one calibration call; its block size is then
     ``ceil(block_s / calibration time)`` calls (at least 1), so a fast system gets many calls per round
     and a slow one at least one. With ``budget_s``, the rounds are cut (to no fewer than ``min_rounds``)
     so that the timed part of this case takes about that long: slow shapes get fewer rounds, never none.
@@ -392,8 +394,9 @@ def interleave(
     per_round: dict[str, int] = {}
     round_s = 0.0
     for w in workers:
-        reply = w.request("run", case=case, n=warmup + 1)
-        t = max(reply["times"][-1], 1e-6)
+        first = w.request("run", case=case, n=1)["times"][0]
+        n_more = (warmup - 1 if first < slow_s else 0) + 1
+        t = max(w.request("run", case=case, n=n_more)["times"][-1], 1e-6)
         per_round[w.name] = max(1, min(max_calls_per_round, math.ceil(block_s / t)))
         round_s += per_round[w.name] * t
     if budget_s is not None and round_s > 0:

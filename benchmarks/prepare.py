@@ -26,6 +26,9 @@ from benchmarks.peak import ModelShape
 __all__ = ["MODELS", "Prepared", "prepare_model"]
 
 MODELS = ("tiny", "minilm", "bertbase")
+DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# Where each GLUE task is scored: its dev split (MRPC has none here: its test split).
+DEV_FILES = {"sst2": "sst2/dev.tsv", "mrpc": "mrpc/test.tsv", "rte": "rte/dev.tsv", "cola": "cola/dev.tsv"}
 ADAPTER_STD = 0.02
 REDUCTION_FACTOR = 16.0
 MAX_LENGTH = 128
@@ -345,3 +348,53 @@ def clone_tasks(p: Prepared, dep: Path, template: str, prefix: str, n: int) -> l
         (tmp / "task.json").write_text(json.dumps(clone, indent=2) + "\n")
         tmp.rename(d)
     return out
+
+
+def find_real_tasks(p: Prepared, ckpt_dir: Path) -> list[dict[str, Any]]:
+    """Trained task checkpoints for ``p``'s base under ``ckpt_dir`` (one per GLUE task), with their eval file.
+
+    A checkpoint counts when its task.json is an adapterdeploy task checkpoint for this very base
+    (fingerprint) and its name or folder names sst2, mrpc, rte or cola.
+    """
+    from adapterdeploy.models.base import load_base
+
+    if not ckpt_dir.is_dir():
+        return []
+    fingerprint = load_base(p.base_dir).fingerprint
+    found: list[dict[str, Any]] = []
+    for meta in sorted(ckpt_dir.rglob("task.json")):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        same_base = data.get("base", {}).get("fingerprint") == fingerprint
+        if data.get("format") != "adapterdeploy.task-checkpoint" or not same_base:
+            continue
+        for ds, rel in DEV_FILES.items():
+            if ds in str(data.get("name", "")).lower() or ds in meta.parent.name.lower():
+                if (DATA_DIR / rel).is_file() and not any(f["dataset"] == ds for f in found):
+                    found.append({"name": data["name"], "dataset": ds, "ckpt": meta.parent, "eval": DATA_DIR / rel})
+                break
+    return found
+
+
+def drop_deployments(p: Prepared, k: int, real: list[Path], standalone: bool = True) -> tuple[Path, Path | None]:
+    """(deployment holding t0000, deployment holding the trained ``real`` tasks) at AdapterDrop K.
+
+    One export per K serves both the fan-out timing (t0000 and its clones) and the accuracy of the trained
+    tasks (fp32, plus int8 at K = 0). When the trained tasks' adapter signature differs from t0000's (they
+    cannot share a featurizer), they get their own deployment.
+    """
+    from adapterdeploy.errors import ConfigError, FingerprintMismatchError
+
+    if not real:
+        return k_deployment(p, k, standalone), None
+    precs = ("fp32", "int8") if k == 0 else ("fp32",)
+    try:
+        dep = deployment(p, 0, checkpoints=[*p.task_dirs(1), *real], adapter_drop=k, precisions=precs, name="drop")
+    except (ConfigError, FingerprintMismatchError) as exc:
+        _log(f"{p.key}: trained tasks get their own deployment at K={k} ({exc})")
+    else:
+        return dep, dep
+    real_dep = deployment(p, 0, checkpoints=real, adapter_drop=k, precisions=precs, name="real")
+    return k_deployment(p, k, standalone), real_dep

@@ -19,6 +19,7 @@ faster eager-mode path a user gets from ``AutoModel.from_pretrained``.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -78,10 +79,13 @@ def _set_torch_threads(threads: int) -> None:
         pass
 
 
-def _ort_options(threads: int):
+def _ort_options(threads: int, spin: bool = True):
+    """onnxruntime's defaults (optimum's too) with fixed threads; ``spin=False`` stops idle workers spinning."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -186,7 +190,7 @@ class OrtModel:
     def __init__(self, spec: dict[str, Any], threads: int) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(spec["model_path"], _ort_options(threads),
+        self.session = ort.InferenceSession(spec["model_path"], _ort_options(threads, bool(spec.get("spin", True))),
                                             providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
@@ -338,7 +342,11 @@ class OursNoAdapter:
 
         dep = Path(spec["deployment"])
         m = Manifest.read(dep)
-        factory = SessionFactory(threads=threads, shared_pool=True, precision=spec["precision"],
+        from adapterdeploy.runtime import Deployment
+
+        # The same thread-pool choice as Deployment.open's default, whatever the runtime decides it is.
+        shared = inspect.signature(Deployment.open).parameters["shared_thread_pool"].default
+        factory = SessionFactory(threads=threads, shared_pool=shared, precision=spec["precision"],
                                  cache_dir=dep / "engine_cache")
         self.session = factory.session(Path(spec["graph"]))
         self.encoder = TextEncoder(dep / m.tokenizer.file, m.tokenizer.max_length,

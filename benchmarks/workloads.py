@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.prepare import DATA_DIR
 from benchmarks.systems import BatchEncoder
 
 __all__ = ["CASES", "Case", "Texts", "load_texts", "make_cases", "task_stream"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CASES = ("b1_pair", "b1_128", "b32_dyn", "b32_128")
 
 

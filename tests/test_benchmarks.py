@@ -39,11 +39,12 @@ class _FakeWorker:
 
 
 def test_interleave_rotates_order_and_sizes_blocks():
+    """Block sizes follow the calibration call; the first worker of each round rotates."""
     log: list[str] = []
     a, b = _FakeWorker("a", 0.01, log), _FakeWorker("b", 0.1, log)
     out = interleave([a, b], "case", rounds=4, block_s=0.2, warmup=2)
-    assert log[:2] == ["a", "b"]  # calibration, then rounds in rotating order
-    assert log[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert log[:4] == ["a", "a", "b", "b"]  # warm-up + calibration per worker, then rounds in rotating order
+    assert log[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert out["a"].calls_per_round == 20 and out["b"].calls_per_round == 2
     assert out["a"].stats.n == 80 and out["a"].stats.median == 0.01
 
@@ -99,3 +100,11 @@ def test_quick_run_writes_the_report(tmp_path: Path):
     agreement = by_key["accuracy"]["tables"][1]["rows"]
     assert all(float(row[2]) >= 90.0 for row in agreement if row[1] == "fp32 K=0")
     assert raw["targets"], "the targets table is empty"
+
+
+def test_interleave_cuts_rounds_to_the_budget_but_not_below_three():
+    log: list[str] = []
+    slow = _FakeWorker("slow", 2.0, log)
+    out = interleave([slow], "case", rounds=7, block_s=0.4, warmup=3, budget_s=5.0)
+    assert log[:2] == ["slow", "slow"]  # a 2 s call is warm after one call: warm-up 1 + calibration 1
+    assert out["slow"].rounds == 3 and out["slow"].calls_per_round == 1

@@ -29,6 +29,7 @@ LABELS = {
     "torch_compile": "torch.compile (our adapters)",
     "ort_task": "optimum ORT O3, whole model + task",
     "ort_plain": "optimum ORT O3, plain model (no adapters)",
+    "ort_plain_nospin": "optimum ORT O3, plain model, idle threads not spinning",
     "ours_fp32": "ours fp32",
     "ours_int8": "ours int8",
     "ours_fp32_mixed": "ours fp32, many tasks loaded, mixed",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.prepare import clone_tasks, k_deployment, ours_available
+from benchmarks.prepare import clone_tasks, drop_deployments, find_real_tasks, ours_available
 from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
 from benchmarks.settings import Context
 
@@ -39,8 +39,9 @@ def run(ctx: Context) -> SectionResult:
     singles = sorted(ctx.texts.singles[:400], key=len)
     text = singles[len(singles) // 2] if singles else text
     rows: list[dict[str, Any]] = []
+    real = [t["ckpt"] for t in find_real_tasks(p, s.ckpt_dir)]  # the same exports serve section 7
     for k in ks:
-        dep = k_deployment(p, k, not ctx.settings.quick)
+        dep, _ = drop_deployments(p, k, real, not ctx.settings.quick)
         extra = [str(d) for d in clone_tasks(p, dep, "t0000", "f", n_tasks)]
         w = ctx.worker(f"fanout_k{k}", "ours", ours_spec(dep, "fp32", load_tasks=extra))
         cases = [f"{kind}_n{n}" for n in s.fanout_n for kind in ("fanout", "separate")]

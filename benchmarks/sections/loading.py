@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import REPO_ROOT, start_workers, summarize, thread_env
-from benchmarks.prepare import main_deployment, optimum_export, ours_available
+from benchmarks.prepare import drop_deployments, find_real_tasks, main_deployment, optimum_export, ours_available
 from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
 from benchmarks.settings import Context
 
@@ -99,8 +99,14 @@ def run(ctx: Context) -> SectionResult:
         t.rows.append([label, st[k].n, f"{st[k].median * 1e3:.2f}", f"{st[k].p99 * 1e3:.2f}", f"{st[k].max * 1e3:.2f}"])
     result.tables.append(t)
     text = "a quietly moving film about loss and love"
+    # Cold start of "MiniLM with its tasks": the deployment of the trained tasks when there are some.
+    real = [t for t in find_real_tasks(p, s.ckpt_dir) if t["dataset"] in ("sst2", "cola")]
+    cold_dep, cold_task = dep, "t0000"
+    if real:
+        _, real_dep = drop_deployments(p, 0, [t["ckpt"] for t in find_real_tasks(p, s.ckpt_dir)], not s.quick)
+        cold_dep, cold_task = real_dep or dep, real[0]["name"]
     specs = {
-        "ours": {"deployment": str(dep), "task": "t0000", "text": text, "threads": s.threads},
+        "ours": {"deployment": str(cold_dep), "task": cold_task, "text": text, "threads": s.threads},
         "ort_plain": {"model_path": str(plain_model), "tokenizer": str(p.tokenizer), "text": text,
                       "threads": s.threads},
         "optimum": {"model_dir": str(task_model.parent), "text": text},
@@ -126,8 +132,12 @@ def run(ctx: Context) -> SectionResult:
         med = statistics.median(xs)
         t2.rows.append([COLD_LABELS[system], f"{med:.3f}", f"{min(xs):.3f}", f"{max(xs):.3f}", f"{med / ours_med:.1f}"])
     result.tables.append(t2)
-    result.notes.append(f"the deployment holds 2 tasks; cold start opens it and predicts one text of task t0000 "
-                        f"({key}); the file cache is warm (the same files were read before), as on a running host.")
+    from adapterdeploy.artifacts import Manifest
+
+    n_cold = len(Manifest.read(cold_dep).tasks)
+    result.notes.append(f"cold start opens a deployment of {n_cold} tasks and predicts one text of task {cold_task} "
+                        f"({key}); the file cache is warm (the same files were read before), as on a running host. "
+                        "The other systems load one task's whole model.")
     result.raw = {"model": key, "loads": {k: v.to_dict() for k, v in st.items()}, "cold_s": cold,
                   "targets": [
                       {"name": f"{key}: task load median (ms)", "value": st["task_load_s"].median * 1e3, "goal": 5.0,
