@@ -41,10 +41,14 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
               help="Report folder (default benchmarks/results/<machine>-<date>, quick runs prefixed quick-).")
 @click.option("--work", type=click.Path(path_type=Path), default=None,
               help="Cache of built models, exports and deployments (default benchmarks/.work); reused between runs.")
+@click.option("--prepare-only", is_flag=True,
+              help="Only build the models, exports and deployments into --work (minutes for a full run), so that "
+              "the measured run that follows does not include them.")
 def main(quick: bool, models: str | None, sections: str | None, threads: int | None, rounds: int | None,
-         block_s: float | None, no_compile: bool, ckpt_dir: Path | None, out: Path | None, work: Path | None) -> None:
+         block_s: float | None, no_compile: bool, ckpt_dir: Path | None, out: Path | None, work: Path | None,
+         prepare_only: bool) -> None:
     """Run the adapterdeploy benchmarks and write a markdown report, raw JSON and PNG plots."""
-    from benchmarks.runner import run_benchmarks
+    from benchmarks.runner import prepare_everything, run_benchmarks
 
     chosen = _csv(sections)
     unknown = sorted(set(chosen or ()) - set(SECTIONS))
@@ -56,6 +60,9 @@ def main(quick: bool, models: str | None, sections: str | None, threads: int | N
                     compile=False if no_compile else None, ckpt_dir=ckpt_dir)
     args = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
     prog = click.get_current_context().command_path
+    if prepare_only:
+        prepare_everything(settings, work)
+        return
     command = ("python -m benchmarks" if prog in ("bench", "__main__.py") else prog) + " " + " ".join(
         shlex.quote(a) for a in args)
     outcome = run_benchmarks(settings, out=out, work=work, command=command.strip())

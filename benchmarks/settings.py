@@ -36,7 +36,7 @@ class BenchSettings:
     fanout_n: tuple[int, ...] = (1, 4, 8, 16)
     fanout_k: tuple[int, ...] | None = None  # None = 0 .. L-1
     load_repeats: int = 200
-    cold_repeats: int = 5
+    cold_repeats: int = 3
     accuracy_rows: int | None = None  # None = whole dev sets
     ckpt_dir: Path = Path("/work/ckpts")
     server_clients: tuple[int, ...] = (1, 16, 64)

@@ -63,6 +63,10 @@ def run(ctx: Context) -> SectionResult:
     ckpts = {t["name"]: load_checkpoint(t["ckpt"]) for t in tasks}
     inputs = {t["name"]: _examples(t["eval"], ckpts[t["name"]].head.labels, s.accuracy_rows) for t in tasks}
     ks = [k for k in (s.fanout_k if s.fanout_k is not None else range(p.num_layers)) if 0 < k < p.num_layers]
+    # The K > 0 sweep scores two trained tasks (the issue asks for at least two), SST-2 and MRPC when present.
+    sweep = [t["name"] for t in tasks if t["dataset"] in ("sst2", "mrpc")] or [t["name"] for t in tasks[:2]]
+    if len(tasks) > len(sweep) and ks:
+        result.notes.append(f"AdapterDrop K > 0 is scored on {', '.join(sweep)} (time budget); K = 0 on every task")
     probs: dict[str, dict[str, np.ndarray]] = {}
 
     def score(jobs: list[tuple[str, Any, list[str]]]) -> None:
@@ -92,7 +96,7 @@ def run(ctx: Context) -> SectionResult:
                                                   not ctx.settings.quick)
             dep = real_dep or rand_dep
             jobs += [(f"{prec} K={k}", ctx.worker(f"acc_{prec}_k{k}", "ours", ours_spec(dep, prec)),
-                      [t["name"] for t in tasks]) for prec in precs]
+                      [t["name"] for t in tasks] if k == 0 else sweep) for prec in precs]
         for i in range(0, len(jobs), 4):  # at most 4 processes at a time (memory)
             score(jobs[i:i + 4])
 
@@ -104,20 +108,21 @@ def run(ctx: Context) -> SectionResult:
 def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str, Any],
             probs: dict[str, dict[str, np.ndarray]], key: str, ks: list[int]) -> None:
     variants = list(probs)
-    scores = {v: {t["name"]: _metrics(inputs[t["name"]][1], probs[v][t["name"]]) for t in tasks} for v in variants}
+    scores = {v: {name: _metrics(inputs[name][1], pr) for name, pr in probs[v].items()} for v in variants}
     t1 = Table(f"{key}: dev-set score per variant (metric per task: accuracy; F1 for MRPC; MCC for CoLA)",
                ["task", "rows", "metric", *variants])
     for t in tasks:
         metric = MAIN_METRIC[t["dataset"]]
         t1.rows.append([t["name"], len(inputs[t["name"]][1]), metric,
-                        *[f"{100 * scores[v][t['name']][metric]:.2f}" for v in variants]])
+                        *[f"{100 * scores[v][t['name']][metric]:.2f}" if t["name"] in scores[v] else "not run"
+                          for v in variants]])
     result.tables.append(t1)
     t2 = Table(f"{key}: agreement with the PyTorch model (same predicted label; largest probability difference)",
                ["task", "variant", "same label %", "max |p - p_torch|"])
     targets = []
     for t in tasks:
         ref = probs["pytorch"][t["name"]]
-        for v in variants[1:]:
+        for v in (v for v in variants[1:] if t["name"] in probs[v]):
             pr = probs[v][t["name"]]
             same = float((pr.argmax(1) == ref.argmax(1)).mean())
             t2.rows.append([t["name"], v, f"{100 * same:.2f}", f"{float(np.abs(pr - ref).max()):.2e}"])
@@ -126,7 +131,7 @@ def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str
         targets.append({"name": f"{key} {t['name']}: int8 loss vs fp32 ({metric}, points)", "value": loss,
                         "goal": 1.0, "op": "<=", "fmt": "{:.2f}"})
         base_acc = scores["fp32 K=0"][t["name"]]["accuracy"]
-        for k in (k for k in ks if k <= 3 and t["name"] != "t0000"):
+        for k in (k for k in ks if k <= 3 and t["name"] != "t0000" and t["name"] in scores[f"fp32 K={k}"]):
             # The tutorial's claim: "AdapterDrop keeps 95%+ of accuracy dropping the first 1-3 layers".
             targets.append({"name": f"tutorial claim, {key} {t['name']}: accuracy kept at K={k} (no retraining)",
                             "value": scores[f"fp32 K={k}"][t["name"]]["accuracy"] / base_acc, "goal": 0.95,
@@ -134,7 +139,7 @@ def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str
     result.tables.append(t2)
     if ks:
         series = {t["name"]: [100 * scores[f"fp32 K={k}"][t["name"]][MAIN_METRIC[t["dataset"]]] for k in [0, *ks]]
-                  for t in tasks}
+                  for t in tasks if all(t["name"] in scores[f"fp32 K={k}"] for k in ks)}
         result.plots.append({"file": f"adapterdrop-accuracy-{key}.png", "kind": "line",
                              "title": f"{key}: dev score vs AdapterDrop K "
                                       "(adapters of layers < K removed, no retraining)",
