@@ -367,6 +367,10 @@ def atomic_directory(target: str | Path, *, force: bool = False) -> Iterator[Pat
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        # mkdtemp makes the dir 0700; the finished artifact should get the usual umask-derived mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
     except OSError as exc:
         raise ArtifactError(f"cannot write to {parent}: {exc.strerror}; choose a writable --out directory") from exc
     try:
