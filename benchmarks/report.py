@@ -117,6 +117,8 @@ def _plot(spec: dict[str, Any], out: Path) -> str | None:
             xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
             ax.bar(xs, [v if v is not None else 0 for v in values], width, label=label)
         ax.set_xticks(range(len(groups)), groups)
+        if spec.get("logy"):
+            ax.set_yscale("log")
         if spec.get("hline") is not None:
             ax.axhline(spec["hline"], color="grey", linestyle="--", linewidth=1)
     elif kind == "line":
@@ -125,6 +127,8 @@ def _plot(spec: dict[str, Any], out: Path) -> str | None:
             pts = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
             if pts:
                 ax.plot([x for x, _ in pts], [v for _, v in pts], marker="o", label=label)
+        if spec.get("hline") is not None:
+            ax.axhline(spec["hline"], color="grey", linestyle="--", linewidth=1)
         if spec.get("logx"):
             ax.set_xscale("log", base=2)
         if spec.get("logy"):

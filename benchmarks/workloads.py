@@ -106,6 +106,10 @@ def make_cases(texts: Texts, tokenizer_file: str, max_length: int = 128, seed: i
 
 
 def task_stream(texts: Texts, tasks: list[str], rows: int, seed: int) -> list[list[Any]]:
-    """``rows`` requests [task, text], tasks drawn uniformly at random (seeded), texts from SST-2."""
-    rng = random.Random(seed)
-    return [[rng.choice(tasks), rng.choice(texts.singles)] for _ in range(rows)]
+    """``rows`` requests [task, text]: tasks drawn uniformly at random (``seed``), texts from SST-2.
+
+    The texts depend on ``rows`` only, not on the tasks or the seed, so streams over different numbers of
+    tasks carry the same texts (the same padding and work) and differ only in how tasks are mixed.
+    """
+    text_rng, task_rng = random.Random(0), random.Random(seed)
+    return [[task_rng.choice(tasks), text_rng.choice(texts.singles)] for _ in range(rows)]

@@ -142,7 +142,7 @@ def _tables(result: SectionResult, key: str, cases: dict[str, Case], rows: list[
     result.plots.append({
         "file": f"single-{key}.png", "kind": "grouped_bar",
         "title": f"{key}: speed-up over eager PyTorch (higher is better)",
-        "groups": list(CASES), "ylabel": "x eager PyTorch",
+        "groups": list(CASES), "ylabel": "x eager PyTorch (log scale)", "logy": True, "hline": 1.0,
         "series": {LABELS.get(s, s): [next((r["speedup_vs_eager"] or 0 for r in rows
                                             if r["system"] == s and r["case"] == c), 0) for c in CASES]
                    for s in systems},
