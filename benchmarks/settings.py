@@ -27,7 +27,7 @@ class BenchSettings:
     rounds: int = 7  # interleaved rounds per case
     block_s: float = 0.4  # target seconds per system per round
     warmup: int = 3  # untimed calls before timing (plus one calibration call)
-    case_budget_s: float | None = 120.0  # cut rounds (to >= 3) when one case's timed part would take longer
+    case_budget_s: float | None = 60.0  # cut rounds (to >= 3) when one case's timed part would take longer
     compile: bool = True  # include torch.compile
     many_tasks_n: tuple[int, ...] = (1, 8, 64, 512)
     many_tasks_rows: int = 256  # requests in the many-task stream
