@@ -244,6 +244,7 @@ class _FitResult:
     main_metric: str = ""
     steps: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     eval_seconds: float = 0.0
     truncated_train_rows: int = 0
 
@@ -284,7 +285,7 @@ def _fit(model: EncoderWithAdapters, params: list[nn.Parameter], tokenizer: Any,
     try:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             order = torch.randperm(len(enc_train), generator=shuffle).tolist()
             loss_sum, loss_n = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
@@ -301,6 +302,7 @@ def _fit(model: EncoderWithAdapters, params: list[nn.Parameter], tokenizer: Any,
                 done += 1
                 reporter.step(done, epoch, loss_sum / loss_n)
             result.train_seconds += time.perf_counter() - t0
+            result.train_cpu_seconds += time.process_time() - c0
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / loss_n}
             if enc_eval is not None:
                 t1 = time.perf_counter()
@@ -343,6 +345,8 @@ def _training_info(cfg: TrainConfig, fit: _FitResult, train: Dataset, eval_data:
         "steps": fit.steps,
         "seconds": round(seconds, 2),
         "train_seconds": round(fit.train_seconds, 2),
+        # CPU seconds of all threads: on a shared machine less sensitive to other jobs than wall time.
+        "train_cpu_seconds": round(fit.train_cpu_seconds, 2),
         "eval_seconds": round(fit.eval_seconds, 2),
         "trainable_params": trainable,
         "total_params": total,
