@@ -118,7 +118,9 @@ class AdapterConfig:
         layers = tuple(range(num_layers)) if self.layers is None else self.layers
         bad = [i for i in layers if not 0 <= i < num_layers]
         if bad:
-            raise ConfigError(f"adapter layers {bad} out of range: the base has {num_layers} layers (0..{num_layers - 1})")
+            raise ConfigError(
+                f"adapter layers {bad} out of range: the base has {num_layers} layers (0..{num_layers - 1})"
+            )
         return layers
 
     def site_options(self) -> SiteOptions:

@@ -76,7 +76,8 @@ class TaskCheckpoint:
         unexpected = sorted(set(self.weights) - set(own))
         if missing or unexpected:
             raise ArtifactError(
-                f"checkpoint {self.name!r} does not match its task.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                f"checkpoint {self.name!r} does not match its task.json: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         model.load_state_dict(self.weights, strict=False)
         model.eval()
