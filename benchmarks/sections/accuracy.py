@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.harness import start_workers
 from benchmarks.prepare import DATA_DIR, DEV_FILES, drop_deployments, find_real_tasks, ours_available
-from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec, torch_spec
+from benchmarks.sections.common import SectionResult, Table, first_model, monitored, ours_spec, torch_spec
 from benchmarks.settings import Context
 
 __all__ = ["run"]
@@ -46,11 +46,7 @@ def run(ctx: Context) -> SectionResult:
     if missing:
         result.skipped = missing
         return result
-    s = ctx.settings
-    key = s.models[0]
-    p = ctx.model(key)
-    if len(s.models) > 1:
-        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    s, key, p = first_model(ctx, result)
     tasks = find_real_tasks(p, s.ckpt_dir)
     real = bool(tasks)
     if not tasks:

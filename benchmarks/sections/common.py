@@ -77,6 +77,18 @@ def monitored(result: SectionResult, what: str, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def first_model(ctx: Any, result: SectionResult) -> tuple[Any, str, Prepared]:
+    """(settings, model key, prepared model) for sections measured on the first model only.
+
+    Those sections run on one model to keep a full run within its time budget; the note says so.
+    """
+    s = ctx.settings
+    key = s.models[0]
+    if len(s.models) > 1:
+        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    return s, key, ctx.model(key)
+
+
 def mib(n: float) -> float:
     return round(n / (1 << 20), 1)
 

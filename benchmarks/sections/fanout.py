@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.prepare import clone_tasks, drop_deployments, find_real_tasks, ours_available
-from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
+from benchmarks.sections.common import SectionResult, Table, first_model, monitored, ours_spec
 from benchmarks.settings import Context
 
 __all__ = ["run"]
@@ -26,11 +26,7 @@ def run(ctx: Context) -> SectionResult:
     if missing:
         result.skipped = missing
         return result
-    s = ctx.settings
-    key = s.models[0]
-    p = ctx.model(key)
-    if len(s.models) > 1:
-        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    s, key, p = first_model(ctx, result)
     ks = s.fanout_k if s.fanout_k is not None else tuple(range(p.num_layers))
     ks = tuple(k for k in ks if k < p.num_layers)
     n_tasks = max(max(s.fanout_n), 1)

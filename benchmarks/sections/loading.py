@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks.harness import REPO_ROOT, start_workers, summarize, thread_env
 from benchmarks.prepare import drop_deployments, find_real_tasks, main_deployment, optimum_export, ours_available
-from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
+from benchmarks.sections.common import SectionResult, Table, first_model, monitored, ours_spec
 from benchmarks.settings import Context
 
 __all__ = ["cold_start", "run"]
@@ -81,11 +81,7 @@ def run(ctx: Context) -> SectionResult:
     if missing:
         result.skipped = missing
         return result
-    s = ctx.settings
-    key = s.models[0]
-    p = ctx.model(key)
-    if len(s.models) > 1:
-        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    s, key, p = first_model(ctx, result)
     dep = main_deployment(p, not ctx.settings.quick)
     task_model = optimum_export(p, "task")
     plain_model = optimum_export(p, "plain")

@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.harness import start_workers
 from benchmarks.prepare import clone_tasks, main_deployment, optimum_export, ours_available
-from benchmarks.sections.common import SectionResult, Table, mib, monitored, ort_spec, ours_spec
+from benchmarks.sections.common import SectionResult, Table, first_model, mib, monitored, ort_spec, ours_spec
 from benchmarks.settings import Context
 from benchmarks.workloads import task_stream
 
@@ -38,11 +38,7 @@ def run(ctx: Context) -> SectionResult:
     if missing:
         result.skipped = missing
         return result
-    s = ctx.settings
-    key = s.models[0]  # MiniLM in a full run: the deployment target of the issue
-    p = ctx.model(key)
-    if len(s.models) > 1:
-        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    s, key, p = first_model(ctx, result)  # MiniLM in a full run: the deployment target of the issue
     n_max = max(s.many_tasks_n)
     dep = main_deployment(p, not ctx.settings.quick)
     paths = [str(d) for d in clone_tasks(p, dep, "t0000", "b", max(n_max, s.resident_tasks))]

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.harness import REPO_ROOT, thread_env
 from benchmarks.prepare import clone_tasks, main_deployment, ours_available
-from benchmarks.sections.common import SectionResult, Table, monitored, ours_spec
+from benchmarks.sections.common import SectionResult, Table, first_model, monitored, ours_spec
 from benchmarks.settings import Context
 from benchmarks.workloads import task_stream
 
@@ -92,11 +92,7 @@ def run(ctx: Context) -> SectionResult:
     except ImportError as exc:
         result.skipped = f"the serving stack is not installed ({exc}); pip install 'adapterdeploy[serve,bench]'"
         return result
-    s = ctx.settings
-    key = s.models[0]
-    p = ctx.model(key)
-    if len(s.models) > 1:
-        result.notes.append(f"measured on {key} only (the first model), to keep the full run within its time budget")
+    s, key, p = first_model(ctx, result)
     dep = main_deployment(p, not ctx.settings.quick)
     task_dirs = clone_tasks(p, dep, "t0000", "b", N_TASKS)
     tasks = [d.name for d in task_dirs]
