@@ -37,6 +37,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+
+def batched_proba(system: Any, rows: list[Any], batch_size: int) -> list[list[float]]:
+    """Class probabilities of single-model ``system`` for ``rows``, via its own timed ``prepare`` path."""
+    out: list[list[float]] = []
+    for i in range(0, len(rows), batch_size):
+        out.extend(system.prepare({"kind": "batch", "rows": [["t", r] for r in rows[i:i + batch_size]]})().tolist())
+    return out
+
 def _row(x: Any) -> str | tuple[str, str]:
     return x if isinstance(x, str) else (x[0], x[1])
 
@@ -135,10 +143,7 @@ class TorchOurs:
         return run
 
     def predict_proba(self, rows: list[Any], batch_size: int = 32) -> list[list[float]]:
-        out: list[list[float]] = []
-        for i in range(0, len(rows), batch_size):
-            out.extend(self.prepare({"kind": "batch", "rows": [["t", r] for r in rows[i:i + batch_size]]})().tolist())
-        return out
+        return batched_proba(self, rows, batch_size)
 
 
 class TorchAdapterHub:
@@ -205,10 +210,7 @@ class OrtModel:
         return run
 
     def predict_proba(self, rows: list[Any], batch_size: int = 32) -> list[list[float]]:
-        out: list[list[float]] = []
-        for i in range(0, len(rows), batch_size):
-            out.extend(self.prepare({"kind": "batch", "rows": [["t", r] for r in rows[i:i + batch_size]]})().tolist())
-        return out
+        return batched_proba(self, rows, batch_size)
 
 
 class OrtPerTask:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
-from adapterdeploy.models.adapters import AdapterContext, activation_fn, adapter_site
+from adapterdeploy.models.adapters import AdaptedSublayerOutput, AdapterContext, activation_fn, adapter_site
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
 
@@ -183,20 +183,12 @@ def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[T
     return out
 
 
-class BankedSublayerOutput(nn.Module):
+class BankedSublayerOutput(AdaptedSublayerOutput):
     """A BertSelfOutput / BertOutput that reads adapters from a context, in fusion-friendly node order.
 
     Same attribute names (``dense``, ``dropout``, ``LayerNorm``) as the original. With no adapter for
     its key it is the original sub-layer; with adapters of a non-native form it is ``adapter_site``.
     """
-
-    def __init__(self, original: nn.Module, key: str, ctx: AdapterContext) -> None:
-        super().__init__()
-        self.dense = original.dense
-        self.dropout = original.dropout
-        self.LayerNorm = original.LayerNorm
-        self._key = key
-        self._ctx = ctx
 
     def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
         own = self._ctx.layernorms.get(self._key)
