@@ -326,6 +326,24 @@ def test_closed_deployment_refuses(deploy_dir):
         d.predict(["yes"], task="sent")
 
 
+def test_thread_pools_follow_adapter_drop_and_spin(tiny_base_dir, deploy_dir, dep, tmp_path):
+    """K = 0: the trunk is only the embeddings and runs on the calling thread; K >= 1: both graphs get the pool.
+    Spin settings change speed, never results."""
+    def threads(d: Deployment) -> tuple[int, int]:
+        e = d._engine
+        return e.trunk.get_session_options().intra_op_num_threads, e.adapted.get_session_options().intra_op_num_threads
+
+    rows = _inputs("sent")
+    with Deployment.open(deploy_dir, threads=2, spin_us=0) as k1:
+        assert threads(k1) == (2, 2)
+        got = np.stack([_vec(p) for p in k1.predict(rows, task="sent")])
+        np.testing.assert_allclose(got, np.stack([_vec(p) for p in dep.predict(rows, task="sent")]), atol=1e-6)
+    k0_dir, _, _ = _export(tiny_base_dir, tmp_path, {"sent": TASKS["sent"]}, adapter_drop=0)
+    with Deployment.open(k0_dir, threads=2, spin_us=None) as k0:
+        assert threads(k0) == (1, 2)
+        assert len(k0.predict(rows, task="sent")) == len(rows)
+
+
 # ---- concurrency -----------------------------------------------------------------------------------------
 
 

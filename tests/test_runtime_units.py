@@ -393,3 +393,30 @@ def test_missing_gpu_provider_raises_provider_error():
     problem = provider_problem(CUDA, ort.get_available_providers())
     with pytest.raises(ProviderError, match=r"onnxruntime-gpu is not installed.*'cpu'"):
         raise_unavailable(normalize_providers(["cuda"]), [problem])
+
+
+@pytest.mark.parametrize(("spin_us", "entries"), [
+    (0, {"session.intra_op.allow_spinning": "0"}),
+    (50, {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "50"}),
+    (None, {}),  # onnxruntime's own default: no entry at all
+])
+def test_session_spin_policy(spin_us, entries):
+    from adapterdeploy.runtime.sessions import SessionFactory
+
+    so = SessionFactory(threads=2, spin_us=spin_us).options()
+    got = {}
+    for key in ("session.intra_op.allow_spinning", "session.intra_op.spin_duration_us"):
+        try:
+            got[key] = so.get_session_config_entry(key)
+        except RuntimeError:  # onnxruntime: "does not have configuration with key"
+            pass
+    assert got == entries
+    assert so.intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "50"])
+def test_session_spin_policy_refuses_bad_values(bad):
+    from adapterdeploy.runtime.sessions import SessionFactory
+
+    with pytest.raises(ConfigError, match="spin_us"):
+        SessionFactory(spin_us=bad)

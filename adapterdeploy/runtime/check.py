@@ -23,6 +23,7 @@ from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_HEAD_FILE, TASK_WEIGHTS
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
+from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 from adapterdeploy.runtime.tokenization import Row
 
 __all__ = ["SAMPLE_PAIRS", "SAMPLE_TEXTS", "CheckItem", "current_rss_bytes", "run_checklist"]
@@ -203,6 +204,7 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
 
 
 def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any = None, threads: int | None = None,
+                  spin_us: int | None = DEFAULT_SPIN_US,
                   eval_file: str | Path | None = None, eval_task: str | None = None, tolerance: float = 1e-4,
                   max_latency_ms: float | None = None, max_rss_mb: float | None = None,
                   max_accuracy_drop: float = 0.02, reps: int = 20) -> list[CheckItem]:
@@ -230,7 +232,7 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
     try:
-        dep = Deployment.open(root, providers=providers, precision=precision, threads=threads)
+        dep = Deployment.open(root, providers=providers, precision=precision, threads=threads, spin_us=spin_us)
     except AdapterDeployError as exc:
         items.append(CheckItem("open", "fail", str(exc)))
         return items

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from adapterdeploy.errors import AdapterDeployError
+from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["check", "predict"]
 
@@ -26,6 +27,9 @@ def _open_options(f: Any) -> Any:
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="Intra-op threads per onnxruntime session (default: one per core). Fewer threads leave "
                           "cores to other processes at some latency cost.")(f)
+    f = click.option("--spin-us", type=click.IntRange(min=0), default=DEFAULT_SPIN_US, show_default=True,
+                     help="Microseconds idle onnxruntime workers spin before sleeping: low batch-1 latency on "
+                          "dedicated cores; 0 = never spin, best when other busy processes share the cores.")(f)
     f = click.option("--provider", "providers", multiple=True, help=PROVIDER_HELP)(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="Featurizer variant: fp32 (reference), int8 (smaller and faster on CPU, small accuracy "
@@ -99,7 +103,7 @@ class _Writer:
 @_open_options
 def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: str | None,
             pairs: tuple[tuple[str, str], ...], input_file: str | None, fmt: str, strict: bool, batch_size: int,
-            precision: str, providers: tuple[str, ...], threads: int | None) -> None:
+            precision: str, providers: tuple[str, ...], threads: int | None, spin_us: int) -> None:
     """Predict with one task (--task) or fan out to several (--tasks) on TEXT arguments, --pair or --input."""
     from adapterdeploy.runtime import Deployment
 
@@ -109,7 +113,7 @@ def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: st
         raise click.UsageError("give inputs: TEXT arguments, --pair TEXT_A TEXT_B, or --input FILE")
     try:
         with Deployment.open(deploy_dir, providers=list(providers) or None, precision=precision, threads=threads,
-                             batch_size=batch_size) as dep:
+                             spin_us=spin_us, batch_size=batch_size) as dep:
             names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
             if not names and task is None:
                 if len(dep.task_names) != 1:
@@ -183,7 +187,7 @@ def _predict_stream(dep: Any, rows: Iterator[tuple[Any, int]], task: str | None,
 @_open_options
 def check(deploy_dir: str, eval_file: str | None, eval_task: str | None, as_json: bool, tolerance: float,
           max_latency_ms: float | None, max_rss_mb: float | None, max_accuracy_drop: float, reps: int,
-          precision: str, providers: tuple[str, ...], threads: int | None) -> None:
+          precision: str, providers: tuple[str, ...], threads: int | None, spin_us: int) -> None:
     """Production checklist: checksums, task loads, parity, latency, memory (and accuracy with --eval).
 
     Exits non-zero when any item fails.
@@ -194,7 +198,7 @@ def check(deploy_dir: str, eval_file: str | None, eval_task: str | None, as_json
         raise click.UsageError("--eval needs --task NAME (the task whose accuracy to measure)")
     try:
         items = run_checklist(deploy_dir, precision=precision, providers=list(providers) or None, threads=threads,
-                              eval_file=eval_file, eval_task=eval_task, tolerance=tolerance,
+                              spin_us=spin_us, eval_file=eval_file, eval_task=eval_task, tolerance=tolerance,
                               max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
                               max_accuracy_drop=max_accuracy_drop, reps=reps)
     except AdapterDeployError as exc:

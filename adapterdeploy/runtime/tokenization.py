@@ -125,7 +125,9 @@ class TextEncoder:
                 "pass strict=False to truncate it (the row is then flagged truncated), shorten the text, "
                 "or re-export the deployment with a larger --max-length"
             )
-        cut = dict(zip(long_rows, self._encode(self._trunc, [rows[i] for i in long_rows]), strict=True))
+        cut: dict[int, Encoding] = {}
+        if long_rows:  # rows over max_length are encoded again, truncated
+            cut = dict(zip(long_rows, self._encode(self._trunc, [rows[i] for i in long_rows]), strict=True))
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)

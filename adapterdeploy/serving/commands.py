@@ -11,6 +11,8 @@ import re
 
 import click
 
+from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+
 __all__ = ["parse_bytes", "serve"]
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -68,6 +70,9 @@ def parse_bytes(text: str | None) -> int | None:
               help="onnxruntime execution provider(s) in order of preference (default: the best available).")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads (default: all cores, divided among --workers).")
+@click.option("--spin-us", type=click.IntRange(min=0), default=DEFAULT_SPIN_US, show_default=True,
+              help="Microseconds idle onnxruntime workers spin before sleeping; 0 = never spin (best when other "
+                   "busy processes share the cores).")
 @click.option("--max-loaded-tasks", type=int, default=None, help="Tasks kept loaded; least recently used go first.")
 @click.option("--memory-budget", default=None, help="Bytes of task weights kept loaded, e.g. 256MiB.")
 @click.option("--preload", multiple=True, help="Task(s) to load at startup (others load on first request).")
@@ -111,7 +116,7 @@ def serve(deploy_dir: str, **opts: object) -> None:
             header_timeout_s=opts["header_timeout"], body_timeout_s=opts["body_timeout"],
             keep_alive_s=opts["keep_alive"], max_connections=opts["max_connections"], drain_s=opts["drain_s"],
             precision=opts["precision"], providers=tuple(opts["providers"]) or None,  # type: ignore[arg-type]
-            threads=threads, max_loaded_tasks=opts["max_loaded_tasks"],
+            threads=threads, spin_us=opts["spin_us"], max_loaded_tasks=opts["max_loaded_tasks"],
             memory_budget_bytes=parse_bytes(opts["memory_budget"]),  # type: ignore[arg-type]
             preload=tuple(opts["preload"]),  # type: ignore[arg-type]
             workers=workers, ray=bool(opts["ray"]), replicas=opts["replicas"],

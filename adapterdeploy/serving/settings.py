@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import ConfigError
+from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["ADMIN_TOKEN_ENV", "Settings", "read_admin_token"]
 
@@ -58,6 +59,7 @@ class Settings:
     precision: str = "fp32"
     providers: tuple[str, ...] | None = None
     threads: int | None = None
+    spin_us: int | None = DEFAULT_SPIN_US
     max_loaded_tasks: int | None = None
     memory_budget_bytes: int | None = None
     preload: tuple[str, ...] = ()
@@ -113,6 +115,7 @@ class Settings:
             "providers": list(self.providers) if self.providers else None,
             "precision": self.precision,
             "threads": self.threads,
+            "spin_us": self.spin_us,
             "max_loaded_tasks": self.max_loaded_tasks,
             "memory_budget_bytes": self.memory_budget_bytes,
             "batch_size": self.max_batch_rows,  # our batches are never split again by the runtime
