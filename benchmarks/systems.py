@@ -346,9 +346,10 @@ class OursNoAdapter:
         m = Manifest.read(dep)
         from adapterdeploy.runtime import Deployment
 
-        # The same thread-pool choice as Deployment.open's default, whatever the runtime decides it is.
-        shared = inspect.signature(Deployment.open).parameters["shared_thread_pool"].default
-        factory = SessionFactory(threads=threads, shared_pool=shared, precision=spec["precision"],
+        # The same thread-pool choices as Deployment.open's defaults, whatever the runtime decides they are.
+        params = inspect.signature(Deployment.open).parameters
+        factory = SessionFactory(threads=threads, shared_pool=params["shared_thread_pool"].default,
+                                 spin_us=params["spin_us"].default, precision=spec["precision"],
                                  cache_dir=dep / "engine_cache")
         self.session = factory.session(Path(spec["graph"]))
         self.encoder = TextEncoder(dep / m.tokenizer.file, m.tokenizer.max_length,

@@ -103,7 +103,9 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         save_full_finetune(result, out, force=True)
         weights_file = out / "model.safetensors"
     else:
-        ckpt = train_task(base, train, select, name=task, adapter=AdapterConfig(), head=head, config=cfg)
+        adapter = AdapterConfig(layers=tuple(range(args.adapter_drop, base.num_layers))) if args.adapter_drop \
+            else AdapterConfig()
+        ckpt = train_task(base, train, select, name=task, adapter=adapter, head=head, config=cfg)
         save_checkpoint(ckpt, out, force=True)
         model, metrics, info = ckpt.build_model(base), ckpt.metrics, ckpt.training
         weights_file = out / "adapter.safetensors"
@@ -119,6 +121,7 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         "weights_file": str(weights_file), "weights_bytes": weights_file.stat().st_size,
         "base_weights_bytes": (base.path / "model.safetensors").stat().st_size,
         "wall_seconds": round(time.perf_counter() - started, 1), "pooling": args.pooling,
+        "adapter_drop": 0 if full else args.adapter_drop,
         "training": info, "torch_threads": torch.get_num_threads(),
     }
     print(f"[{key}] {spec['split']}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()), file=sys.stderr,
@@ -314,6 +317,8 @@ def main() -> None:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--variant", default="", help="tag for a second setting of a task (own key and checkpoint dir)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    run.add_argument("--adapter-drop", type=int, default=0,
+                     help="train adapters on layers >= K only (AdapterDrop trained for a K-layer shared trunk)")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write the markdown table from the results JSON")
     rep.add_argument("--results", default=str(RESULTS / "training.json"))

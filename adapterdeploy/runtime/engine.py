@@ -110,12 +110,16 @@ class Engine:
         trunk_feeds = {k: v for k, v in (("input_ids", padded.input_ids), ("attention_mask", padded.attention_mask),
                                          ("token_type_ids", padded.token_type_ids)) if k in self.trunk_inputs}
         small = {"attention_mask": padded.attention_mask, "row_source": row_source, "task_index": task_index}
+        # Only the pooled features this batch's heads read: onnxruntime then skips the nodes of the others
+        # (e.g. the pooler's dense + tanh when no task pools with it).
+        wanted = {t.head.feature for t in tasks}
+        names = [n for n in self.output_names if n in wanted]
         if self.device:
-            outs = self._run_bound(trunk_feeds, small, bank)
+            outs = self._run_bound(trunk_feeds, small, bank, names)
         else:
             hidden = self.trunk.run([self.trunk_output], trunk_feeds)[0]
-            outs = self.adapted.run(self.output_names, {"hidden": hidden, **small, **bank})
-        features = dict(zip(self.output_names, outs, strict=True))
+            outs = self.adapted.run(names, {"hidden": hidden, **small, **bank})
+        features = dict(zip(names, outs, strict=True))
         truncated = padded.truncated[row_source]
         preds: list[Prediction | None] = [None] * len(row_tasks)
         for task in tasks:
@@ -126,8 +130,8 @@ class Engine:
                 preds[i] = p
         return preds  # type: ignore[return-value]
 
-    def _run_bound(self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any]
-                   ) -> list[np.ndarray]:
+    def _run_bound(self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any],
+                   names: list[str]) -> list[np.ndarray]:
         """GPU path: hidden stays on the device between the graphs; resident bank tensors are device OrtValues."""
         import onnxruntime as ort
 
@@ -146,7 +150,7 @@ class Engine:
                 ab.bind_ortvalue_input(k, v)
             else:
                 ab.bind_cpu_input(k, np.ascontiguousarray(v))
-        for name in self.output_names:
+        for name in names:
             ab.bind_output(name, "cpu")
         self.adapted.run_with_iobinding(ab)
         return ab.copy_outputs_to_cpu()
