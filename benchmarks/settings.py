@@ -41,6 +41,7 @@ class BenchSettings:
     ckpt_dir: Path = Path("/work/ckpts")
     server_clients: tuple[int, ...] = (1, 16, 64)
     server_seconds: float = 10.0
+    server_rounds: int = 3  # load / offline pairs at the target point (most clients, batching on)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def quick_settings(**overrides: Any) -> BenchSettings:
         case_budget_s=None,
         many_tasks_n=(1, 8), many_tasks_rows=64, resident_tasks=32, memory_budget_bytes=1 << 30,
         fanout_n=(1, 4), fanout_k=(0, 2), load_repeats=20, cold_repeats=1, accuracy_rows=32,
-        server_clients=(1, 4), server_seconds=0.5,
+        server_clients=(1, 4), server_seconds=0.5, server_rounds=1,
     )
     return _override(base, overrides)
 
