@@ -115,7 +115,8 @@ def main(model: str, work: Path, precision: str, batch: int, seq: int, threads: 
     plain = noadapter_featurizer(p, variant.optimization, precision)
     dep = Deployment.open(dep_dir, precision=precision, threads=threads)
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 20000, (batch, seq)).astype(np.int64)
+    vocab = dep._encoder._plain.get_vocab_size()
+    ids = rng.integers(min(1000, vocab // 2), min(20000, vocab), (batch, seq)).astype(np.int64)
     mask = np.ones((batch, seq), np.int64)
     trunk = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     eng = dep._engine

@@ -108,3 +108,18 @@ def test_interleave_cuts_rounds_to_the_budget_but_not_below_three():
     out = interleave([slow], "case", rounds=7, block_s=0.4, warmup=3, budget_s=5.0)
     assert log[:2] == ["slow", "slow"]  # a 2 s call is warm after one call: warm-up 1 + calibration 1
     assert out["slow"].rounds == 3 and out["slow"].calls_per_round == 1
+
+
+@pytest.mark.timeout(300)
+def test_profile_runtime_reports_ops_and_breakdown(tmp_path: Path):
+    """``python -m benchmarks.profile_runtime`` on the tiny model: both graphs profiled, the breakdown adds up."""
+    from click.testing import CliRunner
+
+    from benchmarks.profile_runtime import main
+
+    result = CliRunner().invoke(main, ["--model", "tiny", "--work", str(tmp_path), "--runs", "5", "--seq", "12",
+                                       "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "model_run us/run: with adapters" in out and "MatMul" in out
+    assert "adapted session" in out and "rest of predict (Python)" in out
