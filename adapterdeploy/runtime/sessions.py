@@ -20,7 +20,10 @@ tokens, in-process medians of 4 x 300 calls; optimum O3 with onnxruntime's defau
     ours int8 ms     2.52      -      -      1.94   1.82-2.43  -   -
 
 and with two busy processes on the same 2 cores: off 6.9-7.0 ms, 10 us 7.7-8.3, 30 us 8.2-9.2, 100 us 10.4.
-At batch 32 the setting makes no difference (88-90 ms). So the default is per-session pools with a short
+At batch 32 the setting makes no difference (88-90 ms). Those runs had two pools (trunk and adapted); with
+the K = 0 trunk on the calling thread (one pool left) the same test gave, idle: 50 us 3.59-3.65 ms,
+200 us 3.41-3.56, onnxruntime's default 3.42-3.48 (O3 3.29-3.34); with the two busy processes: off 6.7,
+50 us 8.9, 200 us 10.9, default 14.2 (O3 11.2). So the default is per-session pools with a short
 bounded spin (DEFAULT_SPIN_US); ``spin_us=0`` turns spinning off (best on cores shared with other busy
 processes), ``spin_us=None`` keeps onnxruntime's own default. The process-wide pool
 (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``) stays available with
