@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,74 @@ def test_eval_plan_and_zero_fill_rules(tmp_path):
     assert not zero_adapter_is_identity(lossy.signature())
     no_ln_after = AdapterConfig(placement="pfeiffer", site=SiteOptions(original_ln_after=False))
     assert not zero_adapter_is_identity(no_ln_after.signature())
+
+
+def _in_subprocess(code: str, *args: Path | str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False when it finished first (then it must have succeeded)."""
+    deadline = time.monotonic() + 240
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+                return False
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen in time")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    return proc.returncode == -signal.SIGKILL
+
+
+def _assert_whole(out: Path, tasks: set[str]) -> None:
+    """``out`` is a complete deployment holding exactly ``tasks``: checksums, no stray files, it predicts."""
+    from adapterdeploy.runtime import Deployment
+
+    manifest = Manifest.read(out)
+    assert set(manifest.tasks) == tasks
+    assert verify_files(out, manifest.files) == []
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*manifest.files, "deployment.json"])
+    with Deployment.open(out) as dep:
+        for name in tasks:
+            assert len(dep.predict(["still whole"], task=name)) == 1
+
+
+def test_sigkill_mid_add_task_keeps_the_previous_deployment(tiny_base_dir, ckpts, tmp_path):
+    out = tmp_path / "deploy"
+    export_deployment(tiny_base_dir, [ckpts["x"]], out, precisions=("fp32", "int8"))
+    code = ("import sys; from adapterdeploy.exporter.deployment import add_task; "
+            "add_task(sys.argv[1], sys.argv[2])")
+    proc = _in_subprocess(code, out, ckpts["y"])
+    killed = _kill_when(proc, lambda: bool(list(tmp_path.glob(".deploy.tmp-*/tasks/y/adapters.safetensors"))),
+                        "add-task writing the new task's weights")
+    assert killed, "add-task finished before its new task was staged"
+    _assert_whole(out, {"x"})
+    assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
+
+
+def test_sigkill_during_remove_task_leaves_old_or_new_never_half(tiny_base_dir, ckpts, tmp_path):
+    """remove-task takes milliseconds, so the kill lands somewhere in it (or after it): either way the
+    deployment is whole, with or without the task."""
+    out = tmp_path / "deploy"
+    export_deployment(tiny_base_dir, [ckpts["x"], ckpts["y"]], out)
+    code = ("import sys; from adapterdeploy.exporter.deployment import remove_task; "
+            "remove_task(sys.argv[1], sys.argv[2])")
+    proc = _in_subprocess(code, out, "y")
+    killed = _kill_when(proc, lambda: bool(list(tmp_path.glob(".deploy.tmp-*"))), "remove-task staging")
+    if out.exists():
+        tasks = set(Manifest.read(out).tasks)
+        assert tasks in ({"x", "y"}, {"x"})
+        assert killed or tasks == {"x"}
+        _assert_whole(out, tasks)
+    else:  # killed between the swap's two renames: the new deployment is the hidden temp sibling, whole
+        assert killed
+        (staged,) = tmp_path.glob(".deploy.tmp-*")
+        _assert_whole(staged, {"x"})
