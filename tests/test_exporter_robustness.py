@@ -84,12 +84,42 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny_base_dir, ckpts, tmp
         export_deployment(tiny_base_dir, [ckpts["x"]], blocker / "dep")
 
 
-def _export_in_subprocess(base_dir: Path, tasks: list[Path], out: Path) -> subprocess.Popen:
-    code = ("import sys; from adapterdeploy.exporter.deployment import export_deployment; "
-            "export_deployment(sys.argv[1], sys.argv[3:], sys.argv[2], force=True, precisions=('fp32', 'int8'))")
+def _in_subprocess(code: str, *args: Path | str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code, str(base_dir), str(out), *map(str, tasks)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False when it finished first (then it must have succeeded)."""
+    deadline = time.monotonic() + 240
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+                return False
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen in time")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    return proc.returncode == -signal.SIGKILL
+
+
+def _assert_whole(out: Path, tasks: set[str]) -> None:
+    """``out`` is a complete deployment holding exactly ``tasks``: checksums, no stray files, it predicts."""
+    from adapterdeploy.runtime import Deployment
+
+    manifest = Manifest.read(out)
+    assert set(manifest.tasks) == tasks
+    assert verify_files(out, manifest.files) == []
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*manifest.files, "deployment.json"])
+    with Deployment.open(out) as dep:
+        for name in tasks:
+            assert len(dep.predict(["still whole"], task=name)) == 1
 
 
 @pytest.mark.parametrize("previous,stage", [(False, ".work/adapted.plain.onnx"),
@@ -97,29 +127,19 @@ def _export_in_subprocess(base_dir: Path, tasks: list[Path], out: Path) -> subpr
 def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp_path, previous, stage):
     out = tmp_path / "deploy"
     old = export_deployment(tiny_base_dir, [ckpts["x"]], out) if previous else None
-    proc = _export_in_subprocess(tiny_base_dir, [ckpts["x"], ckpts["y"]], out)
-    deadline = time.monotonic() + 240
-    try:
-        while not list(tmp_path.glob(f".deploy.tmp-*/{stage}")):
-            if proc.poll() is not None:
-                pytest.fail(f"the export ended (rc {proc.returncode}) before reaching {stage}: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the export did not reach {stage} in time")
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    code = ("import sys; from adapterdeploy.exporter.deployment import export_deployment; "
+            "export_deployment(sys.argv[1], sys.argv[3:], sys.argv[2], force=True, precisions=('fp32', 'int8'))")
+    proc = _in_subprocess(code, tiny_base_dir, out, ckpts["x"], ckpts["y"])
+
+    def staged() -> bool:
+        return bool(list(tmp_path.glob(f".deploy.tmp-*/{stage}")))
+
+    assert _kill_when(proc, staged, f"the export reaching {stage}"), f"the export finished before reaching {stage}"
     if old is None:
         assert not out.exists()
     else:
-        manifest = Manifest.read(out)
-        assert manifest.created == old.created and set(manifest.tasks) == {"x"}
-        assert verify_files(out, manifest.files) == []
-        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
-            [*manifest.files, "deployment.json"])
+        assert Manifest.read(out).created == old.created
+        _assert_whole(out, {"x"})
     # What a kill leaves is a hidden temp sibling, never the target itself; inspect lists it.
     assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
     if old is not None:
@@ -197,44 +217,6 @@ def test_eval_plan_and_zero_fill_rules(tmp_path):
     assert not zero_adapter_is_identity(lossy.signature())
     no_ln_after = AdapterConfig(placement="pfeiffer", site=SiteOptions(original_ln_after=False))
     assert not zero_adapter_is_identity(no_ln_after.signature())
-
-
-def _in_subprocess(code: str, *args: Path | str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-
-
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> bool:
-    """SIGKILL ``proc`` as soon as ``ready()``; False when it finished first (then it must have succeeded)."""
-    deadline = time.monotonic() + 240
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-                return False
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what} did not happen in time")
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
-    return proc.returncode == -signal.SIGKILL
-
-
-def _assert_whole(out: Path, tasks: set[str]) -> None:
-    """``out`` is a complete deployment holding exactly ``tasks``: checksums, no stray files, it predicts."""
-    from adapterdeploy.runtime import Deployment
-
-    manifest = Manifest.read(out)
-    assert set(manifest.tasks) == tasks
-    assert verify_files(out, manifest.files) == []
-    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert on_disk == sorted([*manifest.files, "deployment.json"])
-    with Deployment.open(out) as dep:
-        for name in tasks:
-            assert len(dep.predict(["still whole"], task=name)) == 1
 
 
 def test_sigkill_mid_add_task_keeps_the_previous_deployment(tiny_base_dir, ckpts, tmp_path):
