@@ -26,7 +26,9 @@ from typing import Any
 import click
 import numpy as np
 
-__all__ = ["op_profile", "predict_breakdown"]
+__all__ = ["op_profile", "predict_breakdown", "session_feeds"]
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def op_profile(graph: Path, feeds: dict[str, np.ndarray], options: Any, runs: int) -> dict[str, Any]:
@@ -67,18 +69,26 @@ def _median_us(fn: Callable[[], object], calls: int) -> float:
     return statistics.median(samples) * 1e6
 
 
+def session_feeds(dep: Any, task: str, tokens: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trunk feeds, adapted feeds) for one task over ``tokens`` (input_ids / attention_mask / token_type_ids
+    of B rows): the inputs the runtime's engine builds for a single-task batch, hidden from the trunk."""
+    eng = dep._engine
+    _, bank = eng._bank([dep._task(task)], 0, None)
+    rows = len(tokens["input_ids"])
+    trunk_feeds = {k: v for k, v in tokens.items() if k in eng.trunk_inputs}
+    hidden = eng.trunk.run([eng.trunk_output], trunk_feeds)[0]
+    adapted_feeds = {"hidden": hidden, "attention_mask": tokens["attention_mask"],
+                     "row_source": np.arange(rows, dtype=np.int64), "task_index": np.zeros(rows, dtype=np.int64),
+                     **bank}
+    return trunk_feeds, adapted_feeds
+
+
 def predict_breakdown(dep: Any, rows: list[Any], task: str, calls: int) -> dict[str, float]:
     """Median microseconds of ``dep.predict`` and of its pieces, each timed alone."""
     eng = dep._engine
     loaded = dep._task(task)
     padded = dep._encoder.pad(dep._encoder.tokenize(rows))
-    source = np.arange(len(rows), dtype=np.int64)
-    _, bank = eng._bank([loaded], 0, None)
-    trunk_feeds = {k: getattr(padded, k) for k in ("input_ids", "attention_mask", "token_type_ids")
-                   if k in eng.trunk_inputs}
-    hidden = eng.trunk.run([eng.trunk_output], trunk_feeds)[0]
-    adapted_feeds = {"hidden": hidden, "attention_mask": padded.attention_mask, "row_source": source,
-                     "task_index": np.zeros(len(rows), dtype=np.int64), **bank}
+    trunk_feeds, adapted_feeds = session_feeds(dep, task, {k: getattr(padded, k) for k in TOKEN_INPUTS})
     features = dict(zip(eng.output_names, eng.adapted.run(eng.output_names, adapted_feeds), strict=True))
     pooled = features[loaded.head.feature]
     parts = {
@@ -118,12 +128,8 @@ def main(model: str, work: Path, precision: str, batch: int, seq: int, threads: 
     vocab = dep._encoder._plain.get_vocab_size()
     ids = rng.integers(min(1000, vocab // 2), min(20000, vocab), (batch, seq)).astype(np.int64)
     mask = np.ones((batch, seq), np.int64)
-    trunk = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    eng = dep._engine
-    _, bank = eng._bank([dep._task("t0000")], 0, None)
-    hidden = eng.trunk.run([eng.trunk_output], {k: v for k, v in trunk.items() if k in eng.trunk_inputs})[0]
-    feeds = {**trunk, "hidden": hidden, "row_source": np.arange(batch, dtype=np.int64),
-             "task_index": np.zeros(batch, dtype=np.int64), **bank}
+    tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    feeds = {**tokens, **session_feeds(dep, "t0000", tokens)[1]}  # op_profile keeps what each graph reads
     with_ = op_profile(dep_dir / variant.adapted, feeds, dep._factory.options(), runs)
     without = op_profile(plain, feeds, dep._factory.options(), runs)
     click.echo(f"{model} {precision}, batch {batch} x {seq} tokens, {threads} threads, {runs} profiled runs")
