@@ -145,13 +145,12 @@ def run(ctx: Context) -> SectionResult:
                             if paired:
                                 r["offline_rows_per_s"] = offline()
                             runs.append(r)
-                        best = runs[0]
-                        if paired:
+                        point = runs[0]
+                        if paired:  # the round with the median ratio, and every round's ratio
                             ratios = [r["rows_per_s"] / r["offline_rows_per_s"] for r in runs]
-                            best = sorted(runs, key=lambda r: r["rows_per_s"] / r["offline_rows_per_s"])[
-                                len(runs) // 2]
-                            best = {**best, "round_ratios": ratios}
-                        out.append({"batching": batching, **best})
+                            middle = sorted(range(len(runs)), key=ratios.__getitem__)[len(runs) // 2]
+                            point = {**runs[middle], "round_ratios": ratios}
+                        out.append({"batching": batching, **point})
                     return out
                 finally:
                     proc.terminate()
@@ -162,8 +161,6 @@ def run(ctx: Context) -> SectionResult:
                         proc.wait()
 
             rows += monitored(result, f"server/batching={'on' if batching else 'off'}", serve)
-        if not offline_runs:
-            offline()
     finally:
         offline_w.close()
     offline = statistics.median(offline_runs)
