@@ -6,10 +6,18 @@ Pure Python (dataclasses + JSON + hashlib). Layout of a deployment directory::
     tokenizer.json                       HF tokenizers file of the base
     featurizer/trunk[.int8|.fp16].onnx   embeddings + layers [0, K): no adapters
     featurizer/adapted[...].onnx         layers [K, L) reading adapter weights from bank inputs
-    tasks/<name>/task.json               TaskSpec (this module)
+    tasks/<name>/task.json               TaskSpec (this module): the task's own files and their checksums
     tasks/<name>/adapters.safetensors    this task's bank rows + head weights (see BANK KEYS below)
     tasks/<name>/head.onnx               pooled features -> logits, validated at export
     standalone/<name>[.int8].onnx        optional: one self-contained graph per task (--standalone)
+
+Checksums (schema 2): ``deployment.json`` lists the deployment-level files (tokenizer, featurizer graphs,
+standalone graphs) in ``files`` and, per task, only its directory (``tasks``) and the size + sha256 of its
+``task.json`` (``task_files``); each ``task.json`` lists its own files. So adding or removing a task hashes
+only what it writes and rewrites one small entry of the manifest, whatever the number of tasks. A task
+directory is ``tasks/<name>``, or ``tasks/<name>~<id>`` when it replaced a task of the same name (the old
+directory stays valid until the manifest naming the new one is in place). Schema 1 manifests (every task
+file listed in ``files``) are read and converted on the fly.
 
 Graph I/O (names are part of the contract; dynamic axes are named):
     trunk:   input_ids, attention_mask, token_type_ids  int64 [batch, sequence]
@@ -51,6 +59,7 @@ from adapterdeploy.errors import ArtifactError, ChecksumError, SchemaVersionErro
 __all__ = [
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "STAGING_PREFIX",
     "TASK_FILE",
     "FeaturizerSpec",
     "FileEntry",
@@ -59,18 +68,25 @@ __all__ = [
     "TokenizerSpec",
     "VariantSpec",
     "atomic_directory",
+    "current_umask",
     "featurizer_fingerprint",
     "file_entry",
+    "fsync_tree",
+    "make_readable",
     "safe_relpath",
     "sha256_file",
+    "verify_deployment",
     "verify_files",
+    "write_json_atomic",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "deployment.json"
 TASK_FILE = "task.json"
 TASK_WEIGHTS_FILE = "adapters.safetensors"
 TASK_HEAD_FILE = "head.onnx"
+# add-task stages new pieces in <deployment>/.staging-<id>/ (same filesystem, so they move in by rename).
+STAGING_PREFIX = ".staging-"
 PRECISIONS = ("fp32", "int8", "fp16")
 # Optional key of TaskSpec.parity read by `adapterdeploy check`: a few inputs with the PyTorch fp32 reference
 # logits of this task, [{"input": "text" | ["text_a", "text_b"], "logits": [float, ...]}, ...]; check runs the
@@ -123,6 +139,32 @@ def verify_files(root: str | Path, files: dict[str, FileEntry], *, only: list[st
     return problems
 
 
+def verify_deployment(root: str | Path, manifest: Manifest) -> tuple[list[str], int]:
+    """Every checksum of a deployment: its own files, each task.json (from the manifest), each task's files
+    (from its task.json). Returns (one message per problem, number of files checked)."""
+    root = Path(root)
+    problems = verify_files(root, manifest.files)
+    checked = len(manifest.files)
+    for name, rel in sorted(manifest.tasks.items()):
+        entry = manifest.task_files.get(name)
+        if entry is None:
+            problems.append(f"{rel}/{TASK_FILE}: no checksum in {MANIFEST_FILE}")
+            continue
+        task_json = verify_files(root / safe_relpath(rel), {TASK_FILE: entry})
+        checked += 1
+        if task_json:
+            problems += [f"{rel}/{p}" for p in task_json]
+            continue
+        try:
+            spec = TaskSpec.read(root / rel)
+        except ArtifactError as exc:
+            problems.append(f"{rel}: {exc}")
+            continue
+        problems += [f"{rel}/{p}" for p in verify_files(root / rel, spec.files)]
+        checked += len(spec.files)
+    return problems, checked
+
+
 def require_files(root: str | Path, files: dict[str, FileEntry], only: list[str] | None = None) -> None:
     problems = verify_files(root, files, only=only)
     if problems:
@@ -130,6 +172,60 @@ def require_files(root: str | Path, files: dict[str, FileEntry], only: list[str]
             f"deployment {root} failed its checksum verification: " + "; ".join(problems)
             + ". Re-export it (export-adapters ... --force) or restore the files."
         )
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(root: str | Path) -> None:
+    """Give every file under ``root`` (and ``root`` itself) the mode a new file gets under the umask.
+
+    Why: safetensors' ``save_file`` and ``tempfile.mkdtemp`` create 0600 / 0700 whatever the umask, so a
+    deployment exported by one user was unreadable by the server's user (e.g. the image's uid 10001).
+    Files get ``0o666 & ~umask``, directories ``0o777 & ~umask``, as ``open()`` / ``mkdir`` would give them.
+    """
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    root = Path(root)
+    if root.is_file():
+        root.chmod(file_mode)
+        return
+    root.chmod(dir_mode)
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), dir_mode)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), file_mode)
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
+    """Write JSON to a hidden temp file beside ``path``, fsync, and rename it over ``path`` (umask mode)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def featurizer_fingerprint(
@@ -261,7 +357,7 @@ class TaskSpec:
         return cls.from_dict(_read_json(Path(task_dir) / TASK_FILE))
 
     def write(self, task_dir: str | Path) -> None:
-        (Path(task_dir) / TASK_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(Path(task_dir) / TASK_FILE, self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -272,7 +368,9 @@ class Manifest:
     featurizer: FeaturizerSpec
     tokenizer: TokenizerSpec
     tasks: dict[str, str]  # task name -> task dir relative to the deployment root
-    files: dict[str, FileEntry]
+    files: dict[str, FileEntry]  # deployment-level files only (tokenizer, featurizer, standalone graphs)
+    # task name -> size and sha256 of its task.json (which lists the task's own files and their checksums)
+    task_files: dict[str, FileEntry] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     adapter_drop_eval: dict[str, Any] = field(default_factory=dict)
     # Added by the exporter (--standalone): task name -> {precision: path of its self-contained graph}.
@@ -294,6 +392,7 @@ class Manifest:
             "featurizer": self.featurizer.to_dict(),
             "tokenizer": asdict(self.tokenizer),
             "tasks": dict(sorted(self.tasks.items())),
+            "task_files": {k: asdict(v) for k, v in sorted(self.task_files.items())},
             "files": {k: asdict(v) for k, v in sorted(self.files.items())},
             "parity": self.parity,
             "adapter_drop_eval": self.adapter_drop_eval,
@@ -304,20 +403,26 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         _check_schema(d.get("schema_version"), MANIFEST_FILE)
         try:
+            tasks = {k: safe_relpath(v) for k, v in d["tasks"].items()}
+            files = {safe_relpath(k): FileEntry(**v) for k, v in d["files"].items()}
+            task_files = {k: FileEntry(**v) for k, v in d.get("task_files", {}).items()}
+            if d["schema_version"] < 2:
+                files, task_files = _split_v1_files(tasks, files)
             return cls(
                 base=dict(d["base"]),
                 featurizer=FeaturizerSpec.from_dict(d["featurizer"]),
                 tokenizer=TokenizerSpec(**d["tokenizer"]),
-                tasks={k: safe_relpath(v) for k, v in d["tasks"].items()},
-                files={safe_relpath(k): FileEntry(**v) for k, v in d["files"].items()},
+                tasks=tasks,
+                files=files,
+                task_files=task_files,
                 parity=dict(d.get("parity", {})),
                 adapter_drop_eval=dict(d.get("adapter_drop_eval", {})),
                 standalone={k: {p: safe_relpath(f) for p, f in v.items()} for k, v in d.get("standalone", {}).items()},
                 tool_version=str(d.get("tool_version", "")),
                 created=str(d.get("created", "")),
-                schema_version=int(d["schema_version"]),
+                schema_version=SCHEMA_VERSION,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{MANIFEST_FILE} is missing or has a malformed field: {exc}") from exc
 
     @classmethod
@@ -328,7 +433,21 @@ class Manifest:
         return cls.from_dict(_read_json(root / MANIFEST_FILE))
 
     def write(self, root: str | Path) -> None:
-        (Path(root) / MANIFEST_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Replace ``deployment.json`` atomically (temp file + fsync + rename)."""
+        write_json_atomic(Path(root) / MANIFEST_FILE, self.to_dict())
+
+    def task_dir(self, root: str | Path, name: str) -> Path:
+        return Path(root) / safe_relpath(self.tasks[name])
+
+
+def _split_v1_files(tasks: dict[str, str], files: dict[str, FileEntry]
+                    ) -> tuple[dict[str, FileEntry], dict[str, FileEntry]]:
+    """Schema 1 listed every task file in ``files``: keep the deployment-level ones, and each task.json's entry."""
+    prefixes = tuple(rel.rstrip("/") + "/" for rel in tasks.values())
+    kept = {k: v for k, v in files.items() if not k.startswith(prefixes)}
+    task_files = {name: files[f"{rel.rstrip('/')}/{TASK_FILE}"] for name, rel in tasks.items()
+                  if f"{rel.rstrip('/')}/{TASK_FILE}" in files}
+    return kept, task_files
 
 
 def _check_schema(version: Any, what: str) -> None:
@@ -368,14 +487,13 @@ def atomic_directory(target: str | Path, *, force: bool = False) -> Iterator[Pat
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
         # mkdtemp makes the dir 0700; the finished artifact should get the usual umask-derived mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+        tmp.chmod(0o777 & ~current_umask())
     except OSError as exc:
         raise ArtifactError(f"cannot write to {parent}: {exc.strerror}; choose a writable --out directory") from exc
     try:
         yield tmp
-        _fsync_tree(tmp)
+        make_readable(tmp)  # safetensors / tempfile wrote some files 0600: readable by the serving user too
+        fsync_tree(tmp)
         old = None
         if target.exists():
             old = parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
@@ -388,7 +506,8 @@ def atomic_directory(target: str | Path, *, force: bool = False) -> Iterator[Pat
         raise
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root`` (before a rename makes them visible)."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)

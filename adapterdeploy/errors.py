@@ -18,6 +18,7 @@ __all__ = [
     "ExportError",
     "FingerprintMismatchError",
     "InputError",
+    "LockedError",
     "OverloadedError",
     "ParityError",
     "PayloadTooLargeError",
@@ -187,3 +188,10 @@ class RequestTimeoutError(UnavailableError):
     """A request waited longer than the server's per-request timeout (queue + inference)."""
 
     error_type = "timeout"
+
+
+class LockedError(ArtifactError):
+    """Another writer (export --force, add-task, remove-task) holds the deployment's lock."""
+
+    error_type = "locked"
+    http_status = 409

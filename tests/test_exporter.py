@@ -18,7 +18,8 @@ from exporter_helpers import PAIRS, TEXTS, make_checkpoint, torch_logits
 from adapterdeploy.artifacts import Manifest, TaskSpec, verify_files
 from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ConfigError, FingerprintMismatchError, UnknownTaskError, UnsupportedAdapterError
-from adapterdeploy.exporter.deployment import add_task, bank_of, export_deployment, inspect, remove_task
+from adapterdeploy.exporter.deployment import bank_of, export_deployment, inspect
+from adapterdeploy.exporter.updates import add_task, remove_task
 from adapterdeploy.exporter.parity import FEATURE_OF_POOLING, GraphRunner, ParityBatch, encode_items
 from adapterdeploy.models.base import load_base
 
@@ -259,7 +260,9 @@ def test_add_and_remove_task(tiny_base, tiny_base_dir, ckpts, tmp_path):
     spec = add_task(out, ckpts["big"])  # bottleneck 16 > the bank's 4: the dynamic axis takes it, no re-export
     after = Manifest.read(out)
     assert spec.bottleneck == 16 and spec.featurizer_fingerprint == before.featurizer.fingerprint
-    assert set(after.tasks) == {"a", "big"} and "tasks/big/adapters.safetensors" in after.files
+    assert set(after.tasks) == {"a", "big"} and set(after.task_files) == {"a", "big"}
+    assert not any(f.startswith("tasks/") for f in after.files)  # task files are listed by their task.json
+    assert after.task_files["a"] == before.task_files["a"]
     assert after.featurizer.variants["fp32"].adapted == before.featurizer.variants["fp32"].adapted
     assert after.files["featurizer/adapted.onnx"] == before.files["featurizer/adapted.onnx"]
     assert set(spec.parity) >= {"fp32", "int8"} and spec.parity["fp32"]["logits_max_abs_diff"] <= TOL
@@ -272,12 +275,13 @@ def test_add_and_remove_task(tiny_base, tiny_base_dir, ckpts, tmp_path):
     remove_task(out, "a")
     final = Manifest.read(out)
     assert set(final.tasks) == {"big"} and not (out / "tasks" / "a").exists()
-    assert not any(f.startswith("tasks/a/") for f in final.files) and "a" not in final.parity["tasks"]
+    assert "a" not in final.task_files and "a" not in final.parity["tasks"]
     assert inspect(out)["checksums"]["ok"]
     with pytest.raises(UnknownTaskError):
         remove_task(out, "a")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".dep.")]
-    assert leftovers == []
+    assert leftovers == [".dep.lock"]  # the writer lock's file stays (empty; flock is released with the process)
+    assert inspect(out)["leftovers"] == []
 
 
 def test_adapter_drop_eval_and_layernorm_bound(tiny_base, tiny_base_dir, ckpts, tmp_path):
@@ -308,7 +312,9 @@ def test_inspect_reports_and_detects_corruption(dep, tmp_path):
     import shutil
 
     info = inspect(dep)
-    assert info["checksums"]["ok"] and info["checksums"]["files_checked"] == len(Manifest.read(dep).files)
+    manifest = Manifest.read(dep)
+    assert info["checksums"]["ok"]
+    assert info["checksums"]["files_checked"] == len(manifest.files) + 3 * len(manifest.tasks)  # task.json + 2
     assert [t["name"] for t in info["tasks"]] == ["a", "b", "c"]
     assert info["featurizer"]["variants"]["fp32"]["size_bytes"] > 0
     json.dumps(info)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from exporter_helpers import make_checkpoint
 
-from adapterdeploy.artifacts import Manifest, verify_files
+from adapterdeploy.artifacts import Manifest, TaskSpec, verify_deployment
 from adapterdeploy.cli import main as cli
 from adapterdeploy.errors import (
     ArtifactError,
@@ -114,9 +114,14 @@ def _assert_whole(out: Path, tasks: set[str]) -> None:
 
     manifest = Manifest.read(out)
     assert set(manifest.tasks) == tasks
-    assert verify_files(out, manifest.files) == []
-    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert on_disk == sorted([*manifest.files, "deployment.json"])
+    assert verify_deployment(out, manifest)[0] == []
+    listed = [*manifest.files, "deployment.json"]
+    for rel in manifest.tasks.values():
+        listed += [f"{rel}/task.json", *(f"{rel}/{f}" for f in TaskSpec.read(out / rel).files)]
+    leftovers = inspect_deployment(out)["leftovers"]  # what a killed writer left: hidden, named by inspect
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if p.is_file() and not any(str(p).startswith(x) for x in leftovers))
+    assert on_disk == sorted(listed)
     with Deployment.open(out) as dep:
         for name in tasks:
             assert len(dep.predict(["still whole"], task=name)) == 1
@@ -140,8 +145,8 @@ def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp
     else:
         assert Manifest.read(out).created == old.created
         _assert_whole(out, {"x"})
-    # What a kill leaves is a hidden temp sibling, never the target itself; inspect lists it.
-    assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
+    # What a kill leaves is a hidden temp sibling (and the writer lock's files), never the target itself.
+    assert all(p.name.startswith((".deploy.tmp-", ".deploy.lock")) for p in tmp_path.iterdir() if p.name != "deploy")
     if old is not None:
         assert inspect_deployment(out)["leftovers"]
 
@@ -222,14 +227,15 @@ def test_eval_plan_and_zero_fill_rules(tmp_path):
 def test_sigkill_mid_add_task_keeps_the_previous_deployment(tiny_base_dir, ckpts, tmp_path):
     out = tmp_path / "deploy"
     export_deployment(tiny_base_dir, [ckpts["x"]], out, precisions=("fp32", "int8"))
-    code = ("import sys; from adapterdeploy.exporter.deployment import add_task; "
+    code = ("import sys; from adapterdeploy.exporter.updates import add_task; "
             "add_task(sys.argv[1], sys.argv[2])")
     proc = _in_subprocess(code, out, ckpts["y"])
-    killed = _kill_when(proc, lambda: bool(list(tmp_path.glob(".deploy.tmp-*/tasks/y/adapters.safetensors"))),
+    killed = _kill_when(proc, lambda: bool(list(out.glob(".staging-*/tasks/y/adapters.safetensors"))),
                         "add-task writing the new task's weights")
     assert killed, "add-task finished before its new task was staged"
     _assert_whole(out, {"x"})
-    assert all(p.name.startswith(".deploy.tmp-") for p in tmp_path.iterdir() if p.name != "deploy")
+    assert [Path(p).name[:9] for p in inspect_deployment(out)["leftovers"]] == [".staging-"]
+    assert {p.name for p in tmp_path.iterdir()} <= {"deploy", ".deploy.lock", ".deploy.lock.json"}
 
 
 def test_sigkill_during_remove_task_leaves_old_or_new_never_half(tiny_base_dir, ckpts, tmp_path):
@@ -237,16 +243,11 @@ def test_sigkill_during_remove_task_leaves_old_or_new_never_half(tiny_base_dir, 
     deployment is whole, with or without the task."""
     out = tmp_path / "deploy"
     export_deployment(tiny_base_dir, [ckpts["x"], ckpts["y"]], out)
-    code = ("import sys; from adapterdeploy.exporter.deployment import remove_task; "
+    code = ("import sys; from adapterdeploy.exporter.updates import remove_task; "
             "remove_task(sys.argv[1], sys.argv[2])")
     proc = _in_subprocess(code, out, "y")
-    killed = _kill_when(proc, lambda: bool(list(tmp_path.glob(".deploy.tmp-*"))), "remove-task staging")
-    if out.exists():
-        tasks = set(Manifest.read(out).tasks)
-        assert tasks in ({"x", "y"}, {"x"})
-        assert killed or tasks == {"x"}
-        _assert_whole(out, tasks)
-    else:  # killed between the swap's two renames: the new deployment is the hidden temp sibling, whole
-        assert killed
-        (staged,) = tmp_path.glob(".deploy.tmp-*")
-        _assert_whole(staged, {"x"})
+    killed = _kill_when(proc, (tmp_path / ".deploy.lock.json").exists, "remove-task holding the lock")
+    tasks = set(Manifest.read(out).tasks)
+    assert tasks in ({"x", "y"}, {"x"})
+    assert killed or tasks == {"x"}
+    _assert_whole(out, tasks)

@@ -19,6 +19,10 @@ from adapterdeploy.errors import AdapterDeployError
 __all__ = ["add_task", "export", "inspect_cmd", "remove_task"]
 
 PRECISION_CHOICES = ("fp32", "int8", "fp16")
+LOCK_TIMEOUT = click.option(
+    "--lock-timeout", type=float, default=600.0, show_default=True,
+    help="Seconds to wait while another export --force / add-task / remove-task changes the same deployment "
+         "(they take turns through a lock file beside it); 0 fails at once naming the holder, -1 waits forever.")
 _SHORT = {"Attention": "Attn", "MultiHeadAttention": "MHA", "SkipLayerNormalization": "SkipLN",
           "LayerNormalization": "LN", "EmbedLayerNormalization": "EmbedLN"}
 
@@ -152,10 +156,12 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
               help="Labelled TSV/CSV/JSONL rows to score each task with and without its dropped adapters: FILE "
                    "(the only task, or the task named like the file's folder) or NAME=FILE; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment summary as JSON.")
+@LOCK_TIMEOUT
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_drop: int,
            precisions: tuple[str, ...], max_length: int | None, opset: int, tolerance: float, standalone: bool,
-           force: bool, allow_drop: bool, eval_files: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+           force: bool, allow_drop: bool, eval_files: tuple[str, ...], as_json: bool, lock_timeout: float,
+           quiet: bool) -> None:
     """Export task checkpoints into one deployment: a shared ONNX featurizer + small per-task pieces.
 
     \b
@@ -169,42 +175,50 @@ def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_d
         export_deployment(base_dir, list(tasks), out_dir, adapter_drop=adapter_drop, precisions=precisions,
                           max_length=max_length, opset=opset, tolerance=tolerance, standalone=standalone,
                           force=force, allow_drop=allow_drop, eval_file=list(eval_files) or None,
-                          log=_logger(quiet or as_json))
+                          lock_timeout=lock_timeout, log=_logger(quiet or as_json))
         _print_info(inspect_deployment(out_dir), as_json)
 
 
 @click.command("add-task")
 @click.argument("deploy_dir", type=click.Path(file_okay=False))
-@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--base", "base_dir", type=click.Path(file_okay=False), default=None,
               help="The base model directory, when it moved since the export (its fingerprint must match).")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Max abs difference vs PyTorch. Default: the deployment's.")
-@click.option("--replace", is_flag=True, help="Replace a task of the same name.")
-@click.option("--allow-drop", is_flag=True, help="Accept losing the task's adapters below the deployment's K.")
+@click.option("--replace", is_flag=True, help="Replace tasks of the same names.")
+@click.option("--allow-drop", is_flag=True, help="Accept losing the tasks' adapters below the deployment's K.")
+@LOCK_TIMEOUT
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
-def add_task(deploy_dir: str, checkpoint: str, base_dir: str | None, tolerance: float | None, replace: bool,
-             allow_drop: bool, quiet: bool) -> None:
-    """Add one task to a deployment against its existing featurizer (no re-export, parity-checked, atomic)."""
-    with _errors():
-        from adapterdeploy.exporter.deployment import add_task as do_add
+def add_task(deploy_dir: str, checkpoints: tuple[str, ...], base_dir: str | None, tolerance: float | None,
+             replace: bool, allow_drop: bool, lock_timeout: float, quiet: bool) -> None:
+    """Add task checkpoints to a deployment against its existing featurizer (no re-export, parity-checked).
 
-        spec = do_add(deploy_dir, checkpoint, base_dir=base_dir, tolerance=tolerance, replace=replace,
-                      allow_drop=allow_drop, log=_logger(quiet))
-        fig = spec.parity.get("fp32", {})
-        click.echo(f"added task {spec.name!r} to {deploy_dir} (bottleneck {spec.bottleneck}, layers "
-                   f"{list(spec.layers)}; fp32 logits max abs diff {fig.get('logits_max_abs_diff')})")
+    \b
+    Several checkpoints in one call share one PyTorch start, one base load, one parity run and one manifest
+    swap: much faster than one call each. Writers of one deployment take turns (a lock beside it).
+    """
+    with _errors():
+        from adapterdeploy.exporter.updates import add_tasks
+
+        specs = add_tasks(deploy_dir, list(checkpoints), base_dir=base_dir, tolerance=tolerance, replace=replace,
+                          allow_drop=allow_drop, lock_timeout=lock_timeout, log=_logger(quiet))
+        for spec in specs:
+            fig = spec.parity.get("fp32", {})
+            click.echo(f"added task {spec.name!r} to {deploy_dir} (bottleneck {spec.bottleneck}, layers "
+                       f"{list(spec.layers)}; fp32 logits max abs diff {fig.get('logits_max_abs_diff')})")
 
 
 @click.command("remove-task")
 @click.argument("deploy_dir", type=click.Path(file_okay=False))
 @click.argument("name")
-def remove_task(deploy_dir: str, name: str) -> None:
+@LOCK_TIMEOUT
+def remove_task(deploy_dir: str, name: str, lock_timeout: float) -> None:
     """Remove a task's pieces from a deployment and rewrite its manifest (atomic)."""
     with _errors():
-        from adapterdeploy.exporter.deployment import remove_task as do_remove
+        from adapterdeploy.exporter.updates import remove_task as do_remove
 
-        manifest = do_remove(deploy_dir, name)
+        manifest = do_remove(deploy_dir, name, lock_timeout=lock_timeout)
         click.echo(f"removed task {name!r}; {len(manifest.tasks)} task(s) left: {', '.join(sorted(manifest.tasks))}")
 
 

@@ -1,4 +1,4 @@
-"""export_deployment / add_task / remove_task / inspect: the exporter's public API.
+"""export_deployment / inspect (add_task / remove_task: exporter/updates.py): the exporter's public API.
 
 Order of work, so that bad input and failed parity leave nothing behind:
 1. validate everything that can be checked cheaply (target, precisions, opset, base, checkpoints,
@@ -6,13 +6,12 @@ Order of work, so that bad input and failed parity leave nothing behind:
 2. build the PyTorch references and (with ``--eval``) measure the AdapterDrop accuracy;
 3. inside ``atomic_directory`` (a hidden temp dir beside the target): export, fuse, quantize, check
    parity (ParityError removes the temp dir), write task pieces, checksums and the manifest last;
-4. rename into place. add-task / remove-task stage a hard-linked copy of the deployment with the
-   change applied and swap it in the same way, so a reader sees the old or the new deployment, whole.
+4. rename into place, holding the deployment's writer lock (writer_lock.py) from the first read of an
+   existing deployment to the rename. add-task / remove-task (updates.py) change one task in place.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -23,22 +22,22 @@ from adapterdeploy.artifacts import (
     MANIFEST_FILE,
     PARITY_SAMPLES,
     PRECISIONS,
+    TASK_FILE,
     FeaturizerSpec,
     FileEntry,
     Manifest,
-    TaskSpec,
     TokenizerSpec,
     atomic_directory,
     featurizer_fingerprint,
     file_entry,
-    require_files,
 )
 from adapterdeploy.config import AdapterSignature
-from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
+from adapterdeploy.errors import ArtifactError, ConfigError
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
+from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 
-__all__ = ["add_task", "bank_of", "export_deployment", "inspect", "remove_task"]
+__all__ = ["bank_of", "export_deployment", "inspect"]
 
 Log = Callable[[str], None]
 EvalSpec = str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None
@@ -173,8 +172,15 @@ def _base_info(base: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- helpers
 def _collect_files(root: Path) -> dict[str, FileEntry]:
-    return {p.relative_to(root).as_posix(): file_entry(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_FILE}
+    """Checksums of the deployment-level files; task files are listed (and hashed) by their own task.json."""
+    return {rel: file_entry(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and (rel := p.relative_to(root).as_posix()) != MANIFEST_FILE
+            and not rel.startswith("tasks/")}
+
+
+def _task_files(root: Path, names: Sequence[str]) -> dict[str, FileEntry]:
+    """Each task's task.json entry for the manifest (the task.json lists the task's other files)."""
+    return {n: file_entry(root / "tasks" / n / TASK_FILE) for n in names}
 
 
 def _write_tokenizer(base: Any, root: Path) -> None:
@@ -293,14 +299,32 @@ def export_deployment(
     force: bool = False,
     allow_drop: bool = False,
     eval_file: EvalSpec = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     log: Log = _quiet,
 ) -> Manifest:
-    """Export tasks sharing one featurizer into ``out_dir``; refuse (nothing written) on any problem."""
+    """Export tasks sharing one featurizer into ``out_dir``; refuse (nothing written) on any problem.
+
+    With ``force`` over an existing deployment, the writer lock is held for the whole export (waiting up to
+    ``lock_timeout`` seconds for another writer), so no add-task / remove-task is lost in between.
+    """
+    out = _preflight(out_dir, force)
+    if force and out.exists():
+        with writer_lock(out, timeout=lock_timeout, command=f"export --force {out}", log=log):
+            return _export(base_dir, checkpoint_dirs, out, adapter_drop=adapter_drop, precisions=precisions,
+                           max_length=max_length, opset=opset, tolerance=tolerance, standalone=standalone,
+                           force=force, allow_drop=allow_drop, eval_file=eval_file, log=log)
+    return _export(base_dir, checkpoint_dirs, out, adapter_drop=adapter_drop, precisions=precisions,
+                   max_length=max_length, opset=opset, tolerance=tolerance, standalone=standalone, force=force,
+                   allow_drop=allow_drop, eval_file=eval_file, log=log)
+
+
+def _export(base_dir: str | Path | None, checkpoint_dirs: Sequence[str | Path], out: Path, *, adapter_drop: int,
+            precisions: Sequence[str], max_length: int | None, opset: int, tolerance: float, standalone: bool,
+            force: bool, allow_drop: bool, eval_file: EvalSpec, log: Log) -> Manifest:
     from adapterdeploy.exporter.adapter_drop import check_drop, evaluate_drop
     from adapterdeploy.exporter.standalone import export_standalone_graphs
     from adapterdeploy.exporter.variants import build_variants
 
-    out = _preflight(out_dir, force)
     precisions = _check_options(precisions, opset, tolerance)
     log("loading the base and the task checkpoints")
     base, ckpts = _load_inputs(base_dir, checkpoint_dirs)
@@ -353,6 +377,7 @@ def export_deployment(
             tokenizer=TokenizerSpec(file="tokenizer.json", max_length=max_length, model_type=base.model_type),
             tasks={t.name: f"tasks/{t.name}" for t in build.tasks},
             files=_collect_files(tmp),
+            task_files=_task_files(tmp, [t.name for t in build.tasks]),
             parity=parity,
             adapter_drop_eval={"adapter_drop": adapter_drop, "tasks": drop_eval} if drop_eval else {},
             standalone=standalone_paths,
@@ -360,117 +385,3 @@ def export_deployment(
         manifest.write(tmp)
         manifest = Manifest.read(tmp)
     return manifest
-
-
-def _stage_copy(root: Path, tmp: Path, skip: Callable[[str], bool]) -> None:
-    """Hard-link (or copy) the deployment's files into ``tmp``; files are never modified in place."""
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST_FILE or skip(rel):
-            continue
-        dst = tmp / rel
-        if p.is_dir():
-            dst.mkdir(parents=True, exist_ok=True)
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(p, dst)
-        except OSError:
-            shutil.copy2(p, dst)
-
-
-def _task_skip(name: str) -> Callable[[str], bool]:
-    return lambda rel: rel == f"tasks/{name}" or rel.startswith((f"tasks/{name}/", f"standalone/{name}."))
-
-
-def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Path | None = None,
-             tolerance: float | None = None, replace: bool = False, allow_drop: bool = False,
-             log: Log = _quiet) -> TaskSpec:
-    """Export one more task against the existing featurizer (no re-export), parity-checked, swapped in atomically."""
-    from adapterdeploy.exporter.adapter_drop import check_drop
-    from adapterdeploy.exporter.parity import raise_on_failures
-    from adapterdeploy.exporter.standalone import export_standalone_graphs
-    from adapterdeploy.exporter.variants import ParityInputs
-
-    root = Path(deploy_dir).expanduser().absolute()
-    manifest = Manifest.read(root)
-    require_files(root, manifest.files)
-    fz = manifest.featurizer
-    base, (ckpt,) = _load_inputs(base_dir or manifest.base.get("path"), [ckpt_dir])
-    if base.fingerprint != manifest.base.get("fingerprint"):
-        raise FingerprintMismatchError(f"the base at {base.path} is not the base {root} was exported from "
-                                       f"(fingerprint {base.fingerprint[:12]}… vs "
-                                       f"{str(manifest.base.get('fingerprint'))[:12]}…); pass --base with that model")
-    if ckpt.name in manifest.tasks and not replace:
-        raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
-                          f"(adapterdeploy remove-task {root} {ckpt.name})")
-    sig = ckpt.adapter.signature()
-    if sig != fz.signature:
-        raise FingerprintMismatchError(
-            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
-            f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
-    if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, sig, fz.num_layers) != fz.fingerprint:
-        raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
-                                       "the deployment is inconsistent: re-export it")
-    check_drop([ckpt], fz.adapter_drop, fz.num_layers, allow_drop)
-    _check_zero_fill(sig, [ckpt], fz.adapter_drop, fz.num_layers)
-    tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
-    log("building the PyTorch reference")
-    build = _Build(base, [ckpt], sig, fz.adapter_drop, manifest.tokenizer.max_length)
-    if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
-        raise FingerprintMismatchError(f"{root}'s bank inputs differ from what this featurizer layout needs; re-export")
-    name = ckpt.name
-    with atomic_directory(root, force=True) as tmp:
-        tmp.chmod(root.stat().st_mode & 0o777)
-        _stage_copy(root, tmp, _task_skip(name))
-        heads = build.export_heads(tmp, fz.opset)
-        inputs: ParityInputs = build.parity_inputs(heads)
-        results = {}
-        for precision, variant in fz.variants.items():
-            log(f"checking {precision} parity")
-            try:
-                results[precision], _ = inputs.run(tmp / variant.trunk, tmp / variant.adapted)
-            except Exception:
-                if precision != "fp16":  # fp16 may lack CPU kernels; everything else must run
-                    raise
-        raise_on_failures(results["fp32"], tolerance, f"task {name!r} on the featurizer of {root}")
-        standalone = dict(manifest.standalone)
-        parity = dict(manifest.parity)
-        if manifest.standalone:
-            paths, st_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, opset=fz.opset,
-                vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions, tolerance=tolerance,
-                batches=build.batches, refs=build.refs, log=log)
-            standalone.update(paths)
-            parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
-        build.write_tasks(tmp, fz.fingerprint, results, tolerance)
-        parity["tasks"] = {**parity.get("tasks", {}), name: {p: r.summary(name) for p, r in results.items()}}
-        new = dataclasses.replace(manifest, tasks={**manifest.tasks, name: f"tasks/{name}"},
-                                  files=_collect_files(tmp), standalone=standalone, parity=parity)
-        new.write(tmp)
-    return TaskSpec.read(root / "tasks" / name)
-
-
-def remove_task(deploy_dir: str | Path, name: str, *, log: Log = _quiet) -> Manifest:
-    """Remove one task's pieces (and standalone graphs) and rewrite the manifest, atomically."""
-    root = Path(deploy_dir).expanduser().absolute()
-    manifest = Manifest.read(root)
-    if name not in manifest.tasks:
-        raise UnknownTaskError(f"no task {name!r} in {root}; its tasks are {sorted(manifest.tasks) or 'none'}")
-    log(f"removing task {name}")
-    with atomic_directory(root, force=True) as tmp:
-        tmp.chmod(root.stat().st_mode & 0o777)
-        _stage_copy(root, tmp, _task_skip(name))
-        parity = dict(manifest.parity)
-        parity["tasks"] = {k: v for k, v in parity.get("tasks", {}).items() if k != name}
-        if "standalone" in parity:
-            parity["standalone"] = {k: v for k, v in parity["standalone"].items() if k != name}
-        drop_eval = dict(manifest.adapter_drop_eval)
-        if "tasks" in drop_eval:
-            drop_eval["tasks"] = {k: v for k, v in drop_eval["tasks"].items() if k != name}
-        new = dataclasses.replace(
-            manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name}, files=_collect_files(tmp),
-            standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
-            adapter_drop_eval=drop_eval)
-        new.write(tmp)
-    return Manifest.read(root)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapterdeploy.artifacts import Manifest, TaskSpec, safe_relpath, verify_files
+from adapterdeploy.artifacts import MANIFEST_FILE, STAGING_PREFIX, Manifest, TaskSpec, safe_relpath, verify_deployment
 from adapterdeploy.errors import ArtifactError
 
 __all__ = ["inspect_deployment"]
@@ -29,17 +29,18 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                                 f"interrupted between its two renames; rename {old[0].name} back to {root.name}")
     manifest = Manifest.read(root)
     fz = manifest.featurizer
-    problems = verify_files(root, manifest.files)
+    problems, files_checked = verify_deployment(root, manifest)
     tasks = []
     for name, rel in sorted(manifest.tasks.items()):
         task_dir = root / safe_relpath(rel)
-        size = sum(e.size for f, e in manifest.files.items() if f.startswith(rel.rstrip("/") + "/"))
+        json_entry = manifest.task_files.get(name)
+        size = json_entry.size if json_entry else 0
         try:
             spec = TaskSpec.read(task_dir)
         except ArtifactError as exc:
-            problems.append(f"{rel}: {exc}")
             tasks.append({"name": name, "dir": rel, "size_bytes": size, "error": str(exc)})
             continue
+        size += sum(e.size for e in spec.files.values())
         if spec.featurizer_fingerprint != fz.fingerprint:
             problems.append(f"{rel}: exported for featurizer {spec.featurizer_fingerprint[:12]}…, this one is "
                             f"{fz.fingerprint[:12]}…")
@@ -69,7 +70,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
             "parity": v.parity,
             "timings": v.timings,
         }
-    total = sum(e.size for e in manifest.files.values())
+    total = sum(e.size for e in manifest.files.values()) + sum(t["size_bytes"] for t in tasks)
     return {
         "path": str(root),
         "schema_version": manifest.schema_version,
@@ -98,9 +99,20 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         },
         "parity": manifest.parity,
         "adapter_drop_eval": manifest.adapter_drop_eval,
-        "checksums": {"ok": not problems, "files_checked": len(manifest.files), "problems": problems},
-        "leftovers": [str(p) for p in leftovers],
+        "checksums": {"ok": not problems, "files_checked": files_checked, "problems": problems},
+        "leftovers": [str(p) for p in [*leftovers, *_inner_leftovers(root, manifest)]],
     }
+
+
+def _inner_leftovers(root: Path, manifest: Manifest) -> list[Path]:
+    """What killed writers left inside: staging dirs, manifest temp files, task dirs / standalone graphs that
+    no manifest entry names (the next add-task / remove-task removes the first two)."""
+    named = {*manifest.tasks.values(), *manifest.files}
+    found = sorted(root.glob(f"{STAGING_PREFIX}*")) + sorted(root.glob(f".{MANIFEST_FILE}.*.tmp"))
+    for sub in ("tasks", "standalone"):
+        if (root / sub).is_dir():
+            found += sorted(p for p in (root / sub).iterdir() if f"{sub}/{p.name}" not in named)
+    return found
 
 
 def _leftovers(root: Path) -> list[Path]:

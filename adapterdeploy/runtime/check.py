@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_HEAD_FILE, TASK_WEIGHTS_FILE, Manifest, TaskSpec, verify_files
+from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_HEAD_FILE, TASK_WEIGHTS_FILE, Manifest, verify_deployment
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
@@ -218,16 +218,8 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
     items.append(CheckItem("manifest", "pass", f"schema {manifest.schema_version}, written by adapterdeploy "
                            f"{manifest.tool_version}, {len(manifest.tasks)} tasks, precisions "
                            f"{', '.join(manifest.precisions)}"))
-    problems = verify_files(root, manifest.files)
-    for rel in manifest.tasks.values():
-        try:
-            spec = TaskSpec.read(root / rel)
-        except AdapterDeployError as exc:
-            problems.append(f"{rel}: {exc}")
-            continue
-        problems += [f"{rel}/{p}" for p in verify_files(root / rel, spec.files)]
-    n_files = len(manifest.files)
-    ok_detail = f"{n_files} files of the manifest + every task's own list ok"
+    problems, n_files = verify_deployment(root, manifest)
+    ok_detail = f"{n_files} files ok (the manifest's, each task.json, every task's own list)"
     items.append(CheckItem("checksums", "fail" if problems else "pass", "; ".join(problems) if problems else ok_detail))
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()

@@ -314,7 +314,14 @@ class Deployment:
             )
 
     def _read_task(self, name: str, source: Path) -> tuple[LoadedTask, int]:
-        """The registry's loader: task.json, fingerprint, checksums, then the safetensors read."""
+        """The registry's loader: task.json (checked against the manifest), fingerprint, checksums, tensors."""
+        rel = self._manifest.tasks.get(name)
+        if rel is not None and source == self.root / safe_relpath(rel):
+            entry = self._manifest.task_files.get(name)
+            if entry is None:
+                raise ChecksumError(f"{self.root / 'deployment.json'} has no checksum for task {name!r}'s {TASK_FILE}; "
+                                    "the manifest is inconsistent: re-export the deployment")
+            require_files(source, {TASK_FILE: entry})
         spec = TaskSpec.read(source)
         if spec.name != name:
             raise ArtifactError(f"{source / TASK_FILE} names task {spec.name!r}, the manifest calls it {name!r}; "

@@ -1,0 +1,259 @@
+"""add-task / remove-task: change the tasks of an existing deployment in place, one writer at a time.
+
+Cost independent of the deployment's size: a change writes (and hashes) only the new task pieces and
+rewrites ``deployment.json``, which lists tasks, not their files (see artifacts.py). Nothing it did not
+write is re-hashed: the featurizer graphs it runs are checked by size, and the parity run against them
+would catch a corrupt graph anyway.
+
+Atomicity, under the deployment's writer lock (writer_lock.py):
+1. the new pieces are written into a hidden staging directory inside the deployment
+   (``.staging-<id>/tasks/<name>/...``), parity-checked against the featurizer in place, made readable and
+   fsynced; a failure or a crash here leaves only that hidden directory, which no manifest names;
+2. each staged task directory is renamed to ``tasks/<name>`` (``tasks/<name>~<id>`` when that path is
+   taken by the task it replaces), standalone graphs likewise;
+3. ``deployment.json`` is replaced atomically (temp file + rename): readers see the old or the new task set;
+4. the replaced / removed task directories are deleted. A crash between 3 and 4 leaves an unreferenced
+   directory that ``inspect`` lists as a leftover; a crash between 2 and 3 the same, never a half task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from adapterdeploy.artifacts import (
+    MANIFEST_FILE,
+    STAGING_PREFIX,
+    TASK_FILE,
+    Manifest,
+    TaskSpec,
+    featurizer_fingerprint,
+    file_entry,
+    fsync_tree,
+    make_readable,
+    safe_relpath,
+)
+from adapterdeploy.errors import ArtifactError, ChecksumError, ConfigError, FingerprintMismatchError, UnknownTaskError
+from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet
+from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
+
+__all__ = ["add_task", "add_tasks", "remove_task"]
+
+
+def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, **options: Any) -> TaskSpec:
+    """Add one task checkpoint; see :func:`add_tasks` for the options."""
+    return add_tasks(deploy_dir, [ckpt_dir], **options)[0]
+
+
+def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_dir: str | Path | None = None,
+              tolerance: float | None = None, replace: bool = False, allow_drop: bool = False,
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, log: Log = _quiet) -> list[TaskSpec]:
+    """Export task checkpoints against the existing featurizer (no re-export): one torch start, one base load,
+    one parity run for all of them, one manifest swap. Waits up to ``lock_timeout`` s for another writer."""
+    from adapterdeploy.exporter.adapter_drop import check_drop
+    from adapterdeploy.exporter.parity import raise_on_failures
+    from adapterdeploy.exporter.standalone import export_standalone_graphs
+
+    root = Path(deploy_dir).expanduser().absolute()
+    Manifest.read(root)  # a clear error before waiting for a lock on something that is no deployment
+    names_given = " ".join(str(c) for c in ckpt_dirs)
+    with writer_lock(root, timeout=lock_timeout, command=f"add-task {root} {names_given}", log=log):
+        manifest = Manifest.read(root)  # under the lock: includes every earlier writer's change
+        _clean_staging(root)
+        fz = manifest.featurizer
+        _check_sizes(root, manifest, [p for v in fz.variants.values() for p in (v.trunk, v.adapted)])
+        base, ckpts = _load_inputs(base_dir or manifest.base.get("path"), ckpt_dirs)
+        if base.fingerprint != manifest.base.get("fingerprint"):
+            raise FingerprintMismatchError(
+                f"the base at {base.path} is not the base {root} was exported from (fingerprint "
+                f"{base.fingerprint[:12]}… vs {str(manifest.base.get('fingerprint'))[:12]}…); "
+                "pass --base with that model")
+        for ckpt in ckpts:
+            if ckpt.name in manifest.tasks and not replace:
+                raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
+                                  f"(adapterdeploy remove-task {root} {ckpt.name})")
+            sig = ckpt.adapter.signature()
+            if sig != fz.signature:
+                raise FingerprintMismatchError(
+                    f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
+                    f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+        if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, fz.signature, fz.num_layers) != fz.fingerprint:
+            raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
+                                           "the deployment is inconsistent: re-export it")
+        check_drop(ckpts, fz.adapter_drop, fz.num_layers, allow_drop)
+        _check_zero_fill(fz.signature, ckpts, fz.adapter_drop, fz.num_layers)
+        tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
+        log(f"building the PyTorch reference of {len(ckpts)} task(s)")
+        build = _Build(base, ckpts, fz.signature, fz.adapter_drop, manifest.tokenizer.max_length)
+        if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
+            raise FingerprintMismatchError(f"{root}'s bank inputs differ from what this featurizer layout needs; "
+                                           "re-export")
+        names = [c.name for c in ckpts]
+        with _staging(root) as stage:
+            inputs = build.parity_inputs(build.export_heads(stage, fz.opset))
+            results = {}
+            for precision, variant in fz.variants.items():
+                log(f"checking {precision} parity")
+                try:
+                    results[precision], _ = inputs.run(root / safe_relpath(variant.trunk),
+                                                       root / safe_relpath(variant.adapted))
+                except Exception:
+                    if precision != "fp16":  # fp16 may lack CPU kernels; everything else must run
+                        raise
+            raise_on_failures(results["fp32"], tolerance, f"task(s) {names} on the featurizer of {root}")
+            parity = dict(manifest.parity)
+            standalone: dict[str, dict[str, str]] = {}
+            if manifest.standalone:
+                standalone, st_parity = export_standalone_graphs(
+                    stage, build.trunk, build.adapted, build.tasks, opset=fz.opset,
+                    vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions,
+                    tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+                parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
+            build.write_tasks(stage, fz.fingerprint, results, tolerance)
+            parity["tasks"] = {**parity.get("tasks", {}),
+                               **{n: {p: r.summary(n) for p, r in results.items()} for n in names}}
+            make_readable(stage)
+            fsync_tree(stage)
+            new, installed, obsolete = _install(root, stage, manifest, names, standalone)
+            try:
+                dataclasses.replace(new, parity=parity).write(root)
+            except BaseException:
+                _remove(root, installed)
+                raise
+        _remove(root, obsolete)
+    return [TaskSpec.read(root / safe_relpath(new.tasks[n])) for n in names]
+
+
+def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+                log: Log = _quiet) -> Manifest:
+    """Drop a task from the manifest (atomic rename), then delete its pieces and standalone graphs."""
+    root = Path(deploy_dir).expanduser().absolute()
+    Manifest.read(root)
+    with writer_lock(root, timeout=lock_timeout, command=f"remove-task {root} {name}", log=log):
+        manifest = Manifest.read(root)
+        _clean_staging(root)
+        if name not in manifest.tasks:
+            raise UnknownTaskError(f"no task {name!r} in {root}; its tasks are {sorted(manifest.tasks) or 'none'}")
+        log(f"removing task {name}")
+        parity = dict(manifest.parity)
+        for key in ("tasks", "standalone"):
+            if key in parity:
+                parity[key] = {k: v for k, v in parity[key].items() if k != name}
+        drop_eval = dict(manifest.adapter_drop_eval)
+        if "tasks" in drop_eval:
+            drop_eval["tasks"] = {k: v for k, v in drop_eval["tasks"].items() if k != name}
+        gone = list(manifest.standalone.get(name, {}).values())
+        new = dataclasses.replace(
+            manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name},
+            task_files={k: v for k, v in manifest.task_files.items() if k != name},
+            files={k: v for k, v in manifest.files.items() if k not in gone},
+            standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
+            adapter_drop_eval=drop_eval)
+        new.write(root)
+        _remove(root, [manifest.tasks[name], *gone])
+    return new
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A hidden directory inside the deployment (same filesystem: its pieces move in by rename); removed after."""
+    stage = root / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        stage.mkdir()
+    except OSError as exc:
+        raise ArtifactError(f"cannot write into {root}: {exc.strerror}; add-task needs a writable deployment") from exc
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _clean_staging(root: Path) -> None:
+    """Remove what killed writers left (safe: we hold the lock, so none of it is live)."""
+    for p in root.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f".{MANIFEST_FILE}.*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _check_sizes(root: Path, manifest: Manifest, rels: Sequence[str]) -> None:
+    """Cheap presence + size check of deployment files we read but did not write (no re-hash)."""
+    problems = []
+    for rel in rels:
+        entry = manifest.files.get(rel)
+        path = root / safe_relpath(rel)
+        if entry is None or not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{rel}: size {path.stat().st_size} bytes, manifest says {entry.size}")
+    if problems:
+        raise ChecksumError(f"deployment {root} is damaged: {'; '.join(problems)}; re-export it (export --force)")
+
+
+def _free(root: Path, rel: str, referenced: set[str]) -> str:
+    """``rel`` if nothing the manifest names lives there (an unreferenced leftover there is removed), else
+    ``rel`` with a ``~<id>`` suffix on its first name part (never a valid task name, so no clash)."""
+    path = root / rel
+    if rel not in referenced:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        return rel
+    head, sep, tail = path.name.partition(".")
+    return str(PurePosixPath(rel).with_name(f"{head}~{secrets.token_hex(4)}{sep}{tail}"))
+
+
+def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
+             standalone: dict[str, dict[str, str]]) -> tuple[Manifest, list[str], list[str]]:
+    """Rename the staged pieces into the deployment; return (the new manifest, what was installed, what the
+    new manifest no longer references). On failure the pieces already moved are removed again."""
+    referenced = {*manifest.tasks.values(), *manifest.files}
+    tasks, task_files = dict(manifest.tasks), dict(manifest.task_files)
+    files, new_standalone = dict(manifest.files), dict(manifest.standalone)
+    installed: list[str] = []
+    obsolete: list[str] = []
+    (root / "tasks").mkdir(exist_ok=True)
+    try:
+        for name in names:
+            rel = _free(root, f"tasks/{name}", referenced)
+            os.rename(stage / "tasks" / name, root / rel)
+            installed.append(rel)
+            if name in tasks:
+                obsolete.append(tasks[name])
+            tasks[name], task_files[name] = rel, file_entry(root / rel / TASK_FILE)
+        for name, by_precision in standalone.items():
+            obsolete += [p for p in new_standalone.get(name, {}).values() if p not in obsolete]
+            placed = {}
+            for precision, staged in by_precision.items():
+                rel = _free(root, staged, referenced)
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(stage / staged, root / rel)
+                installed.append(rel)
+                placed[precision] = rel
+                files[rel] = file_entry(root / rel)  # a file we wrote: hashed once
+            new_standalone[name] = placed
+    except BaseException:
+        _remove(root, installed)
+        raise
+    for rel in obsolete:
+        files.pop(rel, None)
+    new = dataclasses.replace(manifest, tasks=tasks, task_files=task_files, files=files, standalone=new_standalone)
+    return new, installed, obsolete
+
+
+def _remove(root: Path, rels: Sequence[str]) -> None:
+    for rel in rels:
+        path = root / safe_relpath(rel)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
