@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -55,6 +56,7 @@ from typing import Any
 from adapterdeploy import __version__
 from adapterdeploy.config import AdapterSignature, HeadConfig
 from adapterdeploy.errors import ArtifactError, ChecksumError, SchemaVersionError
+from adapterdeploy.validation import MAX_BOTTLENECK, MAX_HIDDEN, MAX_LAYERS, Fields, check_task_name
 
 __all__ = [
     "MANIFEST_FILE",
@@ -106,6 +108,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 class FileEntry:
     size: int
     sha256: str
+
+
+def _file_entry(f: Fields) -> FileEntry:
+    sha = f.text("sha256")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        f.fail("sha256", "is not 64 lowercase hex digits")
+    return FileEntry(size=f.integer("size", lo=0), sha256=sha)
 
 
 def file_entry(path: str | Path) -> FileEntry:
@@ -336,25 +345,35 @@ class TaskSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
-        _check_schema(d.get("schema_version"), "task.json")
+    def from_dict(cls, d: dict[str, Any], where: str | Path = TASK_FILE) -> TaskSpec:
+        """Validate every field (types, safe name and file names, sane sizes, labels) before trusting it."""
+        _check_schema(d.get("schema_version") if isinstance(d, dict) else None, str(where))
+        f = Fields(d, where, fix="re-export the task (adapterdeploy add-task DEPLOYMENT CHECKPOINT --replace)")
+        name = f.text("name")
+        check_task_name(name, f"{where}: field 'name'", ArtifactError)
+        files = {}
+        for rel in f.mapping("files"):
+            if not isinstance(rel, str) or "/" in rel or "\\" in rel or rel in ("", ".", ".."):
+                f.fail("files", f"names {rel!r}, not a plain file name inside the task directory")
+            files[rel] = _file_entry(f.obj("files").obj(rel))
         return cls(
-            name=d["name"],
-            featurizer_fingerprint=d["featurizer_fingerprint"],
-            head=HeadConfig.from_dict(d["head"]),
-            bottleneck=int(d["bottleneck"]),
-            layers=tuple(d["layers"]),
-            text_pair=bool(d["text_pair"]),
-            files={k: FileEntry(**v) for k, v in d["files"].items()},
-            parity=dict(d.get("parity", {})),
-            metrics=dict(d.get("metrics", {})),
-            adapter=dict(d.get("adapter", {})),
-            schema_version=int(d["schema_version"]),
+            name=name,
+            featurizer_fingerprint=f.text("featurizer_fingerprint"),
+            head=f.build("head", HeadConfig.from_dict),
+            bottleneck=f.integer("bottleneck", lo=1, hi=MAX_BOTTLENECK),
+            layers=f.integers("layers", hi=MAX_LAYERS - 1),
+            text_pair=f.flag("text_pair"),
+            files=files,
+            parity=f.mapping("parity", {}),
+            metrics=f.mapping("metrics", {}),
+            adapter=f.mapping("adapter", {}),
+            schema_version=f.integer("schema_version"),
         )
 
     @classmethod
     def read(cls, task_dir: str | Path) -> TaskSpec:
-        return cls.from_dict(_read_json(Path(task_dir) / TASK_FILE))
+        path = Path(task_dir) / TASK_FILE
+        return cls.from_dict(_read_json(path), path)
 
     def write(self, task_dir: str | Path) -> None:
         write_json_atomic(Path(task_dir) / TASK_FILE, self.to_dict())
@@ -400,37 +419,53 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        _check_schema(d.get("schema_version"), MANIFEST_FILE)
-        try:
-            tasks = {k: safe_relpath(v) for k, v in d["tasks"].items()}
-            files = {safe_relpath(k): FileEntry(**v) for k, v in d["files"].items()}
-            task_files = {k: FileEntry(**v) for k, v in d.get("task_files", {}).items()}
-            if d["schema_version"] < 2:
-                files, task_files = _split_v1_files(tasks, files)
-            return cls(
-                base=dict(d["base"]),
-                featurizer=FeaturizerSpec.from_dict(d["featurizer"]),
-                tokenizer=TokenizerSpec(**d["tokenizer"]),
-                tasks=tasks,
-                files=files,
-                task_files=task_files,
-                parity=dict(d.get("parity", {})),
-                adapter_drop_eval=dict(d.get("adapter_drop_eval", {})),
-                standalone={k: {p: safe_relpath(f) for p, f in v.items()} for k, v in d.get("standalone", {}).items()},
-                tool_version=str(d.get("tool_version", "")),
-                created=str(d.get("created", "")),
-                schema_version=SCHEMA_VERSION,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ArtifactError(f"{MANIFEST_FILE} is missing or has a malformed field: {exc}") from exc
+    def from_dict(cls, d: dict[str, Any], where: str | Path = MANIFEST_FILE) -> Manifest:
+        """Validate every field (types, safe task names and paths, sane sizes) before trusting it."""
+        _check_schema(d.get("schema_version") if isinstance(d, dict) else None, str(where))
+        f = Fields(d, where, fix="re-export the deployment (export-adapters ... --force)")
+        tasks = {}
+        for name, rel in f.mapping("tasks").items():
+            check_task_name(name, f"{where}: field 'tasks'", ArtifactError)
+            if not isinstance(rel, str):
+                f.fail(f"tasks.{name}", f"must be a directory path, got {rel!r:.60}")
+            tasks[name] = _safe(f, f"tasks.{name}", rel)
+        files = {_safe(f, "files", rel): _file_entry(f.obj("files").obj(rel)) for rel in f.mapping("files")}
+        task_files = {name: _file_entry(f.obj("task_files").obj(name)) for name in f.mapping("task_files", {})}
+        if f.integer("schema_version") < 2:
+            files, task_files = _split_v1_files(tasks, files)
+        featurizer = f.build("featurizer", FeaturizerSpec.from_dict)
+        if not 1 <= featurizer.hidden_size <= MAX_HIDDEN or not 0 <= featurizer.adapter_drop <= featurizer.num_layers:
+            f.fail("featurizer", f"has hidden_size {featurizer.hidden_size} / adapter_drop {featurizer.adapter_drop} "
+                                 f"for {featurizer.num_layers} layers, out of range")
+        standalone = {}
+        for name, by_precision in f.mapping("standalone", {}).items():
+            if not isinstance(by_precision, dict):
+                f.fail(f"standalone.{name}", "must be a JSON object of precision -> path")
+            standalone[name] = {p: _safe(f, f"standalone.{name}", rel) for p, rel in by_precision.items()}
+        tokenizer = f.build("tokenizer", lambda t: TokenizerSpec(**t))
+        if not isinstance(tokenizer.max_length, int) or not 2 <= tokenizer.max_length <= 1 << 20:
+            f.fail("tokenizer.max_length", f"is {tokenizer.max_length!r}, not a usable length")
+        return cls(
+            base=f.mapping("base"),
+            featurizer=featurizer,
+            tokenizer=tokenizer,
+            tasks=tasks,
+            files=files,
+            task_files=task_files,
+            parity=f.mapping("parity", {}),
+            adapter_drop_eval=f.mapping("adapter_drop_eval", {}),
+            standalone=standalone,
+            tool_version=str(d.get("tool_version", "")),
+            created=str(d.get("created", "")),
+            schema_version=SCHEMA_VERSION,
+        )
 
     @classmethod
     def read(cls, root: str | Path) -> Manifest:
         root = Path(root)
         if not root.is_dir():
             raise ArtifactError(f"deployment directory {root} does not exist; create one with 'export-adapters'")
-        return cls.from_dict(_read_json(root / MANIFEST_FILE))
+        return cls.from_dict(_read_json(root / MANIFEST_FILE), root / MANIFEST_FILE)
 
     def write(self, root: str | Path) -> None:
         """Replace ``deployment.json`` atomically (temp file + fsync + rename)."""
@@ -438,6 +473,17 @@ class Manifest:
 
     def task_dir(self, root: str | Path, name: str) -> Path:
         return Path(root) / safe_relpath(self.tasks[name])
+
+
+def _safe(f: Fields, key: str, rel: Any) -> str:
+    """A path inside the deployment, or the field's error (absolute, ``..``, backslash, not a string)."""
+    if not isinstance(rel, str):
+        f.fail(key, f"holds {rel!r:.60}, not a path")
+    try:
+        return safe_relpath(rel)
+    except ArtifactError as exc:
+        f.fail(key, str(exc))
+        raise
 
 
 def _split_v1_files(tasks: dict[str, str], files: dict[str, FileEntry]

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from adapterdeploy.errors import ConfigError
+from adapterdeploy.validation import MAX_BOTTLENECK, MAX_LABELS
 
 __all__ = [
     "ACTIVATIONS",
@@ -95,10 +96,14 @@ class AdapterConfig:
             raise ConfigError(
                 f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
             )
+        rf = self.reduction_factor
+        if rf is not None and (isinstance(rf, bool) or not isinstance(rf, int | float)):
+            raise ConfigError(f"reduction_factor must be a number, got {rf!r:.40}")
         if self.bottleneck is None and (self.reduction_factor is None or self.reduction_factor <= 0):
             raise ConfigError("give a positive --reduction-factor or an explicit --bottleneck size")
-        if self.bottleneck is not None and self.bottleneck < 1:
-            raise ConfigError(f"bottleneck must be >= 1, got {self.bottleneck}")
+        if self.bottleneck is not None and (isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int)
+                                            or not 1 <= self.bottleneck <= MAX_BOTTLENECK):
+            raise ConfigError(f"bottleneck must be an integer in 1..{MAX_BOTTLENECK}, got {self.bottleneck!r:.40}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(sorted({int(i) for i in self.layers})))
         if isinstance(self.site, dict):
@@ -112,7 +117,11 @@ class AdapterConfig:
         if self.bottleneck is not None:
             return self.bottleneck
         assert self.reduction_factor is not None
-        return max(1, int(hidden_size // self.reduction_factor))
+        size = max(1, int(hidden_size // self.reduction_factor))
+        if size > MAX_BOTTLENECK:
+            raise ConfigError(f"reduction_factor {self.reduction_factor} gives a bottleneck of {size} for hidden size "
+                              f"{hidden_size}, more than {MAX_BOTTLENECK}; use a reduction factor >= 1")
+        return size
 
     def adapter_layers(self, num_layers: int) -> tuple[int, ...]:
         layers = tuple(range(num_layers)) if self.layers is None else self.layers
@@ -240,6 +249,9 @@ class HeadConfig:
             labels = ("value",) if self.problem_type == "regression" else tuple(str(i) for i in range(self.num_labels))
         if self.problem_type != "regression" and len(labels) != self.num_labels:
             raise ConfigError(f"{len(labels)} label names given for {self.num_labels} labels")
+        if len(set(labels)) != len(labels):
+            dupes = sorted({x for x in labels if labels.count(x) > 1})
+            raise ConfigError(f"label names must be unique, {dupes[:5]} repeat; a prediction could not tell them apart")
         object.__setattr__(self, "labels", labels)
 
     @property
@@ -258,7 +270,16 @@ class HeadConfig:
         if unknown:
             raise ConfigError(f"unknown head config keys {sorted(unknown)}")
         d = dict(d)
-        d["labels"] = tuple(d.get("labels") or ())
+        labels = d.get("labels") or []
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"labels must be a list of strings, got {labels!r:.80}")
+        for key in ("num_labels", "hidden_layers"):
+            value = d.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be an integer, got {value!r:.40}")
+        if not 0 <= d.get("num_labels", 2) <= MAX_LABELS:
+            raise ConfigError(f"num_labels {d['num_labels']} is out of range (at most {MAX_LABELS})")
+        d["labels"] = tuple(labels)
         return cls(**d)
 
     def with_labels(self, labels: tuple[str, ...]) -> HeadConfig:

@@ -19,8 +19,8 @@ from adapterdeploy.artifacts import Manifest, TaskSpec, verify_files
 from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ConfigError, FingerprintMismatchError, UnknownTaskError, UnsupportedAdapterError
 from adapterdeploy.exporter.deployment import bank_of, export_deployment, inspect
-from adapterdeploy.exporter.updates import add_task, remove_task
 from adapterdeploy.exporter.parity import FEATURE_OF_POOLING, GraphRunner, ParityBatch, encode_items
+from adapterdeploy.exporter.updates import add_task, remove_task
 from adapterdeploy.models.base import load_base
 
 TOL = 1e-4

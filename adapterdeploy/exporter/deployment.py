@@ -35,6 +35,7 @@ from adapterdeploy.config import AdapterSignature
 from adapterdeploy.errors import ArtifactError, ConfigError
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
+from adapterdeploy.validation import check_task_name
 from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 
 __all__ = ["bank_of", "export_deployment", "inspect"]
@@ -265,7 +266,6 @@ class _Build:
 
 
 def _load_inputs(base_dir: Any, checkpoint_dirs: Sequence[str | Path]) -> tuple[Any, list[Any]]:
-    from adapterdeploy.exporter.task_pieces import check_task_name
     from adapterdeploy.models.base import load_base
     from adapterdeploy.models.checkpoint import load_checkpoint
 

@@ -7,7 +7,6 @@ layout, so the runtime can run standard heads in numpy, plus ``head.onnx`` for a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,29 +18,15 @@ from safetensors.torch import save_file
 
 from adapterdeploy.artifacts import TASK_HEAD_FILE, TASK_WEIGHTS_FILE, TaskSpec, file_entry
 from adapterdeploy.config import AdapterSignature
-from adapterdeploy.errors import ConfigError
 from adapterdeploy.exporter.adapter_drop import dropped_layers, without_dropped
 from adapterdeploy.exporter.featurizer import head_rows, task_rows
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
-__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "bank_of", "check_task_name", "prepare_task", "write_task_piece"]
+__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "bank_of", "prepare_task", "write_task_piece"]
 
 TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_task_name(name: str) -> str:
-    """Task names become directory names and URL path parts: letters, digits, ``_ . -``, at most 64."""
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(
-            f"task name {name!r} is not usable as a directory name; use letters, digits, '_', '.', '-' "
-            "(starting with a letter or digit, at most 64 characters); rename the checkpoint's task"
-        )
-    return name
-
-
 @dataclass
 class PreparedTask:
     """A checkpoint made ready to export: its reference model (without dropped adapters) and its rows."""

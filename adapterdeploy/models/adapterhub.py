@@ -39,6 +39,7 @@ from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnsupportedAdapterError
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
+from adapterdeploy.validation import check_task_name
 
 __all__ = [
     "AdapterHubImportWarning",
@@ -460,8 +461,10 @@ def import_adapterhub(
     adapter_dir = Path(adapter_dir)
     adapter_cfg, weights, info = _adapter(base, adapter_dir)
     head_cfg, head_weights, head_info = _head(base, Path(head_dir) if head_dir is not None else adapter_dir)
+    name = task_name or info["adapter_name"]
+    check_task_name(name, f"{adapter_dir}: the adapter's name (pass --task NAME to choose another)")
     ckpt = TaskCheckpoint(
-        name=task_name or info["adapter_name"],
+        name=name,
         base_fingerprint=base.fingerprint,
         base_model_type=base.model_type,
         hidden_size=base.hidden_size,

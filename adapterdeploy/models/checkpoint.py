@@ -18,9 +18,16 @@ from safetensors.torch import load_file, save_file
 
 from adapterdeploy.artifacts import atomic_directory, sha256_file
 from adapterdeploy.config import AdapterConfig, HeadConfig
-from adapterdeploy.errors import ArtifactError, ChecksumError, FingerprintMismatchError, SchemaVersionError
+from adapterdeploy.errors import (
+    ArtifactError,
+    ChecksumError,
+    ConfigError,
+    FingerprintMismatchError,
+    SchemaVersionError,
+)
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.validation import MAX_HIDDEN, MAX_LAYERS, Fields, check_task_name
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -149,24 +156,62 @@ def load_checkpoint(path: str | Path) -> TaskCheckpoint:
         weights = load_file(str(weights_file))
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"cannot read {weights_file}: {exc}") from exc
-    base = meta["base"]
-    tok = meta.get("tokenizer", {})
-    return TaskCheckpoint(
-        name=meta["name"],
-        base_fingerprint=base["fingerprint"],
-        base_model_type=base["model_type"],
-        hidden_size=int(base["hidden_size"]),
-        num_layers=int(base["num_layers"]),
-        adapter=AdapterConfig.from_dict(meta["adapter"]),
-        head=HeadConfig.from_dict(meta["head"]),
-        max_length=int(tok.get("max_length", 128)),
-        text_pair=bool(tok.get("text_pair", False)),
+    return _from_meta(meta, weights, p)
+
+
+def _from_meta(meta: dict[str, Any], weights: dict[str, torch.Tensor], p: Path) -> TaskCheckpoint:
+    """Validate the checkpoint's task.json field by field and against the weights actually read."""
+    f = Fields(meta, p / META_FILE, fix="re-create the checkpoint with 'adapterdeploy train' or 'import-adapterhub'")
+    name = f.text("name")
+    check_task_name(name, f"{p / META_FILE}: field 'name'", ArtifactError)
+    base, tok = f.obj("base"), f.obj("tokenizer", {})
+    hidden = base.integer("hidden_size", lo=1, hi=MAX_HIDDEN)
+    layers = base.integer("num_layers", lo=1, hi=MAX_LAYERS)
+    adapter = f.build("adapter", AdapterConfig.from_dict)
+    ckpt = TaskCheckpoint(
+        name=name,
+        base_fingerprint=base.text("fingerprint"),
+        base_model_type=base.text("model_type"),
+        hidden_size=hidden,
+        num_layers=layers,
+        adapter=adapter,
+        head=f.build("head", HeadConfig.from_dict),
+        max_length=tok.integer("max_length", 128, lo=2, hi=1 << 20),
+        text_pair=tok.flag("text_pair", False),
         weights=weights,
-        metrics=dict(meta.get("metrics", {})),
-        training=dict(meta.get("training", {})),
+        metrics=f.mapping("metrics", {}),
+        training=f.mapping("training", {}),
         source=str(meta.get("source", "adapterdeploy")),
         path=p,
     )
+    try:
+        m = ckpt.bottleneck()
+        adapter.adapter_layers(layers)
+    except ConfigError as exc:
+        f.fail("adapter", str(exc))
+    _check_shapes(ckpt, m, f)
+    return ckpt
+
+
+def _check_shapes(ckpt: TaskCheckpoint, m: int, f: Fields) -> None:
+    """Adapter and head weights must have the shapes task.json implies, before any model is built from them
+    (a bottleneck in task.json alone must never decide an allocation)."""
+    H, n_out = ckpt.hidden_size, ckpt.head.out_features
+    for key, t in ckpt.weights.items():
+        want = None
+        if key.endswith(".down.weight"):
+            want = (m, H)
+        elif key.endswith(".up.weight"):
+            want = (H, m)
+        elif key.endswith(".down.bias"):
+            want = (m,)
+        if want is not None and tuple(t.shape) != want:
+            f.fail("adapter", f"implies {key} of shape {list(want)} (bottleneck {m}, hidden {H}), the weights have "
+                              f"{list(t.shape)}")
+    out = ckpt.weights.get("head.out.weight")
+    if out is not None and tuple(out.shape) != (n_out, H):
+        f.fail("head", f"declares {n_out} outputs ({len(ckpt.head.labels)} labels) over hidden size {H}, the weights' "
+                       f"head.out.weight has shape {list(out.shape)}")
 
 
 def checkpoint_from_model(

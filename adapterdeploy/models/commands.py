@@ -11,8 +11,7 @@ from adapterdeploy.config import ACTIVATIONS, PLACEMENTS, POOLINGS, AdapterConfi
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.metrics import MAIN_METRICS
 from adapterdeploy.models.data import FORMATS
-
-TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from adapterdeploy.validation import is_task_name
 
 
 def _parse_layers(value: str | None) -> tuple[int, ...] | None:
@@ -124,8 +123,8 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
     """
     from adapterdeploy.models.data import read_dataset, subset
 
-    if not TASK_NAME_RE.match(task_name):
-        raise click.BadParameter(f"{task_name!r}: use 1-64 letters, digits, '-', '_' or '.', starting with a "
+    if not is_task_name(task_name):
+        raise click.BadParameter(f"{task_name!r}: use 1-128 letters, digits, '-', '_' or '.', starting with a "
                                  "letter or digit", param_hint="--task")
     layer_ids = _parse_layers(layers)
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None

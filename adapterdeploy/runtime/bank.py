@@ -118,6 +118,16 @@ class BankLayout:
                 f"task {task!r} has bank weights this featurizer has no input for: {unexpected[:4]}; "
                 "it was exported for another featurizer layout (re-export it with 'adapterdeploy add-task')"
             )
+        # Allocation sizes come from the weights read, never from task.json alone: the m of the tensors present
+        # must agree with each other and with the declared bottleneck; zero rows of absent sites use that m.
+        found = {int(tensors[n].shape[spec.m_axis - 1]) for n, spec in self.inputs.items()
+                 if spec.m_axis is not None and n in tensors and len(tensors[n].shape) == len(spec.shape) - 1}
+        if len(found) > 1 or (found and found != {bottleneck}):
+            raise ArtifactError(
+                f"task {task!r}: its task.json says bottleneck {bottleneck}, its adapter weights have "
+                f"{sorted(found)}; the task files are inconsistent: re-export the task"
+            )
+        bottleneck = found.pop() if found else 1  # no adapter weights at all: zero rows, any m is exact
         m = bottleneck
         if self.fixed_m is not None:
             if m > self.fixed_m:

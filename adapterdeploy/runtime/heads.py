@@ -78,7 +78,14 @@ class Head:
             if w is None or b is None:
                 raise ArtifactError(f"task {task!r} declares {config.hidden_layers} hidden head layers but lacks "
                                     f"head.hidden.{i}.w/.b; re-export it")
+            if tuple(w.shape) != (hidden_size, hidden_size) or tuple(b.shape) != (hidden_size,):
+                raise ArtifactError(f"task {task!r}: head.hidden.{i}.w/.b have shapes {list(w.shape)} / "
+                                    f"{list(b.shape)}, expected [{hidden_size}, {hidden_size}] / [{hidden_size}] "
+                                    "(the featurizer's hidden size); the task file is inconsistent: re-export it")
             hidden.append((_f32(w), _f32(b)))
+        if "head.out.b" not in tensors:
+            raise ArtifactError(f"task {task!r} has head.out.w but no head.out.b; the task file is inconsistent: "
+                                "re-export it")
         out_w, out_b = _f32(tensors["head.out.w"]), _f32(tensors["head.out.b"])
         if out_w.shape != (hidden_size, config.out_features) or out_b.shape != (config.out_features,):
             raise ArtifactError(
