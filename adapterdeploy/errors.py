@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "ExportError",
     "FingerprintMismatchError",
+    "ForbiddenPathError",
     "InputError",
     "LockedError",
     "OverloadedError",
@@ -26,6 +27,7 @@ __all__ = [
     "RegistryFullError",
     "RequestTimeoutError",
     "SchemaVersionError",
+    "TaskArtifactError",
     "UnavailableError",
     "UnknownTaskError",
     "UnsupportedAdapterError",
@@ -195,3 +197,17 @@ class LockedError(ArtifactError):
 
     error_type = "locked"
     http_status = 409
+
+
+class TaskArtifactError(InputError):
+    """A task directory given to the admin API is bad (metadata, checksums, weights): the client's to fix."""
+
+    error_type = "invalid_task_artifact"
+    http_status = 422
+
+
+class ForbiddenPathError(InputError):
+    """A path outside the directories the operator allowed (``serve --task-root``)."""
+
+    error_type = "forbidden_path"
+    http_status = 403

@@ -2,7 +2,9 @@
 
 ``POST /v2/repository/index`` lists every task with its registry state, size and use count;
 ``POST /v2/repository/models/{task}/load`` loads (``{"parameters": {"pin": true, "priority": 5}}`` pins it,
-``"path"`` loads a task directory exported elsewhere); ``POST /v2/repository/models/{task}/unload`` evicts.
+``"path"`` loads a task directory exported elsewhere, only from under the operator's ``--task-root``
+directories, default the deployment's ``tasks/``); ``POST /v2/repository/models/{task}/unload`` evicts.
+Every bad task artifact answers 4xx (422 ``invalid_task_artifact``, 403 ``forbidden_path``), never 500.
 The router exists only when a token is configured (otherwise these paths are plain 404s). The token is
 compared with ``hmac.compare_digest`` (constant time); a failure is logged with the request id, client
 address and the reason (missing / malformed / wrong), never with the token.
@@ -13,12 +15,21 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from adapterdeploy.errors import ArtifactError, AuthenticationError, InputError
+from adapterdeploy.errors import (
+    ArtifactError,
+    AuthenticationError,
+    FingerprintMismatchError,
+    ForbiddenPathError,
+    InputError,
+    RegistryFullError,
+    TaskArtifactError,
+)
 from adapterdeploy.serving.app import ERRORS, body_doc, read_body, request_id_of
 from adapterdeploy.serving.schemas import (
     ErrorResponse,
@@ -29,6 +40,7 @@ from adapterdeploy.serving.schemas import (
     validate,
 )
 from adapterdeploy.serving.state import ServingState
+from adapterdeploy.validation import check_task_name
 
 __all__ = ["admin_router", "check_token", "task_name_at"]
 
@@ -58,16 +70,28 @@ def check_token(request: Request, expected: str) -> None:
         )
 
 
-def task_name_at(path: str) -> str:
-    """The task name in ``path``/task.json; a path that is not a readable task directory is the client's error."""
+def task_name_at(path: str, roots: tuple[str, ...]) -> str:
+    """The task name in ``path``/task.json, when ``path`` lies under one of the allowed ``roots``.
+
+    Everything wrong with the directory is the client's error (4xx): outside the roots (403), not a task
+    directory or a bad task.json (422), never a 500.
+    """
     from adapterdeploy.artifacts import TASK_FILE, TaskSpec
 
-    if "\x00" in path or not (Path(path) / TASK_FILE).is_file():
-        raise InputError(f"parameters.path {path[:200]!r} is not a task directory (no {TASK_FILE} in it)")
+    if "\x00" in path:
+        raise InputError("parameters.path contains a NUL byte")
+    real = os.path.realpath(path)  # symlinks and '..' resolved before the check, so neither can escape
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        raise ForbiddenPathError(
+            f"parameters.path {path[:200]!r} is outside the directories this server may load tasks from "
+            f"({', '.join(roots)}); the operator allows more with serve --task-root DIR"
+        )
+    if not (Path(real) / TASK_FILE).is_file():
+        raise TaskArtifactError(f"parameters.path {path[:200]!r} is not a task directory (no {TASK_FILE} in it)")
     try:
-        return TaskSpec.read(Path(path)).name
-    except ArtifactError as exc:
-        raise InputError(f"parameters.path: {exc}") from None
+        return TaskSpec.read(Path(real)).name
+    except (ArtifactError, OSError) as exc:
+        raise TaskArtifactError(f"parameters.path: {exc}") from None
 
 
 def admin_router(state: ServingState) -> APIRouter:
@@ -100,15 +124,23 @@ def admin_router(state: ServingState) -> APIRouter:
         check_token(request, token)
         req = validate(LoadRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
         params = req.parameters
+        check_task_name(task, "URL", InputError)
         source = task
         if params.path is not None:
-            spec_name = await asyncio.get_running_loop().run_in_executor(state.aux_pool, task_name_at, params.path)
+            spec_name = await asyncio.get_running_loop().run_in_executor(
+                state.aux_pool, task_name_at, params.path, state.settings.allowed_task_roots)
             if spec_name != task:
                 raise InputError(f"parameters.path holds task {spec_name!r}, not {task!r}; load it under its own name")
-            source = params.path
+            source = os.path.realpath(params.path)
         else:
             state.require_task(task)
-        info, seconds = await state.load_task(source, pin=params.pin, priority=params.priority)
+        try:
+            info, seconds = await state.load_task(source, pin=params.pin, priority=params.priority)
+        except (FingerprintMismatchError, RegistryFullError):
+            raise  # already 4xx / 503 with their own types
+        except (ArtifactError, OSError, ValueError, MemoryError) as exc:
+            # A bad task artifact is what the admin asked to load: a 4xx naming it, never a 500.
+            raise TaskArtifactError(f"task {task!r} cannot be loaded: {exc}") from None
         request.app.openapi_schema = None  # a task loaded from a path joins the documented task names
         log.info("task loaded", extra={"request_id": request_id_of(request), "task": info.name, "pin": params.pin,
                                        "seconds": round(seconds, 4)})

@@ -82,6 +82,10 @@ def parse_bytes(text: str | None) -> int | None:
 @click.option("--admin-token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the bearer token of the admin API (/v2/repository/...). Without it (or "
                    "ADAPTERDEPLOY_ADMIN_TOKEN) the admin API is off (404).")
+@click.option("--task-root", "task_roots", multiple=True, type=click.Path(file_okay=False),
+              help="Directory the admin API may load task directories from (parameters.path must lie under one; "
+                   "repeatable). Default: the deployment's own tasks/. Keeps a leaked admin token from reading "
+                   "arbitrary files of the server.")
 @click.option("--ray", is_flag=True, help="Run as a Ray Serve application instead of plain uvicorn.")
 @click.option("--replicas", default=1, show_default=True, type=int,
               help="With --ray: replicas of the app (each opens the deployment dir; nothing else is shared).")
@@ -119,6 +123,7 @@ def serve(deploy_dir: str, **opts: object) -> None:
             threads=threads, spin_us=opts["spin_us"], max_loaded_tasks=opts["max_loaded_tasks"],
             memory_budget_bytes=parse_bytes(opts["memory_budget"]),  # type: ignore[arg-type]
             preload=tuple(opts["preload"]),  # type: ignore[arg-type]
+            task_roots=tuple(os.path.abspath(r) for r in opts["task_roots"]),  # type: ignore[union-attr]
             workers=workers, ray=bool(opts["ray"]), replicas=opts["replicas"],
             admin_token=read_admin_token(opts["admin_token_file"]),  # type: ignore[arg-type]
             log_level=opts["log_level"], access_log_json=opts["log_format"] == "json",

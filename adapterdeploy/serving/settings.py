@@ -63,6 +63,8 @@ class Settings:
     max_loaded_tasks: int | None = None
     memory_budget_bytes: int | None = None
     preload: tuple[str, ...] = ()
+    # directories the admin API may load task directories from (empty: the deployment's own tasks/)
+    task_roots: tuple[str, ...] = ()
     # process model
     workers: int = 1
     ray: bool = False
@@ -100,6 +102,13 @@ class Settings:
         if self.providers is not None:
             object.__setattr__(self, "providers", tuple(self.providers))
         object.__setattr__(self, "preload", tuple(self.preload))
+        object.__setattr__(self, "task_roots", tuple(self.task_roots))
+
+    @property
+    def allowed_task_roots(self) -> tuple[str, ...]:
+        """Resolved directories the admin API may load from (default: ``<deployment>/tasks``)."""
+        roots = self.task_roots or (os.path.join(self.deploy_dir, "tasks"),)
+        return tuple(os.path.realpath(r) for r in roots)
 
     @property
     def admin_enabled(self) -> bool:
