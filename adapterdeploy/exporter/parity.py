@@ -71,8 +71,17 @@ def encode_items(tokenizer: Any, items: Sequence[Item], max_length: int) -> tupl
     return ids, mask, tt
 
 
-def parity_batches(tokenizer: Any, num_tasks: int, max_length: int) -> list[ParityBatch]:
-    """A mixed batch (max-length row, padded rows, singles, pairs, full fan-out) and an unpadded one."""
+PARITY_GROUP = 8  # tasks per mixed parity batch: bounds the rows of one onnxruntime call whatever N is
+
+
+def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int = PARITY_GROUP
+                   ) -> list[ParityBatch]:
+    """Mixed batches (max-length row, padded rows, singles, pairs, every task in a fan-out) and an unpadded one.
+
+    The mixed rows are split into one batch per group of ``group`` tasks: every task still sees every text,
+    while one batch holds at most ``6 * group`` rows (at N = 64 one batch of all 384 rows padded to
+    max_length was most of the export's memory, and it grew with N).
+    """
     long_text = " ".join(["the movie was a great story and the actor was very good"] * max_length)
     items: list[Item] = [
         long_text,
@@ -83,15 +92,18 @@ def parity_batches(tokenizer: Any, num_tasks: int, max_length: int) -> list[Pari
         "yes",
     ]
     ids, mask, tt = encode_items(tokenizer, items, max_length)
-    pairs = [(u, t) for t in range(num_tasks) for u in range(len(items))]
-    order = np.random.default_rng(0).permutation(len(pairs))  # interleave tasks and texts
-    rs = np.array([pairs[i][0] for i in order], dtype=np.int64)
-    ti = np.array([pairs[i][1] for i in order], dtype=np.int64)
-    mixed = ParityBatch("mixed", ids, mask, tt, rs, ti)
+    batches = []
+    starts = range(0, max(num_tasks, 1), group)
+    for g in starts:
+        pairs = [(u, t) for t in range(g, min(g + group, num_tasks)) for u in range(len(items))]
+        order = np.random.default_rng(g).permutation(len(pairs))  # interleave tasks and texts
+        rs = np.array([pairs[i][0] for i in order], dtype=np.int64)
+        ti = np.array([pairs[i][1] for i in order], dtype=np.int64)
+        batches.append(ParityBatch("mixed" if len(starts) == 1 else f"mixed[{g}:{g + group}]", ids, mask, tt, rs, ti))
     ids1, mask1, tt1 = encode_items(tokenizer, ["a good film"], max_length)
     fan = ParityBatch("fan_out_unpadded", ids1, mask1, tt1, np.zeros(num_tasks, dtype=np.int64),
                       np.arange(num_tasks, dtype=np.int64))
-    return [mixed, fan]
+    return [*batches, fan]
 
 
 @dataclass
@@ -100,12 +112,16 @@ class _Reference:
     logits: np.ndarray  # [U, out]
 
 
-def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -> list[_Reference]:
-    """Each task's PyTorch features and logits on every unique text of the batch."""
+def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -> list[_Reference | None]:
+    """Each task's PyTorch features and logits on every unique text of the batch (None: no row of it here)."""
     ids, mask, tt = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
-    refs = []
+    present = set(batch.task_index.tolist())
+    refs: list[_Reference | None] = []
     with torch.no_grad():
-        for model in models:
+        for t, model in enumerate(models):
+            if t not in present:
+                refs.append(None)
+                continue
             h = model.encode(ids, mask, tt)
             pooler = getattr(model.base, "pooler", None) if model.base_info.has_pooler else None
             feats = {"cls": h[:, 0], "mean": mean_pool(h, mask)}
@@ -209,6 +225,7 @@ def run_parity(runner: GraphRunner, tasks: Sequence[str], poolings: Sequence[str
                 continue
             src = batch.row_source[rows]
             ref = batch_refs[t]
+            assert ref is not None  # every task with rows in a batch has its reference
             for name, value in feats.items():
                 result.add(task, f"features.{name}", np.abs(value[rows] - ref.features[name][src]).max())
             logits = runner.head(task, feats[FEATURE_OF_POOLING[poolings[t]]][rows])
@@ -225,6 +242,8 @@ def compare_standalone(path: str | Path, task: str, t: int, classification: bool
     session = _session(path)
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
+        if batch_refs[t] is None:  # a mixed batch of another task group
+            continue
         text = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                 "token_type_ids": batch.token_type_ids}
         logits = session.run(None, _feed(session, text))[0].astype(np.float32)
