@@ -81,17 +81,18 @@ def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> t
 
 
 def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
+    """The featurizer signature all tasks share; stacked and plain tasks mix (plain ones get zero lower rows)."""
     first = ckpts[0]
-    sig = first.adapter.signature()
+    sig = dataclasses.replace(first.signature(), stack=False)
     for other in ckpts[1:]:
-        osig = other.adapter.signature()
+        osig = dataclasses.replace(other.signature(), stack=False)
         if osig != sig:
             raise ConfigError(
                 f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
                 f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
                 "so export them into separate deployments (separate --out)"
             )
-    return sig
+    return dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
 
 
 def _position_limit(base: Any) -> int:
@@ -116,6 +117,14 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
 
     for ckpt in ckpts:
         missing = sorted(set(range(adapter_drop, num_layers)) - set(ckpt.adapter.adapter_layers(num_layers)))
+        if signature.stack and not zero_adapter_is_identity(signature):
+            low = ckpt.stack_on.config.adapter_layers(num_layers) if ckpt.stack_on is not None else ()
+            if set(range(adapter_drop, num_layers)) - set(low):
+                raise UnsupportedAdapterError(
+                    f"task {ckpt.name!r} has no lower (stacked) adapter in some adapted layers, and with the site "
+                    f"options ({signature.site}) a zero adapter is not the same as no adapter; export stacked and "
+                    "plain tasks into separate deployments, or give every layer >= K a lower adapter"
+                )
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
@@ -404,7 +413,13 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
     if ckpt.name in manifest.tasks and not replace:
         raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
                           f"(adapterdeploy remove-task {root} {ckpt.name})")
-    sig = ckpt.adapter.signature()
+    sig = ckpt.signature()
+    if sig.stack and not fz.signature.stack:
+        raise FingerprintMismatchError(
+            f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer of "
+            f"{root} has no lower-adapter slots (none of its tasks was stacked); export the deployment again "
+            "with this task among its --task checkpoints")
+    sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
     if sig != fz.signature:
         raise FingerprintMismatchError(
             f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
