@@ -217,3 +217,53 @@ def test_train_stack_on_keeps_the_language_adapter_frozen(stacked, tiny_base_dir
         model.lower.clear()  # without the lower adapter the task answers differently
         alone = model(**enc)
     assert (stacked_out - alone).abs().max().item() > 1e-3
+
+
+def test_remove_task_drops_a_lower_adapter_only_with_its_last_task(stacked, tiny_base_dir, tmp_path):
+    from adapterdeploy.exporter.deployment import remove_task
+
+    deploy = tmp_path / "d"
+    export_deployment(tiny_base_dir, [stacked["ckpts"][0], stacked["ckpts"][1], stacked["ckpts"][-1]], deploy)
+    remove_task(deploy, "t0")
+    assert (deploy / "shared" / "lang" / "adapters.safetensors").is_file()
+    remove_task(deploy, "t1")
+    assert not (deploy / "shared").exists()
+    with Deployment.open(deploy) as dep:  # the plain task still runs on the stacked featurizer
+        assert (
+            np.abs(
+                np.array([list(p.probabilities.values()) for p in dep.predict(TEXTS, task="plain")])
+                - stacked["refs"]["plain"]
+            ).max()
+            <= TOL
+        )
+
+
+@pytest.mark.slow
+def test_stack_on_minilm_roundtrip(tmp_path):
+    """The same round trip on the embedded all-MiniLM-L6-v2 (double_seq_bn stack, noise 0.05 as in
+    test_adapterhub's MiniLM case: 0.5 on 384-wide layers amplifies float32 rounding past the tolerance)."""
+    from adapterdeploy.models.base import default_base_dir, load_base
+
+    base_dir = default_base_dir()
+    torch.manual_seed(0)
+    model = ah.AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
+    model.add_adapter("lang", config=ah.DoubleSeqBnConfig(reduction_factor=4))
+    model.add_adapter("task", config=ah.DoubleSeqBnConfig(reduction_factor=16))
+    model.add_classification_head("task", num_labels=3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters." in name or name.startswith("heads."):
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    base = load_base(base_dir)
+    ref = _library_probs(model, base.load_tokenizer(), "task", stack=True)
+    alone = _library_probs(model, base.load_tokenizer(), "task", stack=False)
+    assert np.abs(ref - alone).max() > 1e-3
+    model.save_adapter(str(tmp_path / "lang"), "lang", with_head=False)
+    model.save_adapter(str(tmp_path / "task"), "task", with_head=True)
+    ckpt = save_checkpoint(import_adapterhub_stack(base, tmp_path / "lang", tmp_path / "task"), tmp_path / "ck")
+    manifest = export_deployment(base_dir, [ckpt], tmp_path / "deploy")
+    assert manifest.parity["tasks"]["task"]["fp32"]["logits_max_abs_diff"] <= TOL
+    with Deployment.open(tmp_path / "deploy") as dep:
+        got = np.array([list(p.probabilities.values()) for p in dep.predict(TEXTS, task="task")])
+    assert np.abs(got - ref).max() <= TOL

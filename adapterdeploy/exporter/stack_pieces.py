@@ -68,3 +68,25 @@ def write_shared_lower(root: Path, lower_name: str, rows: dict[str, torch.Tensor
         save_file(tensors, str(path), metadata={"format": SHARED_FORMAT, "name": lower_name, "digest": digest})
         path.chmod(0o644)  # save_file writes 0600; a deployment is read by other users
     return {"name": lower_name, "file": rel, "bottleneck": m, "digest": digest}
+
+
+def prune_shared(root: Path, task_dirs: list[Path]) -> list[str]:
+    """Remove ``shared/<name>`` directories no remaining task is stacked on; return the removed names."""
+    import shutil
+
+    from adapterdeploy.artifacts import TaskSpec
+
+    shared = root / SHARED_DIR
+    if not shared.is_dir():
+        return []
+    used = set()
+    for d in task_dirs:
+        stack_on = TaskSpec.read(d).adapter.get("stack_on")
+        if stack_on:
+            used.add(Path(stack_on["file"]).parent.name)
+    removed = sorted(p.name for p in shared.iterdir() if p.name not in used)
+    for name in removed:
+        shutil.rmtree(shared / name)
+    if not any(shared.iterdir()):
+        shared.rmdir()
+    return removed
