@@ -37,7 +37,7 @@ def two_tasks(tiny_base, tmp_path_factory):
 
 
 def test_auto_picks_the_largest_k_within_the_bound(tiny_base, tiny_base_dir, two_tasks, tmp_path):
-    root, ckpts, devs = two_tasks
+    _, ckpts, devs = two_tasks
     loaded = [load_checkpoint(c) for c in ckpts]
     _, table = choose_adapter_drop(tiny_base, loaded, devs, 48, max_drop=100.0)
     losses = {k: max(t["loss_points"][k] for t in table["tasks"].values()) for k in map(str, table["candidates"])}
@@ -91,7 +91,7 @@ def test_auto_picks_the_largest_k_within_the_bound(tiny_base, tiny_base_dir, two
 
 
 def test_auto_needs_a_dev_file_per_task(tiny_base_dir, two_tasks, tmp_path):
-    root, ckpts, devs = two_tasks
+    _, ckpts, devs = two_tasks
     res = CliRunner().invoke(
         main,
         [
