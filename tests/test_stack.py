@@ -133,6 +133,10 @@ def test_ten_tasks_on_one_language_adapter_store_it_once(stacked):
         lang_bytes = dep.shared_adapters()["lang"]
         assert lang_bytes == sum(loaded[0].arrays[k].nbytes for k in lower_keys)
         assert all(r.nbytes < lang_bytes for r in loaded)  # a task's own bytes exclude the shared lower
+    shown = CliRunner().invoke(main, ["inspect", str(deploy)])
+    assert shown.exit_code == 0, shown.output
+    checked = CliRunner().invoke(main, ["check", str(deploy)])
+    assert checked.exit_code == 0, checked.output
 
 
 def test_stacked_task_is_refused_by_a_plain_featurizer(stacked, tiny_base_dir, tmp_path):
