@@ -75,6 +75,8 @@ def test_auto_picks_the_largest_k_within_the_bound(tiny_base, tiny_base_dir, two
             f"t0={devs['t0']}",
             "--eval",
             f"t1={devs['t1']}",
+            "--max-length",
+            "32",
             "--quiet",
         ],
     )

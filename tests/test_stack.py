@@ -81,7 +81,7 @@ def stacked(tiny_base_dir, tiny_base, tmp_path_factory):
             save_checkpoint(dataclasses.replace(first, name=f"t{i}", weights=w, path=None), root / "ckpt" / f"t{i}")
         )
     ckpts.append(save_checkpoint(import_adapterhub(tiny_base, root / "plain"), root / "ckpt" / "plain"))
-    manifest = export_deployment(tiny_base_dir, ckpts, root / "deploy")
+    manifest = export_deployment(tiny_base_dir, ckpts, root / "deploy", max_length=32)  # short rows: a faster test
     return {
         "root": root,
         "deploy": root / "deploy",
@@ -140,7 +140,7 @@ def test_ten_tasks_on_one_language_adapter_store_it_once(stacked):
 
 
 def test_stacked_task_is_refused_by_a_plain_featurizer(stacked, tiny_base_dir, tmp_path):
-    export_deployment(tiny_base_dir, [stacked["ckpts"][-1]], tmp_path / "plain")
+    export_deployment(tiny_base_dir, [stacked["ckpts"][-1]], tmp_path / "plain", max_length=32)
     with pytest.raises(FingerprintMismatchError, match=r"stacked on the lower adapter 'lang'.*no lower-adapter slots"):
         add_task(tmp_path / "plain", stacked["ckpts"][0])
 
@@ -227,7 +227,9 @@ def test_remove_task_drops_a_lower_adapter_only_with_its_last_task(stacked, tiny
     from adapterdeploy.exporter.deployment import remove_task
 
     deploy = tmp_path / "d"
-    export_deployment(tiny_base_dir, [stacked["ckpts"][0], stacked["ckpts"][1], stacked["ckpts"][-1]], deploy)
+    export_deployment(
+        tiny_base_dir, [stacked["ckpts"][0], stacked["ckpts"][1], stacked["ckpts"][-1]], deploy, max_length=32
+    )
     remove_task(deploy, "t0")
     assert (deploy / "shared" / "lang" / "adapters.safetensors").is_file()
     remove_task(deploy, "t1")
