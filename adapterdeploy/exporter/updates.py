@@ -31,6 +31,7 @@ from adapterdeploy.artifacts import (
     MANIFEST_FILE,
     STAGING_PREFIX,
     TASK_FILE,
+    FileEntry,
     Manifest,
     TaskSpec,
     featurizer_fingerprint,
@@ -38,6 +39,7 @@ from adapterdeploy.artifacts import (
     fsync_tree,
     make_readable,
     safe_relpath,
+    sha256_file,
 )
 from adapterdeploy.errors import ArtifactError, ChecksumError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet
@@ -78,7 +80,13 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
             if ckpt.name in manifest.tasks and not replace:
                 raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
                                   f"(adapterdeploy remove-task {root} {ckpt.name})")
-            sig = ckpt.adapter.signature()
+            sig = ckpt.signature()
+            if sig.stack and not fz.signature.stack:
+                raise FingerprintMismatchError(
+                    f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer "
+                    f"of {root} has no lower-adapter slots (none of its tasks was stacked); export the deployment "
+                    "again with this task among its --task checkpoints")
+            sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
             if sig != fz.signature:
                 raise FingerprintMismatchError(
                     f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
@@ -148,7 +156,7 @@ def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFA
         drop_eval = dict(manifest.adapter_drop_eval)
         if "tasks" in drop_eval:
             drop_eval["tasks"] = {k: v for k, v in drop_eval["tasks"].items() if k != name}
-        gone = list(manifest.standalone.get(name, {}).values())
+        gone = list(manifest.standalone.get(name, {}).values()) + _unused_shared(root, manifest, name)
         new = dataclasses.replace(
             manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name},
             task_files={k: v for k, v in manifest.task_files.items() if k != name},
@@ -156,7 +164,10 @@ def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFA
             standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
             adapter_drop_eval=drop_eval)
         new.write(root)
-        _remove(root, [manifest.tasks[name], *gone])
+        _remove(root, [manifest.tasks[name], *gone, *(str(PurePosixPath(g).parent) for g in gone
+                                                      if g.startswith("shared/"))])
+        with contextlib.suppress(OSError):  # the last lower adapter gone: no empty shared/ left behind
+            (root / "shared").rmdir()
     return new
 
 
@@ -229,6 +240,14 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
             if name in tasks:
                 obsolete.append(tasks[name])
             tasks[name], task_files[name] = rel, file_entry(root / rel / TASK_FILE)
+        for rel in _staged_shared(stage):
+            if rel in files:  # stored already: the same lower adapter, or a clash of two under one name
+                _check_same_lower(stage, root, rel, files[rel])
+                continue
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(stage / rel, root / rel)
+            installed.append(str(PurePosixPath(rel).parent))
+            files[rel] = file_entry(root / rel)  # a file we wrote: hashed once
         for name, by_precision in standalone.items():
             obsolete += [p for p in new_standalone.get(name, {}).values() if p not in obsolete]
             placed = {}
@@ -247,6 +266,31 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
         files.pop(rel, None)
     new = dataclasses.replace(manifest, tasks=tasks, task_files=task_files, files=files, standalone=new_standalone)
     return new, installed, obsolete
+
+
+def _check_same_lower(stage: Path, root: Path, rel: str, stored: FileEntry) -> None:
+    if sha256_file(stage / rel) != stored.sha256:
+        raise ConfigError(f"two different lower adapters are both named {PurePosixPath(rel).parent.name!r} "
+                          f"({root / rel} holds another one); rename one (its stack_on name)")
+
+
+def _staged_shared(stage: Path) -> list[str]:
+    """Lower adapters (``shared/<name>/adapters.safetensors``) the staged tasks are stacked on."""
+    from adapterdeploy.exporter.stack_pieces import SHARED_DIR
+
+    return sorted(p.relative_to(stage).as_posix() for p in (stage / SHARED_DIR).glob("*/*") if p.is_file())
+
+
+def _unused_shared(root: Path, manifest: Manifest, removed: str) -> list[str]:
+    """Shared lower-adapter files that no task but ``removed`` is stacked on (read only when it was stacked)."""
+    stack_on = TaskSpec.read(root / safe_relpath(manifest.tasks[removed])).adapter.get("stack_on")
+    if not stack_on:
+        return []
+    for name, rel in manifest.tasks.items():
+        if name != removed and (TaskSpec.read(root / safe_relpath(rel)).adapter.get("stack_on") or {}).get(
+                "file") == stack_on["file"]:
+            return []
+    return [stack_on["file"]]
 
 
 def _remove(root: Path, rels: Sequence[str]) -> None:
