@@ -104,7 +104,11 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
     engine = dep._engine
     tensors = load_file(str(source / TASK_WEIGHTS_FILE))
     dtypes = {i.name: i.dtype for i in engine.layout.inputs.values()}
-    bank = {k: np.ascontiguousarray(tensors[k][None], dtype=dtypes[k]) for k in dtypes}
+    # A stacked task's lower-adapter rows live in the deployment's shared/ file (or are zeros for a plain task
+    # on a stacked featurizer): those come from the loaded task, its own rows straight from its file.
+    loaded = dep._task(task).rows.arrays
+    bank = {k: np.ascontiguousarray(tensors[k][None] if k in tensors else loaded[k], dtype=dtypes[k])
+            for k in dtypes}
     head_file = source / TASK_HEAD_FILE
     head = (Head(config=spec.head, session=dep._factory.session(head_file)) if head_file.is_file()
             else Head.from_tensors(task, spec.head, tensors, dep.manifest.featurizer.hidden_size))
