@@ -49,8 +49,17 @@ def deployment(deploy_dir):
 @pytest.fixture(scope="module")
 def server(deploy_dir):
     grpc_port = free_port()
-    with subprocess_server(deploy_dir, "--grpc-port", str(grpc_port), "--max-rows-per-request", "16",
-                           "--max-wait-ms", "1", "--log-level", "warning") as (_, url):
+    with subprocess_server(
+        deploy_dir,
+        "--grpc-port",
+        str(grpc_port),
+        "--max-rows-per-request",
+        "16",
+        "--max-wait-ms",
+        "1",
+        "--log-level",
+        "warning",
+    ) as (_, url):
         yield url, f"127.0.0.1:{grpc_port}"
 
 
@@ -102,8 +111,9 @@ def test_tritonclient_http_json_tensors_pairs_and_output_selection(server, deplo
     client = tritonhttp.InferenceServerClient(server[0].removeprefix("http://"))
     inp = tritonhttp.InferInput("text", [len(TEXTS)], "BYTES")
     inp.set_data_from_numpy(np.array(TEXTS, dtype=object), binary_data=False)
-    outs = [tritonhttp.InferRequestedOutput(n, binary_data=False) for n in ("label", "score", "probabilities",
-                                                                             "truncated")]
+    outs = [
+        tritonhttp.InferRequestedOutput(n, binary_data=False) for n in ("label", "score", "probabilities", "truncated")
+    ]
     check_topic(client.infer("topic", [inp], outputs=outs, model_version=version), deployment)
     a = tritonhttp.InferInput("text", [2, 1], "BYTES")
     a.set_data_from_numpy(np.array([["a man"], ["the day"]], dtype=object))
@@ -140,8 +150,9 @@ def kserve_rest_body(model_name: str, texts: list[str], binary: bool) -> tuple[b
         inp["parameters"] = {"binary_data_size": len(raw[0])}
     else:
         inp["data"] = texts
-    head = json.dumps({"id": str(uuid.uuid4()), "model_name": model_name, "inputs": [inp]},
-                      separators=(",", ":")).encode()
+    head = json.dumps(
+        {"id": str(uuid.uuid4()), "model_name": model_name, "inputs": [inp]}, separators=(",", ":")
+    ).encode()
     headers = {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}
     return head + b"".join(raw), headers if binary else {}
 
@@ -154,10 +165,13 @@ def kserve_parse(response: httpx.Response) -> dict:
     for out in body["outputs"]:
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            raw = response.content[offset:offset + size]
+            raw = response.content[offset : offset + size]
             offset += size
-            out["data"] = ([b.decode() for b in v2_binary.decode_bytes_elements(raw, "out")]
-                           if out["datatype"] == "BYTES" else np.frombuffer(raw, "<f4").tolist())
+            out["data"] = (
+                [b.decode() for b in v2_binary.decode_bytes_elements(raw, "out")]
+                if out["datatype"] == "BYTES"
+                else np.frombuffer(raw, "<f4").tolist()
+            )
     return body
 
 
@@ -175,8 +189,15 @@ def test_kserve_rest_client_bodies(server, deployment, binary):
 def test_optional_fields_unknown_extensions_and_target_checks(server, version):
     base = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
     url = f"{server[0]}/v2/models/topic"
-    extra = {**base, "id": "a", "parameters": {"priority": 3}, "sequence_id": 4, "x-vendor": {"any": [1]},
-             "model_name": "topic", "model_version": version}
+    extra = {
+        **base,
+        "id": "a",
+        "parameters": {"priority": 3},
+        "sequence_id": 4,
+        "x-vendor": {"any": [1]},
+        "model_name": "topic",
+        "model_version": version,
+    }
     r = httpx.post(f"{url}/versions/{version}/infer", json=extra)
     assert r.status_code == 200 and r.json()["id"] == "a" and r.json()["model_version"] == version, r.text
     r = httpx.post(f"{url}/infer", json={**base, "model_name": "sentiment"})
@@ -210,20 +231,23 @@ def _text(size: int | None = None, shape=(1,)) -> dict:
 GOOD = v2_binary.encode_bytes_elements([b"fine"])
 
 
-@pytest.mark.parametrize(("inputs", "blob", "header", "fragment"), [
-    ([_text(len(GOOD) + 5)], GOOD, None, "only 8 bytes"),                       # size overruns the body
-    ([_text(-1)], GOOD, None, "binary_data_size is -1"),
-    ([_text(1 << 60)], GOOD, None, "binary_data_size is 1152921504606846976"),  # huge
-    ([_text(len(GOOD))], GOOD, "999999", "the whole body has"),                # header past the body
-    ([_text(len(GOOD))], GOOD, "-3", "not a non-negative whole number"),
-    ([_text(len(GOOD))], GOOD + b"xx", None, "2 bytes after"),                 # bytes nobody declared
-    ([_text(8)], b"\xff\xff\xff\x7f" + b"abcd", None, "declares 2147483647 bytes"),  # element overruns
-    ([_text(6)], b"\x01\x00\x00\x00a\x00", None, "stray bytes"),
-    ([_text(5)], b"\x01\x00\x00\x00\xff", None, "not valid UTF-8"),
-    ([_text(len(GOOD), shape=(2,))], GOOD, None, "holds 1 elements but shape [2]"),
-    ([{**_text(len(GOOD)), "data": ["x"]}], GOOD, None, "both 'data'"),
-    ([_text(True)], GOOD, None, "binary_data_size is True"),
-])
+@pytest.mark.parametrize(
+    ("inputs", "blob", "header", "fragment"),
+    [
+        ([_text(len(GOOD) + 5)], GOOD, None, "only 8 bytes"),  # size overruns the body
+        ([_text(-1)], GOOD, None, "binary_data_size is -1"),
+        ([_text(1 << 60)], GOOD, None, "binary_data_size is 1152921504606846976"),  # huge
+        ([_text(len(GOOD))], GOOD, "999999", "the whole body has"),  # header past the body
+        ([_text(len(GOOD))], GOOD, "-3", "not a non-negative whole number"),
+        ([_text(len(GOOD))], GOOD + b"xx", None, "2 bytes after"),  # bytes nobody declared
+        ([_text(8)], b"\xff\xff\xff\x7f" + b"abcd", None, "declares 2147483647 bytes"),  # element overruns
+        ([_text(6)], b"\x01\x00\x00\x00a\x00", None, "stray bytes"),
+        ([_text(5)], b"\x01\x00\x00\x00\xff", None, "not valid UTF-8"),
+        ([_text(len(GOOD), shape=(2,))], GOOD, None, "holds 1 elements but shape [2]"),
+        ([{**_text(len(GOOD)), "data": ["x"]}], GOOD, None, "both 'data'"),
+        ([_text(True)], GOOD, None, "binary_data_size is True"),
+    ],
+)
 def test_malformed_binary_requests_get_400(server, inputs, blob, header, fragment):
     r = _binary_request(server[0], inputs, blob, header)
     assert r.status_code == 400, r.text
@@ -266,12 +290,17 @@ def test_grpc_bytes_contents_and_status_codes(server, deployment, version):
 
     pb = messages()
     with grpc.insecure_channel(server[1]) as channel:
-        infer = channel.unary_unary(method_path("ModelInfer"),
-                                    request_serializer=pb.ModelInferRequest.SerializeToString,
-                                    response_deserializer=pb.ModelInferResponse.FromString)
+        infer = channel.unary_unary(
+            method_path("ModelInfer"),
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         tensor = pb.ModelInferRequest.InferInputTensor(
-            name="text", datatype="BYTES", shape=[len(TEXTS)],
-            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]))
+            name="text",
+            datatype="BYTES",
+            shape=[len(TEXTS)],
+            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]),
+        )
         reply = infer(pb.ModelInferRequest(model_name="topic", model_version=version, inputs=[tensor]))
         names = [o.name for o in reply.outputs]
         labels = v2_binary.decode_bytes_elements(reply.raw_output_contents[names.index("label")], "label")
@@ -285,21 +314,25 @@ def test_grpc_bytes_contents_and_status_codes(server, deployment, version):
         assert code_of(pb.ModelInferRequest(model_name="ghost", inputs=[tensor]))[0] == grpc.StatusCode.NOT_FOUND
         code, details = code_of(pb.ModelInferRequest(model_name="topic", model_version="999", inputs=[tensor]))
         assert code == grpc.StatusCode.NOT_FOUND and "no version '999'" in details
-        bad = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2],
-                                                    contents=pb.InferTensorContents(bytes_contents=[b"\xff"]))
+        bad = pb.ModelInferRequest.InferInputTensor(
+            name="text", datatype="BYTES", shape=[2], contents=pb.InferTensorContents(bytes_contents=[b"\xff"])
+        )
         code, details = code_of(pb.ModelInferRequest(model_name="topic", inputs=[bad]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "shape [2]" in details
-        utf = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1],
-                                                    contents=pb.InferTensorContents(bytes_contents=[b"\xff"]))
+        utf = pb.ModelInferRequest.InferInputTensor(
+            name="text", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[b"\xff"])
+        )
         code, details = code_of(pb.ModelInferRequest(model_name="topic", inputs=[utf]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in details
         many = pb.ModelInferRequest.InferInputTensor(
-            name="text", datatype="BYTES", shape=[17], contents=pb.InferTensorContents(bytes_contents=[b"a"] * 17))
+            name="text", datatype="BYTES", shape=[17], contents=pb.InferTensorContents(bytes_contents=[b"a"] * 17)
+        )
         code, details = code_of(pb.ModelInferRequest(model_name="topic", inputs=[many]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "--max-rows-per-request" in details
         raw = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
-        code, details = code_of(pb.ModelInferRequest(model_name="topic", inputs=[raw],
-                                                     raw_input_contents=[b"\x09\x00\x00\x00ab"]))
+        code, details = code_of(
+            pb.ModelInferRequest(model_name="topic", inputs=[raw], raw_input_contents=[b"\x09\x00\x00\x00ab"])
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "declares 9 bytes" in details
         huge = pb.ModelInferRequest(model_name="topic", inputs=[tensor], raw_input_contents=[b"x" * (2 << 20)])
         assert code_of(huge)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # over --max-body-bytes (1 MiB)

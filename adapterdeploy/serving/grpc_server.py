@@ -65,8 +65,9 @@ def _retry_trailers(exc: OverloadedError) -> tuple[tuple[str, str | bytes], ...]
     from google.rpc import code_pb2, error_details_pb2, status_pb2
 
     seconds = float(exc.retry_after_s)
-    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
-        seconds=int(seconds), nanos=int((seconds - int(seconds)) * 1e9)))
+    info = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds - int(seconds)) * 1e9))
+    )
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc), details=[detail])
@@ -118,8 +119,7 @@ class InferenceServicer:
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = protocol.server_metadata(__version__, self.state.settings.admin_enabled)
-        return self.pb.ServerMetadataResponse(name=meta["name"], version=meta["version"],
-                                              extensions=meta["extensions"])
+        return self.pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = await self.state.task_meta(request.name)
@@ -127,9 +127,12 @@ class InferenceServicer:
         d = protocol.model_metadata(meta)
         tensor = self.pb.ModelMetadataResponse.TensorMetadata
         return self.pb.ModelMetadataResponse(
-            name=d["name"], versions=d["versions"], platform=d["platform"],
+            name=d["name"],
+            versions=d["versions"],
+            platform=d["platform"],
             inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in d["inputs"]],
-            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in d["outputs"]])
+            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in d["outputs"]],
+        )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
@@ -149,8 +152,10 @@ class InferenceServicer:
         if not 1 <= len(inputs) <= 2:
             raise InputError(f"inputs: {len(inputs)} tensors; send 'text' (and 'text_pair' for pair tasks)")
         if raw and len(raw) != len(inputs):
-            raise InputError(f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; send one per "
-                             "input, in order, or use contents.bytes_contents")
+            raise InputError(
+                f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; send one per "
+                "input, in order, or use contents.bytes_contents"
+            )
         by_name: dict[str, list[str]] = {}
         for i, tensor in enumerate(inputs):
             protocol.check_input_name(tensor.name, i, by_name, meta)
@@ -161,10 +166,12 @@ class InferenceServicer:
                 values = v2_binary.decode_bytes_elements(raw[i], f"raw_input_contents[{i}]")
                 elements = [(v, f"raw_input_contents[{i}][{j}]") for j, v in enumerate(values)]
             else:
-                elements = [(v, f"{where}.contents.bytes_contents[{j}]")
-                            for j, v in enumerate(tensor.contents.bytes_contents)]
-            by_name[tensor.name] = protocol.texts_of_tensor(tensor.name, tensor.datatype, list(tensor.shape),
-                                                            elements, where)
+                elements = [
+                    (v, f"{where}.contents.bytes_contents[{j}]") for j, v in enumerate(tensor.contents.bytes_contents)
+                ]
+            by_name[tensor.name] = protocol.texts_of_tensor(
+                tensor.name, tensor.datatype, list(tensor.shape), elements, where
+            )
         return protocol.rows_from_texts(by_name, meta)
 
     def _response(self, request: Any, meta: protocol.TaskMeta, tensors: list[protocol.OutputTensor]) -> Any:
@@ -172,11 +179,18 @@ class InferenceServicer:
         outputs = []
         for t in tensors:
             params = {k: pb.InferParameter(string_param=str(v)) for k, v in t.parameters.items()}
-            outputs.append(pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=t.shape,
-                                                                   parameters=params))
+            outputs.append(
+                pb.ModelInferResponse.InferOutputTensor(
+                    name=t.name, datatype=t.datatype, shape=t.shape, parameters=params
+                )
+            )
         return pb.ModelInferResponse(
-            model_name=meta.name, model_version=meta.version, id=request.id, outputs=outputs,
-            raw_output_contents=[v2_binary.encode_tensor(t.datatype, t.data) for t in tensors])
+            model_name=meta.name,
+            model_version=meta.version,
+            id=request.id,
+            outputs=outputs,
+            raw_output_contents=[v2_binary.encode_tensor(t.datatype, t.data) for t in tensors],
+        )
 
 
 def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
@@ -185,8 +199,10 @@ def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"):
         req, resp = getattr(pb, f"{rpc}Request"), getattr(pb, f"{rpc}Response")
         methods[rpc] = grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, rpc)), request_deserializer=req.FromString,
-            response_serializer=resp.SerializeToString)
+            _guarded(getattr(servicer, rpc)),
+            request_deserializer=req.FromString,
+            response_serializer=resp.SerializeToString,
+        )
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
@@ -197,8 +213,9 @@ async def start_grpc_server(state: ServingState, host: str, port: int) -> grpc.a
     spreads connections over them as it does for the HTTP socket.
     """
     limit = state.settings.max_body_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", max(limit, 4 << 20))])
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", max(limit, 4 << 20))]
+    )
     server.add_generic_rpc_handlers((_handlers(InferenceServicer(state)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -79,7 +79,7 @@ def split_raw(blob: bytes, sizes: Sequence[int | None], where: str = "inputs") -
                 f"{where}[{i}].parameters.binary_data_size is {size} but only {len(blob) - offset} bytes of binary "
                 "data are left after the JSON header; the sizes must add up to the binary part of the body"
             )
-        out.append(blob[offset:offset + size])
+        out.append(blob[offset : offset + size])
         offset += size
     if offset != len(blob):
         raise InputError(
@@ -96,13 +96,15 @@ def decode_bytes_elements(raw: bytes, where: str) -> list[bytes]:
     offset = 0
     while offset < len(view):
         if offset + 4 > len(view):
-            raise InputError(f"{where}: {len(view) - offset} stray bytes at the end; each element needs a "
-                             "4-byte little-endian length before its bytes")
+            raise InputError(
+                f"{where}: {len(view) - offset} stray bytes at the end; each element needs a "
+                "4-byte little-endian length before its bytes"
+            )
         (size,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if size > len(view) - offset:
             raise InputError(f"{where}[{len(out)}] declares {size} bytes but only {len(view) - offset} remain")
-        out.append(bytes(view[offset:offset + size]))
+        out.append(bytes(view[offset : offset + size]))
         offset += size
     return out
 

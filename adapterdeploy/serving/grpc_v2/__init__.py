@@ -24,9 +24,20 @@ PROTO_FILE = HERE / "grpc_predict_v2.proto"
 DESCRIPTOR_FILE = HERE / "grpc_predict_v2.desc"
 SERVICE = "inference.GRPCInferenceService"
 MESSAGES = (
-    "ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse", "ModelReadyRequest",
-    "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse", "ModelMetadataRequest",
-    "ModelMetadataResponse", "ModelInferRequest", "ModelInferResponse", "InferParameter", "InferTensorContents",
+    "ServerLiveRequest",
+    "ServerLiveResponse",
+    "ServerReadyRequest",
+    "ServerReadyResponse",
+    "ModelReadyRequest",
+    "ModelReadyResponse",
+    "ServerMetadataRequest",
+    "ServerMetadataResponse",
+    "ModelMetadataRequest",
+    "ModelMetadataResponse",
+    "ModelInferRequest",
+    "ModelInferResponse",
+    "InferParameter",
+    "InferTensorContents",
 )
 
 
@@ -37,9 +48,9 @@ def messages() -> Any:
     pool = descriptor_pool.DescriptorPool()
     for fd in files.file:
         pool.Add(fd)
-    return SimpleNamespace(**{
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{name}")) for name in MESSAGES
-    })
+    return SimpleNamespace(
+        **{name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{name}")) for name in MESSAGES}
+    )
 
 
 def method_path(rpc: str) -> str:
