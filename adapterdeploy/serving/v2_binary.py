@@ -14,6 +14,7 @@ overrun the body nor make the server allocate more than the body's size.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
 BINARY_EXTENSION = "binary_tensor_data"
 HEADER = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -43,7 +45,7 @@ def header_length(value: str | None, body_size: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not _DIGITS.fullmatch(text):  # ASCII only: str.isdigit() also accepts "²" or "١", which int() refuses
         raise InputError(f"the {HEADER} header {value[:40]!r} is not a non-negative whole number of bytes")
     length = int(text)
     if length > body_size:
