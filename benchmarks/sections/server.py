@@ -50,6 +50,8 @@ def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batchin
             "--threads", str(threads), "--max-queue", "4096"]
     if not batching:
         args += ["--max-batch-rows", "1", "--max-wait-ms", "0"]
+    for root in sorted({str(t.parent) for t in tasks}):  # the admin API loads only from allowed task roots
+        args += ["--task-root", root]
     token = secrets.token_urlsafe(24)
     env = {**thread_env(threads), "ADAPTERDEPLOY_ADMIN_TOKEN": token}
     with open(log, "w") as f:
