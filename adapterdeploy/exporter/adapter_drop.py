@@ -66,7 +66,7 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
         return ckpt
     kept = tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i not in dropped)
     weights = {k: v for k, v in ckpt.weights.items()
-               if not (k.startswith(("adapters.", "layernorms.")) and int(k.split(".")[1]) in dropped)}
+               if not (k.startswith(("adapters.", "layernorms.", "lora.")) and int(k.split(".")[1]) in dropped)}
     return dataclasses.replace(ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights)
 
 

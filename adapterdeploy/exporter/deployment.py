@@ -33,7 +33,7 @@ from adapterdeploy.artifacts import (
     file_entry,
     require_files,
 )
-from adapterdeploy.config import AdapterSignature
+from adapterdeploy.config import AdapterSignature, combine_signatures, signature_misfit
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
@@ -81,17 +81,8 @@ def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> t
 
 
 def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
-    first = ckpts[0]
-    sig = first.adapter.signature()
-    for other in ckpts[1:]:
-        osig = other.adapter.signature()
-        if osig != sig:
-            raise ConfigError(
-                f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
-                f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
-                "so export them into separate deployments (separate --out)"
-            )
-    return sig
+    """One signature for all tasks: equal bottleneck parts, the union of PEFT modules (config.combine_signatures)."""
+    return combine_signatures([(c.name, c.adapter.signature()) for c in ckpts])
 
 
 def _position_limit(base: Any) -> int:
@@ -116,6 +107,8 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
 
     for ckpt in ckpts:
         missing = sorted(set(range(adapter_drop, num_layers)) - set(ckpt.adapter.adapter_layers(num_layers)))
+        if not ckpt.adapter.signature().has_bottleneck:  # a PEFT-only task has zero bottleneck rows everywhere
+            missing = list(range(adapter_drop, num_layers))
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
@@ -404,11 +397,12 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
     if ckpt.name in manifest.tasks and not replace:
         raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
                           f"(adapterdeploy remove-task {root} {ckpt.name})")
-    sig = ckpt.adapter.signature()
-    if sig != fz.signature:
+    misfit = signature_misfit(ckpt.adapter.signature(), fz.signature)
+    if misfit:
         raise FingerprintMismatchError(
-            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
-            f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
+            "export it into its own deployment, or re-export this deployment with it")
+    sig = fz.signature  # a task may use a subset of the featurizer's PEFT modules (zero rows elsewhere)
     if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, sig, fz.num_layers) != fz.fingerprint:
         raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
                                        "the deployment is inconsistent: re-export it")

@@ -31,9 +31,11 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
+from adapterdeploy.exporter.lora_bank import bank_rank, pad_rank, peft_dynamic_axes, peft_keys, peft_rows
 from adapterdeploy.models.adapters import AdaptedSublayerOutput, AdapterContext, activation_fn, adapter_site
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
+from adapterdeploy.models.lora import LoraLinear, install_lora_sites, module_dims
 
 __all__ = [
     "Adapted",
@@ -69,12 +71,17 @@ def bank_keys(signature: AdapterSignature, adapted_layers: Sequence[int]) -> tup
         keys += [f"bank.{layer}.{site}.{n}" for site in signature.sites for n in names]
         if signature.per_task_layernorm:
             keys += [f"bank.{layer}.{s}_ln.{p}" for s in SUBLAYER_SITES for p in ("w", "b")]
+        keys += peft_keys(signature, layer)
     return tuple(keys)
 
 
 def bank_dynamic_axes(key: str) -> dict[int, str]:
-    """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections."""
+    """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections,
+    ``rank`` on LoRA factors."""
     leaf = key.rsplit(".", 1)[1]
+    peft = peft_dynamic_axes(leaf)
+    if peft is not None:
+        return peft
     return {
         "down_w": {0: "tasks", 2: "bottleneck"},
         "down_b": {0: "tasks", 1: "bottleneck"},
@@ -102,7 +109,10 @@ def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16)
 
     Decides if a task without an adapter in some adapted layer can share the bank with zero rows there.
     Checked numerically on random inputs (cheap, and true to the implementation rather than to a proof).
+    Without bottleneck sites (PEFT-only) there is nothing to check; PEFT rows are zero-exact by construction.
     """
+    if not signature.has_bottleneck:
+        return True
     gen = torch.Generator().manual_seed(0)
     h, r = torch.randn(2, 3, hidden_size, generator=gen), torch.randn(2, 3, hidden_size, generator=gen)
     ln = nn.LayerNorm(hidden_size)
@@ -130,12 +140,13 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
     """
     H = model.base_info.hidden_size
     m = model.adapter_config.bottleneck_size(H)
+    dims = module_dims(H, int(model.base.config.intermediate_size))
     rows: dict[str, Tensor] = {}
     for layer in adapted_layers:
         for site in signature.sites:
             prefix = f"bank.{layer}.{site}"
             sites = model.adapters[str(layer)] if str(layer) in model.adapters else None
-            if sites is not None:
+            if sites is not None and site in sites:  # PEFT-only tasks have no bottleneck sites
                 params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
             else:
                 params = {"down_w": torch.zeros(H, m), "down_b": torch.zeros(m),
@@ -151,6 +162,7 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
             for s in SUBLAYER_SITES:
                 rows[f"bank.{layer}.{s}_ln.w"] = own[s].weight.detach().clone().float()
                 rows[f"bank.{layer}.{s}_ln.b"] = own[s].bias.detach().clone().float()
+        rows.update(peft_rows(model, signature, layer, dims))
     return rows
 
 
@@ -166,8 +178,9 @@ def head_rows(head: TaskHead) -> dict[str, Tensor]:
 
 
 def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[Tensor]:
-    """Stack task rows into bank tensors ``[T, ...]``, zero-padding each task to the largest bottleneck."""
-    m = max(int(r[k].shape[-1]) for r in rows for k in keys if k.endswith(".down_w")) if rows else 1
+    """Stack task rows into bank tensors ``[T, ...]``, zero-padding each task to the largest bottleneck / rank."""
+    m = max((int(r[k].shape[-1]) for r in rows for k in keys if k.endswith(".down_w")), default=1)
+    rank = bank_rank(rows, keys)
     out = []
     for key in keys:
         leaf = key.rsplit(".", 1)[1]
@@ -178,7 +191,7 @@ def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[T
                 t = F.pad(t, (0, m - t.shape[-1]))
             elif leaf == "up_w":
                 t = F.pad(t, (0, 0, 0, m - t.shape[0]))
-            parts.append(t)
+            parts.append(pad_rank(t, leaf, rank))
         out.append(torch.stack(parts))
     return out
 
@@ -204,13 +217,18 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
         p = self._ctx.params.get(self._key)
         if p is None:
             return ln(self.dense(hidden_states) + input_tensor)
-        if not fusion_friendly(self._ctx.opts):
+        if not fusion_friendly(self._ctx.opts) or _has_peft(self.dense, self._ctx):
             return adapter_site(self.dense(hidden_states), input_tensor, ln, p, self._ctx.opts, self._ctx.act)
         bias = self.dense.bias
         h_raw = torch.matmul(hidden_states, self.dense.weight.t())
         a = self._ctx.act(torch.matmul(h_raw + bias, p["down_w"]) + p["down_b"])
         a = torch.matmul(a, p["up_w"]) + (p["up_b"] + bias)
         return ln((h_raw + a) + input_tensor)
+
+
+def _has_peft(dense: nn.Module, ctx: AdapterContext) -> bool:
+    """Whether this dense layer carries PEFT deltas now (then the bottleneck site uses the plain node order)."""
+    return isinstance(dense, LoraLinear) and dense._key in ctx.params
 
 
 def copy_encoder(base: BaseModel) -> nn.Module:
@@ -288,6 +306,7 @@ class Adapted(nn.Module):
             layer = hf.encoder.layer[i]
             layer.attention.output = BankedSublayerOutput(layer.attention.output, f"{i}.attn", self.ctx)
             layer.output = BankedSublayerOutput(layer.output, f"{i}.ffn", self.ctx)
+        install_lora_sites(hf.encoder.layer, self.ctx, list(self.adapted_layers))  # rebind to this context
         self.layers = nn.ModuleDict({str(i): AdaptedLayer(hf.encoder.layer[i], f"{i}.layer", self.ctx)
                                      for i in self.adapted_layers})
         self.pooler = hf.pooler if base.has_pooler else None

@@ -109,9 +109,10 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
     manifest = Manifest.read(root)
     rows = [load_file(str(root / manifest.tasks[n] / "adapters.safetensors")) for n in names]
     out = []
+    m = max((r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w")), default=1)
+    rank = max((r[k].shape[-1] for r in rows for k in r if k.endswith(".lora_a")), default=1)
     for key in manifest.featurizer.bank_inputs:
         leaf = key.rsplit(".", 1)[1]
-        m = max(r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w"))
         parts = []
         for r in rows:
             t = r[key]
@@ -119,6 +120,10 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
                 t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
             elif leaf == "up_w":
                 t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
+            elif leaf == "lora_a":
+                t = np.pad(t, [(0, 0), (0, rank - t.shape[1])])
+            elif leaf == "lora_b":
+                t = np.pad(t, [(0, rank - t.shape[0]), (0, 0)])
             parts.append(t)
         out.append(np.stack(parts))
     return out

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterConfig, SiteOptions
+from adapterdeploy.models.lora import install_lora_sites
 
 __all__ = [
     "ADAPTER_LN_EPS",
@@ -218,5 +219,6 @@ def install_adapter_sites(encoder: nn.Module) -> AdapterContext:
         layer.attention.output = AdaptedSublayerOutput(layer.attention.output, f"{i}.attn", ctx)
         layer.output = AdaptedSublayerOutput(layer.output, f"{i}.ffn", ctx)
         layer.register_forward_hook(_layer_output_hook(f"{i}.layer", ctx))
+    install_lora_sites(encoder.encoder.layer, ctx)  # PEFT deltas on the linear layers (identity when absent)
     encoder._adapterdeploy_ctx = ctx
     return ctx

@@ -11,6 +11,9 @@ Semantics (bottleneck padding, exact for any activation because the padded up-pr
     up_w[t]   = [W_up ; 0]    (M x H)      up_b[t]   = b_up
     => up(act(down(x))) is unchanged: the extra units get act(0) but multiply zero rows of up_w.
 
+PEFT rows (LoRA ``lora_a [T, in, R]`` / ``lora_b [T, R, out]``, IA3 deltas) pad the same way along the rank
+axis R; a task without them gets zero rows, which is exactly "no delta".
+
 Layers a task has no adapter on are zero rows (``a = 0``, so the site adds nothing), except when that is
 not the identity (adapter LayerNorm after a residual-before-LN add, per-task LayerNorms): then the task
 file must carry the row and a missing one is an error.
@@ -28,14 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapterdeploy.config import AdapterSignature
+from adapterdeploy.config import RANK_AXIS, AdapterSignature
 from adapterdeploy.errors import ArtifactError
 
 __all__ = ["BankInput", "BankLayout", "TaskRows"]
 
 # Axis of the bottleneck m in each projection input (T axis included).
 M_AXIS = {"down_w": 2, "down_b": 1, "up_w": 1}
-ZERO_IS_IDENTITY = ("down_w", "down_b", "up_w", "up_b", "ln_before_w", "ln_before_b")
+ZERO_IS_IDENTITY = ("down_w", "down_b", "up_w", "up_b", "ln_before_w", "ln_before_b",
+                    "lora_a", "lora_b", "ia3_in", "ia3_out")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -57,6 +61,10 @@ class BankInput:
         return M_AXIS.get(self.role)
 
     @property
+    def rank_axis(self) -> int | None:
+        return RANK_AXIS.get(self.role)
+
+    @property
     def fixed_m(self) -> int | None:
         ax = self.m_axis
         return None if ax is None else self.shape[ax]
@@ -64,11 +72,12 @@ class BankInput:
 
 @dataclass(frozen=True)
 class TaskRows:
-    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m``."""
+    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m`` and LoRA ``rank``."""
 
     name: str
     arrays: dict[str, np.ndarray]
     m: int
+    rank: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -126,11 +135,16 @@ class BankLayout:
                     "re-export the deployment including this task so the bank is sized for it"
                 )
             m = self.fixed_m
+        # The LoRA rank comes from the weights read (every module of a task shares it; absent = no LoRA).
+        rank = max((int(t.shape[-1]) for k, t in tensors.items() if k.endswith(".lora_a") and k in self.inputs),
+                   default=1)
         arrays: dict[str, np.ndarray] = {}
         for name, spec in self.inputs.items():
             row_shape = list(spec.shape[1:])
             if spec.m_axis is not None:
                 row_shape[spec.m_axis - 1] = bottleneck
+            if spec.rank_axis is not None:
+                row_shape[spec.rank_axis - 1] = rank
             row_shape = [self.hidden_size if d is None else d for d in row_shape]
             t = tensors.get(name)
             if t is None:
@@ -144,19 +158,22 @@ class BankLayout:
                 if list(t.shape) != row_shape:
                     raise ArtifactError(
                         f"task {task!r}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
-                        f"(bottleneck {bottleneck}, hidden {self.hidden_size}); the task file is inconsistent"
+                        f"(bottleneck {bottleneck}, LoRA rank {rank}, hidden {self.hidden_size}); the task file is "
+                        "inconsistent"
                     )
                 arr = np.asarray(t, dtype=spec.dtype)
             arrays[name] = _pad_m(arr[None], spec.m_axis, m)
-        return TaskRows(name=task, arrays=arrays, m=m)
+        return TaskRows(name=task, arrays=arrays, m=m, rank=rank)
 
     def gather(self, tasks: Sequence[TaskRows]) -> dict[str, np.ndarray]:
         """The bank feeds for ``tasks`` in order (row t = tasks[t]); bottlenecks padded to the largest."""
         if len(tasks) == 1:
             return tasks[0].arrays
         m = max(t.m for t in tasks)
+        rank = max(t.rank for t in tasks)
         return {
-            name: np.concatenate([_pad_m(t.arrays[name], spec.m_axis, m) for t in tasks], axis=0)
+            name: np.concatenate(
+                [_pad_m(_pad_m(t.arrays[name], spec.m_axis, m), spec.rank_axis, rank) for t in tasks], axis=0)
             for name, spec in self.inputs.items()
         }
 
