@@ -35,7 +35,7 @@ from adapterdeploy.exporter.lora_bank import bank_rank, pad_rank, peft_dynamic_a
 from adapterdeploy.models.adapters import AdaptedSublayerOutput, AdapterContext, activation_fn, adapter_site
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
-from adapterdeploy.models.lora import LoraLinear, install_lora_sites, module_dims
+from adapterdeploy.models.lora import LORA_LEAVES, LoraLinear, fold_peft, install_lora_sites, module_dims, slot_modules
 
 __all__ = [
     "Adapted",
@@ -360,7 +360,11 @@ class HeadGraph(nn.Module):
 
 
 class StandaloneModel(nn.Module):
-    """One task, self-contained: trunk + adapted layers with the task's rows as constants + head."""
+    """One task, self-contained: trunk + adapted layers with the task's rows as constants + head.
+
+    PEFT deltas (LoRA, IA3) are folded into the linear layers' weights (:func:`fold_peft`): the graph has the
+    plain model's nodes, so a LoRA task's standalone model has no adapter overhead at all.
+    """
 
     def __init__(self, trunk: Trunk, adapted: Adapted, rows: dict[str, Tensor], head: TaskHead) -> None:
         super().__init__()
@@ -368,9 +372,25 @@ class StandaloneModel(nn.Module):
         self.head = HeadGraph(head)
         self.feature = outputs_feature_index(head.config.pooling, adapted.output_names)
         self._names = []
-        for i, key in enumerate(adapted.keys):
-            self.register_buffer(f"w{i}", rows[key].clone())
+        peft: dict[str, dict[str, Tensor]] = {}
+        skip = _zero_sites(adapted, rows)
+        for key in adapted.keys:
+            _, layer, module, leaf = key.split(".")
+            if leaf in LORA_LEAVES:
+                peft.setdefault(f"{layer}.{module}", {})[leaf] = rows[key]
+                continue
+            if f"{layer}.{module}" in skip:
+                continue
+            self.register_buffer(f"w{len(self._names)}", rows[key].clone())
             self._names.append(key)
+        self._folded = []
+        for j, (site, p) in enumerate(sorted(peft.items())):
+            layer, module = site.split(".")
+            parent, attr = slot_modules(adapted.hf.encoder.layer[int(layer)])[module]
+            merged = fold_peft(getattr(parent, attr), p)
+            self.register_buffer(f"peft{j}_w", merged["weight"])
+            self.register_buffer(f"peft{j}_b", merged["bias"])
+            self._folded.append(site)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         h = self.trunk(input_ids, attention_mask, token_type_ids)
@@ -383,8 +403,23 @@ class StandaloneModel(nn.Module):
                 lns.setdefault(f"{layer}.{site[:-3]}", []).append(t)
             else:
                 params.setdefault(f"{layer}.{site}", {})[leaf] = t
+        for j, site in enumerate(self._folded):
+            params[site] = {"weight": getattr(self, f"peft{j}_w"), "bias": getattr(self, f"peft{j}_b")}
         h = self.adapted.encode(h, attention_mask, params, {k: (v[0], v[1]) for k, v in lns.items()})
         return self.head(self.adapted.features(h, attention_mask)[self.feature])
+
+
+def _zero_sites(adapted: Adapted, rows: dict[str, Tensor]) -> set[str]:
+    """Bottleneck sites whose rows are all zero, when a zero adapter is exactly no adapter: a standalone graph
+    leaves them out (a PEFT-only task's standalone model then has the plain model's nodes)."""
+    if not zero_adapter_is_identity(adapted.signature):
+        return set()
+    sites: dict[str, bool] = {}
+    for key in adapted.keys:
+        _, layer, site, leaf = key.split(".")
+        if leaf in SITE_WEIGHTS:
+            sites[f"{layer}.{site}"] = sites.get(f"{layer}.{site}", True) and not bool(rows[key].any())
+    return {s for s, zero in sites.items() if zero}
 
 
 def outputs_feature_index(pooling: str, output_names: Sequence[str]) -> int:

@@ -24,14 +24,17 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import LORA_MODULES
 
-__all__ = ["LORA_LEAVES", "LoraLinear", "install_lora_sites", "lora_linear", "module_dims", "slot_modules"]
+__all__ = ["LORA_LEAVES", "LoraLinear", "fold_peft", "install_lora_sites", "lora_linear", "module_dims", "slot_modules"]
 
 # The bank leaves of one module: LoRA factors ("x @ W" layout) and IA3 deltas.
 LORA_LEAVES = ("lora_a", "lora_b", "ia3_in", "ia3_out")
 
 
 def lora_linear(x: Tensor, linear: nn.Linear, p: dict[str, Tensor]) -> Tensor:
-    """One linear layer with this module's PEFT deltas ``p`` (see the module docstring)."""
+    """One linear layer with this module's PEFT deltas ``p`` (see the module docstring); ``p`` may instead
+    hold ``weight`` / ``bias`` with the deltas already folded in (:func:`fold_peft`, standalone graphs)."""
+    if "weight" in p:
+        return F.linear(x, p["weight"], p["bias"])
     if "ia3_in" in p:
         x = x + x * p["ia3_in"]
     y = F.linear(x, linear.weight, linear.bias)
@@ -40,6 +43,24 @@ def lora_linear(x: Tensor, linear: nn.Linear, p: dict[str, Tensor]) -> Tensor:
     if "ia3_out" in p:
         y = y + y * p["ia3_out"]
     return y
+
+
+def fold_peft(linear: nn.Linear, p: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One task's deltas merged into the layer's weights (LoRA and IA3 are mergeable): ``{weight, bias}``.
+
+    From the semantics above: ``y = (x (1 + d_in)) (W^T + A B) + b``, then ``* (1 + d_out)``, so
+    ``W' = ((W + (A B)^T) * (1 + d_in)[None, :]) * (1 + d_out)[:, None]`` and ``b' = b * (1 + d_out)``.
+    """
+    w = linear.weight.detach().clone()
+    b = linear.bias.detach().clone() if linear.bias is not None else torch.zeros(w.shape[0])
+    if "lora_a" in p:
+        w = w + torch.matmul(p["lora_a"], p["lora_b"]).t()
+    if "ia3_in" in p:
+        w = w * (1 + p["ia3_in"])[None, :]
+    if "ia3_out" in p:
+        w = w * (1 + p["ia3_out"])[:, None]
+        b = b * (1 + p["ia3_out"])
+    return {"weight": w.contiguous(), "bias": b.contiguous()}
 
 
 class LoraLinear(nn.Linear):
