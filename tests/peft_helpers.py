@@ -9,7 +9,7 @@ import torch
 
 
 def make_peft_adapter(base_dir: Path, out: Path, kind: str = "lora", *, num_labels: int = 3, seed: int = 0,
-                      **config: Any) -> Path:
+                      scale: float = 0.3, **config: Any) -> Path:
     """``save_pretrained`` a PEFT SEQ_CLS adapter on ``base_dir`` with all adapter parameters randomised."""
     from peft import IA3Config, LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
@@ -29,7 +29,7 @@ def make_peft_adapter(base_dir: Path, out: Path, kind: str = "lora", *, num_labe
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if p.requires_grad:  # LoRA A/B, IA3 vectors and the modules_to_save copies
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if "ia3" not in name else 0.2)
+                p.copy_(torch.randn(p.shape, generator=gen) * (scale if "ia3" not in name else 0.2)
                         + (1.0 if "ia3" in name else 0.0))
     peft_model.save_pretrained(str(out))
     return out

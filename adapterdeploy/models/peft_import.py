@@ -94,7 +94,7 @@ def _read_weights(adapter_dir: Path) -> dict[str, Tensor]:
             sd = torch.load(str(pt), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
             raise ArtifactError(
-                f"{pt} cannot be loaded safely (torch.load(weights_only=True) refused it: {str(exc)[:200]}); "
+                f"{pt} cannot be loaded safely (torch.load(weights_only=True) refused it: {(str(exc).splitlines() or [''])[0][:160]}); "
                 "re-save the adapter with save_pretrained(..., safe_serialization=True) to get adapter_model.safetensors"
             ) from exc
         if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
