@@ -54,7 +54,8 @@ def bench(ctx: click.Context) -> None:
     bench_main.main(args=ctx.args, prog_name=ctx.command_path)
 
 
-for _cmd in (train, import_adapterhub, import_peft, export, add_task, remove_task, inspect_cmd, predict, check, serve, bench):
+for _cmd in (train, import_adapterhub, import_peft, export, add_task, remove_task, inspect_cmd, predict, check, serve,
+             bench):
     main.add_command(_cmd)
 
 

@@ -31,18 +31,18 @@ from adapterdeploy.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "LORA_MODULES",
+    "NO_BOTTLENECK",
     "PLACEMENTS",
+    "RANK_AXIS",
     "SITES_BY_PLACEMENT",
     "AdapterConfig",
     "AdapterSignature",
-    "LORA_MODULES",
-    "NO_BOTTLENECK",
-    "RANK_AXIS",
     "HeadConfig",
     "PeftSpec",
+    "SiteOptions",
     "combine_signatures",
     "signature_misfit",
-    "SiteOptions",
 ]
 
 PLACEMENTS = ("after_layer", "pfeiffer", "houlsby")

@@ -33,7 +33,7 @@ from adapterdeploy.models.peft_import import import_peft
 
 pytest.importorskip("peft")
 
-from peft_helpers import make_peft_adapter, peft_logits  # noqa: E402
+from peft_helpers import make_peft_adapter, peft_logits
 
 TOL = 1e-5
 TEXTS = ["the movie was good", "a very bad film and a boring plot , the actors were terrible", "yes"]
@@ -50,11 +50,20 @@ def _ours(base, ckpt, enc) -> torch.Tensor:
 
 
 CASES = [
-    ("bert", "lora", {"target_modules": ["query", "key", "value", "dense"], "r": 3, "lora_alpha": 5,
-                      "use_rslora": True}),  # "dense" also hits BERT's pooler: folded into the head
+    (
+        "bert",
+        "lora",
+        {"target_modules": ["query", "key", "value", "dense"], "r": 3, "lora_alpha": 5, "use_rslora": True},
+    ),  # "dense" also hits BERT's pooler: folded into the head
     ("roberta", "lora", {"target_modules": ALL_MODULES, "rank_pattern": {"value": 2}, "alpha_pattern": {"query": 3}}),
-    ("electra", "ia3", {"target_modules": ["key", "value", "output.dense", "intermediate.dense"],
-                        "feedforward_modules": ["output.dense"]}),
+    (
+        "electra",
+        "ia3",
+        {
+            "target_modules": ["key", "value", "output.dense", "intermediate.dense"],
+            "feedforward_modules": ["output.dense"],
+        },
+    ),
 ]
 
 
@@ -79,8 +88,9 @@ def bert(tiny_bases):
 
 @pytest.fixture(scope="module")
 def lora_dir(tiny_bases, tmp_path_factory) -> Path:
-    return make_peft_adapter(tiny_bases["bert"], tmp_path_factory.mktemp("peft") / "lora", "lora",
-                             target_modules=["query", "value"], r=4)
+    return make_peft_adapter(
+        tiny_bases["bert"], tmp_path_factory.mktemp("peft") / "lora", "lora", target_modules=["query", "value"], r=4
+    )
 
 
 def _copy(src: Path, dst: Path, config: dict | None = None, weights=None) -> Path:
@@ -95,23 +105,63 @@ def _copy(src: Path, dst: Path, config: dict | None = None, weights=None) -> Pat
     return dst
 
 
-@pytest.mark.parametrize(("config", "weights", "error", "match"), [
-    ({"use_dora": True}, None, UnsupportedAdapterError, r"DoRA \(use_dora=true\)"),
-    ({"peft_type": "PROMPT_TUNING"}, None, UnsupportedAdapterError, r"PEFT type 'PROMPT_TUNING'.*'peft_type'"),
-    ({"target_modules": ["query", "word_embeddings"]}, None, ConfigError, r"'target_modules' names \['word_embeddings'\]"),
-    ({"r": 8}, None, ConfigError, r"rank 4, adapter_config.json says r = 8 \(fields 'r' / 'rank_pattern'\)"),
-    (None, lambda sd: {k: (v[:2] if k.endswith("layer.0.attention.self.query.lora_A.weight") else v)
-                       for k, v in sd.items()}, ConfigError, "inconsistent ranks"),
-    (None, lambda sd: {**sd, "base_model.model.bert.embeddings.LayerNorm.weight": torch.ones(32)},
-     UnsupportedAdapterError, "embeddings"),
-    (None, lambda sd: {**sd, "base_model.model.dropout.extra.weight": torch.ones(2)},
-     UnsupportedAdapterError, "modules_to_save holds weights this runtime cannot run"),
-    (None, lambda sd: {k.replace(".bert.", ".roberta."): v for k, v in sd.items()},
-     FingerprintMismatchError, "for a 'roberta' model"),
-    (None, lambda sd: {k: (torch.zeros(4, 48) if k.endswith("query.lora_A.weight") else v) for k, v in sd.items()},
-     FingerprintMismatchError, "do not fit the base's layer"),
-], ids=["dora", "prompt-tuning", "target-name", "rank-vs-r", "ranks-AB", "embeddings", "unknown-head", "other-model",
-        "other-width"])
+@pytest.mark.parametrize(
+    ("config", "weights", "error", "match"),
+    [
+        ({"use_dora": True}, None, UnsupportedAdapterError, r"DoRA \(use_dora=true\)"),
+        ({"peft_type": "PROMPT_TUNING"}, None, UnsupportedAdapterError, r"PEFT type 'PROMPT_TUNING'.*'peft_type'"),
+        (
+            {"target_modules": ["query", "word_embeddings"]},
+            None,
+            ConfigError,
+            r"'target_modules' names \['word_embeddings'\]",
+        ),
+        ({"r": 8}, None, ConfigError, r"rank 4, adapter_config.json says r = 8 \(fields 'r' / 'rank_pattern'\)"),
+        (
+            None,
+            lambda sd: {
+                k: (v[:2] if k.endswith("layer.0.attention.self.query.lora_A.weight") else v) for k, v in sd.items()
+            },
+            ConfigError,
+            "inconsistent ranks",
+        ),
+        (
+            None,
+            lambda sd: {**sd, "base_model.model.bert.embeddings.LayerNorm.weight": torch.ones(32)},
+            UnsupportedAdapterError,
+            "embeddings",
+        ),
+        (
+            None,
+            lambda sd: {**sd, "base_model.model.dropout.extra.weight": torch.ones(2)},
+            UnsupportedAdapterError,
+            "modules_to_save holds weights this runtime cannot run",
+        ),
+        (
+            None,
+            lambda sd: {k.replace(".bert.", ".roberta."): v for k, v in sd.items()},
+            FingerprintMismatchError,
+            "for a 'roberta' model",
+        ),
+        (
+            None,
+            lambda sd: {k: (torch.zeros(4, 48) if k.endswith("query.lora_A.weight") else v) for k, v in sd.items()},
+            FingerprintMismatchError,
+            "do not fit the base's layer",
+        ),
+    ],
+    ids=[
+        "dora",
+        "prompt-tuning",
+        "target-name",
+        "rank-vs-r",
+        "ranks-AB",
+        "embeddings",
+        "unknown-head",
+        "other-model",
+        "other-width",
+    ],
+)
 def test_bad_adapters_are_refused_by_name(bert, lora_dir, tmp_path, config, weights, error, match):
     bad = _copy(lora_dir, tmp_path / "bad", config, weights)
     with pytest.raises(error, match=match):
@@ -139,8 +189,19 @@ def test_pickle_bin_loads_only_weights(bert, lora_dir, tmp_path):
 
 
 def test_cli_import_verifies_against_peft(tiny_bases, lora_dir, tmp_path):
-    args = ["import-peft", "--base", str(tiny_bases["bert"]), "--adapter", str(lora_dir), "--out",
-            str(tmp_path / "ck"), "--task", "sent", "--labels", "neg,neu,pos"]
+    args = [
+        "import-peft",
+        "--base",
+        str(tiny_bases["bert"]),
+        "--adapter",
+        str(lora_dir),
+        "--out",
+        str(tmp_path / "ck"),
+        "--task",
+        "sent",
+        "--labels",
+        "neg,neu,pos",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "verified against PEFT" in result.output
@@ -163,10 +224,17 @@ def mixed(tiny_bases, bert, lora_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("peft-mixed")
     base_dir = tiny_bases["bert"]
     adapters = {
-        "lora": make_peft_adapter(base_dir, work / "lora", "lora", target_modules=ALL_MODULES, r=4,
-                                  use_rslora=True, seed=1),
-        "ia3": make_peft_adapter(base_dir, work / "ia3", "ia3", target_modules=["key", "value", "output.dense"],
-                                 feedforward_modules=["output.dense"], seed=3),
+        "lora": make_peft_adapter(
+            base_dir, work / "lora", "lora", target_modules=ALL_MODULES, r=4, use_rslora=True, seed=1
+        ),
+        "ia3": make_peft_adapter(
+            base_dir,
+            work / "ia3",
+            "ia3",
+            target_modules=["key", "value", "output.dense"],
+            feedforward_modules=["output.dense"],
+            seed=3,
+        ),
     }
     ckpts = [save_checkpoint(import_peft(bert, a, n), work / "ck" / n) for n, a in adapters.items()]
     ckpts.append(make_checkpoint(bert, work / "ck", "bn", placement="houlsby"))
@@ -214,8 +282,9 @@ def test_standalone_folds_peft_into_weights(bert, mixed):
 def test_add_task_refuses_modules_the_featurizer_lacks(tiny_bases, bert, mixed, tmp_path):
     from adapterdeploy.exporter.deployment import add_task
 
-    ia3_ffn = make_peft_adapter(tiny_bases["bert"], tmp_path / "a", "ia3", target_modules=["intermediate.dense"],
-                                feedforward_modules=[], seed=4)
+    ia3_ffn = make_peft_adapter(
+        tiny_bases["bert"], tmp_path / "a", "ia3", target_modules=["intermediate.dense"], feedforward_modules=[], seed=4
+    )
     ck = save_checkpoint(import_peft(bert, ia3_ffn, "late"), tmp_path / "ck")
     with pytest.raises(AdapterDeployError, match=r"no PEFT bank input for \['ffn_in.out'\]"):
         add_task(mixed["dir"], ck)
@@ -228,8 +297,9 @@ def test_minilm_lora_parity(tmp_path):
 
     base_dir = default_base_dir()
     base = load_base(base_dir)
-    adapter = make_peft_adapter(base_dir, tmp_path / "a", "lora", target_modules=ALL_MODULES, r=8, lora_alpha=16,
-                                num_labels=2, scale=0.05)
+    adapter = make_peft_adapter(
+        base_dir, tmp_path / "a", "lora", target_modules=ALL_MODULES, r=8, lora_alpha=16, num_labels=2, scale=0.05
+    )
     ckpt = import_peft(base, adapter, "minilm")
     enc = _enc(base)
     want = peft_logits(base_dir, adapter, 2, enc)

@@ -54,8 +54,9 @@ def peft_dynamic_axes(leaf: str) -> dict[int, str] | None:
     return None
 
 
-def peft_rows(model: torch.nn.Module, signature: AdapterSignature, layer: int,
-              dims: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
+def peft_rows(
+    model: torch.nn.Module, signature: AdapterSignature, layer: int, dims: dict[str, tuple[int, int]]
+) -> dict[str, Tensor]:
     """One task's PEFT rows for ``layer`` (no T axis, its own rank for every module: the runtime reads one rank
     per task); zeros where it has no delta."""
     own = model.lora[str(layer)] if str(layer) in model.lora else {}  # type: ignore[attr-defined]
@@ -67,8 +68,12 @@ def peft_rows(model: torch.nn.Module, signature: AdapterSignature, layer: int,
         t = own[module][leaf] if module in own and leaf in own[module] else None
         if t is None:
             d_in, d_out = dims[module]
-            t = {"lora_a": torch.zeros(d_in, rank), "lora_b": torch.zeros(rank, d_out),
-                 "ia3_in": torch.zeros(d_in), "ia3_out": torch.zeros(d_out)}[leaf]
+            t = {
+                "lora_a": torch.zeros(d_in, rank),
+                "lora_b": torch.zeros(rank, d_out),
+                "ia3_in": torch.zeros(d_in),
+                "ia3_out": torch.zeros(d_out),
+            }[leaf]
         rows[key] = t.detach().clone().float().contiguous()
     return rows
 

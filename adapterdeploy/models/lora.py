@@ -100,7 +100,9 @@ def module_dims(hidden_size: int, intermediate_size: int) -> dict[str, tuple[int
     return dims
 
 
-def install_lora_sites(layers: nn.ModuleList | list[nn.Module], ctx: object, layer_ids: list[int] | None = None) -> None:
+def install_lora_sites(
+    layers: nn.ModuleList | list[nn.Module], ctx: object, layer_ids: list[int] | None = None
+) -> None:
     """Make the six linear layers of each given layer read PEFT deltas from ``ctx`` (replacing any earlier
     wrapper, so a copied encoder can be rebound to a new context)."""
     ids = list(range(len(layers))) if layer_ids is None else layer_ids

@@ -58,16 +58,20 @@ LORA_REFUSED = (
     ("target_parameters", None, "target_parameters (LoRA on raw parameters)"),
     ("trainable_token_indices", None, "trainable_token_indices (trained embedding rows)"),
 )
-_LAYER_KEY = re.compile(r"^(?P<prefix>(?:[a-z_]+\.)?)encoder\.layer\.(?P<layer>\d+)\.(?P<path>.+)\."
-                        r"(?P<leaf>lora_A\.weight|lora_B\.weight|ia3_l|lora_embedding_A|lora_embedding_B|"
-                        r"lora_magnitude_vector(?:\.weight)?)$")
+_LAYER_KEY = re.compile(
+    r"^(?P<prefix>(?:[a-z_]+\.)?)encoder\.layer\.(?P<layer>\d+)\.(?P<path>.+)\."
+    r"(?P<leaf>lora_A\.weight|lora_B\.weight|ia3_l|lora_embedding_A|lora_embedding_B|"
+    r"lora_magnitude_vector(?:\.weight)?)$"
+)
 _POOLER_LORA = re.compile(r"^(?P<prefix>(?:[a-z_]+\.)?)pooler\.dense\.(?P<leaf>lora_A\.weight|lora_B\.weight|ia3_l)$")
 
 
 def _read_config(adapter_dir: Path) -> dict[str, Any]:
     cfg_file = adapter_dir / "adapter_config.json"
     if not cfg_file.is_file():
-        raise ArtifactError(f"{adapter_dir} has no adapter_config.json: pass the directory PEFT's save_pretrained wrote")
+        raise ArtifactError(
+            f"{adapter_dir} has no adapter_config.json: pass the directory PEFT's save_pretrained wrote"
+        )
     try:
         cfg = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -94,8 +98,9 @@ def _read_weights(adapter_dir: Path) -> dict[str, Tensor]:
             sd = torch.load(str(pt), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
             raise ArtifactError(
-                f"{pt} cannot be loaded safely (torch.load(weights_only=True) refused it: {(str(exc).splitlines() or [''])[0][:160]}); "
-                "re-save the adapter with save_pretrained(..., safe_serialization=True) to get adapter_model.safetensors"
+                f"{pt} cannot be loaded safely (torch.load(weights_only=True) refused it: "
+                f"{(str(exc).splitlines() or [''])[0][:160]}); re-save the adapter with "
+                "save_pretrained(..., safe_serialization=True) to get adapter_model.safetensors"
             ) from exc
         if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
             raise ArtifactError(f"{pt} is not a state dict of tensors; re-save it with safe_serialization=True")
@@ -130,7 +135,9 @@ def _check_type(cfg: dict[str, Any]) -> str:
 
 def _check_target_names(cfg: dict[str, Any]) -> None:
     """Every target_modules / feedforward_modules name must address one of the linear layers we run."""
-    known = {".".join(p.split(".")[-n:]) for p in [*MODULE_PATHS, "pooler.dense"] for n in range(1, len(p.split(".")) + 1)}
+    known = {
+        ".".join(p.split(".")[-n:]) for p in [*MODULE_PATHS, "pooler.dense"] for n in range(1, len(p.split(".")) + 1)
+    }
     for field in ("target_modules", "feedforward_modules"):
         names = cfg.get(field)
         if names is None or isinstance(names, str):  # a regex string: the weights' module names are checked instead
@@ -194,7 +201,9 @@ def _split(weights: dict[str, Tensor], model_type: str) -> tuple[dict, dict, dic
     return layer_deltas, pooler, head
 
 
-def _lora_factors(cfg: dict[str, Any], name: str, parts: dict[str, Tensor], dims: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _lora_factors(
+    cfg: dict[str, Any], name: str, parts: dict[str, Tensor], dims: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
     """(A^T [in, r], s * B^T [r, out]) of one module, after checking ranks and shapes."""
     if set(parts) != {"A", "B"}:
         raise ArtifactError(f"{name}: LoRA needs both lora_A and lora_B weights, found {sorted(parts)}")
@@ -202,12 +211,14 @@ def _lora_factors(cfg: dict[str, Any], name: str, parts: dict[str, Tensor], dims
     d_in, d_out = dims
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != d_in or b.shape[0] != d_out:
         raise FingerprintMismatchError(
-            f"{name}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the base's layer ({d_in} -> {d_out}); "
-            "the adapter was trained on another base: pass the --base it was trained on"
+            f"{name}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the base's layer "
+            f"({d_in} -> {d_out}); the adapter was trained on another base: pass the --base it was trained on"
         )
     if a.shape[0] != b.shape[1]:
-        raise ConfigError(f"{name}: inconsistent ranks, lora_A has rank {a.shape[0]} and lora_B {b.shape[1]}; "
-                          "the adapter file is corrupt: re-save it with save_pretrained")
+        raise ConfigError(
+            f"{name}: inconsistent ranks, lora_A has rank {a.shape[0]} and lora_B {b.shape[1]}; "
+            "the adapter file is corrupt: re-save it with save_pretrained"
+        )
     r_cfg = int(_pattern_value(cfg.get("rank_pattern") or {}, name, cfg.get("r", 8)))
     if a.shape[0] != r_cfg:
         raise ConfigError(
@@ -219,8 +230,14 @@ def _lora_factors(cfg: dict[str, Any], name: str, parts: dict[str, Tensor], dims
     return a.t().float().contiguous(), (b.t().float() * scale).contiguous()
 
 
-def _head(base: BaseModel, head: dict[str, Tensor], pooler: dict[str, Tensor], cfg: dict[str, Any],
-          peft_type: str, labels: tuple[str, ...] | None) -> tuple[HeadConfig, dict[str, Tensor]]:
+def _head(
+    base: BaseModel,
+    head: dict[str, Tensor],
+    pooler: dict[str, Tensor],
+    cfg: dict[str, Any],
+    peft_type: str,
+    labels: tuple[str, ...] | None,
+) -> tuple[HeadConfig, dict[str, Tensor]]:
     """The task head from modules_to_save (and a LoRA'd / saved pooler), in TaskHead's state-dict names."""
     names = sorted(head)
     if {"classifier.weight", "classifier.bias"} <= set(head):  # BERT: classifier on the pooler output
@@ -260,30 +277,44 @@ def _head(base: BaseModel, head: dict[str, Tensor], pooler: dict[str, Tensor], c
     problem = "regression" if n == 1 else "single_label_classification"
     if labels is not None and problem != "regression" and len(labels) != n:
         raise ConfigError(f"--labels gives {len(labels)} names, the adapter's classifier has {n} outputs")
-    config = HeadConfig(problem_type=problem, num_labels=max(n, 1), labels=labels or (),
-                        pooling="pooler" if hidden is None else "cls", hidden_layers=0 if hidden is None else 1,
-                        hidden_activation=act)
+    config = HeadConfig(
+        problem_type=problem,
+        num_labels=max(n, 1),
+        labels=labels or (),
+        pooling="pooler" if hidden is None else "cls",
+        hidden_layers=0 if hidden is None else 1,
+        hidden_activation=act,
+    )
     weights = {"head.out.weight": out_w.float(), "head.out.bias": out_b.float()}
     if hidden is not None:
         weights["head.hidden.0.weight"], weights["head.hidden.0.bias"] = hidden
     return config, weights
 
 
-def _merge_pooler(cfg: dict[str, Any], peft_type: str, w: Tensor, b: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def _merge_pooler(
+    cfg: dict[str, Any], peft_type: str, w: Tensor, b: Tensor, parts: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
     """Fold a PEFT delta on ``pooler.dense`` into its weights (the pooler is part of the head: per task)."""
     if not parts:
         return w, b
     if peft_type == "LORA":
         a_t, b_t = _lora_factors(cfg, "pooler.dense", parts, (w.shape[1], w.shape[0]))
         return w + (a_t @ b_t).t(), b
-    l = parts["l"].float()
-    if l.shape[0] == 1:  # input scaling: (x * l) W^T = x (W * l)^T
-        return w * l, b
-    return w * l, b * l[:, 0]
+    scale = parts["l"].float()
+    if scale.shape[0] == 1:  # input scaling: (x * l) W^T = x (W * l)^T
+        return w * scale, b
+    return w * scale, b * scale[:, 0]
 
 
-def import_peft(base: BaseModel, adapter_dir: str | Path, task_name: str | None = None, *,
-                labels: tuple[str, ...] | None = None, max_length: int = 128, text_pair: bool = False) -> TaskCheckpoint:
+def import_peft(
+    base: BaseModel,
+    adapter_dir: str | Path,
+    task_name: str | None = None,
+    *,
+    labels: tuple[str, ...] | None = None,
+    max_length: int = 128,
+    text_pair: bool = False,
+) -> TaskCheckpoint:
     """Convert a PEFT adapter directory into a :class:`TaskCheckpoint` on ``base`` (nothing written)."""
     adapter_dir = Path(adapter_dir)
     cfg = _read_config(adapter_dir)
@@ -295,8 +326,10 @@ def import_peft(base: BaseModel, adapter_dir: str | Path, task_name: str | None 
         raise UnsupportedAdapterError(f"{adapter_dir}'s weights hold no LoRA / IA3 delta on an encoder layer")
     bad_layers = sorted({i for i, _ in layer_deltas if i >= base.num_layers})
     if bad_layers:
-        raise FingerprintMismatchError(f"the adapter has weights for layers {bad_layers}, {base.path} has "
-                                       f"{base.num_layers} layers; pass the --base it was trained on")
+        raise FingerprintMismatchError(
+            f"the adapter has weights for layers {bad_layers}, {base.path} has "
+            f"{base.num_layers} layers; pass the --base it was trained on"
+        )
     dims = module_dims(base.hidden_size, int(base.model.config.intermediate_size))
     prefix = MODEL_PREFIX[base.model_type]
     rows: dict[str, Tensor] = {}
@@ -310,25 +343,37 @@ def import_peft(base: BaseModel, adapter_dir: str | Path, task_name: str | None 
             factors[(i, module)] = _lora_factors(cfg, name, parts, dims[module])
             lora_mods.add(module)
             continue
-        l = parts.get("l")
-        if l is None or l.dim() != 2:
+        vec = parts.get("l")
+        if vec is None or vec.dim() != 2:
             raise ArtifactError(f"{name}: IA3 needs one ia3_l weight of shape [out, 1] or [1, in]")
-        side = "in" if l.shape[0] == 1 and l.shape[1] == dims[module][0] else "out"
+        side = "in" if vec.shape[0] == 1 and vec.shape[1] == dims[module][0] else "out"
         want = (1, dims[module][0]) if side == "in" else (dims[module][1], 1)
-        if tuple(l.shape) != want:
-            raise FingerprintMismatchError(f"{name}: ia3_l has shape {tuple(l.shape)}, the base's layer needs {want}; "
-                                           "pass the --base it was trained on")
-        rows[f"{i}.{module}.ia3_{side}"] = (l.float().flatten() - 1.0)
+        if tuple(vec.shape) != want:
+            raise FingerprintMismatchError(
+                f"{name}: ia3_l has shape {tuple(vec.shape)}, the base's layer needs {want}; "
+                "pass the --base it was trained on"
+            )
+        rows[f"{i}.{module}.ia3_{side}"] = vec.float().flatten() - 1.0
         ia3.add(f"{module}.{side}")
     rank = max((a.shape[1] for a, _ in factors.values()), default=0)
     layers = tuple(sorted({i for i, _ in layer_deltas}))
-    spec = PeftSpec(lora=tuple(lora_mods), ia3=tuple(ia3), rank=rank, info={
-        "peft_type": peft_type, "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha"),
-        "use_rslora": bool(cfg.get("use_rslora", False)), "rank_pattern": cfg.get("rank_pattern") or {},
-        "alpha_pattern": cfg.get("alpha_pattern") or {}, "target_modules": cfg.get("target_modules"),
-        "feedforward_modules": cfg.get("feedforward_modules"), "peft_version": cfg.get("peft_version"),
-        "base_model_name_or_path": cfg.get("base_model_name_or_path"),
-    })
+    spec = PeftSpec(
+        lora=tuple(lora_mods),
+        ia3=tuple(ia3),
+        rank=rank,
+        info={
+            "peft_type": peft_type,
+            "r": cfg.get("r"),
+            "lora_alpha": cfg.get("lora_alpha"),
+            "use_rslora": bool(cfg.get("use_rslora", False)),
+            "rank_pattern": cfg.get("rank_pattern") or {},
+            "alpha_pattern": cfg.get("alpha_pattern") or {},
+            "target_modules": cfg.get("target_modules"),
+            "feedforward_modules": cfg.get("feedforward_modules"),
+            "peft_version": cfg.get("peft_version"),
+            "base_model_name_or_path": cfg.get("base_model_name_or_path"),
+        },
+    )
     ckpt_weights: dict[str, Tensor] = {}
     sides = {e.rsplit(".", 1)[0]: [] for e in spec.ia3}
     for e in spec.ia3:
@@ -342,20 +387,31 @@ def import_peft(base: BaseModel, adapter_dir: str | Path, task_name: str | None 
                 ckpt_weights[f"lora.{i}.{module}.lora_b"] = torch.nn.functional.pad(b_t, (0, 0, 0, rank - b_t.shape[0]))
             for side in sides.get(module, []):
                 ckpt_weights[f"lora.{i}.{module}.ia3_{side}"] = rows.get(
-                    f"{i}.{module}.ia3_{side}", torch.zeros(d_in if side == "in" else d_out))
+                    f"{i}.{module}.ia3_{side}", torch.zeros(d_in if side == "in" else d_out)
+                )
     head_config, head_weights = _head(base, head, pooler, cfg, peft_type, labels)
     ckpt_weights.update(head_weights)
     name = task_name or adapter_dir.resolve().name
     adapter = AdapterConfig(placement="none", bottleneck=1, reduction_factor=None, layers=layers, peft=spec)
     return TaskCheckpoint(
-        name=name, base_fingerprint=base.fingerprint, base_model_type=base.model_type,
-        hidden_size=base.hidden_size, num_layers=base.num_layers, adapter=adapter, head=head_config,
-        max_length=max_length, text_pair=text_pair, weights=ckpt_weights, source="peft",
+        name=name,
+        base_fingerprint=base.fingerprint,
+        base_model_type=base.model_type,
+        hidden_size=base.hidden_size,
+        num_layers=base.num_layers,
+        adapter=adapter,
+        head=head_config,
+        max_length=max_length,
+        text_pair=text_pair,
+        weights=ckpt_weights,
+        source="peft",
         training={"imported_from": {"path": str(adapter_dir.resolve()), **spec.info}},
     )
 
 
-def verify_peft(ckpt: TaskCheckpoint, base: BaseModel, adapter_dir: str | Path, texts: list[str] | None = None) -> float:
+def verify_peft(
+    ckpt: TaskCheckpoint, base: BaseModel, adapter_dir: str | Path, texts: list[str] | None = None
+) -> float:
     """Max abs logit difference between the imported task and PEFT's own model on sample texts (needs peft)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -365,7 +421,8 @@ def verify_peft(ckpt: TaskCheckpoint, base: BaseModel, adapter_dir: str | Path, 
     hf_logging.set_verbosity_error()
     try:
         hf = AutoModelForSequenceClassification.from_pretrained(
-            str(base.path), num_labels=ckpt.head.out_features, attn_implementation="eager", local_files_only=True)
+            str(base.path), num_labels=ckpt.head.out_features, attn_implementation="eager", local_files_only=True
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     peft_model = PeftModel.from_pretrained(hf, str(adapter_dir)).eval()
