@@ -279,8 +279,11 @@ def test_standalone_folds_peft_into_weights(bert, mixed):
     assert collections.Counter(n.op_type for n in onnx.load(str(bn_path)).graph.node)["MatMul"] > 8 * num_layers
 
 
-def test_add_task_refuses_modules_the_featurizer_lacks(tiny_bases, bert, mixed, tmp_path):
+def test_add_task_lora_of_another_rank_and_refusal(tiny_bases, bert, mixed, lora_dir, tmp_path):
+    """add-task: a LoRA task of rank 4 on a subset of the featurizer's modules joins (zero rows elsewhere) and
+    matches PEFT; a task needing a module the featurizer has no bank input for is refused with the list."""
     from adapterdeploy.exporter.deployment import add_task
+    from adapterdeploy.runtime.deployment import Deployment
 
     ia3_ffn = make_peft_adapter(
         tiny_bases["bert"], tmp_path / "a", "ia3", target_modules=["intermediate.dense"], feedforward_modules=[], seed=4
@@ -288,6 +291,28 @@ def test_add_task_refuses_modules_the_featurizer_lacks(tiny_bases, bert, mixed, 
     ck = save_checkpoint(import_peft(bert, ia3_ffn, "late"), tmp_path / "ck")
     with pytest.raises(AdapterDeployError, match=r"no PEFT bank input for \['ffn_in.out'\]"):
         add_task(mixed["dir"], ck)
+    small = make_peft_adapter(tiny_bases["bert"], tmp_path / "b", "lora", target_modules=["value"], r=2, seed=6)
+    add_task(mixed["dir"], save_checkpoint(import_peft(bert, small, "small"), tmp_path / "ck2"))
+    with Deployment.open(mixed["dir"]) as dep:
+        got = dep.predict_mixed([("small", t) for t in TEXTS] + [("lora", t) for t in TEXTS])
+    want = torch.cat([peft_logits(mixed["base_dir"], a, 3, _enc(bert)) for a in (small, mixed["adapters"]["lora"])])
+    probs = np.array([list(p.probabilities.values()) for p in got])
+    assert np.abs(probs - torch.softmax(want, -1).numpy()).max() <= 1e-4
+
+
+def test_peft_task_refused_where_zero_bottleneck_is_not_identity(tiny_bases, bert, lora_dir, tmp_path):
+    """The exporter says which featurizer a PEFT task needs when it cannot share the bottleneck tasks' one."""
+    from exporter_helpers import make_checkpoint
+
+    from adapterdeploy.config import SiteOptions
+    from adapterdeploy.exporter.deployment import export_deployment
+
+    site = SiteOptions(ln_after=True, adapter_residual_before_ln=True)
+    bn = make_checkpoint(bert, tmp_path, "bn", placement="pfeiffer", site=site)
+    lora = save_checkpoint(import_peft(bert, lora_dir, "lora"), tmp_path / "lora")
+    with pytest.raises(UnsupportedAdapterError, match=r"task 'lora' has PEFT deltas only.*their own deployment"):
+        export_deployment(tiny_bases["bert"], [bn, lora], tmp_path / "dep")
+    assert not (tmp_path / "dep").exists()
 
 
 @pytest.mark.slow

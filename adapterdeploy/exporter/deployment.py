@@ -107,8 +107,14 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
 
     for ckpt in ckpts:
         missing = sorted(set(range(adapter_drop, num_layers)) - set(ckpt.adapter.adapter_layers(num_layers)))
-        if not ckpt.adapter.signature().has_bottleneck:  # a PEFT-only task has zero bottleneck rows everywhere
-            missing = list(range(adapter_drop, num_layers))
+        if not ckpt.adapter.signature().has_bottleneck and signature.has_bottleneck:
+            if not zero_adapter_is_identity(signature):  # a PEFT-only task has zero bottleneck rows everywhere
+                raise UnsupportedAdapterError(
+                    f"task {ckpt.name!r} has PEFT deltas only, and with the bottleneck tasks' site options "
+                    f"({signature.site}) a zero bottleneck adapter is not the same as none, so it cannot share "
+                    "their featurizer; export the PEFT tasks into their own deployment (separate --out)"
+                )
+            continue
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
