@@ -32,6 +32,7 @@ from adapterdeploy.errors import ConfigError
 __all__ = [
     "ACTIVATIONS",
     "LORA_MODULES",
+    "LOWER_SUFFIX",
     "NO_BOTTLENECK",
     "PLACEMENTS",
     "RANK_AXIS",
@@ -61,6 +62,8 @@ LORA_MODULES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 # Axis of the LoRA rank in each PEFT bank input (T axis included): lora_a [T, in, R], lora_b [T, R, out].
 RANK_AXIS = {"lora_a": 2, "lora_b": 1}
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+# A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
+LOWER_SUFFIX = "_lower"
 POOLINGS = ("cls", "mean", "pooler")
 PROBLEM_TYPES = ("single_label_classification", "regression")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
@@ -231,6 +234,10 @@ class AdapterSignature:
     activation: str
     site: SiteOptions
     per_task_layernorm: bool
+    # Stack: a second (lower) adapter slot before each site's adapter, e.g. a shared language adapter
+    # (``models/stack.py``). Left out of the JSON when False, so older fingerprints stay the same.
+    stack: bool = False
+    # PEFT modules with LoRA / IA3 bank inputs (PeftSpec); left out of the JSON when empty, likewise.
     lora: tuple[str, ...] = ()
     ia3: tuple[str, ...] = ()
 
@@ -252,6 +259,8 @@ class AdapterSignature:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.stack:
+            del d["stack"]
         for k in ("lora", "ia3"):  # omitted when empty: bottleneck-only fingerprints stay what they were
             if d[k]:
                 d[k] = list(d[k])
