@@ -41,6 +41,7 @@ from adapterdeploy.artifacts import (
     safe_relpath,
     sha256_file,
 )
+from adapterdeploy.config import signature_misfit
 from adapterdeploy.errors import ArtifactError, ChecksumError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet
 from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
@@ -87,10 +88,11 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
                     f"of {root} has no lower-adapter slots (none of its tasks was stacked); export the deployment "
                     "again with this task among its --task checkpoints")
             sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
-            if sig != fz.signature:
+            misfit = signature_misfit(sig, fz.signature)  # a task may use a subset of the PEFT modules
+            if misfit:
                 raise FingerprintMismatchError(
-                    f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
-                    f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+                    f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
+                    "export it into its own deployment, or re-export this deployment with it")
         if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, fz.signature, fz.num_layers) != fz.fingerprint:
             raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
                                            "the deployment is inconsistent: re-export it")
