@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_HEAD_FILE, TASK_WEIGHTS_FILE, Manifest, TaskSpec, verify_files
+from adapterdeploy.artifacts import (
+    PARITY_SAMPLES,
+    TASK_HEAD_FILE,
+    TASK_WEIGHTS_FILE,
+    Manifest,
+    TaskSpec,
+    safe_relpath,
+    verify_files,
+)
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
@@ -103,8 +111,16 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
     source = Path(dep.task_info(task).source)
     engine = dep._engine
     tensors = load_file(str(source / TASK_WEIGHTS_FILE))
-    dtypes = {i.name: i.dtype for i in engine.layout.inputs.values()}
-    bank = {k: np.ascontiguousarray(tensors[k][None], dtype=dtypes[k]) for k in dtypes}
+    stack_on = spec.adapter.get("stack_on")
+    if stack_on:  # a stacked task: its lower adapter's rows, read straight from the shared file
+        tensors.update(load_file(str(dep.root / safe_relpath(stack_on["file"]))))
+    H = dep.manifest.featurizer.hidden_size
+    bank = {}
+    for k, inp in engine.layout.inputs.items():
+        t = tensors.get(k)
+        if t is None:  # a plain task in a stacked deployment: zero lower-adapter rows (bottleneck 1)
+            t = np.zeros([1 if ax == inp.m_axis else (d or H) for ax, d in enumerate(inp.shape) if ax > 0])
+        bank[k] = np.ascontiguousarray(t[None], dtype=inp.dtype)
     head_file = source / TASK_HEAD_FILE
     head = (Head(config=spec.head, session=dep._factory.session(head_file)) if head_file.is_file()
             else Head.from_tensors(task, spec.head, tensors, dep.manifest.featurizer.hidden_size))
