@@ -4,7 +4,9 @@ Each task is a model. Inputs are ``BYTES`` tensors sent as JSON strings: ``text`
 ``[N, 1]``) and, for text pairs, ``text_pair`` of the same shape. Outputs, all of shape ``[N]`` unless
 noted: classification ``label`` (BYTES), ``score`` (FP32, the label's probability), ``probabilities``
 (FP32 ``[N, C]``, row-major, columns in the order of the output's ``parameters.labels``); regression
-``value`` and ``score`` (FP32); every task ``truncated`` (BOOL). A request may name the outputs it wants.
+``value`` and ``score`` (FP32); every task ``truncated`` (BOOL). A request may name the outputs it wants;
+``embedding`` (FP32 ``[N, H]``, the task's adapted featurizer, L2-normalised; output parameter ``pooling``:
+mean | cls | pooler, default mean) is sent only when named, and runs in the same batch as the rest.
 Errors use the protocol's ``{"error": message}`` (plus ``error_type`` and ``request_id``).
 Not supported (refused with a clear 400): the binary tensor extension, non-BYTES inputs, model versions.
 """
@@ -21,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapterdeploy.errors import InputError
 
 __all__ = [
+    "EMBEDDING_OUTPUT",
     "INPUT_NAMES",
     "InferInput",
     "InferOutputRequest",
     "InferenceRequest",
     "TaskMeta",
+    "embedding_pooling",
     "infer_response",
     "model_metadata",
     "rows_from_request",
@@ -44,6 +48,7 @@ class TaskMeta:
     problem_type: str
     labels: tuple[str, ...]
     text_pair: bool
+    hidden_size: int = -1  # the embedding output's width (-1: unknown)
 
     @property
     def regression(self) -> bool:
@@ -140,10 +145,14 @@ def rows_from_request(req: InferenceRequest, task: TaskMeta) -> list[str | tuple
     return list(zip(texts, pairs, strict=True))
 
 
+EMBEDDING_OUTPUT = "embedding"
+
+
 def _requested(req: InferenceRequest, task: TaskMeta) -> tuple[str, ...]:
     names = task.output_names()
     if not req.outputs:
         return names
+    names = (*names, EMBEDDING_OUTPUT)
     wanted = []
     for i, out in enumerate(req.outputs):
         if out.name not in names:
@@ -157,12 +166,32 @@ def check_outputs(req: InferenceRequest, task: TaskMeta) -> None:
     _requested(req, task)
 
 
-def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any]) -> dict[str, Any]:
-    """The protocol's response for ``predictions`` (runtime ``Prediction`` rows, in input order)."""
-    n = len(predictions)
+def embedding_pooling(req: InferenceRequest, task: TaskMeta) -> tuple[bool, str | None]:
+    """(whether the request needs the task's head rows, the ``embedding`` output's pooling or None)."""
+    wanted = _requested(req, task)
+    pooling = None
+    for i, out in enumerate(req.outputs or ()):
+        if out.name == EMBEDDING_OUTPUT:
+            value = (out.parameters or {}).get("pooling", "mean")
+            if value not in ("mean", "cls", "pooler"):
+                raise InputError(f"outputs[{i}].parameters.pooling is {value!r}; choose mean, cls or pooler")
+            pooling = str(value)
+    return any(n != EMBEDDING_OUTPUT for n in wanted), pooling
+
+
+def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any],
+                   embeddings: Sequence[Any] = ()) -> dict[str, Any]:
+    """The protocol's response for ``predictions`` (runtime ``Prediction`` rows, in input order) and, when
+    the ``embedding`` output was asked for, ``embeddings`` (runtime ``Embedding`` rows, same order)."""
+    n = max(len(predictions), len(embeddings))
     outputs = []
     for name in _requested(req, task):
-        if name == "label":
+        if name == EMBEDDING_OUTPUT:
+            dim = len(embeddings[0].vector) if embeddings else max(task.hidden_size, 0)
+            outputs.append({"name": name, "datatype": "FP32", "shape": [n, dim],
+                            "data": [float(x) for e in embeddings for x in e.vector],
+                            "parameters": {"pooling": embeddings[0].pooling if embeddings else "mean"}})
+        elif name == "label":
             outputs.append({"name": name, "datatype": "BYTES", "shape": [n], "data": [p.label for p in predictions]})
         elif name in ("score", "value"):
             outputs.append({"name": name, "datatype": "FP32", "shape": [n],
@@ -189,6 +218,8 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
     shapes = {"label": ("BYTES", [-1]), "score": ("FP32", [-1]), "value": ("FP32", [-1]),
               "probabilities": ("FP32", [-1, len(task.labels)]), "truncated": ("BOOL", [-1])}
     outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
+    outputs.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, task.hidden_size],
+                    "parameters": {"on_request": True, "poolings": "mean,cls,pooler", "normalized": "l2"}})
     return {
         "name": task.name,
         "versions": ["1"],
