@@ -67,8 +67,10 @@ def test_embed_and_predict_requests_share_one_forward(server, deployment):
 
 
 def test_v2_embedding_output_beside_the_labels(client, deployment):
-    body = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS}],
-            "outputs": [{"name": "label"}, {"name": "embedding", "parameters": {"pooling": "cls"}}]}
+    body = {
+        "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS}],
+        "outputs": [{"name": "label"}, {"name": "embedding", "parameters": {"pooling": "cls"}}],
+    }
     r = client.post("/v2/models/topic/infer", json=body)
     assert r.status_code == 200, r.text
     outs = {o["name"]: o for o in r.json()["outputs"]}
@@ -79,20 +81,24 @@ def test_v2_embedding_output_beside_the_labels(client, deployment):
     np.testing.assert_allclose(np.array(outs["embedding"]["data"]).reshape(want.shape), want, atol=1e-6)
     only = client.post("/v2/models/topic/infer", json={**body, "outputs": [{"name": "embedding"}]}).json()
     assert [o["name"] for o in only["outputs"]] == ["embedding"]
-    np.testing.assert_allclose(np.array(only["outputs"][0]["data"]).reshape(want.shape),
-                               deployment.embed(TEXTS, task="topic"), atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(only["outputs"][0]["data"]).reshape(want.shape), deployment.embed(TEXTS, task="topic"), atol=1e-6
+    )
     meta = {o["name"]: o for o in client.get("/v2/models/topic").json()["outputs"]}
     assert meta["embedding"]["shape"] == [-1, want.shape[1]] and meta["embedding"]["datatype"] == "FP32"
     default = client.post("/v2/models/topic/infer", json={"inputs": body["inputs"]}).json()
     assert "embedding" not in [o["name"] for o in default["outputs"]]  # sent only when asked for
 
 
-@pytest.mark.parametrize(("body", "status", "fragment"), [
-    ({"inputs": ["a"], "task": "nope"}, 404, "unknown task 'nope'"),
-    ({"inputs": ["a"], "pooling": "max"}, 400, "pooling"),
-    ({"inputs": []}, 400, "inputs"),
-    ({"inputs": ["a", ""]}, 400, "inputs[1]"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"inputs": ["a"], "task": "nope"}, 404, "unknown task 'nope'"),
+        ({"inputs": ["a"], "pooling": "max"}, 400, "pooling"),
+        ({"inputs": []}, 400, "inputs"),
+        ({"inputs": ["a", ""]}, 400, "inputs[1]"),
+    ],
+)
 def test_v1_embed_bad_requests(client, body, status, fragment):
     r = client.post("/v1/embed", json=body)
     assert r.status_code == status, r.text
@@ -100,7 +106,9 @@ def test_v1_embed_bad_requests(client, body, status, fragment):
 
 
 def test_v2_embedding_bad_pooling(client):
-    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
-            "outputs": [{"name": "embedding", "parameters": {"pooling": "max"}}]}
+    body = {
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
+        "outputs": [{"name": "embedding", "parameters": {"pooling": "max"}}],
+    }
     r = client.post("/v2/models/topic/infer", json=body)
     assert r.status_code == 400 and "outputs[0].parameters.pooling" in r.json()["error"]

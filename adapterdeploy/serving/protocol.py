@@ -4,7 +4,10 @@ Each task is a model. Inputs are ``BYTES`` tensors sent as JSON strings: ``text`
 ``[N, 1]``) and, for text pairs, ``text_pair`` of the same shape. Outputs, all of shape ``[N]`` unless
 noted: classification ``label`` (BYTES), ``score`` (FP32, the label's probability), ``probabilities``
 (FP32 ``[N, C]``, row-major, columns in the order of the output's ``parameters.labels``); regression
-``value`` and ``score`` (FP32); every task ``truncated`` (BOOL). A request may name the outputs it wants;
+``value`` and ``score`` (FP32); multi-label adds ``labels`` (BOOL ``[N, C]``: label c is on, i.e. its
+sigmoid probability reached its threshold; columns as ``parameters.labels``, thresholds in
+``parameters.thresholds``) and its ``probabilities`` are independent sigmoids; every task ``truncated``
+(BOOL). A request may name the outputs it wants;
 ``embedding`` (FP32 ``[N, H]``, the task's adapted featurizer, L2-normalised; output parameter ``pooling``:
 mean | cls | pooler, default mean) is sent only when named, and runs in the same batch as the rest.
 Errors use the protocol's ``{"error": message}`` (plus ``error_type`` and ``request_id``).
@@ -49,6 +52,11 @@ class TaskMeta:
     labels: tuple[str, ...]
     text_pair: bool
     hidden_size: int = -1  # the embedding output's width (-1: unknown)
+    thresholds: tuple[float, ...] = ()  # multi-label: one per label
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     @property
     def regression(self) -> bool:
@@ -57,6 +65,8 @@ class TaskMeta:
     def output_names(self) -> tuple[str, ...]:
         if self.regression:
             return ("value", "score", "truncated")
+        if self.multi_label:
+            return ("labels", "label", "score", "probabilities", "truncated")
         return ("label", "score", "probabilities", "truncated")
 
 
@@ -191,6 +201,12 @@ def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[
             outputs.append({"name": name, "datatype": "FP32", "shape": [n, dim],
                             "data": [float(x) for e in embeddings for x in e.vector],
                             "parameters": {"pooling": embeddings[0].pooling if embeddings else "mean"}})
+        elif name == "labels":
+            labels = list(task.labels)
+            outputs.append({"name": name, "datatype": "BOOL", "shape": [n, len(labels)],
+                            "data": [lab in (p.labels or ()) for p in predictions for lab in labels],
+                            "parameters": {"labels": ",".join(labels),
+                                           "thresholds": ",".join(f"{t:g}" for t in task.thresholds)}})
         elif name == "label":
             outputs.append({"name": name, "datatype": "BYTES", "shape": [n], "data": [p.label for p in predictions]})
         elif name in ("score", "value"):
@@ -215,7 +231,8 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
     inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     if task.text_pair:
         inputs.append({"name": "text_pair", "datatype": "BYTES", "shape": [-1]})
-    shapes = {"label": ("BYTES", [-1]), "score": ("FP32", [-1]), "value": ("FP32", [-1]),
+    shapes = {"labels": ("BOOL", [-1, len(task.labels)]), "label": ("BYTES", [-1]), "score": ("FP32", [-1]),
+              "value": ("FP32", [-1]),
               "probabilities": ("FP32", [-1, len(task.labels)]), "truncated": ("BOOL", [-1])}
     outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
     outputs.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, task.hidden_size],
@@ -227,7 +244,8 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
         "inputs": inputs,
         "outputs": outputs,
         "parameters": {"problem_type": task.problem_type, "labels": ",".join(task.labels),
-                       "text_pair": task.text_pair},
+                       "text_pair": task.text_pair,
+                       **({"thresholds": ",".join(f"{t:g}" for t in task.thresholds)} if task.thresholds else {})},
     }
 
 

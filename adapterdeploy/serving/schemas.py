@@ -111,7 +111,8 @@ class EmbedResponse(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    """``Prediction.to_dict()``: classification fills label/score/probabilities, regression value/score."""
+    """``Prediction.to_dict()``: classification fills label/score/probabilities, regression value/score;
+    multi-label adds ``labels`` (every label at or over its threshold) and its probabilities are sigmoids."""
 
     task: str
     label: str | None
@@ -119,6 +120,7 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] | None
     value: float | None
     truncated: bool
+    labels: list[str] | None = Field(None, description="Multi-label tasks only: the labels that are on.")
 
 
 class PredictResponse(BaseModel):

@@ -143,7 +143,8 @@ class ServingState:
             raise UnknownTaskError(f"unknown task {task!r}")
         spec = TaskSpec.read(Path(source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, hidden_size=int(self.deployment.manifest.featurizer.hidden_size))
+                        text_pair=spec.text_pair, hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+                        thresholds=tuple(spec.head.thresholds))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
