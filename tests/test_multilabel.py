@@ -216,6 +216,10 @@ def test_check_parity_and_eval_on_a_multi_label_task(exported, tmp_path):
     assert items["parity"].status == "pass", items["parity"]
     acc = [i for n, i in items.items() if n.startswith("accuracy")]
     assert acc and "micro_f1 1.0000" in acc[0].detail, acc  # its own predictions as gold: exactly 1
+    from adapterdeploy.exporter.adapter_drop import evaluate_drop
+
+    drop = evaluate_drop(exported[1], load_checkpoint(deploy.parent / "ckpt" / "tags"), eval_file, 2, 24)
+    assert drop["metric"] == "micro_f1" and drop["all_adapters"] == 1.0 and 0 <= drop["without_dropped"] <= 1
 
 
 # ---- AdapterHub import ------------------------------------------------------------------------------------
