@@ -22,7 +22,7 @@ from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableErro
 from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
-from adapterdeploy.serving.protocol import TaskMeta
+from adapterdeploy.serving.protocol import TaskMeta, task_version
 from adapterdeploy.serving.settings import Settings
 
 __all__ = ["CLIENT_GONE_STATUS", "REASON_BY_TYPE", "ClientGone", "ServingState", "Tracker"]
@@ -143,7 +143,8 @@ class ServingState:
             raise UnknownTaskError(f"unknown task {task!r}")
         spec = TaskSpec.read(Path(source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+                        text_pair=spec.text_pair, version=task_version(spec.files),
+                        hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
                         thresholds=tuple(spec.head.thresholds))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
