@@ -29,6 +29,7 @@ from adapterdeploy.artifacts import (
     verify_files,
 )
 from adapterdeploy.errors import AdapterDeployError
+from adapterdeploy.multilabel import sigmoid
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
@@ -93,9 +94,11 @@ def _timed(fn: Callable[[], Any], reps: int) -> list[float]:
     return out
 
 
-def _probs(logits: np.ndarray, regression: bool) -> np.ndarray:
+def _probs(logits: np.ndarray, regression: bool, multi_label: bool = False) -> np.ndarray:
     if regression:
         return logits[:, :1].astype(np.float64)
+    if multi_label:
+        return sigmoid(logits)
     x = np.exp(logits - logits.max(axis=1, keepdims=True))
     return x / x.sum(axis=1, keepdims=True)
 
@@ -134,7 +137,8 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
         outs = engine.adapted.run(engine.output_names, {"hidden": hidden, "attention_mask": padded.attention_mask,
                                                         "row_source": one, "task_index": one, **bank})
         feats = dict(zip(engine.output_names, outs, strict=True))
-        out.append(_probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression")[0])
+        out.append(_probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression",
+                          spec.head.multi_label)[0])
     return np.stack(out)
 
 
@@ -164,7 +168,8 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
         if samples:
             regression = specs[t].head.problem_type == "regression"
             rows = [s["input"] if isinstance(s["input"], str) else tuple(s["input"]) for s in samples]
-            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression)
+            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression,
+                          specs[t].head.multi_label)
             got_t = np.array([_pred_vector(p) for p in dep.predict(rows, task=t)])
             stored[t] = float(np.abs(got_t - want).max())
             if not regression:
@@ -203,7 +208,12 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
     preds = dep.predict(rows, task=task)
     truth = [ex.label for ex in data.examples]
     if spec.head.problem_type == "regression":
-        got: list[Any] = [p.value for p in preds]
+        got: Any = [p.value for p in preds]
+    elif spec.head.multi_label:  # multi-hot rows at the task's stored thresholds
+        got = np.array([[lab in (p.labels or ()) for lab in spec.head.labels] for p in preds])
+        truth = np.zeros(got.shape, dtype=bool)  # type: ignore[assignment]
+        for i, ex in enumerate(data.examples):
+            truth[i, list(ex.label or ())] = True  # type: ignore[call-overload]
     else:
         index = {name: i for i, name in enumerate(spec.head.labels)}
         got = [index[p.label] for p in preds]
