@@ -66,7 +66,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 # A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
 LOWER_SUFFIX = "_lower"
 POOLINGS = ("cls", "mean", "pooler")
-PROBLEM_TYPES = ("single_label_classification", "regression")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 
@@ -344,6 +344,8 @@ class HeadConfig:
     Semantics: ``z = pool(h); for each hidden layer: z = act(W z + b); out = W_o z + b_o``;
     classification scores are ``softmax(out)``, regression reads ``out[0]``. ``pooler`` pooling is the
     base model's own pooler, ``tanh(W_p h[CLS] + b_p)``, with the base's (frozen) weights.
+    Multi-label classification scores each label with ``sigmoid(out)`` and turns it on at
+    ``>= thresholds[c]`` (one per label, tuned on the eval file by the trainer; 0.5 by default).
     """
 
     problem_type: str = "single_label_classification"
@@ -352,6 +354,7 @@ class HeadConfig:
     pooling: str = "cls"
     hidden_layers: int = 0
     hidden_activation: str = "tanh"
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.problem_type not in PROBLEM_TYPES:
@@ -378,6 +381,20 @@ class HeadConfig:
             dupes = sorted({x for x in labels if labels.count(x) > 1})
             raise ConfigError(f"label names must be unique, {dupes[:5]} repeat; a prediction could not tell them apart")
         object.__setattr__(self, "labels", labels)
+        thresholds = tuple(float(t) for t in self.thresholds)
+        if self.problem_type != "multi_label_classification":
+            if thresholds:
+                raise ConfigError(f"thresholds are for multi-label heads; this head is {self.problem_type}")
+        else:
+            thresholds = thresholds or (0.5,) * self.num_labels
+            if len(thresholds) != self.num_labels or not all(0.0 < t < 1.0 for t in thresholds):
+                raise ConfigError(f"a multi-label head needs {self.num_labels} thresholds in (0, 1), one per label; "
+                                  f"got {list(thresholds)}")
+        object.__setattr__(self, "thresholds", thresholds)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     @property
     def out_features(self) -> int:
@@ -386,6 +403,9 @@ class HeadConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        d["thresholds"] = list(self.thresholds)
+        if not self.thresholds:
+            del d["thresholds"]  # task.json of other heads stays as before
         return d
 
     @classmethod
@@ -405,7 +425,10 @@ class HeadConfig:
         if not 0 <= d.get("num_labels", 2) <= MAX_LABELS:
             raise ConfigError(f"num_labels {d['num_labels']} is out of range (at most {MAX_LABELS})")
         d["labels"] = tuple(labels)
+        d["thresholds"] = tuple(d.get("thresholds") or ())
         return cls(**d)
 
     def with_labels(self, labels: tuple[str, ...]) -> HeadConfig:
-        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1)
+        thresholds = self.thresholds if len(self.thresholds) == len(labels) else ()
+        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1,
+                       thresholds=thresholds)
