@@ -304,13 +304,16 @@ def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
             _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
                                          ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-            if state.deployment is not None:
+            if state.deployment is not None and state.deployment.known_task_count <= DOCUMENTED_TASKS_LIMIT:
                 _document_task_names(schema, sorted(state.deployment.task_names))
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+DOCUMENTED_TASKS_LIMIT = 1000  # more tasks than this: no enum in the schema (the index lists them, paged)
 
 
 def _document_task_names(schema: dict[str, Any], names: list[str]) -> None:
