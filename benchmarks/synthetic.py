@@ -36,8 +36,9 @@ def synthetic_name(prefix: str, i: int) -> str:
     return f"{prefix}{i:06d}"
 
 
-def add_synthetic_tasks(deploy_dir: str | Path, n: int, *, template: str | None = None, prefix: str = "s",
-                        seed: int = 0, start: int = 0) -> list[str]:
+def add_synthetic_tasks(
+    deploy_dir: str | Path, n: int, *, template: str | None = None, prefix: str = "s", seed: int = 0, start: int = 0
+) -> list[str]:
     """Add ``n`` synthetic tasks (``prefix`` + index from ``start``) to the deployment; return their names.
 
     ``template`` is an exported task of the deployment (default: its first task). The manifest is
@@ -62,18 +63,28 @@ def add_synthetic_tasks(deploy_dir: str | Path, n: int, *, template: str | None 
         task_dir = root / rel
         task_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng((seed, i))
-        weights = {k: (rng.standard_normal(v.shape, dtype=np.float32) * np.float32(stds[k]) if k in stds else v)
-                   for k, v in tensors.items()}
+        weights = {
+            k: (rng.standard_normal(v.shape, dtype=np.float32) * np.float32(stds[k]) if k in stds else v)
+            for k, v in tensors.items()
+        }
         if head_graph.is_file():
             shutil.copyfile(head_graph, task_dir / TASK_HEAD_FILE)
-        written = write_task_files(task_dir, dataclasses.replace(
-            spec, name=name, parity={"note": f"synthetic: {template}'s head, random adapter rows; not exported"},
-            metrics={}), weights)
+        written = write_task_files(
+            task_dir,
+            dataclasses.replace(
+                spec,
+                name=name,
+                parity={"note": f"synthetic: {template}'s head, random adapter rows; not exported"},
+                metrics={},
+            ),
+            weights,
+        )
         tasks[name] = rel
         files.update({f"{rel}/{f}": FileEntry(e.size, e.sha256) for f, e in written.files.items()})
         names.append(name)
-    new = dataclasses.replace(manifest, tasks=tasks, files=files,
-                              created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    new = dataclasses.replace(
+        manifest, tasks=tasks, files=files, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
     tmp = root / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(new.to_dict(), indent=2) + "\n")
     os.replace(tmp, root / MANIFEST_FILE)

@@ -87,7 +87,7 @@ def test_eviction_keeps_the_budget_and_reloads_give_the_same_answers(many):
     with Deployment.open(root, max_loaded_tasks=25) as dep:
         seen = _load_threads(dep)
         for i in range(0, len(picks), 16):
-            batch = picks[i:i + 16]
+            batch = picks[i : i + 16]
             dep.predict_mixed([(t, "a fine film") for t in batch])
             assert dep.loaded_task_count <= 25
             loaded = dep._registry.loaded_names()
@@ -118,19 +118,22 @@ def test_server_reads_cold_tasks_off_the_forward_thread_and_pages_the_index(many
         with ThreadedServer(settings, deployment=dep) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
             rng = random.Random(1)
             cold = rng.sample(names, 40)
+
             async def burst(tasks):
                 async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
-                    return await asyncio.gather(*(c.post("/v1/predict", json={"task": t, "inputs": ["good"]})
-                                                  for t in tasks))
+                    return await asyncio.gather(
+                        *(c.post("/v1/predict", json={"task": t, "inputs": ["good"]}) for t in tasks)
+                    )
 
             for k in range(0, len(cold), 10):  # 10 concurrent cold tasks at a time: no eviction in a burst
-                assert [r.status_code for r in asyncio.run(burst(cold[k:k + 10]))] == [200] * 10
+                assert [r.status_code for r in asyncio.run(burst(cold[k : k + 10]))] == [200] * 10
             assert len(seen) == 40 and set(seen) == {"adapterdeploy-load_0"}, set(seen)
             assert srv.state.prefetched == 40
             page = http.post("/v2/repository/index", json={"offset": 100, "limit": 50}, headers=AUTH)
             assert page.status_code == 200 and page.headers["x-adapterdeploy-total-tasks"] == str(6 + N_SYNTHETIC)
-            assert [m["name"] for m in page.json()] == sorted(["intent", "nli", "quality", "sentiment", "spam",
-                                                                "topic", *names])[100:150]
+            assert [m["name"] for m in page.json()] == sorted(
+                ["intent", "nli", "quality", "sentiment", "spam", "topic", *names]
+            )[100:150]
             ready = http.post("/v2/repository/index", json={"ready": True, "limit": 5}, headers=AUTH)
             assert len(ready.json()) == 5 and ready.headers["x-adapterdeploy-total-tasks"] == "40"
             assert all(m["state"] == "READY" for m in ready.json())

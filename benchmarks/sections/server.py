@@ -44,13 +44,13 @@ def _free_port() -> int:
 
 
 def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batching: bool,
-                  log: Path) -> subprocess.Popen:
+                  log: Path, *, extra_args: tuple[str, ...] = (), token: str | None = None) -> subprocess.Popen:
     """Start ``adapterdeploy serve`` and hot-load ``tasks`` through its admin API (load from a path)."""
     args = [sys.executable, "-m", "adapterdeploy.cli", "serve", str(dep), "--port", str(port),
-            "--threads", str(threads), "--max-queue", "4096"]
+            "--threads", str(threads), "--max-queue", "4096", *extra_args]
     if not batching:
         args += ["--max-batch-rows", "1", "--max-wait-ms", "0"]
-    token = secrets.token_urlsafe(24)
+    token = token or secrets.token_urlsafe(24)
     env = {**thread_env(threads), "ADAPTERDEPLOY_ADMIN_TOKEN": token}
     with open(log, "w") as f:
         proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=env)
