@@ -103,7 +103,13 @@ def request_id_of(request: Request) -> str:
 
 def _note(request: Request, **fields: Any) -> None:
     """Fields for this request's access-log line."""
-    request.scope.setdefault("state", {}).setdefault("log", {}).update(fields)
+    _log_fields(request).update(fields)
+
+
+def _log_fields(request: Request) -> dict[str, Any]:
+    """This request's access-log fields (``cold_tasks`` among them also becomes a response header)."""
+    fields: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
+    return fields
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
@@ -230,6 +236,8 @@ class RequestContext:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
                                       (b"x-adapterdeploy-instance", self.instance)]
+                if "cold_tasks" in state["log"]:
+                    message["headers"].append((b"x-adapterdeploy-cold-tasks", str(state["log"]["cold_tasks"]).encode()))
             await send(message)
 
         try:
@@ -381,7 +389,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             check_rows(rows, settings, field="inputs[0].data")
             protocol.check_outputs(req, meta)
             _note(request, task=task, rows=len(rows))
-            predictions = await until_disconnect(request, state.predict([task], rows, field="inputs[0].data"))
+            predictions = await until_disconnect(request, state.predict([task], rows, field="inputs[0].data",
+                                                                          note=_log_fields(request)))
             return JSONResponse(protocol.infer_response(req, meta, predictions))
 
     @app.post("/v1/predict", tags=["v1"], summary="Predict one task over texts or text pairs",
@@ -393,7 +402,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             state.require_task(req.task)
             check_rows(list(req.inputs), settings)
             _note(request, task=req.task, rows=len(req.inputs))
-            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs)))
+            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs),
+                                                                          note=_log_fields(request)))
             return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
 
     @app.post("/v1/fan-out", tags=["v1"], summary="Run several tasks over the same texts",
@@ -412,7 +422,7 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             inputs = list(req.inputs)
             check_rows(inputs, settings, n_tasks=len(tasks))
             _note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
-            predictions = await until_disconnect(request, state.predict(tasks, inputs))
+            predictions = await until_disconnect(request, state.predict(tasks, inputs, note=_log_fields(request)))
             n = len(inputs)
             out = {task: [p.to_dict() for p in predictions[i * n:(i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})

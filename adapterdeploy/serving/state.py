@@ -153,15 +153,17 @@ class ServingState:
             self._meta.move_to_end(task)
         return meta
 
-    async def prefetch(self, task: str) -> None:
-        """Read a cold task on the load thread before its rows are queued; concurrent callers share one read.
+    async def prefetch(self, task: str) -> bool:
+        """Read a cold task on the load thread before its rows are queued; True if it was cold (not loaded).
+
+        Concurrent callers of one cold task share one read.
 
         Why: loading inside the forward would stall every row of the batch for the read and checksum (a few
         ms per cold task); here it overlaps the forwards of other requests. A task evicted again before its
         batch runs is simply read by the forward, as without this step.
         """
         if self.deployment.is_loaded(task):
-            return
+            return False
         pending = self._prefetching.get(task)
         if pending is None:
             loop = asyncio.get_running_loop()
@@ -172,8 +174,9 @@ class ServingState:
             if await asyncio.shield(pending):
                 self.prefetched += 1
                 self.metrics.task_load_time.observe(time.perf_counter() - t0)
-            return
+            return True
         await asyncio.shield(pending)
+        return True
 
     def _read_meta(self, task: str) -> TaskMeta:
         from adapterdeploy.artifacts import TaskSpec
@@ -205,8 +208,12 @@ class ServingState:
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
         return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
 
-    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
+    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs",
+                      note: dict[str, Any] | None = None) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
+
+        ``note["cold_tasks"]`` gets how many of ``tasks`` were not loaded when the request arrived (the
+        ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be measured).
 
         Token counts come from the deployment's tokenizer once per input (not per task). With
         ``--no-truncate`` an over-long text is refused here, before it is queued.
@@ -220,8 +227,11 @@ class ServingState:
                     want = "[text_a, text_b] pairs" if meta.text_pair else "single texts"
                     raise InputError(f"{field}[{i}]: task {task!r} takes {want}, this is "
                                      f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
+        cold = 0
         for task in tasks:
-            await self.prefetch(task)
+            cold += await self.prefetch(task)
+        if note is not None:
+            note["cold_tasks"] = cold
         loop = asyncio.get_running_loop()
         counts = await loop.run_in_executor(self.aux_pool, self.deployment.token_counts, list(inputs))
         if not self.settings.truncate:
