@@ -13,7 +13,7 @@ from collections import Counter
 
 import aiohttp
 import pytest
-from serving_fixtures import build_deployment, subprocess_server
+from serving_fixtures import REPO, build_deployment, subprocess_server
 
 pytest.importorskip("ray.serve")
 
@@ -71,3 +71,17 @@ def test_ray_serve_two_replicas_answer_and_stop_on_sigterm(tiny_base_dir, tmp_pa
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(90)
     assert code == 0, log.read_text()[-2000:]
+
+
+def test_kuberay_manifest_builds_the_app():
+    """deploy/kuberay/rayservice.yaml's serveConfigV2 names a builder that accepts its args (no Ray started)."""
+    import importlib
+
+    import yaml
+    from ray.serve.deployment import Application
+
+    manifest = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), name)(app["args"])
+    assert isinstance(built, Application)

@@ -30,7 +30,7 @@ from typing import Any
 
 from adapterdeploy.serving.settings import Settings
 
-__all__ = ["APP_NAME", "TASK_HEADER", "TaskAffinity", "build_ray_app", "run_ray"]
+__all__ = ["APP_NAME", "TASK_HEADER", "TaskAffinity", "app_builder", "build_ray_app", "run_ray"]
 
 log = logging.getLogger("adapterdeploy.serving.ray")
 APP_NAME = "adapterdeploy"
@@ -106,6 +106,22 @@ def build_ray_app(settings: Settings) -> Any:
                 raise RuntimeError("the batching loop has stopped")
 
     return AdapterDeployReplica.bind(replica_settings.to_json())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder for a config file / KubeRay ``serveConfigV2``.
+
+    ``import_path: adapterdeploy.serving.ray_serve:app_builder`` with ``args`` holding serve settings
+    (``deploy_dir`` required; e.g. ``replicas``, ``max_loaded_tasks``, ``max_wait_ms``); the admin token
+    comes from ``ADAPTERDEPLOY_ADMIN_TOKEN`` in the replicas' environment, never from the config.
+    """
+    import json
+
+    from adapterdeploy.serving.settings import read_admin_token
+
+    data = {k: v for k, v in dict(args).items() if k != "admin_token"}
+    settings = Settings.from_json(json.dumps(data))
+    return build_ray_app(settings.with_overrides(admin_token=read_admin_token(None)))
 
 
 def run_ray(settings: Settings) -> None:
