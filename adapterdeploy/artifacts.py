@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from adapterdeploy import __version__
@@ -99,8 +99,8 @@ def file_entry(path: str | Path) -> FileEntry:
 
 def safe_relpath(rel: str) -> str:
     """Refuse manifest paths that leave the deployment directory (absolute, ``..``, backslashes)."""
-    pp = PurePosixPath(rel)
-    if not rel or pp.is_absolute() or ".." in pp.parts or "\\" in rel or rel.startswith("~"):
+    # String checks, not PurePosixPath: a manifest of 10,000 tasks calls this tens of thousands of times.
+    if not rel or rel.startswith(("/", "~")) or ".." in rel.split("/") or "\\" in rel:
         raise ArtifactError(f"path {rel!r} in the manifest leaves the deployment directory; refusing to read it")
     return rel
 
