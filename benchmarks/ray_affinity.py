@@ -57,13 +57,20 @@ def _loadgen(url: str, bodies: Path, clients: int, seconds: float, warmup: float
 @click.option("--clients", type=int, default=16)
 @click.option("--seconds", type=float, default=30.0)
 @click.option("--warmup", type=float, default=20.0, help="Seconds before counting (tasks get spread, Ray learns).")
-def main(deploy: Path, out: Path, budget: int, clients: int, seconds: float, warmup: float) -> None:
+@click.option(
+    "--setups",
+    default="0,1,2",
+    help="Which of the three setups to run (0: 1 replica, 1: 2 replicas "
+    "without the routing header, 2: 2 replicas routed by task).",
+)
+def main(deploy: Path, out: Path, budget: int, clients: int, seconds: float, warmup: float, setups: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(json.loads((deploy / "deployment.json").read_text())["tasks"])
     bodies = out / "ray-affinity-requests.json"
     bodies.write_text(json.dumps([{"task": t, "inputs": [x]} for t, x in task_stream(load_texts(), names, 20000, 3)]))
     rows = []
-    for label, replicas, route in CONFIGS:
+    chosen = [CONFIGS[int(i)] for i in setups.split(",")]
+    for label, replicas, route in chosen:
         port = _free_port()
         load_before = os.getloadavg()
         proc = _start_server(
@@ -108,7 +115,7 @@ def main(deploy: Path, out: Path, budget: int, clients: int, seconds: float, war
         )
         print(f"[ray-affinity] {label}: {r['rows_per_s']:.1f} rows/s, hit rate {hit}", flush=True)
     info = machine_info()
-    (out / "ray-affinity.json").write_text(
+    (out / f"ray-affinity-{setups.replace(',', '')}.json").write_text(
         json.dumps(
             {
                 "machine": info,
@@ -127,20 +134,22 @@ def main(deploy: Path, out: Path, budget: int, clients: int, seconds: float, war
         "",
         f"Machine: {info.get('cpu_model')}, {info.get('logical_cores')} cores, {info.get('date')}; shared "
         "with other jobs (load averages below). Command: `python -m benchmarks.ray_affinity "
-        f"{deploy} {out} --budget {budget} --clients {clients} --seconds {seconds:g} --warmup {warmup:g}`",
+        f"{deploy} {out} --budget {budget} --clients {clients} --seconds {seconds:g} --warmup {warmup:g} "
+        f"--setups {setups}`",
         "",
         "| setup | rows/s | x 1 replica | hit rate | p50 ms | p99 ms | errors | load avg before -> after |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    one = rows[0]["rows_per_s"] or 1.0
+    one = rows[0]["rows_per_s"] if chosen[0] is CONFIGS[0] and rows[0]["rows_per_s"] else None
     for r in rows:
         hit = "n/a" if r["hit_rate"] is None else f"{r['hit_rate']:.2f}"
+        ratio = "n/a" if one is None else f"{r['rows_per_s'] / one:.2f}"
         lines.append(
-            f"| {r['config']} | {r['rows_per_s']:.1f} | {r['rows_per_s'] / one:.2f} | {hit} | "
+            f"| {r['config']} | {r['rows_per_s']:.1f} | {ratio} | {hit} | "
             f"{(r['p50_s'] or 0) * 1e3:.0f} | {(r['p99_s'] or 0) * 1e3:.0f} | {r['errors']} | "
             f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |"
         )
-    (out / "ray-affinity.md").write_text("\n".join(lines) + "\n")
+    (out / f"ray-affinity-{setups.replace(',', '')}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -35,6 +35,7 @@ __all__ = ["APP_NAME", "TASK_HEADER", "TaskAffinity", "app_builder", "build_ray_
 log = logging.getLogger("adapterdeploy.serving.ray")
 APP_NAME = "adapterdeploy"
 TASK_HEADER = "serve_multiplexed_model_id"  # Ray Serve's routing header; the value is the task name
+COLD_HEADER = b"x-adapterdeploy-cold-tasks"
 
 
 class TaskAffinity:
@@ -55,11 +56,26 @@ class TaskAffinity:
             task = serve.get_multiplexed_model_id()
             state = self.replica.app.state.serving
             if task and state.started and state.deployment.has_task(task):
+                cold = not state.deployment.is_loaded(task)
                 try:
                     await self.replica.resident_task(task)
                 except Exception as exc:  # a task that cannot load: the app answers its typed error itself
                     log.debug("task %s not recorded as resident: %r", task, exc)
+                if cold:  # read here, before the app saw it: the app's own header would say 0
+                    send = _cold_header(send)
         await self.app(scope, receive, send)
+
+
+def _cold_header(send: Any) -> Any:
+    """``send`` with ``x-adapterdeploy-cold-tasks: 1`` on the response start (replacing the app's value)."""
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k != COLD_HEADER]
+            message["headers"] = [*headers, (COLD_HEADER, b"1")]
+        await send(message)
+
+    return wrapped
 
 
 def build_ray_app(settings: Settings) -> Any:
