@@ -19,7 +19,6 @@ evict, counts) costs O(1) or O(loaded), never O(known): the loaded tasks sit in 
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -171,7 +170,7 @@ class TaskRegistry:
         with self._lock:
             names = sorted(self._loaded if loaded_only else self._entries)
             stop = None if limit is None else offset + limit
-            return [self._info(self._entries[n]) for n in itertools.islice(names, offset, stop)]
+            return [self._info(self._entries[n]) for n in names[offset:stop]]  # slicing takes any int
 
     def loaded_names(self) -> list[str]:
         """Loaded tasks, least recently used first."""
