@@ -69,7 +69,8 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
         return ckpt
     kept = tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i not in dropped)
     weights = {k: v for k, v in ckpt.weights.items()
-               if not (k.startswith(("adapters.", "layernorms.", "lower.")) and int(k.split(".")[1]) in dropped)}
+               if not (k.startswith(("adapters.", "layernorms.", "lower.", "lora."))
+                       and int(k.split(".")[1]) in dropped)}
     stack_on = ckpt.stack_on
     if stack_on is not None:
         low = tuple(i for i in stack_on.config.adapter_layers(ckpt.num_layers) if i not in dropped)

@@ -27,7 +27,7 @@ from typing import Any
 from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
-from adapterdeploy.serving.protocol import TaskMeta
+from adapterdeploy.serving.protocol import TaskMeta, task_version
 from adapterdeploy.serving.settings import Settings
 
 __all__ = ["CLIENT_GONE_STATUS", "REASON_BY_TYPE", "ClientGone", "ServingState", "Tracker"]
@@ -183,7 +183,7 @@ class ServingState:
 
         spec = TaskSpec.read(Path(self.deployment.task_info(task).source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair)
+                        text_pair=spec.text_pair, version=task_version(spec.files))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
