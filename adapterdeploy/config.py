@@ -65,7 +65,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 # A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
 LOWER_SUFFIX = "_lower"
 POOLINGS = ("cls", "mean", "pooler")
-PROBLEM_TYPES = ("single_label_classification", "regression")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 
@@ -335,6 +335,8 @@ class HeadConfig:
     Semantics: ``z = pool(h); for each hidden layer: z = act(W z + b); out = W_o z + b_o``;
     classification scores are ``softmax(out)``, regression reads ``out[0]``. ``pooler`` pooling is the
     base model's own pooler, ``tanh(W_p h[CLS] + b_p)``, with the base's (frozen) weights.
+    Multi-label classification scores each label with ``sigmoid(out)`` and turns it on at
+    ``>= thresholds[c]`` (one per label, tuned on the eval file by the trainer; 0.5 by default).
     """
 
     problem_type: str = "single_label_classification"
@@ -343,6 +345,7 @@ class HeadConfig:
     pooling: str = "cls"
     hidden_layers: int = 0
     hidden_activation: str = "tanh"
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.problem_type not in PROBLEM_TYPES:
@@ -366,6 +369,20 @@ class HeadConfig:
         if self.problem_type != "regression" and len(labels) != self.num_labels:
             raise ConfigError(f"{len(labels)} label names given for {self.num_labels} labels")
         object.__setattr__(self, "labels", labels)
+        thresholds = tuple(float(t) for t in self.thresholds)
+        if self.problem_type != "multi_label_classification":
+            if thresholds:
+                raise ConfigError(f"thresholds are for multi-label heads; this head is {self.problem_type}")
+        else:
+            thresholds = thresholds or (0.5,) * self.num_labels
+            if len(thresholds) != self.num_labels or not all(0.0 < t < 1.0 for t in thresholds):
+                raise ConfigError(f"a multi-label head needs {self.num_labels} thresholds in (0, 1), one per label; "
+                                  f"got {list(thresholds)}")
+        object.__setattr__(self, "thresholds", thresholds)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     @property
     def out_features(self) -> int:
@@ -374,6 +391,9 @@ class HeadConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        d["thresholds"] = list(self.thresholds)
+        if not self.thresholds:
+            del d["thresholds"]  # task.json of other heads stays as before
         return d
 
     @classmethod
@@ -384,7 +404,10 @@ class HeadConfig:
             raise ConfigError(f"unknown head config keys {sorted(unknown)}")
         d = dict(d)
         d["labels"] = tuple(d.get("labels") or ())
+        d["thresholds"] = tuple(d.get("thresholds") or ())
         return cls(**d)
 
     def with_labels(self, labels: tuple[str, ...]) -> HeadConfig:
-        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1)
+        thresholds = self.thresholds if len(self.thresholds) == len(labels) else ()
+        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1,
+                       thresholds=thresholds)

@@ -90,8 +90,11 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--labels", default=None,
               help="Comma-separated class names in index order, e.g. 'negative,positive'; rows may use the names or "
                    "the indices. Default: 0..max for integer labels, sorted names otherwise.")
-@click.option("--problem-type", type=click.Choice(["auto", "classification", "regression"]), default="auto",
-              show_default=True, help="auto: regression when labels are non-integer numbers, else classification.")
+@click.option("--problem-type", type=click.Choice(["auto", "classification", "multi-label", "regression"]),
+              default="auto", show_default=True,
+              help="auto: regression when labels are non-integer numbers, multi-label when JSONL labels are lists, "
+                   "else classification. multi-label: sigmoid head trained with BCE; labels are lists (JSONL) or "
+                   "names joined by ',' (TSV/CSV); per-label thresholds are tuned on --eval (0.5 without it).")
 @click.option("--metric", type=click.Choice(["auto", *MAIN_METRICS]), default="auto", show_default=True,
               help="Picks the best epoch. auto: mcc when one class has over 60% of the training rows (CoLA, MRPC), "
                    "accuracy otherwise; pearson for regression.")
@@ -134,7 +137,8 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
                                  "letter or digit", param_hint="--task")
     layer_ids = _parse_layers(layers)
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression"}[problem_type]
+    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression",
+             "multi-label": "multi_label_classification"}[problem_type]
     if Path(out_dir).exists() and not force:
         raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")
     cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,

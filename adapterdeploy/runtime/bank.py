@@ -231,6 +231,11 @@ class BankLayout:
             arrays[name] = _pad_m(arr[None], spec.m_axis, m)
         return arrays, m
 
+    def zero_rows(self, name: str) -> TaskRows:
+        """All-zero rows (bottleneck 1, padded to the bank's m): the plain encoder where a zero adapter adds
+        nothing (``runtime.embedding.zero_adapter_is_base``; the caller checks). Used for base embeddings."""
+        return self.task_rows(name, {}, self.fixed_m or 1)
+
     def gather(self, tasks: Sequence[TaskRows]) -> dict[str, np.ndarray]:
         """The bank feeds for ``tasks`` in order (row t = tasks[t]); bottlenecks padded to the largest."""
         if len(tasks) == 1:

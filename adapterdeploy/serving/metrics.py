@@ -2,11 +2,12 @@
 
 Every series is named ``adapterdeploy_*``. Label values come from small fixed sets: ``endpoint`` and
 ``status`` from the routes and HTTP codes, ``reason`` from :data:`REJECT_REASONS`, ``task`` from the
-deployment's task names with unknown names folded into ``_unknown`` and fan-out requests into
-``_fan_out``; a deployment of more than :data:`TASK_LABEL_LIMIT` tasks labels every task ``_other``
-(10,000 tasks x statuses would be tens of thousands of series; per-task counts are then in the access log).
-Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch sizes powers of two. Each app owns its
-own ``CollectorRegistry`` so several apps (tests, replicas) never share or clash over series.
+deployment's task names with unknown names folded into ``_unknown``, fan-out requests into ``_fan_out``
+and base-model embeddings into ``_base``; a deployment of more than :data:`TASK_LABEL_LIMIT` tasks labels
+every task ``_other`` (10,000 tasks x statuses would be tens of thousands of series; per-task counts are
+then in the access log). Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch sizes powers of
+two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never share or clash
+over series.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ UNKNOWN_TASK = "_unknown"
 FAN_OUT_TASK = "_fan_out"
 OTHER_TASK = "_other"
 TASK_LABEL_LIMIT = 1000
+BASE_MODEL_TASK = "_base"  # /v1/embed without a task (the base model)
 
 
 class Metrics:

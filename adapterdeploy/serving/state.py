@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
 from adapterdeploy.serving.protocol import TaskMeta, task_version
@@ -183,7 +184,9 @@ class ServingState:
 
         spec = TaskSpec.read(Path(self.deployment.task_info(task).source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, version=task_version(spec.files))
+                        text_pair=spec.text_pair, version=task_version(spec.files),
+                        hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+                        thresholds=tuple(spec.head.thresholds))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -208,19 +211,23 @@ class ServingState:
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
         return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
 
-    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs",
+    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs",
                       note: dict[str, Any] | None = None) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
-        ``note["cold_tasks"]`` gets how many of ``tasks`` were not loaded when the request arrived (the
-        ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be measured).
-
-        Token counts come from the deployment's tokenizer once per input (not per task). With
+        A task may be an :class:`Embed` target (an embedding row instead of a prediction; its task, if any,
+        must exist). ``note["cold_tasks"]`` gets how many of the tasks were not loaded when the request
+        arrived (the ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be
+        measured). Token counts come from the deployment's tokenizer once per input (not per task). With
         ``--no-truncate`` an over-long text is refused here, before it is queued.
         """
         self.require_ready()
         deadline = time.monotonic() + self.settings.request_timeout_s
         for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
+            if isinstance(task, Embed):
+                if task.task is not None:
+                    self.require_task(task.task)
+                continue  # an embedding takes texts or pairs
             meta = await self.task_meta(task)
             for i, row in enumerate(inputs):
                 if isinstance(row, tuple) != meta.text_pair:
@@ -229,7 +236,9 @@ class ServingState:
                                      f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
         cold = 0
         for task in tasks:
-            cold += await self.prefetch(task)
+            name = task.task if isinstance(task, Embed) else task
+            if name is not None:
+                cold += await self.prefetch(name)
         if note is not None:
             note["cold_tasks"] = cold
         loop = asyncio.get_running_loop()
