@@ -32,16 +32,23 @@ REPO = Path(__file__).resolve().parent.parent
 TOL = 1e-4
 LONG = " ".join(["the movie was good but a very bad film and a boring plot"] * 12)  # far over max_length 48
 ITEMS = {"sent": [*TEXTS[:2], LONG], "para": [*PAIRS, (LONG, "the price fell")]}
-FILES = ["config.json", "onnx/model.onnx", "onnx/model_quantized.onnx", "special_tokens_map.json", "tokenizer.json",
-         "tokenizer_config.json"]
+FILES = [
+    "config.json",
+    "onnx/model.onnx",
+    "onnx/model_quantized.onnx",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+]
 
 
 @pytest.fixture(scope="module")
 def dep(tiny_base, tiny_base_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("standalone")
     sent = make_checkpoint(tiny_base, root, "sent", bottleneck=4, seed=11, num_labels=2)
-    para = make_checkpoint(tiny_base, root, "para", bottleneck=8, pooling="mean", head_layers=1, text_pair=True,
-                           seed=12)
+    para = make_checkpoint(
+        tiny_base, root, "para", bottleneck=8, pooling="mean", head_layers=1, text_pair=True, seed=12
+    )
     out = root / "deploy"
     export_deployment(tiny_base_dir, [sent, para], out, precisions=("fp32", "int8"), standalone=True)
     return out
@@ -71,9 +78,11 @@ def _ort_tokenizers(folder: Path, items: list, graph: str = "onnx/model.onnx") -
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     encs = tok.encode_batch([x if isinstance(x, str) else tuple(x) for x in items])
-    feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-             "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
+    feeds = {
+        "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
+    }
     session = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
     return _softmax(session.run(["logits"], feeds)[0].astype(np.float64)), [sum(e.attention_mask) for e in encs]
 
@@ -84,8 +93,10 @@ def test_folders_have_the_hugging_face_layout_and_metadata(dep):
     for task in ITEMS:
         folder = dep / "standalone" / task
         assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == FILES
-        assert manifest.standalone[task] == {"fp32": f"standalone/{task}/onnx/model.onnx",
-                                             "int8": f"standalone/{task}/onnx/model_quantized.onnx"}
+        assert manifest.standalone[task] == {
+            "fp32": f"standalone/{task}/onnx/model.onnx",
+            "int8": f"standalone/{task}/onnx/model_quantized.onnx",
+        }
         config = json.loads((folder / "config.json").read_text())
         spec = json.loads((dep / "tasks" / task / "task.json").read_text())
         assert config["model_type"] == "bert" and config["problem_type"] == "single_label_classification"
@@ -120,8 +131,7 @@ def test_optimum_and_a_transformers_pipeline_give_the_deployments_probabilities(
     for task, items in ITEMS.items():
         folder = dep / "standalone" / task
         model = ORTModelForSequenceClassification.from_pretrained(folder)  # finds onnx/model.onnx
-        pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder),
-                        top_k=None)
+        pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder), top_k=None)
         labels = list(model.config.id2label.values())
         for item, want in zip(items, expected[task], strict=True):
             arg = item if isinstance(item, str) else {"text": item[0], "text_pair": item[1]}
@@ -133,9 +143,11 @@ def test_optimum_and_a_transformers_pipeline_give_the_deployments_probabilities(
 
 def test_export_standalone_from_a_deployment_without_torch(dep, expected, tmp_path):
     out = tmp_path / "para"
-    code = ("import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises
-            "from adapterdeploy.cli import main\n"
-            f"main([\"export-standalone\", {str(dep)!r}, \"--task\", \"para\", \"--out\", {str(out)!r}, \"--json\"])")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises
+        "from adapterdeploy.cli import main\n"
+        f'main(["export-standalone", {str(dep)!r}, "--task", "para", "--out", {str(out)!r}, "--json"])'
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
@@ -145,11 +157,25 @@ def test_export_standalone_from_a_deployment_without_torch(dep, expected, tmp_pa
     probs, _ = _ort_tokenizers(out, ITEMS["para"])
     np.testing.assert_allclose(probs, expected["para"], rtol=0, atol=TOL)
     props = {p.key: p.value for p in onnx.load(str(out / "onnx/model.onnx")).metadata_props}
-    assert json.loads(props["parity"])["runtime_probabilities_max_abs_diff"] == fig["runtime_probabilities_max_abs_diff"]
+    assert json.loads(props["parity"]) == fig
     # the rest of the deployment is untouched, and bad input is a one-line error
     assert Manifest.read(dep).standalone["para"]["fp32"] == "standalone/para/onnx/model.onnx"
-    bad = subprocess.run([sys.executable, "-m", "adapterdeploy.cli", "export-standalone", str(dep), "--task", "nope",
-                          "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adapterdeploy.cli",
+            "export-standalone",
+            str(dep),
+            "--task",
+            "nope",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "unknown_task" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
 
@@ -161,8 +187,9 @@ def _js_modules() -> Path | str:
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "node / npm are not installed"
     try:
-        run = subprocess.run(["bash", str(REPO / "scripts" / "install_js.sh")], capture_output=True, text=True,
-                             timeout=600)
+        run = subprocess.run(
+            ["bash", str(REPO / "scripts" / "install_js.sh")], capture_output=True, text=True, timeout=600
+        )
     except subprocess.TimeoutExpired:
         return "npm install of the JavaScript runtimes timed out (no registry?)"
     if run.returncode != 0:
@@ -190,8 +217,9 @@ def test_transformers_js_in_node_gives_the_deployments_probabilities(dep, expect
     for task, items in ITEMS.items():
         keep = [i for i, x in enumerate(items) if isinstance(x, str) or x[0] != LONG]
         out = _node("classify.mjs", str(dep / "standalone" / task), "fp32", json.dumps([items[i] for i in keep]))
-        np.testing.assert_allclose(_softmax(np.array(out["logits"], dtype=np.float64)), expected[task][keep],
-                                   rtol=0, atol=TOL)
+        np.testing.assert_allclose(
+            _softmax(np.array(out["logits"], dtype=np.float64)), expected[task][keep], rtol=0, atol=TOL
+        )
         labels = list(json.loads((dep / "standalone" / task / "config.json").read_text())["id2label"].values())
         piped = [(i, s) for i, s in zip(keep, out["pipeline"], strict=True) if s is not None]
         assert len(piped) == (2 if task == "sent" else 0)  # the pipeline API: single texts within the limit
@@ -214,8 +242,12 @@ def test_browser_demo_in_headless_chromium(dep, expected, tmp_path):
     if isinstance(modules, str):
         pytest.skip(modules)
     site = tmp_path / "site"  # the page, vendor/ and models/task/ (setup.sh copies them)
-    setup = subprocess.run(["bash", str(REPO / "examples" / "browser" / "setup.sh"), str(dep / "standalone" / "sent"),
-                            str(site)], capture_output=True, text=True, timeout=600)
+    setup = subprocess.run(
+        ["bash", str(REPO / "examples" / "browser" / "setup.sh"), str(dep / "standalone" / "sent"), str(site)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert setup.returncode == 0, setup.stderr
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -231,9 +263,12 @@ def test_browser_demo_in_headless_chromium(dep, expected, tmp_path):
     got = {s["label"]: s["score"] for s in fp32["scores"]}
     np.testing.assert_allclose([got[k] for k in labels], expected["sent"][0], rtol=0, atol=TOL)
     assert fp32["label"] == labels[int(expected["sent"][0].argmax())]
-    # int8 in the browser (onnxruntime-web) vs the same int8 graph in Python's onnxruntime
+    # int8: the same model_quantized.onnx in Python's onnxruntime. The int8 kernels differ (on the tiny model the
+    # browser's score was within 2e-4 of fp32 while native onnxruntime's was 0.035 off), so the label must agree
+    # and the scores stay within int8's error.
     want8, _ = _ort_tokenizers(dep / "standalone" / "sent", [text], graph="onnx/model_quantized.onnx")
     got8 = {s["label"]: s["score"] for s in int8["scores"]}
-    np.testing.assert_allclose([got8[k] for k in labels], want8[0], rtol=0, atol=1e-3)
-    assert int8["label"] == labels[int(want8[0].argmax())]
+    assert int8["label"] == labels[int(want8[0].argmax())] == fp32["label"]
+    np.testing.assert_allclose([got8[k] for k in labels], want8[0], rtol=0, atol=0.05)
+    np.testing.assert_allclose([got8[k] for k in labels], expected["sent"][0], rtol=0, atol=0.05)
     assert fp32["median_ms"] > 0 and int8["median_ms"] > 0
