@@ -142,8 +142,9 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Max abs difference of fp32 outputs vs PyTorch; the export is refused beyond it.")
 @click.option("--standalone", is_flag=True,
-              help="Also write one self-contained ONNX per task (adapters and head baked in; fp32, and int8 when "
-                   "asked) for edge / browser use; each is as large as the base model.")
+              help="Also write standalone/<task>/, a Hugging Face model folder per task (config.json, tokenizer files, "
+                   "onnx/model.onnx and, with int8, onnx/model_quantized.onnx; adapters and head baked in) for "
+                   "optimum, transformers.js, onnxruntime-web; each is as large as the base model.")
 @click.option("--force", is_flag=True, help="Replace an existing deployment at --out (swapped in only when complete).")
 @click.option("--allow-drop", is_flag=True,
               help="Deploy tasks trained with adapters below --adapter-drop without those adapters (measure the "
