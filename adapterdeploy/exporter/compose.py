@@ -68,6 +68,7 @@ def compose_standalone(root: Path, manifest: Manifest, spec: TaskSpec, task_dir:
     from safetensors.numpy import load_file
 
     from adapterdeploy.runtime.bank import BankLayout
+    from adapterdeploy.runtime.shared_lowers import SharedLowers
 
     fz = manifest.featurizer
     variant = fz.variants["fp32"]
@@ -78,7 +79,10 @@ def compose_standalone(root: Path, manifest: Manifest, spec: TaskSpec, task_dir:
     # The runtime's own row builder: validation, zero rows for layers without adapters, [1, ...] shapes.
     session = ort.InferenceSession(str(adapted_path), providers=["CPUExecutionProvider"])
     layout = BankLayout.from_session_inputs(session.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
-    rows = layout.task_rows(spec.name, load_file(str(task_dir / TASK_WEIGHTS_FILE)), spec.bottleneck).arrays
+    stack_on = spec.adapter.get("stack_on")  # a Stack's shared lower adapter, read as the runtime reads it
+    lower = SharedLowers().get(root, stack_on, layout) if stack_on else None
+    rows = layout.task_rows(spec.name, load_file(str(task_dir / TASK_WEIGHTS_FILE)), spec.bottleneck,
+                            lower=lower).arrays
     del session
 
     graph = helper.make_graph([], f"{spec.name}-standalone", list(trunk.graph.input), [])
