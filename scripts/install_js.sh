@@ -12,7 +12,7 @@ cache="${ADAPTERDEPLOY_JS_CACHE:-$HOME/.cache/adapterdeploy/js}"
 if [ "${1:-}" = "--chromium" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (DEBIAN_FRONTEND=noninteractive timeout 150 apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
-      || { timeout 60 apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive timeout 300 \
+      || { timeout 60 apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive timeout 150 \
            apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }) \
       || echo "install_js: could not install chromium with apt-get; the browser test will skip" >&2
   else
@@ -26,7 +26,8 @@ stamp="$cache/.installed-$TRANSFORMERS_JS-$PLAYWRIGHT_CORE"
 echo '{"private": true, "name": "adapterdeploy-js-cache", "type": "module"}' > "$cache/package.json"
 if [ ! -f "$stamp" ]; then
   # --ignore-scripts: no postinstall downloads (onnxruntime-node ships its CPU binaries in the package).
-  (cd "$cache" && timeout 300 npm install --no-audit --no-fund --ignore-scripts --loglevel=error --fetch-retries=1 --fetch-timeout=30000 \
+  (cd "$cache" && timeout 300 npm install --no-audit --no-fund --ignore-scripts --loglevel=error \
+    --fetch-retries=1 --fetch-timeout=30000 \
     "@huggingface/transformers@$TRANSFORMERS_JS" "playwright-core@$PLAYWRIGHT_CORE" >&2)
   touch "$stamp"
 fi
