@@ -13,6 +13,7 @@ Order of work, so that bad input and failed parity leave nothing behind:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +34,9 @@ from adapterdeploy.artifacts import (
     file_entry,
     require_files,
 )
-from adapterdeploy.config import AdapterSignature
+from adapterdeploy.config import AdapterSignature, combine_signatures, signature_misfit
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
+from adapterdeploy.exporter.hf_folder import FolderSource
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
 
@@ -81,17 +83,9 @@ def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> t
 
 
 def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
-    """The featurizer signature all tasks share; stacked and plain tasks mix (plain ones get zero lower rows)."""
-    first = ckpts[0]
-    sig = dataclasses.replace(first.signature(), stack=False)
-    for other in ckpts[1:]:
-        osig = dataclasses.replace(other.signature(), stack=False)
-        if osig != sig:
-            raise ConfigError(
-                f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
-                f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
-                "so export them into separate deployments (separate --out)"
-            )
+    """The featurizer signature all tasks share: equal bottleneck parts, the union of PEFT modules
+    (config.combine_signatures); stacked and plain tasks mix (plain ones get zero lower rows)."""
+    sig = combine_signatures([(c.name, dataclasses.replace(c.signature(), stack=False)) for c in ckpts])
     return dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
 
 
@@ -125,6 +119,14 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
                     f"options ({signature.site}) a zero adapter is not the same as no adapter; export stacked and "
                     "plain tasks into separate deployments, or give every layer >= K a lower adapter"
                 )
+        if not ckpt.adapter.signature().has_bottleneck and signature.has_bottleneck:
+            if not zero_adapter_is_identity(signature):  # a PEFT-only task has zero bottleneck rows everywhere
+                raise UnsupportedAdapterError(
+                    f"task {ckpt.name!r} has PEFT deltas only, and with the bottleneck tasks' site options "
+                    f"({signature.site}) a zero bottleneck adapter is not the same as none, so it cannot share "
+                    "their featurizer; export the PEFT tasks into their own deployment (separate --out)"
+                )
+            continue
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
@@ -177,6 +179,8 @@ def _base_info(base: Any) -> dict[str, Any]:
         "has_pooler": base.has_pooler,
         "max_position_embeddings": base.max_position_embeddings,
         "layer_norm_eps": base.layer_norm_eps,
+        # The base's config.json, for the config.json of standalone folders (export-standalone has no base).
+        "config": json.loads(base.model.config.to_json_string(use_diff=True)),
     }
 
 
@@ -357,15 +361,18 @@ def export_deployment(
             opset=opset, tolerance=tolerance, num_heads=base.num_heads, hidden_size=base.hidden_size,
             vocab_size=vocab, parity=build.parity_inputs(heads), log=log,
         )
+        _write_tokenizer(base, tmp)
         standalone_paths: dict[str, dict[str, str]] = {}
         standalone_parity: dict[str, Any] = {}
         if standalone:
+            source = FolderSource(tokenizer=tmp / "tokenizer.json", base_config=_base_info(base)["config"],
+                                  max_length=max_length, model_type=base.model_type,
+                                  pad_id=base.model.config.pad_token_id, fingerprint=fingerprint)
             standalone_paths, standalone_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, opset=opset, vocab_size=vocab, precisions=precisions,
-                tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
-        log("writing task pieces, tokenizer, checksums and the manifest")
+                tmp, build.trunk, build.adapted, build.tasks, source=source, opset=opset, vocab_size=vocab,
+                precisions=precisions, tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+        log("writing task pieces, checksums and the manifest")
         build.write_tasks(tmp, fingerprint, results, tolerance)
-        _write_tokenizer(base, tmp)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         parity: dict[str, Any] = {"tolerance": tolerance, "reference": "pytorch fp32",
                                   "batches": [f"{b.name}: {len(b.row_source)} rows x {b.input_ids.shape[1]} tokens"
@@ -411,7 +418,9 @@ def _stage_copy(root: Path, tmp: Path, skip: Callable[[str], bool]) -> None:
 
 
 def _task_skip(name: str) -> Callable[[str], bool]:
-    return lambda rel: rel == f"tasks/{name}" or rel.startswith((f"tasks/{name}/", f"standalone/{name}."))
+    # standalone/<name>.onnx / .int8.onnx: the flat files of deployments exported before the per-task folders
+    return lambda rel: rel in (f"tasks/{name}", f"standalone/{name}") or rel.startswith(
+        (f"tasks/{name}/", f"standalone/{name}/", f"standalone/{name}."))
 
 
 def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Path | None = None,
@@ -442,10 +451,12 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
             f"{root} has no lower-adapter slots (none of its tasks was stacked); export the deployment again "
             "with this task among its --task checkpoints")
     sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
-    if sig != fz.signature:
+    misfit = signature_misfit(sig, fz.signature)
+    if misfit:
         raise FingerprintMismatchError(
-            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
-            f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
+            "export it into its own deployment, or re-export this deployment with it")
+    sig = fz.signature  # a task may use a subset of the featurizer's PEFT modules (zero rows elsewhere)
     if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, sig, fz.num_layers) != fz.fingerprint:
         raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
                                        "the deployment is inconsistent: re-export it")
@@ -475,7 +486,8 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
         parity = dict(manifest.parity)
         if manifest.standalone:
             paths, st_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, opset=fz.opset,
+                tmp, build.trunk, build.adapted, build.tasks, source=FolderSource.of_deployment(tmp, manifest),
+                opset=fz.opset,
                 vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions, tolerance=tolerance,
                 batches=build.batches, refs=build.refs, log=log)
             standalone.update(paths)

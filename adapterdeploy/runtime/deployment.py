@@ -4,6 +4,7 @@
         d.predict(["great movie"], task="sst2")
         d.predict_mixed([("sst2", "great movie"), ("mrpc", ("a b", "a c"))])
         d.fan_out(["great movie"], tasks=["sst2", "topic"])
+        d.embed(["great movie"])                      # the base model's L2-normalised mean embedding
 
 Opening verifies the featurizer files' checksums and starts the two featurizer sessions; tasks load on
 first use (checksum of their files, fingerprint check, a small safetensors read: no session is rebuilt)
@@ -40,7 +41,8 @@ from adapterdeploy.errors import (
     InputError,
     UnknownTaskError,
 )
-from adapterdeploy.runtime.bank import BankLayout
+from adapterdeploy.runtime.bank import BankLayout, TaskRows
+from adapterdeploy.runtime.embedding import Embed, Embedding, zero_adapter_is_base
 from adapterdeploy.runtime.engine import BANK_MODES, Engine, LoadedTask
 from adapterdeploy.runtime.heads import Head
 from adapterdeploy.runtime.prediction import Prediction
@@ -71,6 +73,7 @@ class Deployment:
         self._factory = factory
         self.batch_size = batch_size
         self._closed = False
+        self._base: TaskRows | None = None
         self._lowers = SharedLowers()
         self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
                                       on_evict=on_evict)
@@ -232,17 +235,39 @@ class Deployment:
         rows = validate_rows(inputs)
         return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
 
-    def predict_mixed(self, rows: Sequence[tuple[str, Row]], strict: bool = False) -> list[Prediction]:
-        """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order."""
+    def predict_mixed(self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False
+                      ) -> list[Prediction | Embedding]:
+        """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order.
+
+        A row whose first item is an :class:`Embed` (instead of a task name) answers an :class:`Embedding`,
+        in the same forward as the predictions.
+        """
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
             raise InputError(f"rows must be a list of (task, text) pairs, got {type(rows).__name__}")
-        names, texts = [], []
+        names: list[str | Embed] = []
+        texts = []
         for i, row in enumerate(rows):
-            if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], str):
+            if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], (str, Embed)):
                 raise InputError(f"rows[{i}] must be (task, text) or (task, (text_a, text_b)), got {row!r:.80}")
             names.append(row[0])
             texts.append(validate_row(row[1], f"rows[{i}]"))
         return self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))])
+
+    def embed(self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean",
+              strict: bool = False) -> np.ndarray:
+        """L2-normalised embeddings ``[len(inputs), hidden]`` (float32), one row per input.
+
+        ``task=None`` embeds with the base model (no adapter: for the embedded all-MiniLM-L6-v2 with
+        ``pooling="mean"``, sentence-transformers' own embedding); a task name embeds with that task's
+        adapted featurizer. ``pooling``: ``mean`` (masked mean of the last layer), ``cls``, or ``pooler``
+        (the base's pooler, when it has one). Runs in the same forward path as predictions.
+        """
+        target = Embed(task, pooling)
+        rows = validate_rows(inputs)
+        if not rows:
+            return np.zeros((0, self._manifest.featurizer.hidden_size), dtype=np.float32)
+        out = self._run([target] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        return np.stack([e.vector for e in out])  # type: ignore[union-attr]
 
     def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False
                 ) -> dict[str, list[Prediction]]:
@@ -270,12 +295,22 @@ class Deployment:
             raise InputError(f"a task name is a str, got {type(name).__name__}")
         return self._registry.get(name)
 
-    def _run(self, names: list[str], texts: list[Row], strict: bool, where: list[str]) -> list[Prediction]:
+    def _run(self, names: Sequence[str | Embed], texts: list[Row], strict: bool, where: list[str]
+             ) -> list[Any]:
         """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
         if not names:
             return []
-        loaded = {n: self._task(n) for n in dict.fromkeys(names)}
+        embeds = [n if isinstance(n, Embed) else None for n in names]
+        task_of = [n.task if isinstance(n, Embed) else n for n in names]
+        loaded = {n: self._task(n) for n in dict.fromkeys(task_of) if n is not None}
+        base = self._base_rows() if any(t is None for t in task_of) else None
+        for e in dict.fromkeys(e for e in embeds if e is not None):
+            if e.feature not in self._engine.output_names:
+                raise InputError(f"pooling {e.pooling!r} needs the featurizer's {e.feature!r} output, which this "
+                                 f"deployment lacks (outputs: {', '.join(self._engine.output_names)}); use mean or cls")
         for i, (n, text) in enumerate(zip(names, texts, strict=True)):
+            if isinstance(n, Embed):
+                continue  # an embedding takes a text or a pair, whatever the task was trained on
             pair = isinstance(text, tuple)
             if pair != loaded[n].spec.text_pair:
                 want = "text pairs (text_a, text_b)" if loaded[n].spec.text_pair else "single texts"
@@ -298,18 +333,34 @@ class Deployment:
             self._check_open()
         registry = self._registry
         resident = engine.bank_mode == "resident"
-        out: list[Prediction | None] = [None] * len(names)
+        out: list[Prediction | Embedding | None] = [None] * len(names)
         for chunk in chunks:
             local = {u: j for j, u in enumerate(chunk)}
             row_ids = [r for u in chunk for r in rows_of[u]]
             padded = self._encoder.pad([tokens[u] for u in chunk])
             row_source = np.array([local[source[r]] for r in row_ids], dtype=np.int64)
             version, all_loaded = registry.loaded_snapshot() if resident else (0, None)
-            preds = engine.run(padded, row_source, [loaded[names[r]] for r in row_ids],
+            row_tasks = [loaded[task_of[r]] if task_of[r] is not None else None for r in row_ids]
+            preds = engine.run(padded, row_source, row_tasks, row_embed=[embeds[r] for r in row_ids], base=base,
                                version=version, loaded=all_loaded)
             for r, p in zip(row_ids, preds, strict=True):
                 out[r] = p
         return out  # type: ignore[return-value]
+
+    def _base_rows(self) -> TaskRows:
+        """The all-zero bank rows that run the plain encoder (built once); refused where zero is not the base."""
+        if self._base is None:
+            self._check_open()
+            signature = self._manifest.featurizer.signature
+            if not zero_adapter_is_base(signature):
+                raise ConfigError(
+                    f"embeddings with task=None need a featurizer where a zero adapter is the base model; this "
+                    f"one's adapter signature ({signature.placement}, per_task_layernorm="
+                    f"{signature.per_task_layernorm}, {signature.site}) is not; pass task=NAME to embed with a "
+                    "task's featurizer, or export the tasks without per-task LayerNorms"
+                )
+            self._base = self._engine.layout.zero_rows("<base>")
+        return self._base
 
     def _check_fingerprint(self, spec: TaskSpec, where: Path) -> None:
         want = self._manifest.featurizer.fingerprint

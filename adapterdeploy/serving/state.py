@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
 from adapterdeploy.serving.protocol import TaskMeta, task_version
@@ -142,7 +143,9 @@ class ServingState:
             raise UnknownTaskError(f"unknown task {task!r}")
         spec = TaskSpec.read(Path(source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, version=task_version(spec.files))
+                        text_pair=spec.text_pair, version=task_version(spec.files),
+                        hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+                        thresholds=tuple(spec.head.thresholds))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -168,15 +171,21 @@ class ServingState:
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
         return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
 
-    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
+    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs"
+                      ) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
-        Token counts come from the deployment's tokenizer once per input (not per task). With
+        A task may be an :class:`Embed` target (an embedding row instead of a prediction; its task, if any,
+        must exist). Token counts come from the deployment's tokenizer once per input (not per task). With
         ``--no-truncate`` an over-long text is refused here, before it is queued.
         """
         self.require_ready()
         deadline = time.monotonic() + self.settings.request_timeout_s
         for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
+            if isinstance(task, Embed):
+                if task.task is not None:
+                    self.require_task(task.task)
+                continue  # an embedding takes texts or pairs
             meta = await self.task_meta(task)
             for i, row in enumerate(inputs):
                 if isinstance(row, tuple) != meta.text_pair:
