@@ -107,7 +107,8 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
 def _inner_leftovers(root: Path, manifest: Manifest) -> list[Path]:
     """What killed writers left inside: staging dirs, manifest temp files, task dirs / standalone graphs that
     no manifest entry names (the next add-task / remove-task removes the first two)."""
-    named = {*manifest.tasks.values(), *manifest.files}
+    # a standalone task is a folder (standalone/<task>/...): its name part is named by the files inside it
+    named = {*manifest.tasks.values(), *manifest.files, *("/".join(f.split("/")[:2]) for f in manifest.files)}
     found = sorted(root.glob(f"{STAGING_PREFIX}*")) + sorted(root.glob(f".{MANIFEST_FILE}.*.tmp"))
     for sub in ("tasks", "standalone"):
         if (root / sub).is_dir():

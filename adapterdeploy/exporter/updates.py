@@ -44,6 +44,7 @@ from adapterdeploy.artifacts import (
 from adapterdeploy.config import signature_misfit
 from adapterdeploy.errors import ArtifactError, ChecksumError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet
+from adapterdeploy.exporter.hf_folder import FolderSource
 from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 
 __all__ = ["add_task", "add_tasks", "remove_task"]
@@ -121,7 +122,8 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
             standalone: dict[str, dict[str, str]] = {}
             if manifest.standalone:
                 standalone, st_parity = export_standalone_graphs(
-                    stage, build.trunk, build.adapted, build.tasks, opset=fz.opset,
+                    stage, build.trunk, build.adapted, build.tasks, source=FolderSource.of_deployment(root, manifest),
+                    opset=fz.opset,
                     vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions,
                     tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
                 parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
@@ -158,16 +160,16 @@ def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFA
         drop_eval = dict(manifest.adapter_drop_eval)
         if "tasks" in drop_eval:
             drop_eval["tasks"] = {k: v for k, v in drop_eval["tasks"].items() if k != name}
-        gone = list(manifest.standalone.get(name, {}).values()) + _unused_shared(root, manifest, name)
+        shared = _unused_shared(root, manifest, name)
+        gone = [*_standalone_places(manifest, name), *shared]
         new = dataclasses.replace(
             manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name},
             task_files={k: v for k, v in manifest.task_files.items() if k != name},
-            files={k: v for k, v in manifest.files.items() if k not in gone},
+            files={k: v for k, v in manifest.files.items() if not _under(k, gone)},
             standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
             adapter_drop_eval=drop_eval)
         new.write(root)
-        _remove(root, [manifest.tasks[name], *gone, *(str(PurePosixPath(g).parent) for g in gone
-                                                      if g.startswith("shared/"))])
+        _remove(root, [manifest.tasks[name], *gone, *(str(PurePosixPath(g).parent) for g in shared)])
         with contextlib.suppress(OSError):  # the last lower adapter gone: no empty shared/ left behind
             (root / "shared").rmdir()
     return new
@@ -228,7 +230,8 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
              standalone: dict[str, dict[str, str]]) -> tuple[Manifest, list[str], list[str]]:
     """Rename the staged pieces into the deployment; return (the new manifest, what was installed, what the
     new manifest no longer references). On failure the pieces already moved are removed again."""
-    referenced = {*manifest.tasks.values(), *manifest.files}
+    referenced = {*manifest.tasks.values(), *manifest.files,
+                  *(place for n in manifest.standalone for place in _standalone_places(manifest, n))}
     tasks, task_files = dict(manifest.tasks), dict(manifest.task_files)
     files, new_standalone = dict(manifest.files), dict(manifest.standalone)
     installed: list[str] = []
@@ -250,22 +253,22 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
             os.rename(stage / rel, root / rel)
             installed.append(str(PurePosixPath(rel).parent))
             files[rel] = file_entry(root / rel)  # a file we wrote: hashed once
-        for name, by_precision in standalone.items():
-            obsolete += [p for p in new_standalone.get(name, {}).values() if p not in obsolete]
-            placed = {}
-            for precision, staged in by_precision.items():
-                rel = _free(root, staged, referenced)
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.rename(stage / staged, root / rel)
-                installed.append(rel)
-                placed[precision] = rel
-                files[rel] = file_entry(root / rel)  # a file we wrote: hashed once
-            new_standalone[name] = placed
+        for name, by_precision in standalone.items():  # a Hugging Face folder per task: standalone/<name>/
+            if name in manifest.standalone:
+                obsolete += _standalone_places(manifest, name)
+            staged = f"standalone/{name}"
+            rel = _free(root, staged, referenced)
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(stage / staged, root / rel)
+            installed.append(rel)
+            new_standalone[name] = {precision: rel + path[len(staged):] for precision, path in by_precision.items()}
+            for p in sorted((root / rel).rglob("*")):
+                if p.is_file():  # files we wrote: hashed once
+                    files[p.relative_to(root).as_posix()] = file_entry(p)
     except BaseException:
         _remove(root, installed)
         raise
-    for rel in obsolete:
-        files.pop(rel, None)
+    files = {k: v for k, v in files.items() if not _under(k, obsolete)}
     new = dataclasses.replace(manifest, tasks=tasks, task_files=task_files, files=files, standalone=new_standalone)
     return new, installed, obsolete
 
@@ -293,6 +296,23 @@ def _unused_shared(root: Path, manifest: Manifest, removed: str) -> list[str]:
                 "file") == stack_on["file"]:
             return []
     return [stack_on["file"]]
+
+
+def _standalone_places(manifest: Manifest, name: str) -> list[str]:
+    """Where a task's standalone graphs live: its folder (``standalone/<name>/``, the folder of its
+    ``onnx/model.onnx``), or the flat ``standalone/<name>.onnx`` files of deployments exported before."""
+    places: list[str] = []
+    for path in manifest.standalone.get(name, {}).values():
+        parts = PurePosixPath(path).parts
+        place = "/".join(parts[:2]) if len(parts) > 2 else path
+        if place not in places:
+            places.append(place)
+    return places
+
+
+def _under(rel: str, places: Sequence[str]) -> bool:
+    """``rel`` is one of ``places`` or inside one of them."""
+    return any(rel == p or rel.startswith(p + "/") for p in places)
 
 
 def _remove(root: Path, rels: Sequence[str]) -> None:

@@ -2,11 +2,12 @@
 
 Every series is named ``adapterdeploy_*``. Label values come from small fixed sets: ``endpoint`` and
 ``status`` from the routes and HTTP codes, ``reason`` from :data:`REJECT_REASONS`, ``task`` from the
-deployment's task names (bounded by the registry) with unknown names folded into ``_unknown`` and
-fan-out requests into ``_fan_out``, base-model embeddings into ``_base``.
-Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch
-sizes powers of two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never
-share or clash over series.
+deployment's task names with unknown names folded into ``_unknown``, fan-out requests into ``_fan_out``
+and base-model embeddings into ``_base``; a deployment of more than :data:`TASK_LABEL_LIMIT` tasks labels
+every task ``_other`` (10,000 tasks x statuses would be tens of thousands of series; per-task counts are
+then in the access log). Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch sizes powers of
+two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never share or clash
+over series.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "DURATION_BUCKETS",
+    "OTHER_TASK",
     "REJECT_REASONS",
     "ROW_BUCKETS",
+    "TASK_LABEL_LIMIT",
     "TOKEN_BUCKETS",
     "Metrics",
 ]
@@ -35,6 +38,8 @@ REJECT_REASONS = (
 )
 UNKNOWN_TASK = "_unknown"
 FAN_OUT_TASK = "_fan_out"
+OTHER_TASK = "_other"
+TASK_LABEL_LIMIT = 1000
 BASE_MODEL_TASK = "_base"  # /v1/embed without a task (the base model)
 
 
@@ -74,7 +79,8 @@ class Metrics:
         self.loaded_tasks = Gauge(f"{PREFIX}_loaded_tasks", "Tasks loaded in the adapter bank.", registry=r)
         self.known_tasks = Gauge(f"{PREFIX}_known_tasks", "Tasks the deployment knows.", registry=r)
         self.task_load_time = Histogram(
-            f"{PREFIX}_task_load_duration_seconds", "Time to load a task (admin load or preload).",
+            f"{PREFIX}_task_load_duration_seconds",
+            "Time to load a task (admin load, preload or a cold task of a request).",
             buckets=DURATION_BUCKETS, registry=r,
         )
         self.rejected = Counter(
@@ -84,6 +90,11 @@ class Metrics:
                            registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+
+    @staticmethod
+    def task_label(task: str, known_tasks: int) -> str:
+        """The ``task`` label of a known task: its name, or ``_other`` in a deployment of very many tasks."""
+        return task if known_tasks <= TASK_LABEL_LIMIT else OTHER_TASK
 
     def bind_task_counts(self, loaded: Callable[[], float], known: Callable[[], float]) -> None:
         """Read task counts at scrape time (no bookkeeping on the hot path)."""
