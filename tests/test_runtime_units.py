@@ -292,7 +292,10 @@ def test_bank_fixed_m_and_errors():
     layout, _ = _layout()
     bad = _task_tensors(2)
     bad["bank.1.layer.up_w"] = np.zeros((3, 4), np.float32)
-    with pytest.raises(ArtifactError, match=r"up_w has shape \[3, 4\], the bank expects \[2, 4\]"):
+    with pytest.raises(ArtifactError, match=r"says bottleneck 2, its adapter weights have \[2, 3\]"):
+        layout.task_rows("bad", bad, 2)  # the bottleneck is read from the weights, and must agree
+    bad["bank.1.layer.up_w"] = np.zeros((2, 5), np.float32)
+    with pytest.raises(ArtifactError, match=r"up_w has shape \[2, 5\], the bank expects \[2, 4\]"):
         layout.task_rows("bad", bad, 2)
     extra = _task_tensors(2)
     extra["bank.0.layer.down_w"] = np.zeros((4, 2), np.float32)

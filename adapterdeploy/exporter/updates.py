@@ -71,7 +71,8 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
         manifest = Manifest.read(root)  # under the lock: includes every earlier writer's change
         _clean_staging(root)
         fz = manifest.featurizer
-        _check_sizes(root, manifest, [p for v in fz.variants.values() for p in (v.trunk, v.adapted)])
+        _check_sizes(root, manifest, [p for v in fz.variants.values() for p in (v.trunk, v.adapted)]
+                     + ([manifest.tokenizer.file] if manifest.standalone else []))  # standalone folders copy it
         base, ckpts = _load_inputs(base_dir or manifest.base.get("path"), ckpt_dirs)
         if base.fingerprint != manifest.base.get("fingerprint"):
             raise FingerprintMismatchError(
