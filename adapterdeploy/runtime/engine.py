@@ -9,6 +9,10 @@ The bank holds either only this batch's tasks (``rows`` mode: ``slot`` counts wi
 loaded task (``resident`` mode: a snapshot rebuilt when the loaded set changes; on a GPU its tensors stay on
 the device, so a call copies token ids and indices, never weights). A snapshot and a task's rows are never
 mutated after they are built, so an in-flight batch is unaffected by concurrent loads and evictions.
+
+Heads run per task group, each isolated: when one task's head raises (a bad head graph, MemoryError, ...)
+its rows get that exception in place of a Prediction and every other group is still answered; the caller
+(``Deployment``) marks the task failed.
 """
 
 from __future__ import annotations
@@ -101,8 +105,11 @@ class Engine:
 
     # ---- forward -----------------------------------------------------------------------------
     def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask], *,
-            version: int = 0, loaded: Sequence[LoadedTask] | None = None) -> list[Prediction]:
-        """Predictions for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``)."""
+            version: int = 0, loaded: Sequence[LoadedTask] | None = None) -> list[Prediction | Exception]:
+        """Predictions for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``).
+
+        A row whose task's head raised holds that exception instead (the other tasks' rows are unaffected).
+        """
         tasks = list({t.name: t for t in row_tasks}.values())
         slots, bank = self._bank(tasks, version, loaded)
         task_index = np.array([slots[t.name] for t in row_tasks], dtype=np.int64)
@@ -121,12 +128,16 @@ class Engine:
             outs = self.adapted.run(names, {"hidden": hidden, **small, **bank})
         features = dict(zip(names, outs, strict=True))
         truncated = padded.truncated[row_source]
-        preds: list[Prediction | None] = [None] * len(row_tasks)
+        preds: list[Prediction | Exception | None] = [None] * len(row_tasks)
         for task in tasks:
             idx = np.flatnonzero(task_index == slots[task.name])
-            logits = task.head.logits(features[task.head.feature][idx])
-            for i, p in zip(idx, predictions_from_logits(task.name, task.spec.head, logits, truncated[idx]),
-                            strict=True):
+            group: Sequence[Prediction | Exception]
+            try:
+                logits = task.head.logits(features[task.head.feature][idx])
+                group = predictions_from_logits(task.name, task.spec.head, logits, truncated[idx])
+            except Exception as exc:  # one task's head must not fail the other tasks' rows
+                group = [exc] * len(idx)
+            for i, p in zip(idx, group, strict=True):
                 preds[i] = p
         return preds  # type: ignore[return-value]
 
