@@ -70,7 +70,7 @@ def check_error(r: httpx.Response, status: int, error_type: str, *fragments: str
 # ---- health and metadata ------------------------------------------------------------------------------
 def test_health_and_server_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
-    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True, "tasks_not_ready": {}}
     meta = client.get("/v2").json()
     assert meta["name"] == "adapterdeploy" and meta["extensions"] == ["model_repository"]
     assert client.get("/v2/models/sentiment/ready").json() == {"name": "sentiment", "ready": True}
@@ -253,10 +253,10 @@ def test_binary_extension_unknown_route_and_method(client):
 
 
 def test_a_server_error_leaks_no_stack_trace(client, deployment, monkeypatch, caplog):
-    def broken(rows, strict=False):
+    def broken(rows, errors="raise"):
         raise RuntimeError("secret internal detail /srv/path")
 
-    monkeypatch.setattr(deployment, "predict_mixed", broken)
+    monkeypatch.setattr(deployment, "predict_encoded", broken)
     with caplog.at_level(logging.ERROR, logger="adapterdeploy"):
         r = client.post("/v1/predict", json={"task": "sentiment", "inputs": ["a"]})
     body = check_error(r, 500, "internal")

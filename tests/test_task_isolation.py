@@ -136,3 +136,71 @@ def test_check_tasks_marks_unreadable_and_truncated_tasks_failed(deploy_dir, tmp
         assert set(failed) == {"topic", "spam"}
         assert "adapters.safetensors" in failed["topic"] and "truncated" in failed["spam"]
         assert d.predict(["yes"], task="sentiment")[0].label is not None
+
+
+# ---- through the HTTP server's batcher -------------------------------------------------------------
+def test_server_answers_healthy_tasks_in_a_batch_with_a_poisoned_one(deploy_dir, expected, monkeypatch):
+    import asyncio
+
+    import httpx
+    from serving_fixtures import ADMIN_TOKEN, ThreadedServer, metric, scrape
+
+    from adapterdeploy.serving.settings import Settings
+
+    reads = poison(monkeypatch, "head")
+    # a long max_wait so that the concurrent requests below share forwards
+    settings = Settings(deploy_dir=str(deploy_dir), max_wait_ms=200.0, admin_token=ADMIN_TOKEN)
+    with Deployment.open(deploy_dir) as dep, ThreadedServer(settings, deployment=dep) as srv:
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
+                return await asyncio.gather(*(http.post("/v1/predict", json={"task": t, "inputs": TEXTS})
+                                              for t in (*HEALTHY, POISONED)))
+
+        responses = dict(zip((*HEALTHY, POISONED), asyncio.run(burst()), strict=True))
+        assert srv.state.batcher.stats.mixed_task_batches >= 1  # the poisoned task shared a forward
+        for t in HEALTHY:
+            assert responses[t].status_code == 200, responses[t].text
+            for got, want in zip(responses[t].json()["predictions"], expected[t], strict=True):
+                assert got["label"] == want.label and got["score"] == pytest.approx(want.score, abs=1e-5)
+        bad = responses[POISONED]
+        assert bad.status_code == 503 and bad.json()["error_type"] == "task_failed", bad.text
+        assert "InvalidArgument" in bad.json()["error"] and "Traceback" not in bad.text
+
+        ready = httpx.get(f"{srv.url}/v2/health/ready")
+        assert ready.status_code == 200 and set(ready.json()["tasks_not_ready"]) == {POISONED}
+        model = httpx.get(f"{srv.url}/v2/models/{POISONED}/ready")
+        assert model.status_code == 503 and model.json()["error_type"] == "task_failed"
+        assert httpx.get(f"{srv.url}/v2/models/sentiment/ready").status_code == 200
+        assert metric(scrape(srv.url), "adapterdeploy_failed_tasks") == 1
+        again = httpx.post(f"{srv.url}/v1/predict", json={"task": POISONED, "inputs": ["x"]})
+        assert again.status_code == 503 and again.json()["error_type"] == "task_failed"
+
+        reads["on"] = False  # fixed; the admin reload brings it back
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert httpx.post(f"{srv.url}/v2/repository/models/{POISONED}/load", headers=auth).status_code == 200
+        assert httpx.get(f"{srv.url}/v2/health/ready").json()["tasks_not_ready"] == {}
+        fixed = httpx.post(f"{srv.url}/v1/predict", json={"task": POISONED, "inputs": TEXTS})
+        assert [p["label"] for p in fixed.json()["predictions"]] == [p.label for p in expected[POISONED]]
+
+
+def test_readiness_names_tasks_whose_files_cannot_be_read(deploy_dir, tmp_path):
+    import httpx
+    from serving_fixtures import ThreadedServer
+
+    from adapterdeploy.serving.settings import Settings
+
+    copy = shutil.copytree(deploy_dir, tmp_path / "deploy")
+    (copy / "tasks" / "topic" / "adapters.safetensors").unlink()
+    with ThreadedServer(Settings(deploy_dir=str(copy))) as srv:
+        r = httpx.get(f"{srv.url}/v2/health/ready")
+        assert r.status_code == 200 and list(r.json()["tasks_not_ready"]) == ["topic"]
+        assert httpx.get(f"{srv.url}/v2/models/topic/ready").status_code == 503
+        assert httpx.post(f"{srv.url}/v1/predict", json={"task": "topic", "inputs": ["x"]}).status_code == 503
+        assert httpx.post(f"{srv.url}/v1/predict", json={"task": "sentiment", "inputs": ["x"]}).status_code == 200
+    for task_dir in (copy / "tasks").iterdir():  # no task can serve: the replica is not ready
+        (task_dir / "adapters.safetensors").unlink(missing_ok=True)
+    with ThreadedServer(Settings(deploy_dir=str(copy))) as srv:
+        r = httpx.get(f"{srv.url}/v2/health/ready")
+        assert r.status_code == 503 and len(r.json()["tasks_not_ready"]) == len(list((copy / "tasks").iterdir()))
+        assert httpx.get(f"{srv.url}/v2/health/live").status_code == 200

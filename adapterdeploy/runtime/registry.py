@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from adapterdeploy.errors import ConfigError, RegistryFullError, TaskFailedError, UnknownTaskError
 
-__all__ = ["TaskInfo", "TaskRegistry"]
+__all__ = ["TaskInfo", "TaskRegistry", "failed_error"]
 
 State = Literal["known", "loaded", "pinned", "failed"]
 Loader = Callable[[str, Path], tuple[Any, int]]
@@ -146,7 +146,7 @@ class TaskRegistry:
             entry = self._entries.get(name)
             if entry is not None:
                 self._fail(entry, reason)
-            return _failed_error(name, reason)
+            return failed_error(name, reason)
 
     def failed(self) -> dict[str, str]:
         """Failed tasks and why."""
@@ -217,7 +217,7 @@ class TaskRegistry:
         with self._lock:
             entry = self._get(name)
             if entry.error is not None and not reload:
-                raise _failed_error(name, entry.error)
+                raise failed_error(name, entry.error)
             if entry.loaded:
                 self._touch(entry, touch)
                 if pin is not None:
@@ -228,7 +228,7 @@ class TaskRegistry:
             with self._lock:
                 entry = self._get(name)
                 if entry.error is not None and not reload:  # it failed while we waited
-                    raise _failed_error(name, entry.error)
+                    raise failed_error(name, entry.error)
                 if entry.loaded:  # another thread loaded it while we waited
                     self._touch(entry, touch)
                     if pin is not None:
@@ -245,7 +245,7 @@ class TaskRegistry:
                         self._fail(entry, _describe(exc))
                 if reload:
                     raise  # an explicit (re)load reports the loader's own typed error
-                raise _failed_error(name, _describe(exc)) from exc
+                raise failed_error(name, _describe(exc)) from exc
             with self._lock:
                 entry = self._get(name)
                 if entry.source != source:  # re-registered elsewhere meanwhile: our read is stale
@@ -301,7 +301,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def _failed_error(name: str, reason: str) -> TaskFailedError:
+def failed_error(name: str, reason: str) -> TaskFailedError:
+    """The error a failed task's rows get: the reason and how to bring the task back."""
     return TaskFailedError(
         f"task {name!r} failed and is out of service until it is reloaded ({reason}); fix its files, then "
         f"reload it (admin: POST /v2/repository/models/{name}/load; Python: Deployment.load_task) or restart"

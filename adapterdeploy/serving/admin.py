@@ -83,12 +83,12 @@ def admin_router(state: ServingState) -> APIRouter:
         req = validate(RepositoryIndexRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
         models = []
         for info in await state.task_infos():
-            loaded = info.state != "known"
+            loaded = info.state in ("loaded", "pinned")
             if req.ready and not loaded:
                 continue
+            reason = "" if loaded else info.error or "not loaded; loads on first request"
             models.append(RepositoryModel(
-                name=info.name, state="READY" if loaded else "UNAVAILABLE",
-                reason="" if loaded else "not loaded; loads on first request",
+                name=info.name, state="READY" if loaded else "UNAVAILABLE", reason=reason,
                 load_state=info.state, size_bytes=info.size_bytes, use_count=info.use_count,
                 last_used=info.last_used, priority=info.priority,
             ).model_dump())

@@ -39,6 +39,7 @@ from adapterdeploy.errors import (
     InputError,
     OverloadedError,
     PayloadTooLargeError,
+    TaskFailedError,
     UnavailableError,
 )
 from adapterdeploy.serving import protocol
@@ -272,7 +273,7 @@ def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
 
     @app.exception_handler(AdapterDeployError)
     async def _adapterdeploy_error(request: Request, exc: AdapterDeployError) -> Response:
-        if exc.http_status >= 500 and not isinstance(exc, UnavailableError):
+        if exc.http_status >= 500 and not isinstance(exc, (UnavailableError, TaskFailedError)):
             log.error("request failed: %s", exc, extra={"request_id": request_id_of(request)})
         return error_response(exc, request_id_of(request))
 
@@ -336,12 +337,18 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             raise UnavailableError("the batching loop has stopped; restart the server")
         return JSONResponse({"live": True})
 
-    @app.get("/v2/health/ready", tags=["health"], summary="Readiness: 503 while starting or draining",
+    @app.get("/v2/health/ready", tags=["health"],
+             summary="Readiness: 503 while starting, draining, or when no task can serve; names failed tasks",
              responses={503: ERRORS[503]})
-    async def ready() -> Response:
-        if not state.ready:
-            raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
-        return JSONResponse({"ready": True})
+    async def ready(request: Request) -> Response:
+        ok, not_ready = state.readiness()
+        if ok:
+            return JSONResponse({"ready": True, "tasks_not_ready": not_ready})
+        why = ("the server is draining" if state.draining else "the server is not ready" if not state.ready
+               else f"none of the {len(not_ready)} tasks can serve (see tasks_not_ready)")
+        body = {"error": why, "error_type": "unavailable", "request_id": request_id_of(request),
+                "ready": False, "tasks_not_ready": not_ready}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/v2", tags=["v2"], summary="Server metadata")
     async def server_metadata() -> Response:
@@ -357,6 +364,7 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
         state.require_task(task)
         if not state.ready:
             raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
+        state.require_serving(task)
         return JSONResponse({"name": task, "ready": True})
 
     @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics", response_class=Response)

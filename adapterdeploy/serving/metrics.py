@@ -71,6 +71,10 @@ class Metrics:
         self.queue_rows = Gauge(f"{PREFIX}_queue_rows", "Rows waiting in the batch queue.", registry=r)
         self.loaded_tasks = Gauge(f"{PREFIX}_loaded_tasks", "Tasks loaded in the adapter bank.", registry=r)
         self.known_tasks = Gauge(f"{PREFIX}_known_tasks", "Tasks the deployment knows.", registry=r)
+        self.failed_tasks = Gauge(
+            f"{PREFIX}_failed_tasks", "Tasks out of service (unreadable files, or weights / head failed) "
+            "until reloaded; /v2/health/ready names them.", registry=r,
+        )
         self.task_load_time = Histogram(
             f"{PREFIX}_task_load_duration_seconds", "Time to load a task (admin load or preload).",
             buckets=DURATION_BUCKETS, registry=r,
@@ -83,10 +87,12 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
 
-    def bind_task_counts(self, loaded: Callable[[], float], known: Callable[[], float]) -> None:
+    def bind_task_counts(self, loaded: Callable[[], float], known: Callable[[], float],
+                         failed: Callable[[], float]) -> None:
         """Read task counts at scrape time (no bookkeeping on the hot path)."""
         self.loaded_tasks.set_function(loaded)
         self.known_tasks.set_function(known)
+        self.failed_tasks.set_function(failed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -141,7 +141,7 @@ class RepositoryModel(BaseModel):
     version: str = ""
     state: str = Field(description="READY when loaded, UNAVAILABLE when only known (it loads on first use).")
     reason: str = ""
-    load_state: str = Field(description="known | loaded | pinned")
+    load_state: str = Field(description="known | loaded | pinned | failed (out of service until reloaded)")
     size_bytes: int
     use_count: int
     last_used: float | None

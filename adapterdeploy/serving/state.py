@@ -1,9 +1,13 @@
 """One server process's state: the open Deployment, its two worker threads, the batcher and the metrics.
 
 Threads: ``forward`` (one thread) runs every mixed forward, so onnxruntime sessions see one caller and
-use their own intra-op pool; ``aux`` (one thread) tokenizes for the limits and batching, reads task
-metadata and runs admin loads, so none of that waits behind a forward or blocks the event loop. The
-runtime is thread-safe (its registry has a lock; its tokenizers are never mutated after open).
+use their own intra-op pool; ``aux`` (one thread) tokenizes each request's texts once (the encodings go
+through the queue to the forward: ``Deployment.predict_encoded``), reads task metadata and runs admin
+loads, so none of that waits behind a forward or blocks the event loop. The runtime is thread-safe (its
+registry has a lock; its tokenizers are never mutated after open).
+
+A task that fails (unreadable files at startup, or its weights / head failing in a batch) is answered 503
+``task_failed`` for its own rows only; readiness lists it (:meth:`ServingState.readiness`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class ServingState:
             opener = partial(Deployment.open, self.settings.deploy_dir, **self.settings.deployment_kwargs())
             self.deployment = await loop.run_in_executor(self.aux_pool, opener)
         self.max_length = int(self.deployment.max_length)
+        failed = await loop.run_in_executor(self.aux_pool, self.deployment.check_tasks)
+        for name, reason in failed.items():
+            log.error("task %s is not ready: %s", name, reason)
         for name in self.settings.preload:
             await self.load_task(name)
         s = self.settings
@@ -82,7 +89,8 @@ class ServingState:
                                max_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_s, max_queue_rows=s.max_queue,
                                metrics=self.metrics)
         await self.batcher.start()
-        self.metrics.bind_task_counts(self._count_loaded, lambda: float(len(self.deployment.task_names)))
+        self.metrics.bind_task_counts(self._count_loaded, lambda: float(len(self.deployment.task_names)),
+                                      lambda: float(len(self.deployment.failed_tasks())))
         self.started = True
         self.metrics.ready.set(1)
         log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": len(self.deployment.task_names),
@@ -108,6 +116,18 @@ class ServingState:
     def ready(self) -> bool:
         return self.started and not self.draining and self.batcher is not None and self.batcher.alive
 
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, not-ready tasks and why). Ready: started, not draining, and at least one task can serve.
+
+        One failed task does not take the replica out of service (its own requests get 503 task_failed and
+        every replica would fail the same way); a replica none of whose tasks can serve is not ready.
+        """
+        if self.deployment is None or not self.started:
+            return False, {}
+        failed = self.deployment.failed_tasks()
+        servable = len(self.deployment.task_names) > len(failed) or not self.deployment.task_names
+        return self.ready and servable, failed
+
     def require_ready(self) -> None:
         if not self.started or self.batcher is None:
             raise UnavailableError("the server is still starting; retry in a moment")
@@ -125,6 +145,14 @@ class ServingState:
                 f"unknown task {task[:200]!r}; this deployment serves {len(names)} tasks ({shown}); "
                 "GET /v2/repository/index (admin) or `adapterdeploy inspect DEPLOY_DIR` lists them"
             )
+
+    def require_serving(self, task: str) -> None:
+        """Refuse a failed task's request at once (503 task_failed) instead of queueing it."""
+        reason = self.deployment.failed_tasks().get(task)
+        if reason is not None:
+            from adapterdeploy.runtime.registry import failed_error
+
+            raise failed_error(task, reason)
 
     async def task_meta(self, task: str) -> TaskMeta:
         self.require_task(task)
@@ -162,21 +190,26 @@ class ServingState:
         return await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.tasks)
 
     def _count_loaded(self) -> float:
-        return float(sum(1 for info in self.deployment.tasks() if info.state != "known"))
+        return float(sum(1 for info in self.deployment.tasks() if info.state in ("loaded", "pinned")))
 
     # --------------------------------------------------------------------------------- inference
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
-        return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
+        return self.deployment.predict_encoded(rows, errors="return")
 
     async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
-        Token counts come from the deployment's tokenizer once per input (not per task). With
-        ``--no-truncate`` an over-long text is refused here, before it is queued.
+        Order: the queue's capacity first (429 before any tokenization), then each input is tokenized once
+        (not per task, and not again in the forward: the encodings are queued). With ``--no-truncate`` an
+        over-long text is refused here, before it is queued. A row of a failed task raises its
+        TaskFailedError (503); the batch's other requests are unaffected.
         """
         self.require_ready()
+        assert self.batcher is not None
+        self.batcher.check_capacity(len(inputs) * len(tasks))
         deadline = time.monotonic() + self.settings.request_timeout_s
         for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
+            self.require_serving(task)
             meta = await self.task_meta(task)
             for i, row in enumerate(inputs):
                 if isinstance(row, tuple) != meta.text_pair:
@@ -184,18 +217,23 @@ class ServingState:
                     raise InputError(f"{field}[{i}]: task {task!r} takes {want}, this is "
                                      f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
         loop = asyncio.get_running_loop()
-        counts = await loop.run_in_executor(self.aux_pool, self.deployment.token_counts, list(inputs))
+        encoded = await loop.run_in_executor(self.aux_pool, self.deployment.encode, list(inputs))
         if not self.settings.truncate:
-            for i, c in enumerate(counts):
+            for i, enc in enumerate(encoded):
+                c = enc.count
                 if c > self.max_length:
                     raise InputError(
                         f"{field}[{i}] has {c} tokens, the deployment's max_length is {self.max_length}; shorten the "
                         "text, start the server with --truncate, or re-export with a larger --max-length"
                     )
-        tokens = [min(int(c), self.max_length) for c in counts]
-        rows = [(task, row) for task in tasks for row in inputs]
-        assert self.batcher is not None
-        return await self.batcher.submit(rows, tokens * len(tasks), timeout=max(0.001, deadline - time.monotonic()))
+        tokens = [len(enc.ids) for enc in encoded]
+        rows = [(task, enc) for task in tasks for enc in encoded]
+        results = await self.batcher.submit(rows, tokens * len(tasks),
+                                            timeout=max(0.001, deadline - time.monotonic()))
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
 
 
 class Tracker:
