@@ -8,7 +8,10 @@ What protects the server from slow or idle clients (each a uvicorn setting unles
 * header size: h11 refuses request heads over 16 KiB (``h11_max_incomplete_event_size``);
 * body timeout (``--body-timeout``, ours, in the app): the whole body within N seconds, else 408;
 * idle keep-alive connections close after ``--keep-alive`` seconds (``timeout_keep_alive``);
-* at most ``--max-connections`` concurrent connections (``limit_concurrency``); beyond, uvicorn answers 503;
+* at most ``--max-connections`` concurrent connections or requests; beyond, requests get 503 with
+  Retry-After, except the health probes (``/v2/health/live`` and ``/ready``), which are always answered:
+  uvicorn's own ``limit_concurrency`` refuses every request alike, and a refused liveness probe makes
+  Kubernetes restart a pod that is healthy but busy, so :class:`TimedH11Protocol` applies the limit itself;
 * SIGTERM: readiness turns 503 at once (the app chains the signal, see ``app.install_drain_signal``),
   uvicorn stops accepting, in-flight requests finish within ``--drain`` seconds
   (``timeout_graceful_shutdown``), then the batcher drains and the process exits.
@@ -17,6 +20,8 @@ What protects the server from slow or idle clients (each a uvicorn setting unles
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import os
 import signal
@@ -37,6 +42,12 @@ __all__ = ["SETTINGS_FILE_ENV", "ServeConfig", "TimedH11Protocol", "app_from_env
 
 SETTINGS_FILE_ENV = "ADAPTERDEPLOY_SERVE_SETTINGS_FILE"
 MAX_HEAD_BYTES = 16 * 1024
+PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+log = logging.getLogger("adapterdeploy.serving")
+_OVER_LIMIT = json.dumps({
+    "error": "the server is at its connection limit (--max-connections); retry after 1 s or add replicas",
+    "error_type": "unavailable", "request_id": "-",
+}).encode()
 
 
 class ServeConfig(uvicorn.Config):
@@ -48,12 +59,33 @@ class ServeConfig(uvicorn.Config):
 
 
 class TimedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head (slowloris protection)."""
+    """uvicorn's h11 protocol with a deadline for each request head (slowloris protection) and a
+    concurrency limit that never refuses the health probes."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.header_timeout_s = float(getattr(config, "header_timeout_s", 10.0))
         self._head_timer: asyncio.TimerHandle | None = None
+        # uvicorn checks limit_concurrency before it knows the path; we take the check over (same counts).
+        self.max_concurrency, self.limit_concurrency = self.limit_concurrency, None
+        self.app = self._admit(self.app)
+
+    def _admit(self, app: Any) -> Any:
+        async def admitted(scope: Any, receive: Any, send: Any) -> None:
+            limit = self.max_concurrency
+            # self.tasks includes this request's own task (uvicorn counts before creating it, hence >=).
+            if (limit is not None and scope["type"] == "http" and scope["path"] not in PROBE_PATHS
+                    and (len(self.connections) >= limit or len(self.tasks) > limit)):
+                log.warning("refused a request: %d connections, %d requests, --max-connections %d",
+                            len(self.connections), len(self.tasks), limit)
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(_OVER_LIMIT)).encode()),
+                    (b"retry-after", b"1"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": _OVER_LIMIT})
+                return
+            await app(scope, receive, send)
+
+        return admitted
 
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
