@@ -205,7 +205,11 @@ def body_doc(model: type) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- middleware
 class RequestContext:
-    """Pure ASGI middleware: request id, one access-log line per request, and the last-resort 500."""
+    """Pure ASGI middleware: request id, one access-log line per request, and the last-resort 500.
+
+    It also answers the requests that uvicorn cancels at the end of ``--drain`` (SIGTERM with a backlog
+    longer than the drain): 503 with Retry-After from here, where uvicorn would send a bare 500.
+    """
 
     def __init__(self, app: ASGIApp, instance_id: str = "") -> None:
         self.app = app
@@ -235,6 +239,16 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # Only uvicorn's graceful-shutdown timeout cancels a request task (a client leaving is seen as
+            # http.disconnect, not a cancellation). Answer it ourselves and end the task normally.
+            if status != 0:
+                raise
+            log.warning("request not served before the drain deadline; answered 503", extra={"request_id": rid})
+            await JSONResponse(
+                {"error": "the server shut down (--drain elapsed) before this request ran; retry on another "
+                          "replica", "error_type": "unavailable", "request_id": rid},
+                status_code=503, headers={"Retry-After": "1"})(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             if status == 0:
