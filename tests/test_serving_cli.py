@@ -58,7 +58,7 @@ def test_parse_bytes():
 
 def test_serve_refuses_a_directory_that_is_not_a_deployment(tmp_path):
     result = CliRunner().invoke(serve, [str(tmp_path)])
-    assert result.exit_code == 1 and "deployment.json" in result.output
+    assert result.exit_code == 2 and "deployment.json" in result.output
     result = CliRunner().invoke(serve, [str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
 

@@ -37,8 +37,10 @@ def test_probes_are_answered_at_the_connection_limit(deploy_dir):
         try:
             for _ in range(3):  # three requests whose bodies never finish: one more connection is the limit
                 s = socket.create_connection(("127.0.0.1", srv.port))
-                s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 100\r\n\r\n{")
+                s.sendall(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n{"
+                )
                 held.append(s)
             wait_until(lambda: len(srv.server.server_state.tasks) >= 3)
             for path in ("/v2/health/live", "/v2/health/ready"):
@@ -56,8 +58,9 @@ def test_probes_are_answered_at_the_connection_limit(deploy_dir):
 
 
 def test_a_full_queue_answers_429_before_tokenizing(deploy_dir, monkeypatch):
-    settings = Settings(deploy_dir=str(deploy_dir), max_queue=8, max_rows_per_request=4, max_batch_rows=4,
-                        max_wait_ms=0.0)
+    settings = Settings(
+        deploy_dir=str(deploy_dir), max_queue=8, max_rows_per_request=4, max_batch_rows=4, max_wait_ms=0.0
+    )
     gate, entered = threading.Event(), threading.Event()
     encoded = []
     with Deployment.open(deploy_dir) as dep:
@@ -77,8 +80,12 @@ def test_a_full_queue_answers_429_before_tokenizing(deploy_dir, monkeypatch):
         with ThreadedServer(settings, deployment=dep) as srv:
             body = {"task": "topic", "inputs": ["a b", "c d", "e f", "g h"]}
             results = []
-            threads = [threading.Thread(target=lambda: results.append(
-                httpx.post(f"{srv.url}/v1/predict", json=body, timeout=30))) for _ in range(3)]
+            threads = [
+                threading.Thread(
+                    target=lambda: results.append(httpx.post(f"{srv.url}/v1/predict", json=body, timeout=30))
+                )
+                for _ in range(3)
+            ]
             threads[0].start()
             assert entered.wait(10)  # the first request is in the (held) forward
             for t in threads[1:]:

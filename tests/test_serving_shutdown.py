@@ -22,8 +22,18 @@ def deploy_dir(tiny_base_dir, tmp_path_factory):
 
 def test_sigterm_with_a_backlog_longer_than_drain_answers_503_not_500(deploy_dir, tmp_path):
     log_path = tmp_path / "server.log"
-    args = ("--drain", "1", "--max-batch-rows", "8", "--max-queue", "65536", "--request-timeout", "120",
-            "--log-level", "debug")
+    args = (
+        "--drain",
+        "1",
+        "--max-batch-rows",
+        "8",
+        "--max-queue",
+        "65536",
+        "--request-timeout",
+        "120",
+        "--log-level",
+        "debug",
+    )
     with subprocess_server(deploy_dir, *args, log_path=log_path) as (proc, url):
 
         async def run():

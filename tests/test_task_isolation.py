@@ -38,14 +38,17 @@ def expected(deploy_dir):
 
 def broken_head_session(width: int):
     """A real onnxruntime session of a head graph that expects ``width`` features (the run then fails)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((width, 4), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "bad_head",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "bad_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -154,8 +157,9 @@ def test_server_answers_healthy_tasks_in_a_batch_with_a_poisoned_one(deploy_dir,
 
         async def burst():
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
-                return await asyncio.gather(*(http.post("/v1/predict", json={"task": t, "inputs": TEXTS})
-                                              for t in (*HEALTHY, POISONED)))
+                return await asyncio.gather(
+                    *(http.post("/v1/predict", json={"task": t, "inputs": TEXTS}) for t in (*HEALTHY, POISONED))
+                )
 
         responses = dict(zip((*HEALTHY, POISONED), asyncio.run(burst()), strict=True))
         assert srv.state.batcher.stats.mixed_task_batches >= 1  # the poisoned task shared a forward

@@ -18,7 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from adapterdeploy.artifacts import atomic_directory, sha256_file
 from adapterdeploy.config import AdapterConfig, HeadConfig
-from adapterdeploy.errors import ArtifactError, ChecksumError, FingerprintMismatchError, SchemaVersionError
+from adapterdeploy.errors import (
+    AdapterDeployError,
+    ArtifactError,
+    ChecksumError,
+    FingerprintMismatchError,
+    SchemaVersionError,
+)
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
@@ -149,6 +155,22 @@ def load_checkpoint(path: str | Path) -> TaskCheckpoint:
         weights = load_file(str(weights_file))
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"cannot read {weights_file}: {exc}") from exc
+    try:
+        return _checkpoint_from_meta(meta, weights, p)
+    except AdapterDeployError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"the key {exc}" if isinstance(exc, KeyError) else f"a value ({type(exc).__name__}: {exc})"
+        raise ArtifactError(
+            f"{meta_file} is missing or has a malformed field: {what}; it needs name, base (fingerprint, "
+            "model_type, hidden_size, num_layers), adapter and head; re-create it with 'adapterdeploy train' "
+            "or 'import-adapterhub'"
+        ) from exc
+
+
+def _checkpoint_from_meta(meta: dict, weights: dict, p: Path) -> TaskCheckpoint:
+    if not isinstance(meta.get("name"), str):
+        raise TypeError(f"name must be a string, got {meta.get('name')!r:.40}")
     base = meta["base"]
     tok = meta.get("tokenizer", {})
     return TaskCheckpoint(

@@ -166,6 +166,8 @@ def parse_body(body: bytes, *, allow_empty: bool = False) -> Any:
         return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (CPython's int_max_str_digits)
+        raise InputError(f"the request body has a value Python refuses to parse: {exc}") from None
     except RecursionError:
         raise InputError("the request body nests too deeply") from None
 
