@@ -99,3 +99,16 @@ def test_a_full_queue_answers_429_before_tokenizing(deploy_dir, monkeypatch):
             for t in threads:
                 t.join(30)
             assert [r.status_code for r in results] == [200, 200, 200]
+
+
+def test_metrics_have_process_series_and_no_created_series():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from adapterdeploy.serving.metrics import Metrics
+
+    m = Metrics()
+    m.requests.labels(endpoint="predict", task="t", status="200").inc()
+    names = {s.name for f in text_string_to_metric_families(m.render().decode()) for s in f.samples}
+    assert "adapterdeploy_requests_total" in names
+    assert not [n for n in names if n.endswith("_created")], sorted(names)
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} <= names

@@ -262,9 +262,12 @@ class RequestContext:
 
 
 # ------------------------------------------------------------------------------------------ the app
-def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
-    """The app for one process. Without ``deployment`` it opens ``settings.deploy_dir`` at startup."""
-    metrics = Metrics()
+def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str | None = None) -> FastAPI:
+    """The app for one process. Without ``deployment`` it opens ``settings.deploy_dir`` at startup.
+
+    ``metrics_dir``: prometheus-client's multiprocess directory (``--workers``: every worker's metrics).
+    """
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     state = ServingState(settings, metrics, deployment)
 
     @contextlib.asynccontextmanager

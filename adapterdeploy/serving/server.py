@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -36,6 +37,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from adapterdeploy.serving.logs import configure_logging
+from adapterdeploy.serving.metrics import METRICS_DIR_ENV
 from adapterdeploy.serving.settings import Settings
 
 __all__ = ["SETTINGS_FILE_ENV", "ServeConfig", "TimedH11Protocol", "app_from_env", "run_server", "uvicorn_config"]
@@ -158,7 +160,7 @@ def app_from_env() -> Any:
         raise RuntimeError(f"{SETTINGS_FILE_ENV} is not set; start workers with `adapterdeploy serve --workers N`")
     settings = Settings.from_json(Path(path).read_text(encoding="utf-8"))
     configure_logging(settings.log_level, json_lines=settings.access_log_json)
-    return create_app(settings)
+    return create_app(settings, metrics_dir=os.environ.get(METRICS_DIR_ENV))
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
@@ -179,6 +181,11 @@ def run_server(settings: Settings) -> None:
         return
     # Workers get the settings (with the admin token) through a private file, not the environment.
     fd, name = tempfile.mkstemp(prefix="adapterdeploy-serve-", suffix=".json")
+    # One /metrics scrape reports every worker: prometheus-client's multiprocess mode, in a fresh directory
+    # (stale files would add a previous run's counts) unless the operator chose one.
+    own_metrics_dir = METRICS_DIR_ENV not in os.environ
+    if own_metrics_dir:
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="adapterdeploy-metrics-")
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -189,3 +196,5 @@ def run_server(settings: Settings) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         Path(name).unlink(missing_ok=True)
+        if own_metrics_dir:
+            shutil.rmtree(os.environ.pop(METRICS_DIR_ENV), ignore_errors=True)

@@ -104,6 +104,7 @@ class ServingState:
         self.aux_pool.shutdown(wait=True, cancel_futures=True)
         if self._owns_deployment and self.deployment is not None:
             self.deployment.close()
+        self.metrics.close()
 
     def begin_drain(self) -> None:
         """Readiness turns 503 now; in-flight and queued requests still finish. Safe from a signal handler."""
@@ -194,7 +195,9 @@ class ServingState:
 
     # --------------------------------------------------------------------------------- inference
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
-        return self.deployment.predict_encoded(rows, errors="return")
+        results = self.deployment.predict_encoded(rows, errors="return")
+        self.metrics.refresh()
+        return results
 
     async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
