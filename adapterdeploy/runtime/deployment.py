@@ -230,6 +230,10 @@ class Deployment:
         """Tasks out of service (state ``failed``) and why; ``load_task(name)`` retries one."""
         return self._registry.failed()
 
+    def task_failure(self, name: str) -> str | None:
+        """Why task ``name`` is failed, or None when it is not (cheap: one lookup)."""
+        return self._registry.error_of(name)
+
     def check_tasks(self) -> dict[str, str]:
         """Mark failed every task whose files this process cannot open or whose sizes differ from task.json.
 

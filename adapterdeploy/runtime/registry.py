@@ -148,6 +148,12 @@ class TaskRegistry:
                 self._fail(entry, reason)
             return failed_error(name, reason)
 
+    def error_of(self, name: str) -> str | None:
+        """Why ``name`` failed, or None (also for unknown names); O(1), for per-request checks."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.error if entry is not None else None
+
     def failed(self) -> dict[str, str]:
         """Failed tasks and why."""
         with self._lock:

@@ -149,7 +149,7 @@ class ServingState:
 
     def require_serving(self, task: str) -> None:
         """Refuse a failed task's request at once (503 task_failed) instead of queueing it."""
-        reason = self.deployment.failed_tasks().get(task)
+        reason = self.deployment.task_failure(task)
         if reason is not None:
             from adapterdeploy.runtime.registry import failed_error
 
