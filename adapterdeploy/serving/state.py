@@ -260,8 +260,10 @@ class Tracker:
             if reason in REJECT_REASONS:
                 self.metrics.rejected.labels(reason=reason).inc()
         elif isinstance(exc, asyncio.CancelledError):
-            status = CLIENT_GONE_STATUS
-            self.metrics.rejected.labels(reason="client_gone").inc()
+            # Only the server's own shutdown cancels a request (a client leaving raises ClientGone): the
+            # middleware answers it 503 (see app.RequestContext).
+            status = 503
+            self.metrics.rejected.labels(reason="unavailable").inc()
         else:
             status = 500
         self.metrics.requests.labels(endpoint=self.endpoint, task=self.task, status=str(status)).inc()
