@@ -2,9 +2,9 @@
 
 Every command's failure (a typed :class:`~adapterdeploy.errors.AdapterDeployError`, or anything unexpected,
 e.g. a ``TypeError`` from a hand-edited file) is printed as one ``Error: ...`` line and exits with code 2,
-the code click uses for usage errors; ``adapterdeploy check`` alone exits 1 when a checklist item fails
-(it ran, the deployment did not pass). ``--debug`` (or ``ADAPTERDEPLOY_DEBUG=1``) re-raises the original
-exception so its traceback is printed.
+the code click uses for usage errors; ``check`` exits 1 when a checklist item fails and ``inspect`` when
+the checksums do not verify (they ran; the deployment did not pass). ``--debug`` (or
+``ADAPTERDEPLOY_DEBUG=1``) re-raises the original exception so its traceback is printed.
 """
 
 from __future__ import annotations

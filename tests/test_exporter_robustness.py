@@ -184,7 +184,7 @@ def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
     assert [t["name"] for t in info["tasks"]] == ["y"] and info["checksums"]["ok"]
     (dep / "featurizer" / "trunk.onnx").write_bytes(b"truncated")
     broken = runner.invoke(cli, ["inspect", str(dep)])
-    assert broken.exit_code == 2 and "featurizer/trunk.onnx" in broken.output
+    assert broken.exit_code == 1 and "featurizer/trunk.onnx" in broken.output
     missing = runner.invoke(cli, ["inspect", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "invalid_artifact" in missing.output
 
