@@ -31,6 +31,7 @@ from adapterdeploy.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "LOWER_SUFFIX",
     "PLACEMENTS",
     "SITES_BY_PLACEMENT",
     "AdapterConfig",
@@ -48,6 +49,8 @@ SITES_BY_PLACEMENT: dict[str, tuple[str, ...]] = {
     "houlsby": ("attn", "ffn"),
 }
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+# A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
+LOWER_SUFFIX = "_lower"
 POOLINGS = ("cls", "mean", "pooler")
 PROBLEM_TYPES = ("single_label_classification", "regression")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
@@ -170,13 +173,19 @@ class AdapterSignature:
     activation: str
     site: SiteOptions
     per_task_layernorm: bool
+    # Stack: a second (lower) adapter slot before each site's adapter, e.g. a shared language adapter
+    # (``models/stack.py``). Left out of the JSON when False, so older fingerprints stay the same.
+    stack: bool = False
 
     @property
     def sites(self) -> tuple[str, ...]:
         return SITES_BY_PLACEMENT[self.placement]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.stack:
+            del d["stack"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdapterSignature:

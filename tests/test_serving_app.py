@@ -72,7 +72,7 @@ def test_health_and_server_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True, "tasks_not_ready": {}}
     meta = client.get("/v2").json()
-    assert meta["name"] == "adapterdeploy" and meta["extensions"] == ["model_repository"]
+    assert meta["name"] == "adapterdeploy" and meta["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/models/sentiment/ready").json() == {"name": "sentiment", "ready": True}
 
 
@@ -243,9 +243,10 @@ def test_body_over_the_limit_is_refused_with_413(client):
     check_error(client.post("/v1/predict", content=chunks()), 413, "payload_too_large")
 
 
-def test_binary_extension_unknown_route_and_method(client):
-    r = client.post("/v2/models/topic/infer", json=V2, headers={"Inference-Header-Content-Length": "10"})
-    check_error(r, 400, "invalid_input", "binary")
+def test_bad_binary_header_unknown_route_and_method(client):
+    body = json.dumps(V2).encode()
+    r = client.post("/v2/models/topic/infer", content=body, headers={"Inference-Header-Content-Length": "10"})
+    check_error(r, 400, "invalid_input", "malformed JSON")
     check_error(client.get("/v3/nothing"), 404, "not_found", "/v3/nothing")
     check_error(client.get("/v1/predict"), 405, "method_not_allowed")
     check_error(client.get("/v2/models/ghost"), 404, "unknown_task")
@@ -350,5 +351,5 @@ def test_without_a_token_the_admin_api_does_not_exist(deploy_dir, deployment):
     with ThreadedServer(Settings(deploy_dir=str(deploy_dir)), deployment=deployment) as srv:
         r = httpx.post(f"{srv.url}/v2/repository/index", headers=AUTH)
         check_error(r, 404, "not_found")
-        assert httpx.get(f"{srv.url}/v2").json()["extensions"] == []
+        assert httpx.get(f"{srv.url}/v2").json()["extensions"] == ["binary_tensor_data"]
         assert "/v2/repository/index" not in httpx.get(f"{srv.url}/openapi.json").json()["paths"]

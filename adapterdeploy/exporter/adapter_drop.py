@@ -30,8 +30,11 @@ __all__ = ["check_drop", "dropped_layers", "evaluate_drop", "without_dropped"]
 
 
 def dropped_layers(ckpt: TaskCheckpoint, adapter_drop: int) -> tuple[int, ...]:
-    """The task's adapter layers that fall below K."""
-    return tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i < adapter_drop)
+    """The task's adapter layers (its own, and its stack's lower adapter's) that fall below K."""
+    layers = set(ckpt.adapter.adapter_layers(ckpt.num_layers))
+    if ckpt.stack_on is not None:
+        layers |= set(ckpt.stack_on.config.adapter_layers(ckpt.num_layers))
+    return tuple(sorted(i for i in layers if i < adapter_drop))
 
 
 def check_drop(ckpts: Sequence[TaskCheckpoint], adapter_drop: int, num_layers: int, allow_drop: bool) -> None:
@@ -66,8 +69,13 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
         return ckpt
     kept = tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i not in dropped)
     weights = {k: v for k, v in ckpt.weights.items()
-               if not (k.startswith(("adapters.", "layernorms.")) and int(k.split(".")[1]) in dropped)}
-    return dataclasses.replace(ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights)
+               if not (k.startswith(("adapters.", "layernorms.", "lower.")) and int(k.split(".")[1]) in dropped)}
+    stack_on = ckpt.stack_on
+    if stack_on is not None:
+        low = tuple(i for i in stack_on.config.adapter_layers(ckpt.num_layers) if i not in dropped)
+        stack_on = dataclasses.replace(stack_on, config=dataclasses.replace(stack_on.config, layers=low))
+    return dataclasses.replace(ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights,
+                               stack_on=stack_on)
 
 
 def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], max_length: int,

@@ -96,8 +96,11 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
                       "yes" if t["text_pair"] else "no",
                       _mb(t["size_bytes"]), _sci(t["parity"].get("fp32", {}).get("logits_max_abs_diff")))
     out = [head, variants, tasks]
-    drop = info.get("adapter_drop_eval", {}).get("tasks", {})
-    if drop:
+    drop_info = info.get("adapter_drop_eval", {})
+    drop = drop_info.get("tasks", {})
+    if drop and drop_info.get("mode") == "auto":
+        out.append(_auto_drop_table(drop_info))
+    elif drop:
         ev = Table(title=f"AdapterDrop K={info['adapter_drop_eval'].get('adapter_drop')} (PyTorch, --eval)")
         for col in ("task", "file", "rows", "metric", "all adapters", "without dropped", "retained"):
             ev.add_column(col)
@@ -106,6 +109,28 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
                        str(e.get("retained")))
         out.append(ev)
     return out
+
+
+def _auto_drop_table(drop: dict[str, Any]) -> Any:
+    """``--adapter-drop auto``: each task's dev score and loss at every K, the chosen K and the fan-out speed."""
+    from rich.table import Table
+
+    ks = [str(k) for k in drop.get("candidates", [])]
+    speed = drop.get("fanout_speed", {})
+    ms = speed.get("ms", {})
+    title = (f"AdapterDrop auto: chose K={drop.get('chosen')} (largest K with loss <= {drop.get('max_drop')} points "
+             f"for every task)")
+    if ms:
+        title += "; fan-out CPU ms/call " + ", ".join(f"K={k}: {v}" for k, v in ms.items())
+    ev = Table(title=title, caption=f"{speed.get('batch', '')}; {drop.get('loss_unit', '')}")
+    ev.add_column("task")
+    ev.add_column("metric")
+    for k in ks:
+        ev.add_column(f"K={k}" + (" *" if k == str(drop.get("chosen")) else ""))
+    for name, e in drop.get("tasks", {}).items():
+        ev.add_row(name, f"{e['metric']} ({e['rows']} rows)", *(str(e["scores"].get(k)) for k in ks))
+        ev.add_row("", "loss (points)", *(str(e["loss_points"].get(k)) for k in ks))
+    return ev
 
 
 def _print_info(info: dict[str, Any], as_json: bool) -> None:
@@ -119,6 +144,23 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
         console.print(table)
 
 
+class AdapterDropParam(click.ParamType):
+    """``--adapter-drop``: a layer count K >= 0, or ``auto``."""
+
+    name = "K|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            k = int(str(value))
+        except ValueError:
+            k = -1
+        if k < 0:
+            self.fail(f"{value!r} is not a layer count >= 0 nor 'auto'", param, ctx)
+        return k
+
+
 @click.command("export")
 @click.option("--base", "base_dir", type=click.Path(file_okay=False), default=None,
               help="Local BERT-family model directory the tasks were trained on. Default: the embedded "
@@ -128,9 +170,16 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
                    "activation, site options, per-task LayerNorms); bottleneck sizes may differ.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Deployment directory to write (atomically: it appears complete or not at all).")
-@click.option("--adapter-drop", "adapter_drop", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--adapter-drop", "adapter_drop", type=AdapterDropParam(), default="0", show_default=True,
               help="AdapterDrop K: layers [0, K) run once per text without adapters (shared by every task of a "
-                   "fan-out); faster, at some accuracy cost for tasks trained with adapters there (see --allow-drop).")
+                   "fan-out); faster, at some accuracy cost for tasks trained with adapters there (see --allow-drop). "
+                   "'auto': score every task's --eval file at every K and take the largest K within --max-drop "
+                   "(costs L evaluation passes per task; the table and the measured fan-out speed go in the "
+                   "manifest).")
+@click.option("--max-drop", "max_drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --adapter-drop auto: the largest dev-metric loss accepted for any task, in points "
+                   "(accuracy: percentage points; regression: percent more mean abs error). Larger: a larger K, "
+                   "faster fan-out, less accurate.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISION_CHOICES), default=("fp32",),
               show_default=True,
               help="Featurizer variants to write (repeatable). fp32 is always written (the reference). int8 "
@@ -154,7 +203,7 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
                    "(the only task, or the task named like the file's folder) or NAME=FILE; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
-def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_drop: int,
+def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_drop: int | str, max_drop: float,
            precisions: tuple[str, ...], max_length: int | None, opset: int, tolerance: float, standalone: bool,
            force: bool, allow_drop: bool, eval_files: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     """Export task checkpoints into one deployment: a shared ONNX featurizer + small per-task pieces.
@@ -167,7 +216,8 @@ def export(base_dir: str | None, tasks: tuple[str, ...], out_dir: str, adapter_d
         from adapterdeploy.exporter.deployment import export_deployment
         from adapterdeploy.exporter.report import inspect_deployment
 
-        export_deployment(base_dir, list(tasks), out_dir, adapter_drop=adapter_drop, precisions=precisions,
+        export_deployment(base_dir, list(tasks), out_dir, adapter_drop=adapter_drop, max_drop=max_drop,
+                          precisions=precisions,
                           max_length=max_length, opset=opset, tolerance=tolerance, standalone=standalone,
                           force=force, allow_drop=allow_drop, eval_file=list(eval_files) or None,
                           log=_logger(quiet or as_json))

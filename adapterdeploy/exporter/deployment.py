@@ -81,17 +81,18 @@ def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> t
 
 
 def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
+    """The featurizer signature all tasks share; stacked and plain tasks mix (plain ones get zero lower rows)."""
     first = ckpts[0]
-    sig = first.adapter.signature()
+    sig = dataclasses.replace(first.signature(), stack=False)
     for other in ckpts[1:]:
-        osig = other.adapter.signature()
+        osig = dataclasses.replace(other.signature(), stack=False)
         if osig != sig:
             raise ConfigError(
                 f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
                 f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
                 "so export them into separate deployments (separate --out)"
             )
-    return sig
+    return dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
 
 
 def _position_limit(base: Any) -> int:
@@ -116,6 +117,14 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
 
     for ckpt in ckpts:
         missing = sorted(set(range(adapter_drop, num_layers)) - set(ckpt.adapter.adapter_layers(num_layers)))
+        if signature.stack and not zero_adapter_is_identity(signature):
+            low = ckpt.stack_on.config.adapter_layers(num_layers) if ckpt.stack_on is not None else ()
+            if set(range(adapter_drop, num_layers)) - set(low):
+                raise UnsupportedAdapterError(
+                    f"task {ckpt.name!r} has no lower (stacked) adapter in some adapted layers, and with the site "
+                    f"options ({signature.site}) a zero adapter is not the same as no adapter; export stacked and "
+                    "plain tasks into separate deployments, or give every layer >= K a lower adapter"
+                )
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
@@ -284,7 +293,8 @@ def export_deployment(
     checkpoint_dirs: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    adapter_drop: int = 0,
+    adapter_drop: int | str = 0,
+    max_drop: float = 1.0,
     precisions: Sequence[str] = ("fp32",),
     max_length: int | None = None,
     opset: int = 17,
@@ -295,7 +305,11 @@ def export_deployment(
     eval_file: EvalSpec = None,
     log: Log = _quiet,
 ) -> Manifest:
-    """Export tasks sharing one featurizer into ``out_dir``; refuse (nothing written) on any problem."""
+    """Export tasks sharing one featurizer into ``out_dir``; refuse (nothing written) on any problem.
+
+    ``adapter_drop="auto"`` picks K from the ``eval_file`` of every task (``exporter/drop_search.py``): the
+    largest K whose dev-metric loss is within ``max_drop`` points for every task; implies ``allow_drop``.
+    """
     from adapterdeploy.exporter.adapter_drop import check_drop, evaluate_drop
     from adapterdeploy.exporter.standalone import export_standalone_graphs
     from adapterdeploy.exporter.variants import build_variants
@@ -305,15 +319,32 @@ def export_deployment(
     log("loading the base and the task checkpoints")
     base, ckpts = _load_inputs(base_dir, checkpoint_dirs)
     signature = _common_signature(ckpts)
-    check_drop(ckpts, adapter_drop, base.num_layers, allow_drop)
-    _check_zero_fill(signature, ckpts, adapter_drop, base.num_layers)
+    auto = adapter_drop == "auto"
+    if isinstance(adapter_drop, str) and not auto:
+        raise ConfigError(f"--adapter-drop takes a layer count or 'auto', got {adapter_drop!r}")
     max_length = _resolve_max_length(base, ckpts, max_length)
     plan = _eval_plan(eval_file, ckpts)
+    auto_table: dict[str, Any] = {}
+    if auto:
+        from adapterdeploy.exporter.drop_search import choose_adapter_drop
+
+        adapter_drop, auto_table = choose_adapter_drop(base, ckpts, plan, max_length, max_drop, log)
+        allow_drop = True
+        log(f"AdapterDrop auto: K={adapter_drop} (largest K within {max_drop} points for every task)")
+    assert isinstance(adapter_drop, int)
+    check_drop(ckpts, adapter_drop, base.num_layers, allow_drop)
+    _check_zero_fill(signature, ckpts, adapter_drop, base.num_layers)
     by_name = {c.name: c for c in ckpts}
     drop_eval: dict[str, Any] = {}
-    for name, path in plan.items():
+    for name, path in ({} if auto else plan).items():
         log(f"measuring AdapterDrop accuracy of {name} on {path}")
         drop_eval[name] = evaluate_drop(base, by_name[name], path, adapter_drop, max_length)
+    if auto:
+        from adapterdeploy.exporter.drop_search import fanout_speed
+
+        log(f"AdapterDrop auto: timing the K=0 and K={adapter_drop} featurizers on a fan-out batch")
+        auto_table["fanout_speed"] = fanout_speed(base, ckpts, signature, [0, adapter_drop], max_length, opset)
+        auto_table["adapter_drop"] = adapter_drop
     log("building the PyTorch references")
     build = _Build(base, ckpts, signature, adapter_drop, max_length)
     fingerprint = featurizer_fingerprint(base.fingerprint, adapter_drop, signature, base.num_layers)
@@ -354,7 +385,7 @@ def export_deployment(
             tasks={t.name: f"tasks/{t.name}" for t in build.tasks},
             files=_collect_files(tmp),
             parity=parity,
-            adapter_drop_eval={"adapter_drop": adapter_drop, "tasks": drop_eval} if drop_eval else {},
+            adapter_drop_eval=auto_table or ({"adapter_drop": adapter_drop, "tasks": drop_eval} if drop_eval else {}),
             standalone=standalone_paths,
         )
         manifest.write(tmp)
@@ -404,7 +435,13 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
     if ckpt.name in manifest.tasks and not replace:
         raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
                           f"(adapterdeploy remove-task {root} {ckpt.name})")
-    sig = ckpt.adapter.signature()
+    sig = ckpt.signature()
+    if sig.stack and not fz.signature.stack:
+        raise FingerprintMismatchError(
+            f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer of "
+            f"{root} has no lower-adapter slots (none of its tasks was stacked); export the deployment again "
+            "with this task among its --task checkpoints")
+    sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
     if sig != fz.signature:
         raise FingerprintMismatchError(
             f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
@@ -458,9 +495,13 @@ def remove_task(deploy_dir: str | Path, name: str, *, log: Log = _quiet) -> Mani
     if name not in manifest.tasks:
         raise UnknownTaskError(f"no task {name!r} in {root}; its tasks are {sorted(manifest.tasks) or 'none'}")
     log(f"removing task {name}")
+    from adapterdeploy.exporter.stack_pieces import prune_shared
+
     with atomic_directory(root, force=True) as tmp:
         tmp.chmod(root.stat().st_mode & 0o777)
         _stage_copy(root, tmp, _task_skip(name))
+        for lower in prune_shared(tmp, [tmp / rel for k, rel in manifest.tasks.items() if k != name]):
+            log(f"removing the lower adapter {lower} (no task is stacked on it any more)")
         parity = dict(manifest.parity)
         parity["tasks"] = {k: v for k, v in parity.get("tasks", {}).items() if k != name}
         if "standalone" in parity:

@@ -31,7 +31,14 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
-from adapterdeploy.models.adapters import AdaptedSublayerOutput, AdapterContext, activation_fn, adapter_site
+from adapterdeploy.models.adapters import (
+    LOWER_SUFFIX,
+    AdaptedSublayerOutput,
+    AdapterContext,
+    activation_fn,
+    adapter_site,
+    site_with_lower,
+)
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
 
@@ -67,18 +74,22 @@ def bank_keys(signature: AdapterSignature, adapted_layers: Sequence[int]) -> tup
     keys: list[str] = []
     for layer in adapted_layers:
         keys += [f"bank.{layer}.{site}.{n}" for site in signature.sites for n in names]
+        if signature.stack:  # the lower adapter of a Stack (models/stack.py), same site options
+            keys += [f"bank.{layer}.{site}{LOWER_SUFFIX}.{n}" for site in signature.sites for n in names]
         if signature.per_task_layernorm:
             keys += [f"bank.{layer}.{s}_ln.{p}" for s in SUBLAYER_SITES for p in ("w", "b")]
     return tuple(keys)
 
 
 def bank_dynamic_axes(key: str) -> dict[int, str]:
-    """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections."""
+    """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections
+    (``lower_bottleneck`` on a Stack's lower adapter, whose size is independent of the task's)."""
     leaf = key.rsplit(".", 1)[1]
+    m = "lower_bottleneck" if LOWER_SUFFIX + "." in key else "bottleneck"
     return {
-        "down_w": {0: "tasks", 2: "bottleneck"},
-        "down_b": {0: "tasks", 1: "bottleneck"},
-        "up_w": {0: "tasks", 1: "bottleneck"},
+        "down_w": {0: "tasks", 2: m},
+        "down_b": {0: "tasks", 1: m},
+        "up_w": {0: "tasks", 1: m},
     }.get(leaf, {0: "tasks"})
 
 
@@ -116,8 +127,13 @@ def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16)
                 p[f"{which}_w"], p[f"{which}_b"] = torch.ones(hidden_size), torch.zeros(hidden_size)
         act = activation_fn(signature.activation)
         if signature.placement == "after_layer":
-            return torch.equal(adapter_site(h, None, None, p, signature.site, act), h)
-        return torch.equal(adapter_site(h, r, ln, p, signature.site, act), ln(h + r))
+            plain = torch.equal(adapter_site(h, None, None, p, signature.site, act), h)
+            return plain and (not signature.stack or torch.equal(site_with_lower(h, None, None, p, p,
+                                                                                 signature.site, act), h))
+        plain = torch.equal(adapter_site(h, r, ln, p, signature.site, act), ln(h + r))
+        # A zero lower adapter under a zero upper one must leave the site as it was, too.
+        return plain and (not signature.stack or torch.equal(site_with_lower(h, r, ln, p, p, signature.site, act),
+                                                             ln(h + r)))
 
 
 def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
@@ -130,20 +146,25 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
     """
     H = model.base_info.hidden_size
     m = model.adapter_config.bottleneck_size(H)
+    slots = [("", model.adapters, m)]
+    if signature.stack:
+        low = model.lower_config
+        slots.append((LOWER_SUFFIX, model.lower, low.bottleneck_size(H) if low is not None else 1))
     rows: dict[str, Tensor] = {}
     for layer in adapted_layers:
-        for site in signature.sites:
-            prefix = f"bank.{layer}.{site}"
-            sites = model.adapters[str(layer)] if str(layer) in model.adapters else None
-            if sites is not None:
-                params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
-            else:
-                params = {"down_w": torch.zeros(H, m), "down_b": torch.zeros(m),
-                          "up_w": torch.zeros(m, H), "up_b": torch.zeros(H)}
-                for which in ("ln_before", "ln_after"):
-                    if getattr(signature.site, which):
-                        params[f"{which}_w"], params[f"{which}_b"] = torch.ones(H), torch.zeros(H)
-            rows.update({f"{prefix}.{k}": v.float() for k, v in params.items()})
+        for suffix, modules, size in slots:
+            for site in signature.sites:
+                prefix = f"bank.{layer}.{site}{suffix}"
+                sites = modules[str(layer)] if str(layer) in modules else None
+                if sites is not None:
+                    params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
+                else:
+                    params = {"down_w": torch.zeros(H, size), "down_b": torch.zeros(size),
+                              "up_w": torch.zeros(size, H), "up_b": torch.zeros(H)}
+                    for which in ("ln_before", "ln_after"):
+                        if getattr(signature.site, which):
+                            params[f"{which}_w"], params[f"{which}_b"] = torch.ones(H), torch.zeros(H)
+                rows.update({f"{prefix}.{k}": v.float() for k, v in params.items()})
         if signature.per_task_layernorm:
             base_layer = model.base.encoder.layer[layer]
             base_lns = {"attn": base_layer.attention.output.LayerNorm, "ffn": base_layer.output.LayerNorm}
@@ -202,6 +223,10 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
             return F.layer_norm(x, shape, None, None, eps) * own[0] + own[1]
 
         p = self._ctx.params.get(self._key)
+        lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
+        if lower is not None:  # Stack: the generic site order (the fusion-order rewrite covers one adapter)
+            return site_with_lower(self.dense(hidden_states), input_tensor, ln, p, lower, self._ctx.opts,
+                                   self._ctx.act)
         if p is None:
             return ln(self.dense(hidden_states) + input_tensor)
         if not fusion_friendly(self._ctx.opts):
@@ -242,6 +267,9 @@ class AdaptedLayer(nn.Module):
     def forward(self, h: Tensor, ext: Tensor) -> Tensor:
         h = self.layer(h, attention_mask=ext)[0]
         p = self._ctx.params.get(self._key)
+        lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
+        if lower is not None:
+            return site_with_lower(h, None, None, p, lower, self._ctx.opts, self._ctx.act)
         return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
 
 

@@ -71,8 +71,17 @@ def prepare_task(base: BaseModel, ckpt: TaskCheckpoint, signature: AdapterSignat
 
 def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
                      parity: dict[str, Any]) -> TaskSpec:
-    """Write ``adapters.safetensors`` and ``task.json`` beside an exported ``head.onnx``; return the spec."""
-    weights = {k: v.detach().contiguous().float() for k, v in {**task.rows, **task.head}.items()}
+    """Write ``adapters.safetensors`` and ``task.json`` beside an exported ``head.onnx``; return the spec.
+
+    A stacked task's lower adapter rows go to the deployment's ``shared/`` (once per lower adapter).
+    """
+    from adapterdeploy.exporter.stack_pieces import split_lower_rows, write_shared_lower
+
+    own, lower = split_lower_rows(task.rows)
+    stack_on = None
+    if task.ckpt.stack_on is not None:
+        stack_on = write_shared_lower(task_dir.parent.parent, task.ckpt.stack_on.name, lower)
+    weights = {k: v.detach().contiguous().float() for k, v in {**own, **task.head}.items()}
     save_file(weights, str(task_dir / TASK_WEIGHTS_FILE),
               metadata={"format": TASK_PIECE_FORMAT, "task": task.name, "featurizer_fingerprint": fingerprint})
     files = {f: file_entry(task_dir / f) for f in (TASK_WEIGHTS_FILE, TASK_HEAD_FILE)}
@@ -93,6 +102,7 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
             "source": ckpt.source,
             "checkpoint": str(ckpt.path) if ckpt.path else None,
             "max_length": ckpt.max_length,
+            **({"stack_on": stack_on} if stack_on is not None else {}),
         },
     )
     spec.write(task_dir)
@@ -107,14 +117,27 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
 
     root = Path(deploy_dir)
     manifest = Manifest.read(root)
-    rows = [load_file(str(root / manifest.tasks[n] / "adapters.safetensors")) for n in names]
+    from adapterdeploy.exporter.stack_pieces import is_lower_key
+
+    rows = []
+    for n in names:
+        r = load_file(str(root / manifest.tasks[n] / "adapters.safetensors"))
+        stack_on = TaskSpec.read(root / manifest.tasks[n]).adapter.get("stack_on")
+        if stack_on:
+            r.update(load_file(str(root / stack_on["file"])))
+        rows.append(r)
     out = []
     for key in manifest.featurizer.bank_inputs:
         leaf = key.rsplit(".", 1)[1]
-        m = max(r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w"))
+        lower = is_lower_key(key)
+        m = max([r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w") and is_lower_key(k) == lower]
+                or [1])
         parts = []
         for r in rows:
-            t = r[key]
+            t = r.get(key)
+            if t is None:  # a plain task in a stacked deployment: zero lower rows
+                like = next(rr[key] for rr in rows if key in rr)
+                t = np.zeros(like.shape, like.dtype)
             if leaf in ("down_w", "down_b"):
                 t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
             elif leaf == "up_w":

@@ -14,22 +14,25 @@ where ``t[r]`` is the task of row ``r``. Weights are kept in "x @ W" layout (``d
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterdeploy.config import AdapterConfig, SiteOptions
+# A stacked site's lower adapter lives in the context (and the bank) under its site key + LOWER_SUFFIX.
+from adapterdeploy.config import LOWER_SUFFIX, AdapterConfig, SiteOptions
 
 __all__ = [
     "ADAPTER_LN_EPS",
+    "LOWER_SUFFIX",
     "AdapterContext",
     "BottleneckAdapter",
     "activation_fn",
     "adapter_site",
     "install_adapter_sites",
     "layer_norm",
+    "site_with_lower",
 ]
 
 # nn.LayerNorm's default, which AdapterHub's adapter LayerNorms use too.
@@ -96,6 +99,29 @@ def adapter_site(
     if opts.original_ln_after and ln is not None and residual is not None:
         out = ln(out + residual)
     return out
+
+
+def site_with_lower(
+    h: Tensor,
+    residual: Tensor | None,
+    ln: Callable[[Tensor], Tensor] | None,
+    p: dict[str, Tensor] | None,
+    lower: dict[str, Tensor],
+    opts: SiteOptions,
+    act: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """A Stack site (the adapters library's ``Stack(lower, upper)``): the upper adapter reads the lower's output.
+
+    Semantics (``BottleneckLayer.compose_stack``: each adapter's ``pre_forward`` + ``forward``, then the last
+    adapter's ``post_forward`` once):
+
+        y1  = site(h,  r, LN, lower)  without the final ``LN(out + r)`` step
+        y   = site(y1, r, LN, upper)  (with it)        -- or site(h, ...lower) in full when no upper here
+    """
+    if p is None:
+        return adapter_site(h, residual, ln, lower, opts, act)
+    y1 = adapter_site(h, residual, ln, lower, replace(opts, original_ln_after=False), act)
+    return adapter_site(y1, residual, ln, p, opts, act)
 
 
 class BottleneckAdapter(nn.Module):
@@ -187,6 +213,9 @@ class AdaptedSublayerOutput(nn.Module):
         h = self.dropout(self.dense(hidden_states))
         ln = self._ln()
         p = self._ctx.params.get(self._key)
+        lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
+        if lower is not None:
+            return site_with_lower(h, input_tensor, ln, p, lower, self._ctx.opts, self._ctx.act)
         if p is None:
             return ln(h + input_tensor)
         return adapter_site(h, input_tensor, ln, p, self._ctx.opts, self._ctx.act)
@@ -195,11 +224,15 @@ class AdaptedSublayerOutput(nn.Module):
 def _layer_output_hook(key: str, ctx: AdapterContext) -> Callable:
     def hook(_module: nn.Module, _args: tuple, output: object) -> object:
         p = ctx.params.get(key)
-        if p is None:
+        lower = ctx.params.get(key + LOWER_SUFFIX)
+        if p is None and lower is None:
             return output
-        if isinstance(output, tuple):
-            return (adapter_site(output[0], None, None, p, ctx.opts, ctx.act), *output[1:])
-        return adapter_site(output, None, None, p, ctx.opts, ctx.act)  # type: ignore[arg-type]
+        h = output[0] if isinstance(output, tuple) else output
+        if lower is not None:
+            y = site_with_lower(h, None, None, p, lower, ctx.opts, ctx.act)  # type: ignore[arg-type]
+        else:
+            y = adapter_site(h, None, None, p, ctx.opts, ctx.act)  # type: ignore[arg-type]
+        return (y, *output[1:]) if isinstance(output, tuple) else y
 
     return hook
 

@@ -8,7 +8,7 @@ they mean (adapter and head config, labels, tokenizer settings, base fingerprint
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adapterdeploy.artifacts import atomic_directory, sha256_file
-from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.config import AdapterConfig, AdapterSignature, HeadConfig
 from adapterdeploy.errors import (
     AdapterDeployError,
     ArtifactError,
@@ -27,6 +27,7 @@ from adapterdeploy.errors import (
 )
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.models.stack import LowerAdapter
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -60,9 +61,16 @@ class TaskCheckpoint:
     training: dict[str, Any] = field(default_factory=dict)
     source: str = "adapterdeploy"
     path: Path | None = None
+    # Stack: the frozen lower adapter this task's adapter sits on (weights under ``lower.*``); see models/stack.py.
+    stack_on: LowerAdapter | None = None
 
     def bottleneck(self) -> int:
         return self.adapter.bottleneck_size(self.hidden_size)
+
+    def signature(self) -> AdapterSignature:
+        """The featurizer signature this task needs (a stacked task needs the lower adapter slots)."""
+        sig = self.adapter.signature()
+        return replace(sig, stack=True) if self.stack_on is not None else sig
 
     def check_base(self, base: BaseModel) -> None:
         """Refuse a checkpoint trained on another base model."""
@@ -76,7 +84,8 @@ class TaskCheckpoint:
     def build_model(self, base: BaseModel) -> EncoderWithAdapters:
         """An EncoderWithAdapters on ``base`` with this checkpoint's weights loaded (strictly)."""
         self.check_base(base)
-        model = EncoderWithAdapters(base, self.adapter, self.head)
+        model = EncoderWithAdapters(base, self.adapter, self.head,
+                                    self.stack_on.config if self.stack_on is not None else None)
         own = model.trainable_state_dict()
         missing = sorted(set(own) - set(self.weights))
         unexpected = sorted(set(self.weights) - set(own))
@@ -106,6 +115,7 @@ class TaskCheckpoint:
             "tokenizer": {"max_length": self.max_length, "text_pair": self.text_pair},
             "metrics": self.metrics,
             "training": self.training,
+            **({"stack_on": self.stack_on.to_dict()} if self.stack_on is not None else {}),
         }
 
 
@@ -188,6 +198,7 @@ def _checkpoint_from_meta(meta: dict, weights: dict, p: Path) -> TaskCheckpoint:
         training=dict(meta.get("training", {})),
         source=str(meta.get("source", "adapterdeploy")),
         path=p,
+        stack_on=LowerAdapter.from_dict(meta["stack_on"]) if meta.get("stack_on") is not None else None,
     )
 
 
@@ -200,6 +211,7 @@ def checkpoint_from_model(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     source: str = "adapterdeploy",
+    stack_on: LowerAdapter | None = None,
 ) -> TaskCheckpoint:
     """Snapshot a model's own weights into a TaskCheckpoint (copies, so later training does not alter it)."""
     base = model.base_info
@@ -217,4 +229,5 @@ def checkpoint_from_model(
         metrics=dict(metrics or {}),
         training=dict(training or {}),
         source=source,
+        stack_on=stack_on,
     )

@@ -104,6 +104,11 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: one per core). On a machine shared with other jobs, 1 can be several "
                    "times faster: multi-threaded steps wait for whichever thread was preempted.")
+@click.option("--stack-on", "stack_on", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Train the task adapter on top of this frozen adapter (Stack, MAD-X style): a directory written by "
+                   "the adapters library's save_adapter (e.g. a language adapter) or a task checkpoint of ours. The "
+                   "task adapter takes its placement, activation and site options; deployments store it once for all "
+                   "tasks stacked on it. Costs one more adapter per layer at inference.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(base: str | None, train_file: str, eval_file: str | None, task_name: str, out_dir: str, placement: str,
@@ -112,7 +117,7 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
           warmup_ratio: float, max_length: int, seed: int, max_train_rows: int | None, max_eval_rows: int | None,
           labels: str | None, problem_type: str, metric: str, text_column: str | None,
           text_pair_column: str | None, label_column: str | None, fmt: str | None, threads: int | None,
-          force: bool, quiet: bool) -> None:
+          force: bool, quiet: bool, stack_on: str | None = None) -> None:
     """Train one task's adapters + head on a frozen base; write a task checkpoint.
 
     \b
@@ -167,11 +172,16 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
 
             torch.set_num_threads(threads)
         base_model = load_base(base_dir)
+        lower = None
+        if stack_on is not None:
+            from adapterdeploy.models.stack import load_lower
+
+            lower = load_lower(base_model, stack_on)
         if not quiet:
             click.echo(f"training {task_name!r} on {base_model.path} ({base_model.model_type}): "
                        f"{len(train_data)} train rows, {len(eval_data) if eval_data else 0} eval rows", err=True)
         ckpt = train_task(base_model, train_data, eval_data, name=task_name, adapter=adapter_cfg, head=head_cfg,
-                          config=train_cfg)
+                          config=train_cfg, stack_on=lower)
         save_checkpoint(ckpt, out_dir, force=force)
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
@@ -185,8 +195,13 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
 @click.command("import-adapterhub")
 @click.option("--base", default=None, type=click.Path(file_okay=False),
               help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--adapter", "adapter_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Directory written by the adapters library's save_adapter (adapter_config.json + weights).")
+@click.option("--stack", "stack_dirs", nargs=2, default=None, type=click.Path(exists=True, file_okay=False),
+              metavar="LANG_DIR TASK_DIR",
+              help="Import Stack(lang, task) (MAD-X style): the lower adapter (e.g. a language adapter) and the task "
+                   "adapter on top, both saved by save_adapter (the head with the task adapter, or --head). A "
+                   "deployment stores each lower adapter once, however many tasks are stacked on it.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Task checkpoint directory to write (adapter.safetensors + task.json).")
 @click.option("--task", "task_name", default=None, help="Task name (default: the adapter's name).")
@@ -201,12 +216,13 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_adapterhub(
     base: str | None, adapter_dir: str, out_dir: str, task_name: str | None, head_dir: str | None,
-    max_length: int, text_pair: bool, verify: bool | None, force: bool,
+    max_length: int, text_pair: bool, verify: bool | None, force: bool, stack_dirs: tuple[str, str] | None = None,
 ) -> None:
     """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + classification head into a task checkpoint.
 
     Reads what the adapters library's save_adapter(..., with_head=True) or save_adapter + save_head wrote;
-    LoRA, prefix tuning, Compacter, fusion and other methods are refused with the reason.
+    with --stack, a Stack(lang, task) of two such adapters. LoRA, prefix tuning, Compacter and other methods
+    are refused with the reason.
     """
     import importlib.util
     import sys
@@ -215,14 +231,21 @@ def import_adapterhub(
     from adapterdeploy.errors import AdapterDeployError
     from adapterdeploy.models.adapterhub import import_adapterhub as convert
     from adapterdeploy.models.adapterhub import verify_import
+    from adapterdeploy.models.adapterhub_stack import import_adapterhub_stack, verify_stack_import
     from adapterdeploy.models.base import load_base, resolve_base_dir
     from adapterdeploy.models.checkpoint import save_checkpoint
 
+    if (adapter_dir is None) == (not stack_dirs):
+        raise click.UsageError("pass either --adapter DIR or --stack LANG_DIR TASK_DIR")
     try:
         loaded = load_base(resolve_base_dir(base))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ckpt = convert(loaded, adapter_dir, head_dir, task_name, max_length=max_length, text_pair=text_pair)
+            if stack_dirs:
+                ckpt = import_adapterhub_stack(loaded, stack_dirs[0], stack_dirs[1], head_dir, task_name,
+                                               max_length=max_length, text_pair=text_pair)
+            else:
+                ckpt = convert(loaded, adapter_dir, head_dir, task_name, max_length=max_length, text_pair=text_pair)
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
         if verify is None:
@@ -230,7 +253,10 @@ def import_adapterhub(
                 verify = "adapters" in sys.modules or importlib.util.find_spec("adapters") is not None
             except (ImportError, ValueError):
                 verify = False
-        if verify:
+        if verify and stack_dirs:
+            diff = verify_stack_import(ckpt, loaded, stack_dirs[0], stack_dirs[1], head_dir)
+            ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
+        elif verify:
             diff = verify_import(ckpt, loaded, adapter_dir, head_dir)
             ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
         save_checkpoint(ckpt, out_dir, force=force)
@@ -244,6 +270,9 @@ def import_adapterhub(
         f"bottleneck {ckpt.bottleneck()}, activation {a.activation}, layers {layers}\n"
         f"  head: {h.problem_type}, {h.num_labels} label(s) {list(h.labels)}, pooling {h.pooling}, "
         f"{h.hidden_layers} hidden layer(s)"
+        + (f"\n  stacked on {ckpt.stack_on.name!r} "
+           f"(bottleneck {ckpt.stack_on.config.bottleneck_size(ckpt.hidden_size)})"
+           if ckpt.stack_on is not None else "")
         + (f"\n  verified against the adapters library: max abs logit diff {diff:.2e}" if verify else "")
     )
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterConfig, HeadConfig
 from adapterdeploy.errors import ConfigError
-from adapterdeploy.models.adapters import BottleneckAdapter, install_adapter_sites
+from adapterdeploy.models.adapters import LOWER_SUFFIX, BottleneckAdapter, install_adapter_sites
 from adapterdeploy.models.base import BaseModel
 
 __all__ = ["EncoderWithAdapters", "TaskHead", "mean_pool"]
@@ -57,12 +57,14 @@ class TaskHead(nn.Module):
 class EncoderWithAdapters(nn.Module):
     """One task: frozen base + bottleneck adapters (+ optional own LayerNorms) + head.
 
-    Trainable: ``adapters``, ``layernorms`` (when per_task_layernorm) and ``head``; the base never is.
+    Trainable: ``adapters``, ``layernorms`` (when per_task_layernorm) and ``head``; the base never is, nor
+    the ``lower`` adapter of a stack (stored in the checkpoint, frozen).
     State-dict names of the trainable part: ``adapters.{layer}.{site}.down.weight``,
     ``layernorms.{layer}.{attn|ffn}.weight``, ``head.out.weight`` ...
     """
 
-    def __init__(self, base: BaseModel, adapter_config: AdapterConfig, head_config: HeadConfig) -> None:
+    def __init__(self, base: BaseModel, adapter_config: AdapterConfig, head_config: HeadConfig,
+                 lower_config: AdapterConfig | None = None) -> None:
         super().__init__()
         if head_config.pooling == "pooler" and not base.has_pooler:
             raise ConfigError(
@@ -92,6 +94,16 @@ class EncoderWithAdapters(nn.Module):
                 lns = {"attn": layer.attention.output.LayerNorm, "ffn": layer.output.LayerNorm}
                 self.layernorms[str(i)] = nn.ModuleDict({k: _copy_layernorm(v) for k, v in lns.items()})
         self.head = TaskHead(head_config, H, dropout=getattr(self.base.config, "hidden_dropout_prob", 0.1))
+        # Stack: a frozen lower adapter under each site's adapter (models/stack.py); never trained here.
+        self.lower_config = lower_config
+        self.lower = nn.ModuleDict()
+        if lower_config is not None:
+            m_low, low_opts = lower_config.bottleneck_size(H), lower_config.site_options()
+            for i in lower_config.adapter_layers(base.num_layers):
+                self.lower[str(i)] = nn.ModuleDict(
+                    {s: BottleneckAdapter(H, m_low, low_opts, lower_config.init_std) for s in lower_config.sites})
+            for p in self.lower.parameters():
+                p.requires_grad_(False)
         self.ctx = install_adapter_sites(self.base)
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -99,7 +111,7 @@ class EncoderWithAdapters(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
         sd = self.state_dict()
-        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "head")}
+        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "head", "lower")}
 
     def _fill_context(self) -> None:
         params = {
@@ -107,6 +119,11 @@ class EncoderWithAdapters(nn.Module):
             for i, sites in self.adapters.items()
             for site, adapter in sites.items()
         }
+        params.update({
+            f"{i}.{site}{LOWER_SUFFIX}": adapter.site_params()
+            for i, sites in self.lower.items()
+            for site, adapter in sites.items()
+        })
         lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
         self.ctx.activate(self.adapter_config, params, lns)
 
@@ -128,7 +145,7 @@ class EncoderWithAdapters(nn.Module):
 
     def count_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
-        trainable = sum(v.numel() for v in self.trainable_state_dict().values())
+        trainable = sum(v.numel() for k, v in self.trainable_state_dict().items() if not k.startswith("lower."))
         total = trainable + sum(p.numel() for p in self.base.parameters())
         return trainable, total
 

@@ -33,12 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterConfig, HeadConfig
-from adapterdeploy.errors import ConfigError, DataError
+from adapterdeploy.errors import ArtifactError, ConfigError, DataError
 from adapterdeploy.metrics import MAIN_METRICS, compute_metrics, json_safe, main_metric_name
 from adapterdeploy.models.base import BaseModel, load_base
 from adapterdeploy.models.checkpoint import TaskCheckpoint, checkpoint_from_model
 from adapterdeploy.models.data import Dataset
 from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter
 
 __all__ = [
     "EncodedData",
@@ -381,17 +382,30 @@ def train_task(
     adapter: AdapterConfig | None = None,
     head: HeadConfig | None = None,
     config: TrainConfig | None = None,
+    stack_on: tuple[LowerAdapter, dict[str, Tensor]] | None = None,
 ) -> TaskCheckpoint:
     """Train one task's adapters + head on ``base`` (kept frozen) and return its checkpoint (best epoch).
 
     The head's problem type and labels come from ``train``; pooling and hidden layers from ``head``.
+    ``stack_on``: a frozen lower adapter (:func:`adapterdeploy.models.stack.load_lower`) the task adapter is
+    stacked on; the task adapter then takes its placement, activation and site options (a stack shares them).
     """
     adapter = adapter or AdapterConfig()
     cfg = config or TrainConfig()
     _check_pair(train, eval_data)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)  # before the model: adapter and head init are random
-    model = EncoderWithAdapters(base, adapter, _head_for(train, head or HeadConfig()))
+    lower = stack_on[0] if stack_on is not None else None
+    if lower is not None:
+        low = lower.config
+        adapter = replace(adapter, placement=low.placement, activation=low.activation, site=low.site)
+    model = EncoderWithAdapters(base, adapter, _head_for(train, head or HeadConfig()),
+                                lower.config if lower is not None else None)
+    if stack_on is not None:
+        model.load_state_dict(stack_on[1], strict=False)
+        missing = set(k for k in model.state_dict() if k.startswith(LOWER_PREFIX)) - set(stack_on[1])
+        if missing:
+            raise ArtifactError(f"lower adapter {lower.name!r} lacks weights {sorted(missing)[:3]}")
     params = [p for n, p in model.named_parameters() if n.split(".", 1)[0] in TRAINABLE_PREFIXES]
     assert all(p.requires_grad for p in params) and not any(p.requires_grad for p in base.model.parameters())
 
@@ -402,7 +416,7 @@ def train_task(
     trainable, total = model.count_parameters()
     info = _training_info(cfg, fit, train, eval_data, trainable, total, time.perf_counter() - started)
     return checkpoint_from_model(model, name, max_length=cfg.max_length, text_pair=train.text_pair,
-                                 metrics=json_safe(fit.best_metrics), training=info)
+                                 metrics=json_safe(fit.best_metrics), training=info, stack_on=lower)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ Layers a task has no adapter on are zero rows (``a = 0``, so the site adds nothi
 not the identity (adapter LayerNorm after a residual-before-LN add, per-task LayerNorms): then the task
 file must carry the row and a missing one is an error.
 
+Stack: a stacked featurizer also has lower-adapter inputs (``bank.{layer}.{site}_lower.*``, their own
+bottleneck axis). A stacked task's lower rows come from the deployment's ``shared/`` file, built once
+(:meth:`BankLayout.lower_rows`) and referenced, not copied, by every task stacked on it; a plain task gets
+zero lower rows (the identity, checked at export).
+
 Two ways to feed the graph (``rows`` is the default; see ``gather`` and ``stack``):
   rows:     stack only the rows of the tasks in this batch; task_index counts within them. A single-task
             batch passes the task's own arrays (no copy at all).
@@ -28,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapterdeploy.config import AdapterSignature
+from adapterdeploy.config import LOWER_SUFFIX, AdapterSignature
 from adapterdeploy.errors import ArtifactError
 
-__all__ = ["BankInput", "BankLayout", "TaskRows"]
+__all__ = ["BankInput", "BankLayout", "LowerRows", "TaskRows"]
 
 # Axis of the bottleneck m in each projection input (T axis included).
 M_AXIS = {"down_w": 2, "down_b": 1, "up_w": 1}
@@ -61,10 +66,15 @@ class BankInput:
         ax = self.m_axis
         return None if ax is None else self.shape[ax]
 
+    @property
+    def lower(self) -> bool:
+        """An input of a Stack's lower adapter (``bank.3.ffn_lower.down_w``)."""
+        return self.name.rsplit(".", 2)[-2].endswith(LOWER_SUFFIX)
+
 
 @dataclass(frozen=True)
-class TaskRows:
-    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m``."""
+class LowerRows:
+    """A Stack's lower adapter as ready ``[1, ...]`` feeds at bottleneck ``m``: one object per deployment."""
 
     name: str
     arrays: dict[str, np.ndarray]
@@ -75,6 +85,25 @@ class TaskRows:
         return sum(a.nbytes for a in self.arrays.values())
 
 
+@dataclass(frozen=True)
+class TaskRows:
+    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m``.
+
+    ``m_lower`` is the bottleneck of the lower-adapter inputs (stacked featurizers); ``shared`` names the
+    arrays that belong to a shared lower adapter: they are not counted in this task's ``nbytes``.
+    """
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    m: int
+    m_lower: int = 1
+    shared: frozenset[str] = frozenset()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for k, a in self.arrays.items() if k not in self.shared)
+
+
 class BankLayout:
     """The adapted graph's bank inputs, and how task rows become feeds."""
 
@@ -82,10 +111,8 @@ class BankLayout:
         self.inputs = {i.name: i for i in inputs}
         self.hidden_size = hidden_size
         self.signature = signature
-        fixed = {i.fixed_m for i in inputs if i.m_axis is not None} - {None}
-        if len(fixed) > 1:
-            raise ArtifactError(f"the adapted graph's bank inputs disagree on the bottleneck size: {sorted(fixed)}")
-        self.fixed_m: int | None = fixed.pop() if fixed else None
+        self.fixed_m: int | None = _fixed_m([i for i in inputs if not i.lower])
+        self.fixed_m_lower: int | None = _fixed_m([i for i in inputs if i.lower])
 
     @classmethod
     def from_session_inputs(cls, node_args: Sequence[object], bank_names: Sequence[str], hidden_size: int,
@@ -110,24 +137,64 @@ class BankLayout:
             return True
         return role in ("ln_after_w", "ln_after_b") and not self.signature.site.adapter_residual_before_ln
 
-    def task_rows(self, task: str, tensors: Mapping[str, np.ndarray], bottleneck: int) -> TaskRows:
-        """Validate a task file's tensors against the bank and shape them into ``[1, ...]`` rows."""
+    @property
+    def stacked(self) -> bool:
+        return any(i.lower for i in self.inputs.values())
+
+    def lower_rows(self, name: str, tensors: Mapping[str, np.ndarray], bottleneck: int) -> LowerRows:
+        """Validate a shared lower adapter's file against the lower inputs; shape it into ``[1, ...]`` rows."""
+        specs = {n: s for n, s in self.inputs.items() if s.lower}
+        unexpected = sorted(set(tensors) - set(specs))
+        if not specs or unexpected:
+            raise ArtifactError(
+                f"lower adapter {name!r} has weights this featurizer has no lower-adapter input for: "
+                f"{unexpected[:4] or sorted(tensors)[:4]}; the deployment is inconsistent: re-export it"
+            )
+        arrays, m = self._rows(f"lower adapter {name!r}", specs, tensors, bottleneck, self.fixed_m_lower)
+        return LowerRows(name=name, arrays=arrays, m=m)
+
+    def task_rows(self, task: str, tensors: Mapping[str, np.ndarray], bottleneck: int,
+                  lower: LowerRows | None = None) -> TaskRows:
+        """Validate a task file's tensors against the bank and shape them into ``[1, ...]`` rows.
+
+        ``lower``: the shared lower adapter of a stacked task (its arrays are referenced, not copied); a
+        task without one gets zero lower rows in a stacked featurizer.
+        """
         unexpected = sorted(k for k in tensors if k.startswith("bank.") and k not in self.inputs)
         if unexpected:
             raise ArtifactError(
                 f"task {task!r} has bank weights this featurizer has no input for: {unexpected[:4]}; "
                 "it was exported for another featurizer layout (re-export it with 'adapterdeploy add-task')"
             )
+        lower_in = sorted(k for k in tensors if k in self.inputs and self.inputs[k].lower)
+        if lower_in:
+            raise ArtifactError(f"task {task!r} carries lower-adapter rows ({lower_in[:2]}) in its own file; they "
+                                "belong in the deployment's shared/ directory: re-export the task")
+        own = {n: s for n, s in self.inputs.items() if not s.lower}
+        arrays, m = self._rows(f"task {task!r}", own, tensors, bottleneck, self.fixed_m)
+        shared: frozenset[str] = frozenset()
+        m_lower = 1
+        if lower is not None:
+            arrays.update(lower.arrays)
+            shared, m_lower = frozenset(lower.arrays), lower.m
+        elif self.stacked:
+            zeros, m_lower = self._rows(f"task {task!r}", {n: s for n, s in self.inputs.items() if s.lower}, {}, 1,
+                                        self.fixed_m_lower)
+            arrays.update(zeros)
+        return TaskRows(name=task, arrays=arrays, m=m, m_lower=m_lower, shared=shared)
+
+    def _rows(self, what: str, specs: Mapping[str, BankInput], tensors: Mapping[str, np.ndarray], bottleneck: int,
+              fixed_m: int | None) -> tuple[dict[str, np.ndarray], int]:
         m = bottleneck
-        if self.fixed_m is not None:
-            if m > self.fixed_m:
+        if fixed_m is not None:
+            if m > fixed_m:
                 raise ArtifactError(
-                    f"task {task!r} has bottleneck {m}, the featurizer's bank holds at most {self.fixed_m}; "
+                    f"{what} has bottleneck {m}, the featurizer's bank holds at most {fixed_m}; "
                     "re-export the deployment including this task so the bank is sized for it"
                 )
-            m = self.fixed_m
+            m = fixed_m
         arrays: dict[str, np.ndarray] = {}
-        for name, spec in self.inputs.items():
+        for name, spec in specs.items():
             row_shape = list(spec.shape[1:])
             if spec.m_axis is not None:
                 row_shape[spec.m_axis - 1] = bottleneck
@@ -136,29 +203,37 @@ class BankLayout:
             if t is None:
                 if not self._zero_allowed(spec.role):
                     raise ArtifactError(
-                        f"task {task!r} lacks {name}, which cannot be left out (a zero row would not be the "
+                        f"{what} lacks {name}, which cannot be left out (a zero row would not be the "
                         "identity); re-export the task"
                     )
                 arr = np.zeros(row_shape, dtype=spec.dtype)
             else:
                 if list(t.shape) != row_shape:
                     raise ArtifactError(
-                        f"task {task!r}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
+                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
                         f"(bottleneck {bottleneck}, hidden {self.hidden_size}); the task file is inconsistent"
                     )
                 arr = np.asarray(t, dtype=spec.dtype)
             arrays[name] = _pad_m(arr[None], spec.m_axis, m)
-        return TaskRows(name=task, arrays=arrays, m=m)
+        return arrays, m
 
     def gather(self, tasks: Sequence[TaskRows]) -> dict[str, np.ndarray]:
         """The bank feeds for ``tasks`` in order (row t = tasks[t]); bottlenecks padded to the largest."""
         if len(tasks) == 1:
             return tasks[0].arrays
-        m = max(t.m for t in tasks)
+        m, m_lower = max(t.m for t in tasks), max(t.m_lower for t in tasks)
         return {
-            name: np.concatenate([_pad_m(t.arrays[name], spec.m_axis, m) for t in tasks], axis=0)
+            name: np.concatenate([_pad_m(t.arrays[name], spec.m_axis, m_lower if spec.lower else m) for t in tasks],
+                                 axis=0)
             for name, spec in self.inputs.items()
         }
+
+
+def _fixed_m(inputs: Sequence[BankInput]) -> int | None:
+    fixed = {i.fixed_m for i in inputs if i.m_axis is not None} - {None}
+    if len(fixed) > 1:
+        raise ArtifactError(f"the adapted graph's bank inputs disagree on the bottleneck size: {sorted(fixed)}")
+    return fixed.pop() if fixed else None
 
 
 def _pad_m(arr: np.ndarray, axis: int | None, m: int) -> np.ndarray:

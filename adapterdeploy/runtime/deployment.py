@@ -56,6 +56,7 @@ from adapterdeploy.runtime.prediction import Prediction
 from adapterdeploy.runtime.providers import ProviderSpec, normalize_providers, trt_profile_options
 from adapterdeploy.runtime.registry import EvictCallback, TaskInfo, TaskRegistry
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US, SessionFactory
+from adapterdeploy.runtime.shared_lowers import SharedLowers
 from adapterdeploy.runtime.tokenization import (
     Row,
     TextEncoder,
@@ -88,6 +89,7 @@ class Deployment:
         self._factory = factory
         self.batch_size = batch_size
         self._closed = False
+        self._lowers = SharedLowers()
         self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
                                       on_evict=on_evict)
         for name, rel in manifest.tasks.items():
@@ -251,6 +253,11 @@ class Deployment:
 
     def task_info(self, name: str) -> TaskInfo:
         return self._registry.info(name)
+
+    def shared_adapters(self) -> dict[str, int]:
+        """Lower adapters of stacked tasks loaded so far (name -> bytes): each is held once, whatever the
+        number of tasks stacked on it."""
+        return {name: rows.nbytes for name, rows in self._lowers.items()}
 
     def task_spec(self, name: str) -> TaskSpec:
         """The task's task.json (loads the task)."""
@@ -475,7 +482,9 @@ class Deployment:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ChecksumError(f"cannot read {source / TASK_WEIGHTS_FILE}: {exc}; re-export the task") from exc
         fz = self._manifest.featurizer
-        rows = self._engine.layout.task_rows(name, tensors, spec.bottleneck)
+        stack_on = spec.adapter.get("stack_on")
+        lower = self._lowers.get(self.root, stack_on, self._engine.layout) if stack_on else None
+        rows = self._engine.layout.task_rows(name, tensors, spec.bottleneck, lower)
         head_file = source / TASK_HEAD_FILE
         factory: Callable[[], Any] | None = (lambda: self._factory.session(head_file)) if head_file.is_file() else None
         head = Head.from_tensors(name, spec.head, tensors, fz.hidden_size, session_factory=factory)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import signal
@@ -42,7 +43,7 @@ from adapterdeploy.errors import (
     TaskFailedError,
     UnavailableError,
 )
-from adapterdeploy.serving import protocol
+from adapterdeploy.serving import protocol, v2_binary
 from adapterdeploy.serving.logs import ACCESS_LOGGER
 from adapterdeploy.serving.metrics import CONTENT_TYPE_LATEST, FAN_OUT_TASK, Metrics
 from adapterdeploy.serving.schemas import (
@@ -69,6 +70,7 @@ __all__ = [
     "read_body",
     "request_id_of",
     "until_disconnect",
+    "v2_response",
 ]
 
 log = logging.getLogger("adapterdeploy.serving")
@@ -98,6 +100,15 @@ def error_response(exc: AdapterDeployError, request_id: str) -> JSONResponse:
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
+def v2_response(body: dict[str, Any], binary: bytes) -> Response:
+    """JSON, or with binary outputs the JSON header then the raw tensors (binary tensor data extension)."""
+    if not binary:
+        return JSONResponse(body)
+    head = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Response(head + binary, media_type="application/octet-stream",
+                    headers={v2_binary.HEADER: str(len(head))})
+
+
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
@@ -110,8 +121,6 @@ def _note(request: Request, **fields: Any) -> None:
 async def read_body(request: Request, settings: Settings) -> bytes:
     """The body, refused early when over ``max_body_bytes`` (413) or slower than ``body_timeout_s`` (408)."""
     limit = settings.max_body_bytes
-    if request.headers.get("inference-header-content-length") is not None:
-        raise InputError("the binary tensor data extension is not supported; send the inputs as JSON strings")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -273,11 +282,19 @@ def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str |
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from adapterdeploy.serving.grpc_server import start_grpc_server
+
+            grpc_server = await start_grpc_server(state, settings.host, settings.grpc_port)
         restore = install_drain_signal(state)
         try:
             yield
         finally:
             restore()
+            if grpc_server is not None:
+                state.begin_drain()
+                await grpc_server.stop(settings.drain_s)
             await state.stop()
 
     app = FastAPI(
@@ -375,14 +392,31 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
     async def model_metadata(task: str) -> Response:
         return JSONResponse(protocol.model_metadata(await state.task_meta(task)))
 
-    @app.get("/v2/models/{task}/ready", tags=["v2"], summary="Model (task) readiness",
-             responses={404: ERRORS[404], 503: ERRORS[503]})
-    async def model_ready(task: str) -> Response:
+    @app.get("/v2/models/{task}/versions/{version}", tags=["v2"], summary="Model (task) metadata, one version",
+             responses={404: ERRORS[404]})
+    async def model_version_metadata(task: str, version: str) -> Response:
+        meta = await state.task_meta(task)
+        protocol.check_version(meta, version)
+        return JSONResponse(protocol.model_metadata(meta))
+
+    async def _model_ready(task: str, version: str | None) -> Response:
         state.require_task(task)
+        if version is not None:
+            protocol.check_version(await state.task_meta(task), version)
         if not state.ready:
             raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
         state.require_serving(task)
         return JSONResponse({"name": task, "ready": True})
+
+    @app.get("/v2/models/{task}/ready", tags=["v2"], summary="Model (task) readiness",
+             responses={404: ERRORS[404], 503: ERRORS[503]})
+    async def model_ready(task: str) -> Response:
+        return await _model_ready(task, None)
+
+    @app.get("/v2/models/{task}/versions/{version}/ready", tags=["v2"], summary="Model (task) readiness, one version",
+             responses={404: ERRORS[404], 503: ERRORS[503]})
+    async def model_version_ready(task: str, version: str) -> Response:
+        return await _model_ready(task, version)
 
     @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics", response_class=Response)
     async def metrics_endpoint() -> Response:
@@ -393,18 +427,37 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
 def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
     settings = state.settings
 
-    @app.post("/v2/models/{task}/infer", tags=["v2"], summary="Open Inference Protocol v2 inference",
-              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
-    async def v2_infer(task: str, request: Request) -> Response:
+    async def _v2_infer(request: Request, task: str, version: str | None) -> Response:
         with Tracker(metrics, "v2_infer", state.task_label(task)):
             meta = await state.task_meta(task)
-            req = validate(protocol.InferenceRequest, parse_body(await read_body(request, settings)))
-            rows = protocol.rows_from_request(req, meta)
+            protocol.check_version(meta, version)
+            body = await read_body(request, settings)
+            json_length = v2_binary.header_length(request.headers.get(v2_binary.HEADER), len(body))
+            head, blob = v2_binary.split_body(body, json_length)
+            req = validate(protocol.InferenceRequest, parse_body(head))
+            protocol.check_target(meta, req.model_name, req.model_version, version)
+            sizes = protocol.binary_sizes(req)
+            if json_length is None and any(size is not None for size in sizes):
+                raise InputError(f"an input declares parameters.binary_data_size but the request has no "
+                                 f"{v2_binary.HEADER} header; send it with the JSON part's length")
+            raw = v2_binary.split_raw(blob, sizes) if json_length is not None else None
+            rows = protocol.rows_from_request(req, meta, raw)
             check_rows(rows, settings, field="inputs[0].data")
             protocol.check_outputs(req, meta)
             _note(request, task=task, rows=len(rows))
             predictions = await until_disconnect(request, state.predict([task], rows, field="inputs[0].data"))
-            return JSONResponse(protocol.infer_response(req, meta, predictions))
+            return v2_response(*protocol.infer_response(req, meta, predictions))
+
+    @app.post("/v2/models/{task}/infer", tags=["v2"], summary="Open Inference Protocol v2 inference",
+              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
+    async def v2_infer(task: str, request: Request) -> Response:
+        return await _v2_infer(request, task, None)
+
+    @app.post("/v2/models/{task}/versions/{version}/infer", tags=["v2"],
+              summary="Open Inference Protocol v2 inference, one version",
+              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
+    async def v2_version_infer(task: str, version: str, request: Request) -> Response:
+        return await _v2_infer(request, task, version)
 
     @app.post("/v1/predict", tags=["v1"], summary="Predict one task over texts or text pairs",
               openapi_extra=body_doc(PredictRequest), responses={200: {"model": PredictResponse}, **ERRORS})

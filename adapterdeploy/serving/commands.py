@@ -37,6 +37,9 @@ def parse_bytes(text: str | None) -> int | None:
               help="Interface to listen on. The default accepts only local clients; 0.0.0.0 exposes the server "
                    "(in a container, behind a proxy).")
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve the Open Inference Protocol v2 over gRPC on this port (off by default; e.g. 8081). "
+                   "Same batcher, limits and metrics as HTTP.")
 @click.option("--max-batch-rows", default=64, show_default=True, type=int,
               help="Rows per mixed forward. Larger batches raise throughput and each request's latency.")
 @click.option("--max-batch-tokens", default=16384, show_default=True, type=int,
@@ -94,7 +97,8 @@ def serve(deploy_dir: str, **opts: object) -> None:
     """Serve a deployment over HTTP: KServe v2 + JSON API, batched across tasks.
 
     \b
-    Endpoints: GET /v2/health/live|ready, /v2, /v2/models/TASK[/ready], POST /v2/models/TASK/infer,
+    Endpoints: GET /v2/health/live|ready, /v2, /v2/models/TASK[/versions/V][/ready],
+               POST /v2/models/TASK[/versions/V]/infer (JSON or binary tensors); gRPC with --grpc-port;
                POST /v1/predict, POST /v1/fan-out, GET /metrics, /docs; admin under /v2/repository.
     Example:   adapterdeploy serve ./deploy --port 8080
     """
@@ -110,7 +114,7 @@ def serve(deploy_dir: str, **opts: object) -> None:
             threads = max(1, (os.cpu_count() or 1) // workers)
         settings = Settings(
             deploy_dir=os.path.abspath(deploy_dir),
-            host=opts["host"], port=opts["port"], max_batch_rows=opts["max_batch_rows"],
+            host=opts["host"], port=opts["port"], grpc_port=opts["grpc_port"], max_batch_rows=opts["max_batch_rows"],
             max_batch_tokens=opts["max_batch_tokens"], max_wait_ms=opts["max_wait_ms"], max_queue=opts["max_queue"],
             request_timeout_s=opts["request_timeout"], max_body_bytes=parse_bytes(opts["max_body_bytes"]),
             max_rows_per_request=opts["max_rows_per_request"], max_chars_per_text=opts["max_chars_per_text"],
@@ -128,13 +132,16 @@ def serve(deploy_dir: str, **opts: object) -> None:
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
     if settings.ray:
+        if settings.grpc_port is not None:
+            raise click.UsageError("--grpc-port is not available with --ray; Ray Serve proxies HTTP only here")
         from adapterdeploy.serving.ray_serve import run_ray
 
         run_ray(settings)
         return
     from adapterdeploy.serving.server import run_server
 
-    click.echo(f"serving {deploy_dir} on http://{settings.host}:{settings.port} "
+    grpc_note = f" and gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""
+    click.echo(f"serving {deploy_dir} on http://{settings.host}:{settings.port}{grpc_note} "
                f"(docs at /docs; admin API {'on' if settings.admin_enabled else 'off'}); Ctrl+C or SIGTERM stops",
                err=True)
     run_server(settings)

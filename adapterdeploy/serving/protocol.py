@@ -1,39 +1,70 @@
-"""The KServe / Triton Open Inference Protocol v2 (REST) for text tasks: request parsing, responses, metadata.
+"""The KServe / Triton Open Inference Protocol v2 for text tasks: requests, responses, metadata, versions.
 
-Each task is a model. Inputs are ``BYTES`` tensors sent as JSON strings: ``text`` of shape ``[N]`` (or
-``[N, 1]``) and, for text pairs, ``text_pair`` of the same shape. Outputs, all of shape ``[N]`` unless
-noted: classification ``label`` (BYTES), ``score`` (FP32, the label's probability), ``probabilities``
-(FP32 ``[N, C]``, row-major, columns in the order of the output's ``parameters.labels``); regression
-``value`` and ``score`` (FP32); every task ``truncated`` (BOOL). A request may name the outputs it wants.
+Each task is a model, with one version: :func:`task_version`, derived from the checksums of the task's
+files (a re-exported task with other weights gets another version). Inputs are ``BYTES`` tensors:
+``text`` of shape ``[N]`` (or ``[N, 1]``) and, for text pairs, ``text_pair`` of the same shape, as JSON
+strings or, with the binary tensor data extension (:mod:`adapterdeploy.serving.v2_binary`), as raw
+length-prefixed UTF-8. Outputs, all of shape ``[N]`` unless noted: classification ``label`` (BYTES),
+``score`` (FP32, the label's probability), ``probabilities`` (FP32 ``[N, C]``, row-major, columns in the
+order of the output's ``parameters.labels``); regression ``value`` and ``score`` (FP32); every task
+``truncated`` (BOOL). A request may name the outputs it wants and ask for them binary
+(``parameters.binary_data_output`` for all, an output's ``parameters.binary_data`` for one).
+
+The request's optional fields (``id``, echoed back; ``parameters``; ``model_name`` / ``model_version``,
+checked against the URL) are accepted, and unknown top-level fields (other extensions) are ignored; the
+fields this server uses are validated strictly. The REST app and the gRPC server share everything here.
 Errors use the protocol's ``{"error": message}`` (plus ``error_type`` and ``request_id``).
-Not supported (refused with a clear 400): the binary tensor extension, non-BYTES inputs, model versions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapterdeploy.errors import InputError
+from adapterdeploy.errors import InputError, UnknownTaskError
+from adapterdeploy.serving import v2_binary
 
 __all__ = [
     "INPUT_NAMES",
     "InferInput",
     "InferOutputRequest",
     "InferenceRequest",
+    "OutputTensor",
     "TaskMeta",
+    "binary_sizes",
+    "check_input_name",
+    "check_outputs",
+    "check_target",
+    "check_version",
     "infer_response",
     "model_metadata",
+    "output_tensors",
+    "requested_outputs",
     "rows_from_request",
+    "rows_from_texts",
     "server_metadata",
+    "task_version",
+    "texts_of_tensor",
 ]
 
 INPUT_NAMES = ("text", "text_pair")
 Scalar = str | int | float | bool
+OUTPUT_TYPES = {"label": "BYTES", "score": "FP32", "value": "FP32", "probabilities": "FP32", "truncated": "BOOL"}
+
+
+def task_version(files: Mapping[str, Any]) -> str:
+    """A task's version: 12 hex digits of the sha256 over its files' checksums (``task.json``'s ``files``).
+
+    Stable across restarts and machines, and different as soon as any weight file differs.
+    """
+    listing = {name: getattr(entry, "sha256", entry) for name, entry in sorted(files.items())}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -44,6 +75,7 @@ class TaskMeta:
     problem_type: str
     labels: tuple[str, ...]
     text_pair: bool
+    version: str = "1"
 
     @property
     def regression(self) -> bool:
@@ -53,6 +85,15 @@ class TaskMeta:
         if self.regression:
             return ("value", "score", "truncated")
         return ("label", "score", "probabilities", "truncated")
+
+
+def check_version(task: TaskMeta, version: str | None) -> None:
+    """404 unless ``version`` is empty/None (the server's choice) or the task's own version."""
+    if version and version != task.version:
+        raise UnknownTaskError(
+            f"task {task.name!r} has no version {version[:64]!r}; its version is {task.version!r} "
+            f"(GET /v2/models/{task.name} lists it), or leave the version out"
+        )
 
 
 class _V2(BaseModel):
@@ -65,22 +106,38 @@ class InferInput(_V2):
                       json_schema_extra={"enum": list(INPUT_NAMES)})
     shape: list[int] = Field(min_length=1, max_length=2, description="[N] or [N, 1].")
     datatype: str = Field(max_length=16, description="Must be BYTES.", json_schema_extra={"enum": ["BYTES"]})
-    parameters: dict[str, Scalar] | None = None
-    data: list[Any] = Field(description="The N texts (flat, or nested as the shape says).")
+    parameters: dict[str, Scalar] | None = Field(
+        None, description="binary_data_size: the tensor's bytes after the JSON header (binary extension).")
+    data: list[Any] | None = Field(
+        None, description="The N texts (flat, or nested as the shape says); absent when sent binary.")
 
 
 class InferOutputRequest(_V2):
     name: str = Field(max_length=64)
-    parameters: dict[str, Scalar] | None = None
+    parameters: dict[str, Scalar] | None = Field(None, description="binary_data: true returns this output binary.")
 
 
 class InferenceRequest(_V2):
-    """``POST /v2/models/{task}/infer``."""
+    """``POST /v2/models/{task}[/versions/{version}]/infer``; unknown top-level fields are ignored."""
 
-    id: str | None = Field(None, max_length=256)
-    parameters: dict[str, Scalar] | None = None
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    id: str | None = Field(None, max_length=256, description="Echoed back in the response.")
+    model_name: str | None = Field(None, max_length=256, description="If given, must be the task in the URL.")
+    model_version: str | None = Field(None, max_length=64, description="If given, must be the task's version.")
+    parameters: dict[str, Scalar] | None = Field(
+        None, description="binary_data_output: true returns every output binary.")
     inputs: list[InferInput] = Field(min_length=1, max_length=2)
     outputs: list[InferOutputRequest] | None = Field(None, max_length=8)
+
+
+def check_target(task: TaskMeta, model_name: str | None, model_version: str | None, url_version: str | None) -> None:
+    """The body's ``model_name`` / ``model_version`` (where a client sends them) must agree with the URL."""
+    if model_name and model_name != task.name:
+        raise InputError(f"model_name is {model_name[:200]!r} but the URL names task {task.name!r}; they must match")
+    if model_version and url_version and model_version != url_version:
+        raise InputError(f"model_version is {model_version!r} but the URL names version {url_version!r}")
+    check_version(task, model_version or url_version)
 
 
 def _flatten(data: list[Any], where: str) -> list[Any]:
@@ -97,38 +154,53 @@ def _flatten(data: list[Any], where: str) -> list[Any]:
     return out
 
 
-def _texts(inp: InferInput, index: int) -> list[str]:
-    where = f"inputs[{index}]"
-    if inp.datatype != "BYTES":
-        raise InputError(f"{where}.datatype is {inp.datatype!r}; text inputs are BYTES")
-    if inp.parameters and inp.parameters.get("binary_data_size") is not None:
-        raise InputError(f"{where}: the binary tensor data extension is not supported; send JSON strings")
-    if any(d < 0 for d in inp.shape) or (len(inp.shape) == 2 and inp.shape[1] != 1):
-        raise InputError(f"{where}.shape is {inp.shape}; a text input has shape [N] or [N, 1]")
-    flat = _flatten(inp.data, f"{where}.data")
-    expected = math.prod(inp.shape)
-    if len(flat) != expected:
-        raise InputError(f"{where}.data holds {len(flat)} elements but shape {inp.shape} says {expected}")
+def texts_of_tensor(name: str, datatype: str, shape: Sequence[int], elements: Sequence[Any], where: str) -> list[str]:
+    """A text input tensor's texts, checked: BYTES, shape [N] or [N, 1], N elements, each a str or UTF-8 bytes.
+
+    ``elements`` are (value, position) pairs; values are str (JSON) or bytes (binary / gRPC).
+    """
+    if datatype != "BYTES":
+        raise InputError(f"{where}.datatype is {datatype!r}; text inputs are BYTES")
+    shape = list(shape)
+    if any(d < 0 for d in shape) or not 1 <= len(shape) <= 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InputError(f"{where}.shape is {shape}; a text input has shape [N] or [N, 1]")
+    expected = math.prod(shape)
+    if len(elements) != expected:
+        raise InputError(f"{where} holds {len(elements)} elements but shape {shape} says {expected}")
     texts = []
-    for value, at in flat:
-        if not isinstance(value, str):
+    for value, at in elements:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{at} is not valid UTF-8 (byte {exc.start}); texts are UTF-8") from None
+        elif not isinstance(value, str):
             raise InputError(f"{at} is a {type(value).__name__}; BYTES elements are JSON strings")
         texts.append(value)
     return texts
 
 
-def rows_from_request(req: InferenceRequest, task: TaskMeta) -> list[str | tuple[str, str]]:
-    """The request's rows: texts, or (text, text_pair) tuples when a ``text_pair`` input is present."""
-    by_name: dict[str, list[str]] = {}
-    for i, inp in enumerate(req.inputs):
-        if inp.name not in INPUT_NAMES:
-            raise InputError(
-                f"inputs[{i}].name is {inp.name!r}; task {task.name!r} takes 'text'"
-                + (" and 'text_pair'" if task.text_pair else "")
-            )
-        if inp.name in by_name:
-            raise InputError(f"inputs[{i}]: input {inp.name!r} is given twice")
-        by_name[inp.name] = _texts(inp, i)
+def _input_texts(inp: InferInput, index: int, raw: bytes | None) -> list[str]:
+    where = f"inputs[{index}]"
+    if raw is not None:
+        if inp.data is not None:
+            raise InputError(f"{where} has both 'data' and parameters.binary_data_size; send one of them")
+        values = v2_binary.decode_bytes_elements(raw, f"{where} (binary)")
+        elements = [(v, f"{where} (binary)[{i}]") for i, v in enumerate(values)]
+    elif inp.data is None:
+        raise InputError(f"{where} has no 'data' (and no parameters.binary_data_size); send the texts")
+    else:
+        elements = _flatten(inp.data, f"{where}.data")
+    return texts_of_tensor(inp.name, inp.datatype, inp.shape, elements, where)
+
+
+def binary_sizes(req: InferenceRequest) -> list[int | None]:
+    """Each input's declared ``binary_data_size`` (None where it is sent as JSON)."""
+    return [None if not inp.parameters else inp.parameters.get("binary_data_size") for inp in req.inputs]
+
+
+def rows_from_texts(by_name: Mapping[str, list[str]], task: TaskMeta) -> list[str | tuple[str, str]]:
+    """Rows from the named text tensors: texts, or (text, text_pair) tuples when ``text_pair`` is present."""
     if "text" not in by_name:
         raise InputError("inputs: no input named 'text'; send the texts as a BYTES input named 'text'")
     texts = by_name["text"]
@@ -140,45 +212,102 @@ def rows_from_request(req: InferenceRequest, task: TaskMeta) -> list[str | tuple
     return list(zip(texts, pairs, strict=True))
 
 
-def _requested(req: InferenceRequest, task: TaskMeta) -> tuple[str, ...]:
-    names = task.output_names()
-    if not req.outputs:
-        return names
-    wanted = []
-    for i, out in enumerate(req.outputs):
-        if out.name not in names:
-            raise InputError(f"outputs[{i}].name is {out.name!r}; task {task.name!r} has outputs {list(names)}")
-        wanted.append(out.name)
-    return tuple(dict.fromkeys(wanted))
+def check_input_name(name: str, index: int, seen: Mapping[str, Any], task: TaskMeta) -> None:
+    if name not in INPUT_NAMES:
+        raise InputError(
+            f"inputs[{index}].name is {name[:64]!r}; task {task.name!r} takes 'text'"
+            + (" and 'text_pair'" if task.text_pair else "")
+        )
+    if name in seen:
+        raise InputError(f"inputs[{index}]: input {name!r} is given twice")
+
+
+def rows_from_request(req: InferenceRequest, task: TaskMeta,
+                      raw: Sequence[bytes | None] | None = None) -> list[str | tuple[str, str]]:
+    """The request's rows; ``raw`` holds each input's binary chunk (None where it came as JSON)."""
+    by_name: dict[str, list[str]] = {}
+    for i, inp in enumerate(req.inputs):
+        check_input_name(inp.name, i, by_name, task)
+        by_name[inp.name] = _input_texts(inp, i, raw[i] if raw is not None else None)
+    return rows_from_texts(by_name, task)
+
+
+def requested_outputs(names: Sequence[str], task: TaskMeta) -> tuple[str, ...]:
+    """The outputs to return, in request order without repeats (all of them when ``names`` is empty)."""
+    known = task.output_names()
+    if not names:
+        return known
+    for i, name in enumerate(names):
+        if name not in known:
+            raise InputError(f"outputs[{i}].name is {name[:64]!r}; task {task.name!r} has outputs {list(known)}")
+    return tuple(dict.fromkeys(names))
 
 
 def check_outputs(req: InferenceRequest, task: TaskMeta) -> None:
     """Validate the requested output names before running anything."""
-    _requested(req, task)
+    requested_outputs([o.name for o in req.outputs or ()], task)
 
 
-def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any]) -> dict[str, Any]:
-    """The protocol's response for ``predictions`` (runtime ``Prediction`` rows, in input order)."""
+@dataclass
+class OutputTensor:
+    """One output, flat, with its protocol type; rendered as JSON, binary REST or gRPC raw contents."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def output_tensors(names: Sequence[str], task: TaskMeta, predictions: Sequence[Any]) -> list[OutputTensor]:
+    """The named outputs for ``predictions`` (runtime ``Prediction`` rows, in input order)."""
     n = len(predictions)
-    outputs = []
-    for name in _requested(req, task):
+    out = []
+    for name in names:
         if name == "label":
-            outputs.append({"name": name, "datatype": "BYTES", "shape": [n], "data": [p.label for p in predictions]})
+            out.append(OutputTensor(name, "BYTES", [n], [p.label for p in predictions]))
         elif name in ("score", "value"):
-            outputs.append({"name": name, "datatype": "FP32", "shape": [n],
-                            "data": [float(getattr(p, name)) for p in predictions]})
+            out.append(OutputTensor(name, "FP32", [n], [float(getattr(p, name)) for p in predictions]))
         elif name == "probabilities":
             labels = list(predictions[0].probabilities) if n else list(task.labels)
             data = [float(p.probabilities[label]) for p in predictions for label in labels]
-            outputs.append({"name": name, "datatype": "FP32", "shape": [n, len(labels)], "data": data,
-                            "parameters": {"labels": ",".join(labels)}})
+            out.append(OutputTensor(name, "FP32", [n, len(labels)], data, {"labels": ",".join(labels)}))
         else:
-            outputs.append({"name": name, "datatype": "BOOL", "shape": [n],
-                            "data": [bool(p.truncated) for p in predictions]})
-    response: dict[str, Any] = {"model_name": task.name, "model_version": "1", "outputs": outputs}
+            out.append(OutputTensor(name, "BOOL", [n], [bool(p.truncated) for p in predictions]))
+    return out
+
+
+def _binary_wanted(req: InferenceRequest) -> dict[str, bool]:
+    default = bool((req.parameters or {}).get("binary_data_output", False))
+    wanted = {name: default for name in OUTPUT_TYPES}
+    for out in req.outputs or ():
+        if out.parameters and "binary_data" in out.parameters:
+            wanted[out.name] = bool(out.parameters["binary_data"])
+    return wanted
+
+
+def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any]) -> tuple[dict[str, Any], bytes]:
+    """The protocol's response: the JSON part and the binary part (empty unless outputs were asked binary)."""
+    names = requested_outputs([o.name for o in req.outputs or ()], task)
+    binary = _binary_wanted(req)
+    outputs = []
+    chunks = []
+    for t in output_tensors(names, task, predictions):
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+        params = dict(t.parameters)
+        if binary[t.name]:
+            raw = v2_binary.encode_tensor(t.datatype, t.data)
+            params["binary_data_size"] = len(raw)
+            chunks.append(raw)
+        else:
+            entry["data"] = t.data
+        if params:
+            entry["parameters"] = params
+        outputs.append(entry)
+    response: dict[str, Any] = {"model_name": task.name, "model_version": task.version, "outputs": outputs}
     if req.id is not None:
         response["id"] = req.id
-    return response
+    return response, b"".join(chunks)
 
 
 def model_metadata(task: TaskMeta) -> dict[str, Any]:
@@ -191,7 +320,7 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
     outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
     return {
         "name": task.name,
-        "versions": ["1"],
+        "versions": [task.version],
         "platform": "adapterdeploy_onnxruntime",
         "inputs": inputs,
         "outputs": outputs,
@@ -201,5 +330,6 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
 
 
 def server_metadata(version: str, admin: bool) -> dict[str, Any]:
-    """``GET /v2``: the model-repository extension is listed only when the admin API is on."""
-    return {"name": "adapterdeploy", "version": version, "extensions": ["model_repository"] if admin else []}
+    """``GET /v2``: the binary tensor extension always; the model-repository one only when the admin API is on."""
+    extensions = [v2_binary.BINARY_EXTENSION] + (["model_repository"] if admin else [])
+    return {"name": "adapterdeploy", "version": version, "extensions": extensions}

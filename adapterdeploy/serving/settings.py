@@ -38,6 +38,7 @@ class Settings:
     deploy_dir: str
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None  # None: no gRPC server
     # batching
     max_batch_rows: int = 64
     max_batch_tokens: int = 16384
@@ -88,6 +89,9 @@ class Settings:
                 raise ConfigError(f"serve setting {name} must be a number >= 0, got {value!r}")
         if self.port > 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
+        if self.grpc_port is not None and (not isinstance(self.grpc_port, int) or not 1 <= self.grpc_port <= 65535
+                                           or self.grpc_port == self.port):
+            raise ConfigError(f"--grpc-port {self.grpc_port!r} must be a TCP port (1-65535) other than --port")
         if self.max_rows_per_request > self.max_queue:
             raise ConfigError(
                 f"--max-rows-per-request {self.max_rows_per_request} exceeds --max-queue {self.max_queue}: such a "

@@ -25,7 +25,7 @@ from typing import Any
 from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
-from adapterdeploy.serving.protocol import TaskMeta
+from adapterdeploy.serving.protocol import TaskMeta, task_version
 from adapterdeploy.serving.settings import Settings
 
 __all__ = ["CLIENT_GONE_STATUS", "REASON_BY_TYPE", "ClientGone", "ServingState", "Tracker"]
@@ -171,7 +171,7 @@ class ServingState:
             raise UnknownTaskError(f"unknown task {task!r}")
         spec = TaskSpec.read(Path(source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair)
+                        text_pair=spec.text_pair, version=task_version(spec.files))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()

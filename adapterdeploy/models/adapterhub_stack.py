@@ -1,0 +1,130 @@
+"""Import a Stack (``Stack("lang", "task")``) trained with the AdapterHub ``adapters`` library.
+
+Reads the two directories ``save_adapter`` wrote (the lower adapter, e.g. a language adapter, and the
+task adapter, with its head or a separate ``save_head`` directory) and returns one task checkpoint whose
+``stack_on`` is the lower adapter. Each adapter is read exactly as :mod:`adapterdeploy.models.adapterhub`
+reads a single one (scaling folded, options kept); the stack semantics are
+:func:`adapterdeploy.models.adapters.site_with_lower`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from adapterdeploy.errors import ConfigError, ParityError
+from adapterdeploy.models.adapterhub import _CHECK_TEXTS, AdapterHubImportWarning, _adapter, _head
+from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.checkpoint import TaskCheckpoint
+from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter, check_stackable
+
+__all__ = ["import_adapterhub_stack", "stack_reference_logits", "verify_stack_import"]
+
+
+def import_adapterhub_stack(
+    base: BaseModel,
+    lower_dir: str | Path,
+    task_dir: str | Path,
+    head_dir: str | Path | None = None,
+    task_name: str | None = None,
+    *,
+    max_length: int = 128,
+    text_pair: bool = False,
+) -> TaskCheckpoint:
+    """``Stack(lower, task)`` from two ``save_adapter`` directories -> a stacked task checkpoint on ``base``.
+
+    The head comes from ``head_dir`` if given, else from ``task_dir`` (``with_head=True``).
+    """
+    lower_dir, task_dir = Path(lower_dir), Path(task_dir)
+    low_cfg, low_weights, low_info = _adapter(base, lower_dir)
+    cfg, weights, info = _adapter(base, task_dir)
+    check_stackable(low_cfg, cfg, f"--stack {lower_dir} {task_dir}")
+    head_cfg, head_weights, head_info = _head(base, Path(head_dir) if head_dir is not None else task_dir)
+    lower = {LOWER_PREFIX + k.removeprefix("adapters."): v for k, v in low_weights.items()}
+    low_source = {k: v for k, v in low_info.items() if k != "warning"}
+    ckpt = TaskCheckpoint(
+        name=task_name or info["adapter_name"],
+        base_fingerprint=base.fingerprint,
+        base_model_type=base.model_type,
+        hidden_size=base.hidden_size,
+        num_layers=base.num_layers,
+        adapter=cfg,
+        head=head_cfg,
+        max_length=max_length,
+        text_pair=text_pair,
+        weights={**weights, **lower, **head_weights},
+        training={"imported_from": {**info, **head_info, "stack": [low_info["adapter_name"], info["adapter_name"]]}},
+        source="adapterhub",
+        stack_on=LowerAdapter(name=low_info["adapter_name"], config=low_cfg, source={"adapterhub": low_source}),
+    )
+    ckpt.build_model(base)  # strict names and shapes, or ArtifactError
+    for w in {low_info["warning"], info["warning"]} - {None}:
+        warnings.warn(w, AdapterHubImportWarning, stacklevel=2)
+    return ckpt
+
+
+def stack_reference_logits(
+    base_dir: str | Path,
+    lower_dir: str | Path,
+    task_dir: str | Path,
+    head_dir: str | Path | None,
+    batches: list[dict[str, Tensor]],
+) -> list[Tensor]:
+    """Logits of ``Stack(lower, task)`` run by the adapters library itself (its own loaders), per batch."""
+    try:
+        import adapters
+        from adapters import AutoAdapterModel
+    except ImportError as exc:
+        raise ConfigError(
+            "the cross-check needs the adapters library: pip install 'adapterdeploy[adapterhub]'; or pass --no-verify"
+        ) from exc
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
+        low = model.load_adapter(str(lower_dir), with_head=False, use_safetensors=True)
+        name = model.load_adapter(str(task_dir), with_head=head_dir is None, use_safetensors=True)
+        if head_dir is not None:
+            model.load_head(str(head_dir), load_as=name, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.set_active_adapters(adapters.composition.Stack(low, name))
+    model.active_head = name
+    model.eval()
+    with torch.no_grad():
+        return [model(**batch).logits for batch in batches]
+
+
+def verify_stack_import(
+    ckpt: TaskCheckpoint,
+    base: BaseModel,
+    lower_dir: str | Path,
+    task_dir: str | Path,
+    head_dir: str | Path | None,
+    tol: float = 1e-4,
+) -> float:
+    """Max abs logit difference between the imported stack and the adapters library; ParityError above ``tol``."""
+    tok = base.load_tokenizer()
+    singles = [t for t, p in _CHECK_TEXTS if p is None]
+    pairs = [(t, p) for t, p in _CHECK_TEXTS if p is not None]
+    batches = [
+        dict(tok(singles, padding=True, return_tensors="pt")),
+        dict(tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")),
+    ]
+    model = ckpt.build_model(base)
+    with torch.no_grad():
+        ours = [model(**b) for b in batches]
+    refs = stack_reference_logits(base.path, lower_dir, task_dir, head_dir, batches)
+    diff = max(float((o - r).abs().max()) for o, r in zip(ours, refs, strict=True))
+    if diff > tol:
+        raise ParityError(
+            f"the imported stack's logits differ from the adapters library's by {diff:.3g} (tolerance {tol:g}); "
+            "please report this with both adapter_config.json files",
+            {"logits": diff},
+        )
+    return diff
