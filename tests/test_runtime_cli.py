@@ -111,6 +111,6 @@ def test_check_fails_on_a_corrupt_deployment(deploy_dir, tmp_path):
         items["checksums"]["detail"]
     assert items["tasks"]["status"] == "fail" and "topic" in items["tasks"]["data"]["failed"]
     res = run("check", str(tmp_path / "missing"))
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 1 and "does not exist" in res.output
     res = run("check", str(deploy_dir), "--max-latency-ms", "0.000001", "--reps", "3")
     assert res.exit_code == 1 and "FAIL" in res.output
