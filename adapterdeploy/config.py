@@ -31,28 +31,41 @@ from adapterdeploy.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS",
+    "LORA_MODULES",
     "LOWER_SUFFIX",
+    "NO_BOTTLENECK",
     "PLACEMENTS",
+    "RANK_AXIS",
     "SITES_BY_PLACEMENT",
     "AdapterConfig",
     "AdapterSignature",
     "HeadConfig",
+    "PeftSpec",
     "SiteOptions",
+    "combine_signatures",
+    "signature_misfit",
 ]
 
 PLACEMENTS = ("after_layer", "pfeiffer", "houlsby")
+# "none": no bottleneck adapter at all (a task that only carries PEFT LoRA / IA3 deltas, see PeftSpec).
+NO_BOTTLENECK = "none"
 # Where in a layer the adapters sit: "attn" = attention output (before its residual LayerNorm),
 # "ffn" = feed-forward output (before its residual LayerNorm), "layer" = after the whole layer.
 SITES_BY_PLACEMENT: dict[str, tuple[str, ...]] = {
     "after_layer": ("layer",),
     "pfeiffer": ("ffn",),
     "houlsby": ("attn", "ffn"),
+    NO_BOTTLENECK: (),
 }
+# The linear layers of a BERT-family layer that PEFT deltas may sit on (our names; see models/lora.py).
+LORA_MODULES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+# Axis of the LoRA rank in each PEFT bank input (T axis included): lora_a [T, in, R], lora_b [T, R, out].
+RANK_AXIS = {"lora_a": 2, "lora_b": 1}
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 # A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
 LOWER_SUFFIX = "_lower"
 POOLINGS = ("cls", "mean", "pooler")
-PROBLEM_TYPES = ("single_label_classification", "regression")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 
@@ -75,6 +88,43 @@ class SiteOptions:
 
 
 @dataclass(frozen=True)
+class PeftSpec:
+    """A task's PEFT deltas on the encoder's linear layers (imported by ``adapterdeploy import-peft``).
+
+    ``lora``: modules (of :data:`LORA_MODULES`) carrying a LoRA delta, every one at ``rank`` (smaller ranks are
+    zero-padded at import: exact). ``ia3``: ``"module.in"`` (input scaling, PEFT's feedforward modules) or
+    ``"module.out"`` (output scaling) entries. ``info`` records the PEFT config it came from (type, alpha,
+    rslora, ...), for people; the weights alone define the math (scaling is folded into LoRA's B).
+    """
+
+    lora: tuple[str, ...] = ()
+    ia3: tuple[str, ...] = ()
+    rank: int = 0
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", tuple(sorted(set(self.lora))))
+        object.__setattr__(self, "ia3", tuple(sorted(set(self.ia3))))
+        bad = [m for m in self.lora if m not in LORA_MODULES]
+        bad += [e for e in self.ia3 if e.rsplit(".", 1)[0] not in LORA_MODULES or not e.endswith((".in", ".out"))]
+        if bad:
+            raise ConfigError(f"unknown PEFT module(s) {bad}; known: {', '.join(LORA_MODULES)} (ia3 as module.in/.out)")
+        if self.lora and self.rank < 1:
+            raise ConfigError(f"a LoRA task needs rank >= 1, got {self.rank}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lora": list(self.lora), "ia3": list(self.ia3), "rank": self.rank, "info": dict(self.info)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PeftSpec:
+        unknown = set(d) - {"lora", "ia3", "rank", "info"}
+        if unknown:
+            raise ConfigError(f"unknown peft config keys {sorted(unknown)}")
+        return cls(lora=tuple(d.get("lora", ())), ia3=tuple(d.get("ia3", ())), rank=int(d.get("rank", 0)),
+                   info=dict(d.get("info") or {}))
+
+
+@dataclass(frozen=True)
 class AdapterConfig:
     """One task's adapter layout.
 
@@ -90,10 +140,13 @@ class AdapterConfig:
     per_task_layernorm: bool = False
     site: SiteOptions = field(default_factory=SiteOptions)
     init_std: float = 1e-3
+    peft: PeftSpec | None = None
 
     def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
+        if self.placement not in (*PLACEMENTS, NO_BOTTLENECK):
             raise ConfigError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if isinstance(self.peft, dict):
+            object.__setattr__(self, "peft", PeftSpec.from_dict(self.peft))
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
@@ -140,11 +193,17 @@ class AdapterConfig:
             activation=self.activation,
             site=self.site_options(),
             per_task_layernorm=self.per_task_layernorm,
+            lora=self.peft.lora if self.peft else (),
+            ia3=self.peft.ia3 if self.peft else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = list(self.layers) if self.layers is not None else None
+        if self.peft is None:
+            d.pop("peft")  # bottleneck-only configs keep their pre-PEFT JSON
+        else:
+            d["peft"] = self.peft.to_dict()
         return d
 
     @classmethod
@@ -158,6 +217,8 @@ class AdapterConfig:
             d["layers"] = tuple(d["layers"])
         if isinstance(d.get("site"), dict):
             d["site"] = SiteOptions(**d["site"])
+        if isinstance(d.get("peft"), dict):
+            d["peft"] = PeftSpec.from_dict(d["peft"])
         return cls(**d)
 
 
@@ -176,21 +237,43 @@ class AdapterSignature:
     # Stack: a second (lower) adapter slot before each site's adapter, e.g. a shared language adapter
     # (``models/stack.py``). Left out of the JSON when False, so older fingerprints stay the same.
     stack: bool = False
+    # PEFT modules with LoRA / IA3 bank inputs (PeftSpec); left out of the JSON when empty, likewise.
+    lora: tuple[str, ...] = ()
+    ia3: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", tuple(sorted(set(self.lora))))
+        object.__setattr__(self, "ia3", tuple(sorted(set(self.ia3))))
 
     @property
     def sites(self) -> tuple[str, ...]:
         return SITES_BY_PLACEMENT[self.placement]
 
+    @property
+    def has_bottleneck(self) -> bool:
+        return self.placement != NO_BOTTLENECK
+
+    def bottleneck_part(self) -> AdapterSignature:
+        """The signature without its PEFT modules (what bottleneck tasks must agree on)."""
+        return replace(self, lora=(), ia3=())
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not self.stack:
             del d["stack"]
+        for k in ("lora", "ia3"):  # omitted when empty: bottleneck-only fingerprints stay what they were
+            if d[k]:
+                d[k] = list(d[k])
+            else:
+                d.pop(k)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdapterSignature:
         d = dict(d)
         d["site"] = SiteOptions(**d["site"])
+        for k in ("lora", "ia3"):
+            d[k] = tuple(d.get(k, ()))
         return cls(**d)
 
     def canonical_json(self) -> str:
@@ -200,6 +283,39 @@ class AdapterSignature:
         a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
         diffs = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         return "; ".join(diffs) or "none"
+
+
+def combine_signatures(named: list[tuple[str, AdapterSignature]]) -> AdapterSignature:
+    """The one featurizer signature serving every task: bottleneck parts must agree, PEFT modules unite.
+
+    Tasks without a bottleneck adapter (PEFT-only) take the bottleneck part of the others (their rows there
+    are zero; the caller checks that a zero adapter is the identity for that site form). Raises ConfigError
+    naming the two tasks whose bottleneck signatures differ.
+    """
+    with_bn = [(n, s) for n, s in named if s.has_bottleneck]
+    first_name, first = with_bn[0] if with_bn else named[0]
+    for name, sig in with_bn[1:]:
+        if sig.bottleneck_part() != first.bottleneck_part():
+            raise ConfigError(
+                f"tasks {first_name!r} and {name!r} have different adapter signatures "
+                f"({first.describe_difference(sig)}); tasks in one deployment share one featurizer graph, "
+                "so export them into separate deployments (separate --out)"
+            )
+    lora = tuple(sorted({m for _, s in named for m in s.lora}))
+    ia3 = tuple(sorted({m for _, s in named for m in s.ia3}))
+    return replace(first, lora=lora, ia3=ia3)
+
+
+def signature_misfit(task: AdapterSignature, featurizer: AdapterSignature) -> str | None:
+    """Why a task cannot run on an existing featurizer (None when it can): differing bottleneck part, or
+    PEFT modules the featurizer graph has no bank input for."""
+    if task.has_bottleneck and task.bottleneck_part() != featurizer.bottleneck_part():
+        return featurizer.bottleneck_part().describe_difference(task.bottleneck_part())
+    extra = sorted(set(task.lora) - set(featurizer.lora)) + sorted(set(task.ia3) - set(featurizer.ia3))
+    if extra:
+        return (f"the featurizer has no PEFT bank input for {extra} (its LoRA modules: {list(featurizer.lora)}, "
+                f"IA3: {list(featurizer.ia3)})")
+    return None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,6 +335,8 @@ class HeadConfig:
     Semantics: ``z = pool(h); for each hidden layer: z = act(W z + b); out = W_o z + b_o``;
     classification scores are ``softmax(out)``, regression reads ``out[0]``. ``pooler`` pooling is the
     base model's own pooler, ``tanh(W_p h[CLS] + b_p)``, with the base's (frozen) weights.
+    Multi-label classification scores each label with ``sigmoid(out)`` and turns it on at
+    ``>= thresholds[c]`` (one per label, tuned on the eval file by the trainer; 0.5 by default).
     """
 
     problem_type: str = "single_label_classification"
@@ -227,6 +345,7 @@ class HeadConfig:
     pooling: str = "cls"
     hidden_layers: int = 0
     hidden_activation: str = "tanh"
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.problem_type not in PROBLEM_TYPES:
@@ -250,6 +369,20 @@ class HeadConfig:
         if self.problem_type != "regression" and len(labels) != self.num_labels:
             raise ConfigError(f"{len(labels)} label names given for {self.num_labels} labels")
         object.__setattr__(self, "labels", labels)
+        thresholds = tuple(float(t) for t in self.thresholds)
+        if self.problem_type != "multi_label_classification":
+            if thresholds:
+                raise ConfigError(f"thresholds are for multi-label heads; this head is {self.problem_type}")
+        else:
+            thresholds = thresholds or (0.5,) * self.num_labels
+            if len(thresholds) != self.num_labels or not all(0.0 < t < 1.0 for t in thresholds):
+                raise ConfigError(f"a multi-label head needs {self.num_labels} thresholds in (0, 1), one per label; "
+                                  f"got {list(thresholds)}")
+        object.__setattr__(self, "thresholds", thresholds)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     @property
     def out_features(self) -> int:
@@ -258,6 +391,9 @@ class HeadConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        d["thresholds"] = list(self.thresholds)
+        if not self.thresholds:
+            del d["thresholds"]  # task.json of other heads stays as before
         return d
 
     @classmethod
@@ -268,7 +404,10 @@ class HeadConfig:
             raise ConfigError(f"unknown head config keys {sorted(unknown)}")
         d = dict(d)
         d["labels"] = tuple(d.get("labels") or ())
+        d["thresholds"] = tuple(d.get("thresholds") or ())
         return cls(**d)
 
     def with_labels(self, labels: tuple[str, ...]) -> HeadConfig:
-        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1)
+        thresholds = self.thresholds if len(self.thresholds) == len(labels) else ()
+        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1,
+                       thresholds=thresholds)

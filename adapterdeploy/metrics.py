@@ -42,7 +42,7 @@ __all__ = [
     "spearman",
 ]
 
-MAIN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+MAIN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "micro_f1", "macro_f1")
 # Above this share of the most frequent label, accuracy rewards always answering that label
 # (CoLA: 70% acceptable, MRPC: 67.5% paraphrase), so the main metric becomes Matthews correlation.
 UNBALANCED_MAJORITY_SHARE = 0.6
@@ -162,17 +162,25 @@ def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]
 def compute_metrics(
     problem_type: str, y_true: ArrayLike, y_pred: ArrayLike, num_labels: int = 2
 ) -> dict[str, float]:
-    """The metrics of a problem type (``single_label_classification`` or ``regression``)."""
+    """The metrics of a problem type (``single_label_classification`` or ``regression``; multi-label:
+    ``y_true`` and ``y_pred`` are multi-hot ``[rows, labels]``)."""
+    if problem_type == "multi_label_classification":
+        from adapterdeploy.multilabel import multilabel_metrics
+
+        return multilabel_metrics(np.asarray(y_true), np.asarray(y_pred))
     if problem_type == "regression":
         return regression_metrics(y_true, y_pred)
     return classification_metrics(y_true, y_pred, num_labels)
 
 
 def main_metric_name(problem_type: str, label_counts: Mapping[Any, int] | Sequence[int] | None = None) -> str:
-    """The metric that picks the best epoch: pearson for regression; for classification mcc when the
-    most frequent label holds more than ``UNBALANCED_MAJORITY_SHARE`` of the rows, else accuracy."""
+    """The metric that picks the best epoch: pearson for regression, micro F1 for multi-label (see
+    adapterdeploy/multilabel.py); for classification mcc when the most frequent label holds more than
+    ``UNBALANCED_MAJORITY_SHARE`` of the rows, else accuracy."""
     if problem_type == "regression":
         return "pearson"
+    if problem_type == "multi_label_classification":
+        return "micro_f1"
     counts = list(label_counts.values()) if isinstance(label_counts, Mapping) else list(label_counts or [])
     total = sum(counts)
     if total and max(counts) / total > UNBALANCED_MAJORITY_SHARE:

@@ -3,11 +3,11 @@
 # the tests. torch must come first, as exactly torch==2.13.0 (the local CPU wheel); any other torch pin
 # would pull GBs of CUDA packages.
 #   VENV=path   where to create it (default .venv)
-#   EXTRAS=...  extras to install (default export,adapterhub,serve,ray,bench,dev)
+#   EXTRAS=...  extras to install (default export,adapterhub,peft,serve,ray,bench,dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-export,adapterhub,serve,ray,bench,dev}
+EXTRAS=${EXTRAS:-export,adapterhub,peft,serve,ray,bench,dev}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x "$VENV/bin/python" ]; then

@@ -216,13 +216,11 @@ def test_options_we_cannot_represent(bases, tiny_bases, tmp_path):
     ("add_head", "match"),
     [
         (lambda m: m.add_tagging_head("x", num_labels=3), r"head type 'tagging'"),
-        (lambda m: m.add_classification_head("x", num_labels=3, multilabel=True),
-         r"head type 'multilabel_classification'"),
         (lambda m: m.add_multiple_choice_head("x", num_choices=2), r"head type 'multiple_choice'"),
         (lambda m: m.add_classification_head("x", num_labels=2, activation_function="swish"),
          "head activation_function 'swish'"),
     ],
-    ids=["tagging", "multilabel", "multiple_choice", "swish"],
+    ids=["tagging", "multiple_choice", "swish"],
 )
 def test_unsupported_heads(bases, tiny_bases, tmp_path, add_head, match):
     model = ah.AutoAdapterModel.from_pretrained(str(tiny_bases["bert"]))

@@ -85,7 +85,7 @@ def test_model_metadata_describes_inputs_and_outputs(client):
     pair = client.get("/v2/models/nli").json()
     assert [i["name"] for i in pair["inputs"]] == ["text", "text_pair"]
     reg = client.get("/v2/models/quality").json()
-    assert [o["name"] for o in reg["outputs"]] == ["value", "score", "truncated"]
+    assert [o["name"] for o in reg["outputs"]] == ["value", "score", "truncated", "embedding"]
 
 
 def test_openapi_and_docs(client):

@@ -32,7 +32,7 @@ def fuzz_server(tiny_base_dir, tmp_path_factory):
 def test_no_generated_request_gets_a_server_error(fuzz_server, mode):
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 15  # 8 GET + 2 infer (plain, versioned), predict, fan-out + 3 admin
+    assert len(operations) == 16  # 8 GET + 2 infer (plain, versioned), predict, fan-out, embed + 3 admin
     if mode is GenerationMode.NEGATIVE:  # only a body can violate the schema (a plain string path cannot)
         operations = [op for op in operations if len(op.body)]
     seen = {operation.label: fuzz(operation, mode) for operation in operations}

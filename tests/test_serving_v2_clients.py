@@ -339,3 +339,31 @@ def test_grpc_bytes_contents_and_status_codes(server, deployment, version):
     samples = scrape(server[0])
     assert metric(samples, "adapterdeploy_requests_total", endpoint="grpc_infer", task="topic", status="200") >= 1
     assert metric(samples, "adapterdeploy_requests_total", endpoint="grpc_infer", status="400") >= 3
+
+
+def test_grpc_embedding_output(server, deployment):
+    """The on-request ``embedding`` output over gRPC, its pooling as a string parameter, beside ``label``."""
+    import grpc
+
+    from adapterdeploy.serving.grpc_v2 import messages, method_path
+
+    pb = messages()
+    with grpc.insecure_channel(server[1]) as channel:
+        infer = channel.unary_unary(method_path("ModelInfer"),
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="text", datatype="BYTES", shape=[len(TEXTS)],
+            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]))
+        wanted = [pb.ModelInferRequest.InferRequestedOutputTensor(name="label"),
+                  pb.ModelInferRequest.InferRequestedOutputTensor(
+                      name="embedding", parameters={"pooling": pb.InferParameter(string_param="cls")})]
+        reply = infer(pb.ModelInferRequest(model_name="topic", inputs=[tensor], outputs=wanted))
+    names = [o.name for o in reply.outputs]
+    assert names == ["label", "embedding"]
+    want = deployment.embed(TEXTS, task="topic", pooling="cls")
+    assert list(reply.outputs[1].shape) == list(want.shape)
+    got = np.frombuffer(reply.raw_output_contents[1], dtype="<f4").reshape(want.shape)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    labels = v2_binary.decode_bytes_elements(reply.raw_output_contents[0], "label")
+    assert [x.decode() for x in labels] == [w.label for w in deployment.predict(TEXTS, task="topic")]

@@ -8,7 +8,8 @@ Rules (checked before anything is exported):
 - per-task LayerNorms replace the base's own LayerNorms, so they cannot be dropped: K must not exceed
   the first layer that has them (the trunk is shared and holds the base's LayerNorms only).
 
-Semantics of ``--eval``: accuracy (classification) or mean abs error (regression) of each task's PyTorch
+Semantics of ``--eval``: accuracy (classification), micro F1 at the task's thresholds (multi-label) or mean
+abs error (regression) of each task's PyTorch
 model on the file's rows, with all its adapters and with those of layers < K removed.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adapterdeploy.errors import ConfigError
@@ -69,7 +71,8 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
         return ckpt
     kept = tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i not in dropped)
     weights = {k: v for k, v in ckpt.weights.items()
-               if not (k.startswith(("adapters.", "layernorms.", "lower.")) and int(k.split(".")[1]) in dropped)}
+               if not (k.startswith(("adapters.", "layernorms.", "lower.", "lora."))
+                       and int(k.split(".")[1]) in dropped)}
     stack_on = ckpt.stack_on
     if stack_on is not None:
         low = tuple(i for i in stack_on.config.adapter_layers(ckpt.num_layers) if i not in dropped)
@@ -80,6 +83,21 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
 
 def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], max_length: int,
            regression: bool, batch_size: int = 32) -> float:
+    head = model.head_config
+    if head.multi_label:  # micro F1 at the task's thresholds (adapterdeploy/multilabel.py)
+        from adapterdeploy.multilabel import multilabel_metrics, predict_on, sigmoid
+
+        gold, on = [], []
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start:start + batch_size]
+                pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
+                enc = tokenizer([ex.text for ex in chunk], pairs, truncation=True, max_length=max_length,
+                                padding=True, return_tensors="pt", return_token_type_ids=True)
+                logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy()
+                on.extend(predict_on(sigmoid(logits), head.thresholds))
+                gold.extend([c in (ex.label or ()) for c in range(head.num_labels)] for ex in chunk)
+        return multilabel_metrics(np.array(gold), np.array(on))["micro_f1"]
     correct, abs_err = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -114,7 +132,7 @@ def evaluate_drop(base: BaseModel, ckpt: TaskCheckpoint, path: str | Path, adapt
     full = _score(ckpt.build_model(base), tokenizer, data.examples, max_length, regression)
     dropped = _score(without_dropped(ckpt, adapter_drop).build_model(base), tokenizer, data.examples,
                      max_length, regression)
-    metric = "mean_abs_error" if regression else "accuracy"
+    metric = "mean_abs_error" if regression else "micro_f1" if ckpt.head.multi_label else "accuracy"
     return {
         "file": str(Path(path)),
         "rows": len(data),

@@ -33,7 +33,7 @@ from adapterdeploy.artifacts import (
     file_entry,
     require_files,
 )
-from adapterdeploy.config import AdapterSignature
+from adapterdeploy.config import AdapterSignature, combine_signatures, signature_misfit
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
@@ -81,17 +81,9 @@ def _check_options(precisions: Sequence[str], opset: int, tolerance: float) -> t
 
 
 def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
-    """The featurizer signature all tasks share; stacked and plain tasks mix (plain ones get zero lower rows)."""
-    first = ckpts[0]
-    sig = dataclasses.replace(first.signature(), stack=False)
-    for other in ckpts[1:]:
-        osig = dataclasses.replace(other.signature(), stack=False)
-        if osig != sig:
-            raise ConfigError(
-                f"tasks {first.name!r} and {other.name!r} have different adapter signatures "
-                f"({sig.describe_difference(osig)}); tasks in one deployment share one featurizer graph, "
-                "so export them into separate deployments (separate --out)"
-            )
+    """The featurizer signature all tasks share: equal bottleneck parts, the union of PEFT modules
+    (config.combine_signatures); stacked and plain tasks mix (plain ones get zero lower rows)."""
+    sig = combine_signatures([(c.name, dataclasses.replace(c.signature(), stack=False)) for c in ckpts])
     return dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
 
 
@@ -125,6 +117,14 @@ def _check_zero_fill(signature: AdapterSignature, ckpts: Sequence[Any], adapter_
                     f"options ({signature.site}) a zero adapter is not the same as no adapter; export stacked and "
                     "plain tasks into separate deployments, or give every layer >= K a lower adapter"
                 )
+        if not ckpt.adapter.signature().has_bottleneck and signature.has_bottleneck:
+            if not zero_adapter_is_identity(signature):  # a PEFT-only task has zero bottleneck rows everywhere
+                raise UnsupportedAdapterError(
+                    f"task {ckpt.name!r} has PEFT deltas only, and with the bottleneck tasks' site options "
+                    f"({signature.site}) a zero bottleneck adapter is not the same as none, so it cannot share "
+                    "their featurizer; export the PEFT tasks into their own deployment (separate --out)"
+                )
+            continue
         if missing and not zero_adapter_is_identity(signature):
             raise UnsupportedAdapterError(
                 f"task {ckpt.name!r} has no adapter in layers {missing}, and with its site options "
@@ -442,10 +442,12 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
             f"{root} has no lower-adapter slots (none of its tasks was stacked); export the deployment again "
             "with this task among its --task checkpoints")
     sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
-    if sig != fz.signature:
+    misfit = signature_misfit(sig, fz.signature)
+    if misfit:
         raise FingerprintMismatchError(
-            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs "
-            f"({fz.signature.describe_difference(sig)}); export it into its own deployment")
+            f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
+            "export it into its own deployment, or re-export this deployment with it")
+    sig = fz.signature  # a task may use a subset of the featurizer's PEFT modules (zero rows elsewhere)
     if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, sig, fz.num_layers) != fz.fingerprint:
         raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
                                        "the deployment is inconsistent: re-export it")

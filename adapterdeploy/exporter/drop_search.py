@@ -33,7 +33,7 @@ FANOUT_TEXTS = 4
 
 
 def _loss(metric: str, full: float, dropped: float) -> float:
-    if metric == "accuracy":
+    if metric in ("accuracy", "micro_f1"):  # higher is better: points below K = 0
         return (full - dropped) * 100.0
     return (dropped - full) / max(abs(full), 1e-12) * 100.0
 
@@ -75,7 +75,7 @@ def choose_adapter_drop(
                 f"task {c.name!r} takes {'pairs' if c.text_pair else 'single texts'}"
             )
         regression = c.head.problem_type == "regression"
-        metric = "mean_abs_error" if regression else "accuracy"
+        metric = "mean_abs_error" if regression else "micro_f1" if c.head.multi_label else "accuracy"
         scores: dict[str, float] = {}
         for k in ks:
             log(f"AdapterDrop auto: scoring {c.name} at K={k} on {len(data)} rows")

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from adapterdeploy.config import AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
+from adapterdeploy.exporter.lora_bank import bank_rank, pad_rank, peft_dynamic_axes, peft_keys, peft_rows
 from adapterdeploy.models.adapters import (
     LOWER_SUFFIX,
     AdaptedSublayerOutput,
@@ -41,6 +42,7 @@ from adapterdeploy.models.adapters import (
 )
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
+from adapterdeploy.models.lora import LORA_LEAVES, LoraLinear, fold_peft, install_lora_sites, module_dims, slot_modules
 
 __all__ = [
     "Adapted",
@@ -78,13 +80,18 @@ def bank_keys(signature: AdapterSignature, adapted_layers: Sequence[int]) -> tup
             keys += [f"bank.{layer}.{site}{LOWER_SUFFIX}.{n}" for site in signature.sites for n in names]
         if signature.per_task_layernorm:
             keys += [f"bank.{layer}.{s}_ln.{p}" for s in SUBLAYER_SITES for p in ("w", "b")]
+        keys += peft_keys(signature, layer)
     return tuple(keys)
 
 
 def bank_dynamic_axes(key: str) -> dict[int, str]:
     """Named dynamic axes of one bank input: ``tasks`` always, ``bottleneck`` on the adapter projections
-    (``lower_bottleneck`` on a Stack's lower adapter, whose size is independent of the task's)."""
+    (``lower_bottleneck`` on a Stack's lower adapter, whose size is independent of the task's), ``rank`` on
+    LoRA factors."""
     leaf = key.rsplit(".", 1)[1]
+    peft = peft_dynamic_axes(leaf)
+    if peft is not None:
+        return peft
     m = "lower_bottleneck" if LOWER_SUFFIX + "." in key else "bottleneck"
     return {
         "down_w": {0: "tasks", 2: m},
@@ -113,7 +120,10 @@ def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16)
 
     Decides if a task without an adapter in some adapted layer can share the bank with zero rows there.
     Checked numerically on random inputs (cheap, and true to the implementation rather than to a proof).
+    Without bottleneck sites (PEFT-only) there is nothing to check; PEFT rows are zero-exact by construction.
     """
+    if not signature.has_bottleneck:
+        return True
     gen = torch.Generator().manual_seed(0)
     h, r = torch.randn(2, 3, hidden_size, generator=gen), torch.randn(2, 3, hidden_size, generator=gen)
     ln = nn.LayerNorm(hidden_size)
@@ -146,6 +156,7 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
     """
     H = model.base_info.hidden_size
     m = model.adapter_config.bottleneck_size(H)
+    dims = module_dims(H, int(model.base.config.intermediate_size))
     slots = [("", model.adapters, m)]
     if signature.stack:
         low = model.lower_config
@@ -156,7 +167,7 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
             for site in signature.sites:
                 prefix = f"bank.{layer}.{site}{suffix}"
                 sites = modules[str(layer)] if str(layer) in modules else None
-                if sites is not None:
+                if sites is not None and site in sites:  # PEFT-only tasks have no bottleneck sites
                     params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
                 else:
                     params = {"down_w": torch.zeros(H, size), "down_b": torch.zeros(size),
@@ -172,6 +183,7 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
             for s in SUBLAYER_SITES:
                 rows[f"bank.{layer}.{s}_ln.w"] = own[s].weight.detach().clone().float()
                 rows[f"bank.{layer}.{s}_ln.b"] = own[s].bias.detach().clone().float()
+        rows.update(peft_rows(model, signature, layer, dims))
     return rows
 
 
@@ -187,8 +199,9 @@ def head_rows(head: TaskHead) -> dict[str, Tensor]:
 
 
 def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[Tensor]:
-    """Stack task rows into bank tensors ``[T, ...]``, zero-padding each task to the largest bottleneck."""
-    m = max(int(r[k].shape[-1]) for r in rows for k in keys if k.endswith(".down_w")) if rows else 1
+    """Stack task rows into bank tensors ``[T, ...]``, zero-padding each task to the largest bottleneck / rank."""
+    m = max((int(r[k].shape[-1]) for r in rows for k in keys if k.endswith(".down_w")), default=1)
+    rank = bank_rank(rows, keys)
     out = []
     for key in keys:
         leaf = key.rsplit(".", 1)[1]
@@ -199,7 +212,7 @@ def stack_bank(rows: Sequence[dict[str, Tensor]], keys: Sequence[str]) -> list[T
                 t = F.pad(t, (0, m - t.shape[-1]))
             elif leaf == "up_w":
                 t = F.pad(t, (0, 0, 0, m - t.shape[0]))
-            parts.append(t)
+            parts.append(pad_rank(t, leaf, rank))
         out.append(torch.stack(parts))
     return out
 
@@ -229,13 +242,18 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
                                    self._ctx.act)
         if p is None:
             return ln(self.dense(hidden_states) + input_tensor)
-        if not fusion_friendly(self._ctx.opts):
+        if not fusion_friendly(self._ctx.opts) or _has_peft(self.dense, self._ctx):
             return adapter_site(self.dense(hidden_states), input_tensor, ln, p, self._ctx.opts, self._ctx.act)
         bias = self.dense.bias
         h_raw = torch.matmul(hidden_states, self.dense.weight.t())
         a = self._ctx.act(torch.matmul(h_raw + bias, p["down_w"]) + p["down_b"])
         a = torch.matmul(a, p["up_w"]) + (p["up_b"] + bias)
         return ln((h_raw + a) + input_tensor)
+
+
+def _has_peft(dense: nn.Module, ctx: AdapterContext) -> bool:
+    """Whether this dense layer carries PEFT deltas now (then the bottleneck site uses the plain node order)."""
+    return isinstance(dense, LoraLinear) and dense._key in ctx.params
 
 
 def copy_encoder(base: BaseModel) -> nn.Module:
@@ -316,6 +334,7 @@ class Adapted(nn.Module):
             layer = hf.encoder.layer[i]
             layer.attention.output = BankedSublayerOutput(layer.attention.output, f"{i}.attn", self.ctx)
             layer.output = BankedSublayerOutput(layer.output, f"{i}.ffn", self.ctx)
+        install_lora_sites(hf.encoder.layer, self.ctx, list(self.adapted_layers))  # rebind to this context
         self.layers = nn.ModuleDict({str(i): AdaptedLayer(hf.encoder.layer[i], f"{i}.layer", self.ctx)
                                      for i in self.adapted_layers})
         self.pooler = hf.pooler if base.has_pooler else None
@@ -369,7 +388,11 @@ class HeadGraph(nn.Module):
 
 
 class StandaloneModel(nn.Module):
-    """One task, self-contained: trunk + adapted layers with the task's rows as constants + head."""
+    """One task, self-contained: trunk + adapted layers with the task's rows as constants + head.
+
+    PEFT deltas (LoRA, IA3) are folded into the linear layers' weights (:func:`fold_peft`): the graph has the
+    plain model's nodes, so a LoRA task's standalone model has no adapter overhead at all.
+    """
 
     def __init__(self, trunk: Trunk, adapted: Adapted, rows: dict[str, Tensor], head: TaskHead) -> None:
         super().__init__()
@@ -377,9 +400,25 @@ class StandaloneModel(nn.Module):
         self.head = HeadGraph(head)
         self.feature = outputs_feature_index(head.config.pooling, adapted.output_names)
         self._names = []
-        for i, key in enumerate(adapted.keys):
-            self.register_buffer(f"w{i}", rows[key].clone())
+        peft: dict[str, dict[str, Tensor]] = {}
+        skip = _zero_sites(adapted, rows)
+        for key in adapted.keys:
+            _, layer, module, leaf = key.split(".")
+            if leaf in LORA_LEAVES:
+                peft.setdefault(f"{layer}.{module}", {})[leaf] = rows[key]
+                continue
+            if f"{layer}.{module}" in skip:
+                continue
+            self.register_buffer(f"w{len(self._names)}", rows[key].clone())
             self._names.append(key)
+        self._folded = []
+        for j, (site, p) in enumerate(sorted(peft.items())):
+            layer, module = site.split(".")
+            parent, attr = slot_modules(adapted.hf.encoder.layer[int(layer)])[module]
+            merged = fold_peft(getattr(parent, attr), p)
+            self.register_buffer(f"peft{j}_w", merged["weight"])
+            self.register_buffer(f"peft{j}_b", merged["bias"])
+            self._folded.append(site)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
         h = self.trunk(input_ids, attention_mask, token_type_ids)
@@ -392,8 +431,23 @@ class StandaloneModel(nn.Module):
                 lns.setdefault(f"{layer}.{site[:-3]}", []).append(t)
             else:
                 params.setdefault(f"{layer}.{site}", {})[leaf] = t
+        for j, site in enumerate(self._folded):
+            params[site] = {"weight": getattr(self, f"peft{j}_w"), "bias": getattr(self, f"peft{j}_b")}
         h = self.adapted.encode(h, attention_mask, params, {k: (v[0], v[1]) for k, v in lns.items()})
         return self.head(self.adapted.features(h, attention_mask)[self.feature])
+
+
+def _zero_sites(adapted: Adapted, rows: dict[str, Tensor]) -> set[str]:
+    """Bottleneck sites whose rows are all zero, when a zero adapter is exactly no adapter: a standalone graph
+    leaves them out (a PEFT-only task's standalone model then has the plain model's nodes)."""
+    if not zero_adapter_is_identity(adapted.signature):
+        return set()
+    sites: dict[str, bool] = {}
+    for key in adapted.keys:
+        _, layer, site, leaf = key.split(".")
+        if leaf in SITE_WEIGHTS:
+            sites[f"{layer}.{site}"] = sites.get(f"{layer}.{site}", True) and not bool(rows[key].any())
+    return {s for s, zero in sites.items() if zero}
 
 
 def outputs_feature_index(pooling: str, output_names: Sequence[str]) -> int:

@@ -127,6 +127,7 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
             r.update(load_file(str(root / stack_on["file"])))
         rows.append(r)
     out = []
+    rank = max((r[k].shape[-1] for r in rows for k in r if k.endswith(".lora_a")), default=1)
     for key in manifest.featurizer.bank_inputs:
         leaf = key.rsplit(".", 1)[1]
         lower = is_lower_key(key)
@@ -142,6 +143,10 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
                 t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
             elif leaf == "up_w":
                 t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
+            elif leaf == "lora_a":
+                t = np.pad(t, [(0, 0), (0, rank - t.shape[1])])
+            elif leaf == "lora_b":
+                t = np.pad(t, [(0, rank - t.shape[0]), (0, 0)])
             parts.append(t)
         out.append(np.stack(parts))
     return out

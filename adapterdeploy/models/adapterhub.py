@@ -370,10 +370,10 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
             "with an AdapterModel's add_classification_head and save that"
         )
     head_type = cfg.get("head_type")
-    if head_type != "classification":
+    if head_type not in ("classification", "multilabel_classification"):
         raise UnsupportedAdapterError(
             f"{cfg_file}: head type {head_type!r} is not supported; adapterdeploy imports 'classification' heads "
-            "(single-label classification, or regression with num_labels=1)"
+            "(single-label classification, or regression with num_labels=1) and 'multilabel_classification' heads"
         )
     if meta.get("hidden_size") is not None and int(meta["hidden_size"]) != base.hidden_size:
         raise FingerprintMismatchError(
@@ -426,8 +426,13 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
             f"{cfg_file}: the head reads the base model's pooler (use_pooler=True), but {base.path} has no pooler "
             "weights; pass the --base the adapter was trained on"
         )
+    multi = head_type == "multilabel_classification"
+    if multi and num_labels < 2:
+        raise ArtifactError(f"{cfg_file}: a multi-label head needs num_labels >= 2, got {num_labels}")
     head = HeadConfig(
-        problem_type="regression" if num_labels == 1 else "single_label_classification",
+        # The library's multi-label head is trained with BCE on independent sigmoids; thresholds start at 0.5.
+        problem_type="multi_label_classification" if multi else
+        "regression" if num_labels == 1 else "single_label_classification",
         num_labels=max(num_labels, 1),
         labels=labels,
         pooling="pooler" if use_pooler else "cls",

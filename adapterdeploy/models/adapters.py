@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 # A stacked site's lower adapter lives in the context (and the bank) under its site key + LOWER_SUFFIX.
 from adapterdeploy.config import LOWER_SUFFIX, AdapterConfig, SiteOptions
+from adapterdeploy.models.lora import install_lora_sites
 
 __all__ = [
     "ADAPTER_LN_EPS",
@@ -251,5 +252,6 @@ def install_adapter_sites(encoder: nn.Module) -> AdapterContext:
         layer.attention.output = AdaptedSublayerOutput(layer.attention.output, f"{i}.attn", ctx)
         layer.output = AdaptedSublayerOutput(layer.output, f"{i}.ffn", ctx)
         layer.register_forward_hook(_layer_output_hook(f"{i}.layer", ctx))
+    install_lora_sites(encoder.encoder.layer, ctx)  # PEFT deltas on the linear layers (identity when absent)
     encoder._adapterdeploy_ctx = ctx
     return ctx

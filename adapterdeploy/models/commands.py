@@ -91,8 +91,11 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--labels", default=None,
               help="Comma-separated class names in index order, e.g. 'negative,positive'; rows may use the names or "
                    "the indices. Default: 0..max for integer labels, sorted names otherwise.")
-@click.option("--problem-type", type=click.Choice(["auto", "classification", "regression"]), default="auto",
-              show_default=True, help="auto: regression when labels are non-integer numbers, else classification.")
+@click.option("--problem-type", type=click.Choice(["auto", "classification", "multi-label", "regression"]),
+              default="auto", show_default=True,
+              help="auto: regression when labels are non-integer numbers, multi-label when JSONL labels are lists, "
+                   "else classification. multi-label: sigmoid head trained with BCE; labels are lists (JSONL) or "
+                   "names joined by ',' (TSV/CSV); per-label thresholds are tuned on --eval (0.5 without it).")
 @click.option("--metric", type=click.Choice(["auto", *MAIN_METRICS]), default="auto", show_default=True,
               help="Picks the best epoch. auto: mcc when one class has over 60% of the training rows (CoLA, MRPC), "
                    "accuracy otherwise; pearson for regression.")
@@ -135,7 +138,8 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
                                  "letter or digit", param_hint="--task")
     layer_ids = _parse_layers(layers)
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression"}[problem_type]
+    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression",
+             "multi-label": "multi_label_classification"}[problem_type]
     if Path(out_dir).exists() and not force:
         raise CLIError(f"{out_dir} already exists; pass --force to replace it")
     cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,
@@ -276,3 +280,60 @@ def import_adapterhub(
         + (f"\n  verified against the adapters library: max abs logit diff {diff:.2e}" if verify else "")
     )
 
+
+
+@click.command("import-peft")
+@click.option("--base", default=None, type=click.Path(file_okay=False),
+              help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).")
+@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory written by PEFT's save_pretrained (adapter_config.json + adapter_model.safetensors).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Task checkpoint directory to write (adapter.safetensors + task.json).")
+@click.option("--task", "task_name", default=None, help="Task name (default: the adapter directory's name).")
+@click.option("--labels", default=None,
+              help="Comma-separated label names in classifier output order (default: 0, 1, ...).")
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 8192),
+              help="Tokenizer max length recorded for the task: longer inputs cost latency, shorter ones truncate.")
+@click.option("--text-pair", is_flag=True, help="Record that the task reads text pairs (e.g. MRPC, RTE).")
+@click.option("--verify/--no-verify", default=None,
+              help="Cross-check logits against PEFT's own model on sample texts (default: when peft is installed); "
+              "costs one extra load of the base.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def import_peft(base: str | None, adapter_dir: str, out_dir: str, task_name: str | None, labels: str | None,
+                max_length: int, text_pair: bool, verify: bool | None, force: bool) -> None:
+    """Convert a PEFT LoRA or IA3 adapter (with its modules_to_save classifier head) into a task checkpoint.
+
+    LoRA on the attention query/key/value/output and FFN dense layers (any rank, alpha, rsLoRA) and IA3
+    are converted exactly; DoRA, prompt / prefix tuning and other PEFT types are refused by name. The task
+    then exports beside bottleneck tasks: its deltas are gathered per row from the same bank.
+    """
+    import importlib.util
+
+    from adapterdeploy.errors import AdapterDeployError
+    from adapterdeploy.models.base import load_base, resolve_base_dir
+    from adapterdeploy.models.checkpoint import save_checkpoint
+    from adapterdeploy.models.peft_import import import_peft as convert
+    from adapterdeploy.models.peft_import import verify_peft
+
+    names = tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None
+    try:
+        loaded = load_base(resolve_base_dir(base))
+        ckpt = convert(loaded, adapter_dir, task_name, labels=names, max_length=max_length, text_pair=text_pair)
+        if verify is None:
+            verify = importlib.util.find_spec("peft") is not None
+        if verify:
+            diff = verify_peft(ckpt, loaded, adapter_dir)
+            ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
+        save_checkpoint(ckpt, out_dir, force=force)
+    except AdapterDeployError as exc:
+        raise click.ClickException(str(exc)) from exc
+    peft, h = ckpt.adapter.peft, ckpt.head
+    assert peft is not None
+    click.echo(
+        f"imported task {ckpt.name!r} -> {out_dir}\n"
+        f"  {peft.info.get('peft_type')}: LoRA modules {list(peft.lora) or '-'} (rank {peft.rank}), "
+        f"IA3 {list(peft.ia3) or '-'}, layers {','.join(map(str, ckpt.adapter.layers or ()))}\n"
+        f"  head: {h.problem_type}, {h.num_labels} label(s) {list(h.labels)}, pooling {h.pooling}, "
+        f"{h.hidden_layers} hidden layer(s)"
+        + (f"\n  verified against PEFT: max abs logit diff {diff:.2e}" if verify else "")
+    )

@@ -20,7 +20,10 @@ Labels (decided on the training file, then imposed on the evaluation file throug
 * all labels integers: classes ``0..max`` (at least 2), named ``"0"``, ``"1"``, ...;
 * all labels numbers, some not integers: regression (``problem_type="auto"``), or pass
   ``problem_type="regression"`` explicitly;
-* otherwise: string classes, in sorted order (pass ``labels=`` to choose the order).
+* otherwise: string classes, in sorted order (pass ``labels=`` to choose the order);
+* multi-label (``problem_type="multi_label_classification"``, or ``auto`` when a JSONL label is a list):
+  each row's label is a list of class names (JSONL ``["sports", "politics"]``, ``[]`` for none) or, in
+  TSV / CSV, the names joined by ``,`` (empty for none); classes are the sorted union unless ``labels=``.
 
 Every problem raises :class:`~adapterdeploy.errors.DataError` naming the file and the line.
 """
@@ -55,17 +58,19 @@ FORMATS = ("tsv", "csv", "jsonl")
 TEXT_COLUMNS = ("text", "text_a", "sentence", "sentence1")
 TEXT_PAIR_COLUMNS = ("text_b", "sentence2")
 LABEL_COLUMNS = ("label",)
-PROBLEM_TYPES = ("auto", "single_label_classification", "regression")
+PROBLEM_TYPES = ("auto", "single_label_classification", "multi_label_classification", "regression")
+MULTI_LABEL_SEPARATOR = ","
 _EXTENSIONS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass(frozen=True)
 class Example:
-    """One row: a text (or text pair) and its label (class index, regression value, or None when unlabelled)."""
+    """One row: a text (or text pair) and its label (class index, regression value, the sorted class indices
+    of a multi-label row, or None when unlabelled)."""
 
     text: str
     text_pair: str | None = None
-    label: int | float | None = None
+    label: int | float | tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ class Dataset:
 
     def label_counts(self) -> dict[str, int]:
         """Rows per class name (classification only), in label order."""
+        if self.problem_type == "multi_label_classification":
+            counts = Counter(i for ex in self.examples for i in ex.label or ())  # type: ignore[union-attr]
+            return {name: counts.get(i, 0) for i, name in enumerate(self.labels)}
         counts = Counter(ex.label for ex in self.examples)
         return {name: counts.get(i, 0) for i, name in enumerate(self.labels)}
 
@@ -259,9 +267,40 @@ def _as_int(value: Any) -> int | None:
     return int(f)
 
 
+def _multi_label(rows: list[_RawRow], path: Path, labels: Sequence[str] | None
+                 ) -> tuple[str, tuple[str, ...], list[Any]]:
+    """Multi-label rows: a list of names (JSONL) or names joined by ``,`` (TSV / CSV); see the module docstring."""
+    raw: list[list[str]] = []
+    for r in rows:
+        if isinstance(r.label, list) and all(isinstance(x, str | int) and not isinstance(x, bool) for x in r.label):
+            names_here = [str(x).strip() for x in r.label]
+        elif isinstance(r.label, str):
+            names_here = [x.strip() for x in r.label.split(MULTI_LABEL_SEPARATOR)] if r.label.strip() else []
+        else:
+            raise DataError(f"{_where(path, r.line)}: multi-label label {r.label!r} is neither a list of class names "
+                            f"nor names joined by {MULTI_LABEL_SEPARATOR!r}")
+        if any(not x for x in names_here):
+            raise DataError(f"{_where(path, r.line)}: empty class name in multi-label label {r.label!r}")
+        raw.append(names_here)
+    names = tuple(str(x) for x in labels) if labels else tuple(sorted({x for row in raw for x in row}))
+    if len(names) < 2:
+        raise DataError(f"{path}: multi-label classification needs at least 2 classes, found {list(names)}")
+    by_name = {name: i for i, name in enumerate(names)}
+    out: list[Any] = []
+    for r, row in zip(rows, raw, strict=True):
+        unknown = [x for x in row if x not in by_name]
+        if unknown:
+            raise DataError(f"{_where(path, r.line)}: label(s) {unknown} are not among the classes {list(names)}")
+        out.append(tuple(sorted({by_name[x] for x in row})))
+    return "multi_label_classification", names, out
+
+
 def _resolve_labels(rows: list[_RawRow], path: Path, labels: Sequence[str] | None,
-                    problem_type: str) -> tuple[str, tuple[str, ...], list[int | float]]:
+                    problem_type: str) -> tuple[str, tuple[str, ...], list[Any]]:
     """Decide the problem type and class list, and convert every raw label (see the module docstring)."""
+    if problem_type == "multi_label_classification" or (
+            problem_type == "auto" and any(isinstance(r.label, list) for r in rows)):
+        return _multi_label(rows, path, labels)
     if problem_type == "regression":
         values: list[int | float] = []
         for r in rows:

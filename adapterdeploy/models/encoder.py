@@ -13,6 +13,7 @@ from adapterdeploy.config import AdapterConfig, HeadConfig
 from adapterdeploy.errors import ConfigError
 from adapterdeploy.models.adapters import LOWER_SUFFIX, BottleneckAdapter, install_adapter_sites
 from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.lora import module_dims
 
 __all__ = ["EncoderWithAdapters", "TaskHead", "mean_pool"]
 
@@ -57,10 +58,11 @@ class TaskHead(nn.Module):
 class EncoderWithAdapters(nn.Module):
     """One task: frozen base + bottleneck adapters (+ optional own LayerNorms) + head.
 
-    Trainable: ``adapters``, ``layernorms`` (when per_task_layernorm) and ``head``; the base never is, nor
-    the ``lower`` adapter of a stack (stored in the checkpoint, frozen).
-    State-dict names of the trainable part: ``adapters.{layer}.{site}.down.weight``,
-    ``layernorms.{layer}.{attn|ffn}.weight``, ``head.out.weight`` ...
+    Trainable: ``adapters``, ``layernorms`` (when per_task_layernorm), ``lora`` (PEFT deltas, when the config
+    has ``peft``) and ``head``; the base never is, nor the ``lower`` adapter of a stack (stored in the
+    checkpoint, frozen). State-dict names of the trainable part: ``adapters.{layer}.{site}.down.weight``,
+    ``layernorms.{layer}.{attn|ffn}.weight``, ``lora.{layer}.{module}.lora_a`` (see models/lora.py),
+    ``head.out.weight`` ...
     """
 
     def __init__(self, base: BaseModel, adapter_config: AdapterConfig, head_config: HeadConfig,
@@ -93,6 +95,9 @@ class EncoderWithAdapters(nn.Module):
                 layer = self.base.encoder.layer[i]
                 lns = {"attn": layer.attention.output.LayerNorm, "ffn": layer.output.LayerNorm}
                 self.layernorms[str(i)] = nn.ModuleDict({k: _copy_layernorm(v) for k, v in lns.items()})
+        self.lora = nn.ModuleDict()
+        if adapter_config.peft is not None:
+            self.lora = _peft_weights(adapter_config, H, int(self.base.config.intermediate_size), self.layer_ids)
         self.head = TaskHead(head_config, H, dropout=getattr(self.base.config, "hidden_dropout_prob", 0.1))
         # Stack: a frozen lower adapter under each site's adapter (models/stack.py); never trained here.
         self.lower_config = lower_config
@@ -111,7 +116,8 @@ class EncoderWithAdapters(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
         sd = self.state_dict()
-        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "head", "lower")}
+        return {k: v for k, v in sd.items()
+                if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower")}
 
     def _fill_context(self) -> None:
         params = {
@@ -124,6 +130,7 @@ class EncoderWithAdapters(nn.Module):
             for i, sites in self.lower.items()
             for site, adapter in sites.items()
         })
+        params.update({f"{i}.{m}": dict(w.items()) for i, mods in self.lora.items() for m, w in mods.items()})
         lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
         self.ctx.activate(self.adapter_config, params, lns)
 
@@ -148,6 +155,32 @@ class EncoderWithAdapters(nn.Module):
         trainable = sum(v.numel() for k, v in self.trainable_state_dict().items() if not k.startswith("lower."))
         total = trainable + sum(p.numel() for p in self.base.parameters())
         return trainable, total
+
+
+def _peft_weights(config: AdapterConfig, hidden_size: int, intermediate_size: int,
+                  layer_ids: tuple[int, ...]) -> nn.ModuleDict:
+    """Zero-initialised PEFT delta parameters (zero = no change), ``lora.{layer}.{module}.{leaf}``."""
+    peft = config.peft
+    assert peft is not None
+    dims = module_dims(hidden_size, intermediate_size)
+    sides = {}
+    for entry in peft.ia3:
+        module, side = entry.rsplit(".", 1)
+        sides.setdefault(module, []).append(side)
+    out = nn.ModuleDict()
+    for i in layer_ids:
+        mods = nn.ModuleDict()
+        for module in sorted(set(peft.lora) | set(sides)):
+            d_in, d_out = dims[module]
+            p = nn.ParameterDict()
+            if module in peft.lora:
+                p["lora_a"] = nn.Parameter(torch.zeros(d_in, peft.rank))
+                p["lora_b"] = nn.Parameter(torch.zeros(peft.rank, d_out))
+            for side in sides.get(module, []):
+                p[f"ia3_{side}"] = nn.Parameter(torch.zeros(d_in if side == "in" else d_out))
+            mods[module] = p
+        out[str(i)] = mods
+    return out
 
 
 def _copy_layernorm(ln: nn.LayerNorm) -> nn.LayerNorm:

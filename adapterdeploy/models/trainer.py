@@ -12,7 +12,10 @@ Semantics of one run (E epochs, N rows, batch b, T = E * ceil(N / b) steps, warm
     lr(t)   = lr * t / W                          for t < W
             = lr * max(0, (T - t) / (T - W))      otherwise
     loss    = cross_entropy(logits, y)  |  mse(logits[:, 0], y) for regression
+            | binary_cross_entropy_with_logits(logits, multi-hot y) for multi-label
     after epoch e: metrics_e on the eval rows; keep the weights of argmax_e main_metric_e (first on ties)
+    multi-label: epochs are compared at threshold 0.5; then each label's threshold is tuned on the eval
+                 rows (adapterdeploy/multilabel.py) and stored in the head; the reported metrics use them
 
 Only the adapters, the head and (when asked) the per-task LayerNorms are handed to the optimizer; the
 base's parameters have ``requires_grad=False`` and stay bit-identical. Dropout of the base is active while
@@ -132,8 +135,13 @@ def encode_dataset(tokenizer: Any, data: Dataset, max_length: int) -> EncodedDat
         hf_logging.set_verbosity(verbosity)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids")
-    dtype = torch.float32 if data.problem_type == "regression" else torch.long
-    labels = torch.tensor([ex.label if ex.label is not None else 0 for ex in data.examples], dtype=dtype)
+    if data.problem_type == "multi_label_classification":
+        labels = torch.zeros((len(data), data.num_labels), dtype=torch.float32)
+        for i, ex in enumerate(data.examples):
+            labels[i, list(ex.label or ())] = 1.0  # type: ignore[arg-type]
+    else:
+        dtype = torch.float32 if data.problem_type == "regression" else torch.long
+        labels = torch.tensor([ex.label if ex.label is not None else 0 for ex in data.examples], dtype=dtype)
     return EncodedData(
         input_ids=tuple(tuple(x) for x in enc["input_ids"]),
         token_type_ids=tuple(tuple(x) for x in types) if types is not None else None,
@@ -146,6 +154,8 @@ def encode_dataset(tokenizer: Any, data: Dataset, max_length: int) -> EncodedDat
 def _loss(logits: Tensor, labels: Tensor, problem_type: str) -> Tensor:
     if problem_type == "regression":
         return nn.functional.mse_loss(logits[:, 0], labels)
+    if problem_type == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels)
     return nn.functional.cross_entropy(logits, labels)
 
 
@@ -169,12 +179,20 @@ def _predict(model: nn.Module, enc: EncodedData, batch_size: int) -> Tensor:
 
 
 def evaluate(model: nn.Module, enc: EncodedData, problem_type: str, num_labels: int,
-             batch_size: int = 32) -> dict[str, float]:
-    """Metrics of ``model`` on encoded rows: accuracy / f1 / mcc, or pearson / spearman / mse; plus eval_loss."""
+             batch_size: int = 32, thresholds: Sequence[float] | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on encoded rows: accuracy / f1 / mcc, pearson / spearman / mse, or (multi-label,
+    at ``thresholds``, default 0.5) micro / macro F1 and subset accuracy; plus eval_loss."""
     logits = _predict(model, enc, batch_size)
     loss = float(_loss(logits, enc.labels, problem_type))
     gold = enc.labels.numpy()
-    pred = logits[:, 0].numpy() if problem_type == "regression" else logits.argmax(dim=-1).numpy()
+    if problem_type == "multi_label_classification":
+        from adapterdeploy.multilabel import predict_on, sigmoid
+
+        pred = predict_on(sigmoid(logits.numpy()), thresholds or [0.5] * num_labels)
+    elif problem_type == "regression":
+        pred = logits[:, 0].numpy()
+    else:
+        pred = logits.argmax(dim=-1).numpy()
     metrics = compute_metrics(problem_type, gold, pred, num_labels)
     metrics["eval_loss"] = loss
     return metrics
@@ -184,7 +202,8 @@ def evaluate_dataset(model: EncoderWithAdapters, tokenizer: Any, data: Dataset, 
                      batch_size: int = 32) -> dict[str, float]:
     """:func:`evaluate` on a Dataset (e.g. a held-out test file scored with the checkpoint a dev file chose)."""
     enc = encode_dataset(tokenizer, data, max_length)
-    return evaluate(model, enc, data.problem_type, data.num_labels, batch_size)
+    thresholds = getattr(getattr(model, "head_config", None), "thresholds", None) or None
+    return evaluate(model, enc, data.problem_type, data.num_labels, batch_size, thresholds)
 
 
 class _Reporter:
@@ -412,11 +431,30 @@ def train_task(
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
-    fit = _fit(model, params, base.load_tokenizer(), train, eval_data, cfg, snapshot)
+    tokenizer = base.load_tokenizer()
+    fit = _fit(model, params, tokenizer, train, eval_data, cfg, snapshot)
+    if train.problem_type == "multi_label_classification" and eval_data is not None:
+        _tune_thresholds(model, tokenizer, eval_data, cfg, fit)
     trainable, total = model.count_parameters()
     info = _training_info(cfg, fit, train, eval_data, trainable, total, time.perf_counter() - started)
     return checkpoint_from_model(model, name, max_length=cfg.max_length, text_pair=train.text_pair,
                                  metrics=json_safe(fit.best_metrics), training=info, stack_on=lower)
+
+
+def _tune_thresholds(model: EncoderWithAdapters, tokenizer: Any, eval_data: Dataset, cfg: TrainConfig,
+                     fit: _FitResult) -> None:
+    """Per-label thresholds that maximise each label's F1 on the eval rows, stored in the model's head config;
+    the best epoch's metrics are replaced by the ones at those thresholds (the 0.5 ones stay in history)."""
+    from adapterdeploy.multilabel import sigmoid, tune_thresholds
+
+    enc = encode_dataset(tokenizer, eval_data, cfg.max_length)
+    probs = sigmoid(_predict(model, enc, cfg.eval_batch_size).numpy())
+    thresholds = tune_thresholds(enc.labels.numpy(), probs)
+    model.head_config = replace(model.head_config, thresholds=thresholds)
+    fit.best_metrics = evaluate(model, enc, eval_data.problem_type, eval_data.num_labels, cfg.eval_batch_size,
+                                thresholds)
+    fit.history.append({"thresholds_tuned_on": str(eval_data.path), "thresholds": list(thresholds),
+                        **fit.best_metrics})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ Semantics (bottleneck padding, exact for any activation because the padded up-pr
     up_w[t]   = [W_up ; 0]    (M x H)      up_b[t]   = b_up
     => up(act(down(x))) is unchanged: the extra units get act(0) but multiply zero rows of up_w.
 
+PEFT rows (LoRA ``lora_a [T, in, R]`` / ``lora_b [T, R, out]``, IA3 deltas) pad the same way along the rank
+axis R; a task without them gets zero rows, which is exactly "no delta".
+
 Layers a task has no adapter on are zero rows (``a = 0``, so the site adds nothing), except when that is
 not the identity (adapter LayerNorm after a residual-before-LN add, per-task LayerNorms): then the task
 file must carry the row and a missing one is an error.
@@ -33,14 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapterdeploy.config import LOWER_SUFFIX, AdapterSignature
+from adapterdeploy.config import LOWER_SUFFIX, RANK_AXIS, AdapterSignature
 from adapterdeploy.errors import ArtifactError
 
 __all__ = ["BankInput", "BankLayout", "LowerRows", "TaskRows"]
 
 # Axis of the bottleneck m in each projection input (T axis included).
 M_AXIS = {"down_w": 2, "down_b": 1, "up_w": 1}
-ZERO_IS_IDENTITY = ("down_w", "down_b", "up_w", "up_b", "ln_before_w", "ln_before_b")
+ZERO_IS_IDENTITY = ("down_w", "down_b", "up_w", "up_b", "ln_before_w", "ln_before_b",
+                    "lora_a", "lora_b", "ia3_in", "ia3_out")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -60,6 +64,10 @@ class BankInput:
     @property
     def m_axis(self) -> int | None:
         return M_AXIS.get(self.role)
+
+    @property
+    def rank_axis(self) -> int | None:
+        return RANK_AXIS.get(self.role)
 
     @property
     def fixed_m(self) -> int | None:
@@ -87,7 +95,7 @@ class LowerRows:
 
 @dataclass(frozen=True)
 class TaskRows:
-    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m``.
+    """A loaded task's bank rows, each ``[1, ...]`` in the graph's dtype, at bottleneck ``m`` and LoRA ``rank``.
 
     ``m_lower`` is the bottleneck of the lower-adapter inputs (stacked featurizers); ``shared`` names the
     arrays that belong to a shared lower adapter: they are not counted in this task's ``nbytes``.
@@ -98,6 +106,7 @@ class TaskRows:
     m: int
     m_lower: int = 1
     shared: frozenset[str] = frozenset()
+    rank: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -171,7 +180,9 @@ class BankLayout:
             raise ArtifactError(f"task {task!r} carries lower-adapter rows ({lower_in[:2]}) in its own file; they "
                                 "belong in the deployment's shared/ directory: re-export the task")
         own = {n: s for n, s in self.inputs.items() if not s.lower}
-        arrays, m = self._rows(f"task {task!r}", own, tensors, bottleneck, self.fixed_m)
+        # The LoRA rank comes from the weights read (every module of a task shares it; absent = no LoRA).
+        rank = max((int(t.shape[-1]) for k, t in tensors.items() if k.endswith(".lora_a") and k in own), default=1)
+        arrays, m = self._rows(f"task {task!r}", own, tensors, bottleneck, self.fixed_m, rank)
         shared: frozenset[str] = frozenset()
         m_lower = 1
         if lower is not None:
@@ -181,10 +192,10 @@ class BankLayout:
             zeros, m_lower = self._rows(f"task {task!r}", {n: s for n, s in self.inputs.items() if s.lower}, {}, 1,
                                         self.fixed_m_lower)
             arrays.update(zeros)
-        return TaskRows(name=task, arrays=arrays, m=m, m_lower=m_lower, shared=shared)
+        return TaskRows(name=task, arrays=arrays, m=m, m_lower=m_lower, shared=shared, rank=rank)
 
     def _rows(self, what: str, specs: Mapping[str, BankInput], tensors: Mapping[str, np.ndarray], bottleneck: int,
-              fixed_m: int | None) -> tuple[dict[str, np.ndarray], int]:
+              fixed_m: int | None, rank: int = 1) -> tuple[dict[str, np.ndarray], int]:
         m = bottleneck
         if fixed_m is not None:
             if m > fixed_m:
@@ -198,6 +209,8 @@ class BankLayout:
             row_shape = list(spec.shape[1:])
             if spec.m_axis is not None:
                 row_shape[spec.m_axis - 1] = bottleneck
+            if spec.rank_axis is not None:
+                row_shape[spec.rank_axis - 1] = rank
             row_shape = [self.hidden_size if d is None else d for d in row_shape]
             t = tensors.get(name)
             if t is None:
@@ -211,20 +224,28 @@ class BankLayout:
                 if list(t.shape) != row_shape:
                     raise ArtifactError(
                         f"{what}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
-                        f"(bottleneck {bottleneck}, hidden {self.hidden_size}); the task file is inconsistent"
+                        f"(bottleneck {bottleneck}, LoRA rank {rank}, hidden {self.hidden_size}); the task file is "
+                        "inconsistent"
                     )
                 arr = np.asarray(t, dtype=spec.dtype)
             arrays[name] = _pad_m(arr[None], spec.m_axis, m)
         return arrays, m
+
+    def zero_rows(self, name: str) -> TaskRows:
+        """All-zero rows (bottleneck 1, padded to the bank's m): the plain encoder where a zero adapter adds
+        nothing (``runtime.embedding.zero_adapter_is_base``; the caller checks). Used for base embeddings."""
+        return self.task_rows(name, {}, self.fixed_m or 1)
 
     def gather(self, tasks: Sequence[TaskRows]) -> dict[str, np.ndarray]:
         """The bank feeds for ``tasks`` in order (row t = tasks[t]); bottlenecks padded to the largest."""
         if len(tasks) == 1:
             return tasks[0].arrays
         m, m_lower = max(t.m for t in tasks), max(t.m_lower for t in tasks)
+        rank = max(t.rank for t in tasks)
         return {
-            name: np.concatenate([_pad_m(t.arrays[name], spec.m_axis, m_lower if spec.lower else m) for t in tasks],
-                                 axis=0)
+            name: np.concatenate(
+                [_pad_m(_pad_m(t.arrays[name], spec.m_axis, m_lower if spec.lower else m), spec.rank_axis, rank)
+                 for t in tasks], axis=0)
             for name, spec in self.inputs.items()
         }
 

@@ -19,8 +19,17 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_HEAD_FILE, TASK_WEIGHTS_FILE, Manifest, TaskSpec, verify_files
+from adapterdeploy.artifacts import (
+    PARITY_SAMPLES,
+    TASK_HEAD_FILE,
+    TASK_WEIGHTS_FILE,
+    Manifest,
+    TaskSpec,
+    safe_relpath,
+    verify_files,
+)
 from adapterdeploy.errors import AdapterDeployError
+from adapterdeploy.multilabel import sigmoid
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
@@ -85,9 +94,11 @@ def _timed(fn: Callable[[], Any], reps: int) -> list[float]:
     return out
 
 
-def _probs(logits: np.ndarray, regression: bool) -> np.ndarray:
+def _probs(logits: np.ndarray, regression: bool, multi_label: bool = False) -> np.ndarray:
     if regression:
         return logits[:, :1].astype(np.float64)
+    if multi_label:
+        return sigmoid(logits)
     x = np.exp(logits - logits.max(axis=1, keepdims=True))
     return x / x.sum(axis=1, keepdims=True)
 
@@ -103,8 +114,16 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
     source = Path(dep.task_info(task).source)
     engine = dep._engine
     tensors = load_file(str(source / TASK_WEIGHTS_FILE))
-    dtypes = {i.name: i.dtype for i in engine.layout.inputs.values()}
-    bank = {k: np.ascontiguousarray(tensors[k][None], dtype=dtypes[k]) for k in dtypes}
+    stack_on = spec.adapter.get("stack_on")
+    if stack_on:  # a stacked task: its lower adapter's rows, read straight from the shared file
+        tensors.update(load_file(str(dep.root / safe_relpath(stack_on["file"]))))
+    H = dep.manifest.featurizer.hidden_size
+    bank = {}
+    for k, inp in engine.layout.inputs.items():
+        t = tensors.get(k)
+        if t is None:  # a plain task in a stacked deployment: zero lower-adapter rows (bottleneck 1)
+            t = np.zeros([1 if ax == inp.m_axis else (d or H) for ax, d in enumerate(inp.shape) if ax > 0])
+        bank[k] = np.ascontiguousarray(t[None], dtype=inp.dtype)
     head_file = source / TASK_HEAD_FILE
     head = (Head(config=spec.head, session=dep._factory.session(head_file)) if head_file.is_file()
             else Head.from_tensors(task, spec.head, tensors, dep.manifest.featurizer.hidden_size))
@@ -118,7 +137,8 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
         outs = engine.adapted.run(engine.output_names, {"hidden": hidden, "attention_mask": padded.attention_mask,
                                                         "row_source": one, "task_index": one, **bank})
         feats = dict(zip(engine.output_names, outs, strict=True))
-        out.append(_probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression")[0])
+        out.append(_probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression",
+                          spec.head.multi_label)[0])
     return np.stack(out)
 
 
@@ -148,7 +168,8 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
         if samples:
             regression = specs[t].head.problem_type == "regression"
             rows = [s["input"] if isinstance(s["input"], str) else tuple(s["input"]) for s in samples]
-            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression)
+            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression,
+                          specs[t].head.multi_label)
             got_t = np.array([_pred_vector(p) for p in dep.predict(rows, task=t)])
             stored[t] = float(np.abs(got_t - want).max())
             if not regression:
@@ -187,7 +208,12 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
     preds = dep.predict(rows, task=task)
     truth = [ex.label for ex in data.examples]
     if spec.head.problem_type == "regression":
-        got: list[Any] = [p.value for p in preds]
+        got: Any = [p.value for p in preds]
+    elif spec.head.multi_label:  # multi-hot rows at the task's stored thresholds
+        got = np.array([[lab in (p.labels or ()) for lab in spec.head.labels] for p in preds])
+        truth = np.zeros(got.shape, dtype=bool)  # type: ignore[assignment]
+        for i, ex in enumerate(data.examples):
+            truth[i, list(ex.label or ())] = True  # type: ignore[call-overload]
     else:
         index = {name: i for i, name in enumerate(spec.head.labels)}
         got = [index[p.label] for p in preds]

@@ -66,6 +66,8 @@ class _Writer:
             click.echo(("[\n  " if self.first else ",\n  ") + json.dumps(obj), nl=False)
         else:
             label = f"{pred.value:.4f}" if pred.probabilities is None else pred.label
+            if pred.labels is not None:  # multi-label: every label that is on
+                label = ",".join(pred.labels) or "(none)"
             score = "" if pred.probabilities is None else f"{pred.score:.4f}"
             self.table_rows.append((str(index), pred.task, _short(row), str(label), score,
                                     "yes" if pred.truncated else ""))

@@ -4,6 +4,7 @@
         d.predict(["great movie"], task="sst2")
         d.predict_mixed([("sst2", "great movie"), ("mrpc", ("a b", "a c"))])
         d.fan_out(["great movie"], tasks=["sst2", "topic"])
+        d.embed(["great movie"])                      # the base model's L2-normalised mean embedding
 
 Opening verifies the featurizer files' checksums and starts the two featurizer sessions; tasks load on
 first use (checksum of their files, fingerprint check, a small safetensors read: no session is rebuilt)
@@ -49,7 +50,8 @@ from adapterdeploy.errors import (
     TaskFailedError,
     UnknownTaskError,
 )
-from adapterdeploy.runtime.bank import BankLayout
+from adapterdeploy.runtime.bank import BankLayout, TaskRows
+from adapterdeploy.runtime.embedding import Embed, Embedding, zero_adapter_is_base
 from adapterdeploy.runtime.engine import BANK_MODES, Engine, LoadedTask
 from adapterdeploy.runtime.heads import Head
 from adapterdeploy.runtime.prediction import Prediction
@@ -72,7 +74,7 @@ log = logging.getLogger(__name__)
 
 ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
 ErrorMode = Literal["raise", "return"]
-Result = Prediction | TaskFailedError
+Result = Prediction | Embedding | TaskFailedError
 
 
 class Deployment:
@@ -89,6 +91,7 @@ class Deployment:
         self._factory = factory
         self.batch_size = batch_size
         self._closed = False
+        self._base: TaskRows | None = None
         self._lowers = SharedLowers()
         self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
                                       on_evict=on_evict)
@@ -273,18 +276,21 @@ class Deployment:
         rows = validate_rows(inputs)
         return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
 
-    def predict_mixed(self, rows: Sequence[tuple[str, Row]], strict: bool = False, *,
+    def predict_mixed(self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *,
                       errors: ErrorMode = "raise") -> list[Result]:
         """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order.
 
-        ``errors="return"``: a row whose task failed holds its TaskFailedError and the other rows are still
-        answered; ``"raise"`` (default) raises it once every row has run.
+        A row whose first item is an :class:`Embed` (instead of a task name) answers an :class:`Embedding`,
+        in the same forward as the predictions. ``errors="return"``: a row whose task failed holds its
+        TaskFailedError and the other rows are still answered; ``"raise"`` (default) raises it once every
+        row has run.
         """
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
             raise InputError(f"rows must be a list of (task, text) pairs, got {type(rows).__name__}")
-        names, texts = [], []
+        names: list[str | Embed] = []
+        texts = []
         for i, row in enumerate(rows):
-            if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], str):
+            if not isinstance(row, (tuple, list)) or len(row) != 2 or not isinstance(row[0], (str, Embed)):
                 raise InputError(f"rows[{i}] must be (task, text) or (task, (text_a, text_b)), got {row!r:.80}")
             names.append(row[0])
             texts.append(validate_row(row[1], f"rows[{i}]"))
@@ -294,15 +300,18 @@ class Deployment:
         """Tokenize ``inputs`` once (untruncated count, truncation flag, ids) for :meth:`predict_encoded`."""
         return self._encoder.tokenize(validate_rows(inputs))
 
-    def predict_encoded(self, rows: Sequence[tuple[str, TokenRow]], *, errors: ErrorMode = "raise"
+    def predict_encoded(self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise"
                         ) -> list[Result]:
         """Like :meth:`predict_mixed` for rows already tokenized by :meth:`encode` (a server tokenizes once).
 
         Identical encodings share one trunk pass, as identical texts do in ``predict_mixed``.
         """
-        names, tokens, source, keys = [], [], [], {}
+        names: list[str | Embed] = []
+        tokens: list[TokenRow] = []
+        source: list[int] = []
+        keys: dict[tuple[Any, ...], int] = {}
         for i, row in enumerate(rows):
-            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], str)
+            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], (str, Embed))
                     and isinstance(row[1], TokenRow)):
                 raise InputError(f"rows[{i}] must be (task, TokenRow from Deployment.encode), got {row!r:.80}")
             names.append(row[0])
@@ -314,11 +323,28 @@ class Deployment:
             source.append(keys[key])
         if not names:
             return []
+        self._check_embeds(names)
         loaded, failed = self._load_tasks(names)
         for i, n in enumerate(names):
-            if n in loaded and tokens[source[i]].pair != loaded[n].spec.text_pair:
+            if isinstance(n, str) and n in loaded and tokens[source[i]].pair != loaded[n].spec.text_pair:
                 raise InputError(_pair_message(n, loaded[n].spec.text_pair, f"rows[{i}]", tokens[source[i]].pair))
         return self._forward(names, tokens, source, loaded, failed, errors)
+
+    def embed(self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean",
+              strict: bool = False) -> np.ndarray:
+        """L2-normalised embeddings ``[len(inputs), hidden]`` (float32), one row per input.
+
+        ``task=None`` embeds with the base model (no adapter: for the embedded all-MiniLM-L6-v2 with
+        ``pooling="mean"``, sentence-transformers' own embedding); a task name embeds with that task's
+        adapted featurizer. ``pooling``: ``mean`` (masked mean of the last layer), ``cls``, or ``pooler``
+        (the base's pooler, when it has one). Runs in the same forward path as predictions.
+        """
+        target = Embed(task, pooling)
+        rows = validate_rows(inputs)
+        if not rows:
+            return np.zeros((0, self._manifest.featurizer.hidden_size), dtype=np.float32)
+        out = self._run([target] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        return np.stack([e.vector for e in out])  # type: ignore[union-attr]
 
     def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False
                 ) -> dict[str, list[Prediction]]:
@@ -333,7 +359,7 @@ class Deployment:
         flat = self._run(names, [r for _ in order for r in rows], strict,
                          [f"inputs[{i}]" for _ in order for i in range(len(rows))])
         n = len(rows)
-        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}
+        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}  # type: ignore[misc]
 
     # ---- internals ---------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -346,14 +372,23 @@ class Deployment:
             raise InputError(f"a task name is a str, got {type(name).__name__}")
         return self._registry.get(name)
 
-    def _run(self, names: list[str], texts: list[Row], strict: bool, where: list[str],
+    def _check_embeds(self, names: Sequence[str | Embed]) -> None:
+        """Every embedding target's pooling is an output of this featurizer."""
+        for e in dict.fromkeys(n for n in names if isinstance(n, Embed)):
+            if e.feature not in self._engine.output_names:
+                raise InputError(f"pooling {e.pooling!r} needs the featurizer's {e.feature!r} output, which this "
+                                 f"deployment lacks (outputs: {', '.join(self._engine.output_names)}); use mean or cls")
+
+    def _run(self, names: Sequence[str | Embed], texts: list[Row], strict: bool, where: list[str],
              errors: ErrorMode = "raise") -> list[Result]:
         """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
         if not names:
             return []
+        self._check_embeds(names)
         loaded, failed = self._load_tasks(names)
         for i, (n, text) in enumerate(zip(names, texts, strict=True)):
-            if n in loaded and isinstance(text, tuple) != loaded[n].spec.text_pair:
+            # an embedding takes a text or a pair, whatever the task was trained on
+            if isinstance(n, str) and n in loaded and isinstance(text, tuple) != loaded[n].spec.text_pair:
                 raise InputError(_pair_message(n, loaded[n].spec.text_pair, where[i], isinstance(text, tuple)))
         unique_index: dict[Row, int] = {}
         source = [unique_index.setdefault(t, len(unique_index)) for t in texts]
@@ -363,26 +398,32 @@ class Deployment:
         tokens = self._encoder.tokenize(uniques, strict=strict, labels=labels)
         return self._forward(names, tokens, source, loaded, failed, errors)
 
-    def _load_tasks(self, names: list[str]) -> tuple[dict[str, LoadedTask], dict[str, TaskFailedError]]:
+    def _load_tasks(self, names: Sequence[str | Embed]
+                    ) -> tuple[dict[str, LoadedTask], dict[str, TaskFailedError]]:
         """Each distinct task's weights; a failed task is set aside (its rows get the error), not raised."""
         loaded: dict[str, LoadedTask] = {}
         failed: dict[str, TaskFailedError] = {}
-        for n in dict.fromkeys(names):
+        for n in dict.fromkeys(_task_of(n) for n in names):
+            if n is None:
+                continue
             try:
                 loaded[n] = self._task(n)
             except TaskFailedError as exc:
                 failed[n] = exc
         return loaded, failed
 
-    def _forward(self, names: list[str], tokens: list[TokenRow], source: list[int], loaded: dict[str, LoadedTask],
-                 failed: dict[str, TaskFailedError], errors: ErrorMode) -> list[Result]:
+    def _forward(self, names: Sequence[str | Embed], tokens: list[TokenRow], source: list[int],
+                 loaded: dict[str, LoadedTask], failed: dict[str, TaskFailedError], errors: ErrorMode
+                 ) -> list[Result]:
         """Rows ``r`` = (names[r], tokens[source[r]]) of the loaded tasks, length-bucketed when large."""
         if failed and errors == "raise":
             raise next(iter(failed.values()))
-        out: list[Result | None] = [failed.get(n) for n in names]
+        task_of = [_task_of(n) for n in names]
+        base = self._base_rows() if any(t is None for t in task_of) else None
+        out: list[Result | None] = [failed.get(t) if t is not None else None for t in task_of]
         rows_of: list[list[int]] = [[] for _ in tokens]
         for r, u in enumerate(source):
-            if names[r] in loaded:
+            if task_of[r] is None or task_of[r] in loaded:
                 rows_of[u].append(r)
         used = [u for u in range(len(tokens)) if rows_of[u]]
         if sum(len(rows_of[u]) for u in used) <= self.batch_size:
@@ -395,7 +436,7 @@ class Deployment:
             self._check_open()
         for chunk in chunks:
             row_ids = [r for u in chunk for r in rows_of[u]]
-            for r, p in zip(row_ids, self._run_isolated(row_ids, names, tokens, source, loaded), strict=True):
+            for r, p in zip(row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True):
                 out[r] = p
         if errors == "raise":
             for p in out:
@@ -403,31 +444,36 @@ class Deployment:
                     raise p
         return out  # type: ignore[return-value]
 
-    def _run_isolated(self, row_ids: list[int], names: list[str], tokens: list[TokenRow], source: list[int],
-                      loaded: dict[str, LoadedTask]) -> list[Result]:
+    def _run_isolated(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
+                      source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None) -> list[Result]:
         """One bucket; a failing task is marked failed and only its rows get the error.
 
         A head failure is one task's by construction (the engine isolates heads). A failure of the shared
         forward (e.g. a task's bank rows of the wrong shape) cannot be attributed: when the bucket mixes
         tasks, each task's rows re-run alone (bank gathered from that task only) and the tasks that still
         fail alone are blamed; when every task fails alone, or the bucket has one task, the error is the
-        featurizer's or the batch's and is raised as is.
+        featurizer's or the batch's and is raised as is. Base-model embedding rows (no task) are never
+        blamed: their failure is the featurizer's.
         """
         try:
-            preds = self._engine_run(row_ids, names, tokens, source, loaded, resident_ok=True)
+            preds = self._engine_run(row_ids, names, tokens, source, loaded, base, resident_ok=True)
         except Exception as exc:
-            groups = {n: [r for r in row_ids if names[r] == n] for n in dict.fromkeys(names[r] for r in row_ids)}
+            groups: dict[str | None, list[int]] = {}
+            for r in row_ids:
+                groups.setdefault(_task_of(names[r]), []).append(r)
             if len(groups) == 1:
                 raise
-            alone: dict[str, list[Prediction | Exception] | Exception] = {}
+            alone: dict[str | None, list[Any] | Exception] = {}
             for n, rows in groups.items():
                 try:
-                    alone[n] = self._engine_run(rows, names, tokens, source, loaded, resident_ok=False)
+                    alone[n] = self._engine_run(rows, names, tokens, source, loaded, base, resident_ok=False)
                 except Exception as one:
+                    if n is None:
+                        raise
                     alone[n] = one
             if all(isinstance(v, Exception) for v in alone.values()):
                 raise exc from None
-            by_row: dict[int, Prediction | Exception] = {}
+            by_row: dict[int, Any] = {}
             for n, rows in groups.items():
                 got = alone[n]
                 for i, r in enumerate(rows):
@@ -437,7 +483,9 @@ class Deployment:
         out: list[Result] = []
         for r, p in zip(row_ids, preds, strict=True):
             if isinstance(p, Exception):
-                n = names[r]
+                n = _task_of(names[r])
+                if n is None:
+                    raise p
                 if n not in blamed:
                     log.error("task %r failed in a batch and is out of service until reloaded", n, exc_info=p)
                     blamed[n] = self._registry.mark_failed(n, f"{type(p).__name__}: {p}"[:500])
@@ -446,8 +494,9 @@ class Deployment:
                 out.append(p)
         return out
 
-    def _engine_run(self, row_ids: list[int], names: list[str], tokens: list[TokenRow], source: list[int],
-                    loaded: dict[str, LoadedTask], *, resident_ok: bool) -> list[Prediction | Exception]:
+    def _engine_run(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
+                    source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None, *,
+                    resident_ok: bool) -> list[Any]:
         used = list(dict.fromkeys(source[r] for r in row_ids))
         local = {u: j for j, u in enumerate(used)}
         padded = self._encoder.pad([tokens[u] for u in used])
@@ -455,8 +504,27 @@ class Deployment:
         engine = self._engine
         resident = resident_ok and engine.bank_mode == "resident"
         version, all_loaded = self._registry.loaded_snapshot() if resident else (0, None)
-        return engine.run(padded, row_source, [loaded[names[r]] for r in row_ids], version=version,
-                          loaded=all_loaded)
+        task_of = [_task_of(names[r]) for r in row_ids]
+        row_tasks = [loaded[t] if t is not None else None for t in task_of]
+        row_base = base if any(t is None for t in task_of) else None
+        embeds = [names[r] if isinstance(names[r], Embed) else None for r in row_ids]
+        return engine.run(padded, row_source, row_tasks, row_embed=embeds,  # type: ignore[arg-type]
+                          base=row_base, version=version, loaded=all_loaded)
+
+    def _base_rows(self) -> TaskRows:
+        """The all-zero bank rows that run the plain encoder (built once); refused where zero is not the base."""
+        if self._base is None:
+            self._check_open()
+            signature = self._manifest.featurizer.signature
+            if not zero_adapter_is_base(signature):
+                raise ConfigError(
+                    f"embeddings with task=None need a featurizer where a zero adapter is the base model; this "
+                    f"one's adapter signature ({signature.placement}, per_task_layernorm="
+                    f"{signature.per_task_layernorm}, {signature.site}) is not; pass task=NAME to embed with a "
+                    "task's featurizer, or export the tasks without per-task LayerNorms"
+                )
+            self._base = self._engine.layout.zero_rows("<base>")
+        return self._base
 
     def _check_fingerprint(self, spec: TaskSpec, where: Path) -> None:
         want = self._manifest.featurizer.fingerprint
@@ -493,6 +561,11 @@ class Deployment:
                                 f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)})")
         task = LoadedTask(spec=spec, rows=rows, head=head)
         return task, task.nbytes
+
+
+def _task_of(name: str | Embed) -> str | None:
+    """The task a row runs under (an embedding row's task; None: the base model)."""
+    return name.task if isinstance(name, Embed) else name
 
 
 def _pair_message(task: str, wants_pair: bool, where: str, is_pair: bool) -> str:

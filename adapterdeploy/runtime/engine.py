@@ -4,6 +4,8 @@ Semantics (U unique texts, B rows, row r = (task t_r, text u_r)):
     hidden[U, S, H]  = trunk(input_ids, attention_mask, token_type_ids)
     feats[B, H]      = adapted(hidden, attention_mask, row_source = u, task_index = slot(t), bank)
     logits[r]        = head_{t_r}(feats[feature of t_r][r])       (one numpy pass per task group)
+    embedding[r]     = feats[pooling][r] / ||feats[pooling][r]||    (rows that ask for an embedding;
+                       t_r = None is the all-zero "base" bank row: the plain encoder)
 
 The bank holds either only this batch's tasks (``rows`` mode: ``slot`` counts within the batch) or every
 loaded task (``resident`` mode: a snapshot rebuilt when the loaded set changes; on a GPU its tensors stay on
@@ -26,6 +28,7 @@ import numpy as np
 
 from adapterdeploy.artifacts import TaskSpec
 from adapterdeploy.runtime.bank import BankLayout, TaskRows
+from adapterdeploy.runtime.embedding import Embed, Embedding, l2_normalize
 from adapterdeploy.runtime.heads import Head, predictions_from_logits
 from adapterdeploy.runtime.prediction import Prediction
 from adapterdeploy.runtime.tokenization import Padded
@@ -95,31 +98,43 @@ class Engine:
             self._snapshot = snap
             return snap
 
-    def _bank(self, tasks: list[LoadedTask], version: int, loaded: Sequence[LoadedTask] | None
-              ) -> tuple[dict[str, int], dict[str, Any]]:
-        if self.bank_mode == "resident" and loaded is not None:
+    def _bank(self, tasks: list[LoadedTask], version: int, loaded: Sequence[LoadedTask] | None,
+              base: TaskRows | None = None) -> tuple[dict[str | None, int], dict[str, Any]]:
+        """Slots (task name, or None for the base rows) and bank feeds for this batch."""
+        if self.bank_mode == "resident" and loaded is not None and base is None:
             snap = self.snapshot(version, loaded)
             if all(t.name in snap.slots for t in tasks):
-                return snap.slots, snap.feeds
-        return {t.name: i for i, t in enumerate(tasks)}, self.layout.gather([t.rows for t in tasks])
+                return snap.slots, snap.feeds  # type: ignore[return-value]  # str keys only
+        rows = [t.rows for t in tasks] + ([base] if base is not None else [])
+        slots: dict[str | None, int] = {t.name: i for i, t in enumerate(tasks)}
+        if base is not None:
+            slots[None] = len(tasks)
+        return slots, self.layout.gather(rows)
 
     # ---- forward -----------------------------------------------------------------------------
-    def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask], *,
-            version: int = 0, loaded: Sequence[LoadedTask] | None = None) -> list[Prediction | Exception]:
-        """Predictions for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``).
+    def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask | None], *,
+            row_embed: Sequence[Embed | None] | None = None, base: TaskRows | None = None,
+            version: int = 0, loaded: Sequence[LoadedTask] | None = None
+            ) -> list[Prediction | Embedding | Exception]:
+        """Results for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``).
 
+        ``row_embed[r]`` None: the task's head prediction; an :class:`Embed`: the row's L2-normalised pooled
+        features instead. ``row_tasks[r]`` None (embedding rows only) runs the ``base`` rows (all zero).
         A row whose task's head raised holds that exception instead (the other tasks' rows are unaffected).
         """
-        tasks = list({t.name: t for t in row_tasks}.values())
-        slots, bank = self._bank(tasks, version, loaded)
-        task_index = np.array([slots[t.name] for t in row_tasks], dtype=np.int64)
+        embeds = list(row_embed) if row_embed is not None else [None] * len(row_tasks)
+        tasks = list({t.name: t for t in row_tasks if t is not None}.values())
+        slots, bank = self._bank(tasks, version, loaded, base if any(t is None for t in row_tasks) else None)
+        task_index = np.array([slots[t.name if t is not None else None] for t in row_tasks], dtype=np.int64)
         row_source = np.ascontiguousarray(row_source, dtype=np.int64)
         trunk_feeds = {k: v for k, v in (("input_ids", padded.input_ids), ("attention_mask", padded.attention_mask),
                                          ("token_type_ids", padded.token_type_ids)) if k in self.trunk_inputs}
         small = {"attention_mask": padded.attention_mask, "row_source": row_source, "task_index": task_index}
-        # Only the pooled features this batch's heads read: onnxruntime then skips the nodes of the others
-        # (e.g. the pooler's dense + tanh when no task pools with it).
-        wanted = {t.head.feature for t in tasks}
+        # Only the pooled features this batch's heads and embeddings read: onnxruntime then skips the nodes
+        # of the others (e.g. the pooler's dense + tanh when no task pools with it).
+        head_row = np.array([e is None for e in embeds], dtype=bool)
+        wanted = {t.head.feature for t, e in zip(row_tasks, embeds, strict=True) if e is None and t is not None}
+        wanted |= {e.feature for e in embeds if e is not None}
         names = [n for n in self.output_names if n in wanted]
         if self.device:
             outs = self._run_bound(trunk_feeds, small, bank, names)
@@ -128,9 +143,11 @@ class Engine:
             outs = self.adapted.run(names, {"hidden": hidden, **small, **bank})
         features = dict(zip(names, outs, strict=True))
         truncated = padded.truncated[row_source]
-        preds: list[Prediction | Exception | None] = [None] * len(row_tasks)
+        results: list[Prediction | Embedding | Exception | None] = [None] * len(row_tasks)
         for task in tasks:
-            idx = np.flatnonzero(task_index == slots[task.name])
+            idx = np.flatnonzero((task_index == slots[task.name]) & head_row)
+            if idx.size == 0:
+                continue
             group: Sequence[Prediction | Exception]
             try:
                 logits = task.head.logits(features[task.head.feature][idx])
@@ -138,8 +155,14 @@ class Engine:
             except Exception as exc:  # one task's head must not fail the other tasks' rows
                 group = [exc] * len(idx)
             for i, p in zip(idx, group, strict=True):
-                preds[i] = p
-        return preds  # type: ignore[return-value]
+                results[i] = p
+        for target in dict.fromkeys(e for e in embeds if e is not None):
+            idx = np.flatnonzero([e == target for e in embeds])
+            vectors = l2_normalize(features[target.feature][idx])
+            for i, v in zip(idx, vectors, strict=True):
+                results[i] = Embedding(task=target.task, pooling=target.pooling, vector=v,
+                                       truncated=bool(truncated[i]))
+        return results  # type: ignore[return-value]
 
     def _run_bound(self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any],
                    names: list[str]) -> list[np.ndarray]:

@@ -12,6 +12,8 @@ Semantics (weights in "x @ W" layout, as in the bank):
     out = z @ out.w + out.b
     classification: p = softmax(out), label = labels[argmax p], score = max p
     regression:     value = out[0]
+    multi-label:    p = sigmoid(out), labels = [labels[c] for c if p[c] >= thresholds[c]],
+                    label = labels[argmax p], score = max p          (adapterdeploy/multilabel.py)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from adapterdeploy.config import HeadConfig
 from adapterdeploy.errors import ArtifactError
+from adapterdeploy.multilabel import predict_on, sigmoid
 from adapterdeploy.runtime.prediction import Prediction
 
 __all__ = ["FEATURE_OF_POOLING", "Head", "erf", "predictions_from_logits"]
@@ -116,6 +119,16 @@ def predictions_from_logits(task: str, config: HeadConfig, logits: np.ndarray, t
         return [
             Prediction(task=task, label=None, score=float(v), probabilities=None, value=float(v), truncated=bool(tr))
             for v, tr in zip(logits[:, 0], truncated, strict=True)
+        ]
+    if config.multi_label:
+        scores = sigmoid(logits)
+        on = predict_on(scores, config.thresholds)
+        names = config.labels
+        return [
+            Prediction(task=task, label=names[int(p.argmax())], score=float(p.max()),
+                       probabilities={lab: float(v) for lab, v in zip(names, p, strict=True)}, value=None,
+                       truncated=bool(tr), labels=tuple(n for n, o in zip(names, row, strict=True) if o))
+            for p, row, tr in zip(scores, on, truncated, strict=True)
         ]
     x = logits.astype(np.float64)
     x = np.exp(x - x.max(axis=1, keepdims=True))

@@ -43,10 +43,13 @@ from adapterdeploy.errors import (
     TaskFailedError,
     UnavailableError,
 )
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving import protocol, v2_binary
 from adapterdeploy.serving.logs import ACCESS_LOGGER
-from adapterdeploy.serving.metrics import CONTENT_TYPE_LATEST, FAN_OUT_TASK, Metrics
+from adapterdeploy.serving.metrics import BASE_MODEL_TASK, CONTENT_TYPE_LATEST, FAN_OUT_TASK, Metrics
 from adapterdeploy.serving.schemas import (
+    EmbedRequest,
+    EmbedResponse,
     ErrorResponse,
     FanOutRequest,
     FanOutResponse,
@@ -78,7 +81,8 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 T = TypeVar("T")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUIET_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
-BODY_MODELS = (PredictRequest, FanOutRequest, protocol.InferenceRequest, LoadRequest, RepositoryIndexRequest)
+BODY_MODELS = (PredictRequest, FanOutRequest, EmbedRequest, protocol.InferenceRequest, LoadRequest,
+               RepositoryIndexRequest)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in ((400, "Invalid request (the message names the field)"), (404, "Unknown task"),
@@ -444,9 +448,14 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             rows = protocol.rows_from_request(req, meta, raw)
             check_rows(rows, settings, field="inputs[0].data")
             protocol.check_outputs(req, meta)
-            _note(request, task=task, rows=len(rows))
-            predictions = await until_disconnect(request, state.predict([task], rows, field="inputs[0].data"))
-            return v2_response(*protocol.infer_response(req, meta, predictions))
+            wanted = req.outputs or ()
+            heads, pooling = protocol.embedding_pooling([o.name for o in wanted], [o.parameters for o in wanted])
+            targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
+            _note(request, task=task, rows=len(rows) * len(targets))
+            results = await until_disconnect(request, state.predict(targets, rows, field="inputs[0].data"))
+            n = len(rows)
+            predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
+            return v2_response(*protocol.infer_response(req, meta, predictions, embeddings))
 
     @app.post("/v2/models/{task}/infer", tags=["v2"], summary="Open Inference Protocol v2 inference",
               openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
@@ -491,3 +500,20 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             n = len(inputs)
             out = {task: [p.to_dict() for p in predictions[i * n:(i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})
+
+    @app.post("/v1/embed", tags=["v1"], summary="L2-normalised embeddings (base model or a task's featurizer)",
+              openapi_extra=body_doc(EmbedRequest), responses={200: {"model": EmbedResponse}, **ERRORS})
+    async def embed(request: Request) -> Response:
+        with Tracker(metrics, "embed", "_unknown") as tracker:
+            req = validate(EmbedRequest, parse_body(await read_body(request, settings)))
+            tracker.task = BASE_MODEL_TASK if req.task is None else state.task_label(req.task)
+            if req.task is not None:
+                state.require_task(req.task)
+            inputs = list(req.inputs)
+            check_rows(inputs, settings)
+            _note(request, task=req.task or BASE_MODEL_TASK, rows=len(inputs))
+            rows = await until_disconnect(request, state.predict([Embed(req.task, req.pooling)], inputs))
+            return JSONResponse({"task": req.task, "pooling": req.pooling,
+                                 "dimensions": len(rows[0].vector) if rows else 0,
+                                 "embeddings": [[float(x) for x in e.vector] for e in rows],
+                                 "truncated": [e.truncated for e in rows]})

@@ -31,6 +31,7 @@ from adapterdeploy.errors import (
     RequestTimeoutError,
     UnknownTaskError,
 )
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving import protocol, v2_binary
 from adapterdeploy.serving.grpc_v2 import SERVICE, messages
 from adapterdeploy.serving.schemas import check_rows
@@ -143,9 +144,16 @@ class InferenceServicer:
             protocol.check_version(meta, request.model_version or None)
             rows = self._rows(request, meta)
             check_rows(rows, state.settings, field="inputs[0]")
-            names = protocol.requested_outputs([o.name for o in request.outputs], meta)
-            predictions = await state.predict([task], rows, field="inputs[0]")
-            return self._response(request, meta, protocol.output_tensors(names, meta, predictions))
+            wanted = list(request.outputs)
+            names = protocol.requested_outputs([o.name for o in wanted], meta)
+            heads, pooling = protocol.embedding_pooling(
+                [o.name for o in wanted],
+                [{k: v.string_param for k, v in o.parameters.items() if v.string_param} for o in wanted])
+            targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
+            results = await state.predict(targets, rows, field="inputs[0]")
+            n = len(rows)
+            predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
+            return self._response(request, meta, protocol.output_tensors(names, meta, predictions, embeddings))
 
     def _rows(self, request: Any, meta: protocol.TaskMeta) -> list[str | tuple[str, str]]:
         inputs = request.inputs

@@ -3,7 +3,8 @@
 Every series is named ``adapterdeploy_*``. Label values come from small fixed sets: ``endpoint`` and
 ``status`` from the routes and HTTP codes, ``reason`` from :data:`REJECT_REASONS`, ``task`` from the
 deployment's task names (bounded by the registry) with unknown names folded into ``_unknown`` and
-fan-out requests into ``_fan_out``. Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch
+fan-out requests into ``_fan_out``, base-model embeddings into ``_base``.
+Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch
 sizes powers of two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never
 share or clash over series.
 
@@ -55,6 +56,7 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 REFRESH_S = 1.0  # multiprocess mode: how often a worker rewrites its task-count gauges
 UNKNOWN_TASK = "_unknown"
 FAN_OUT_TASK = "_fan_out"
+BASE_MODEL_TASK = "_base"  # /v1/embed without a task (the base model)
 
 
 class Metrics:

@@ -6,9 +6,14 @@ files (a re-exported task with other weights gets another version). Inputs are `
 strings or, with the binary tensor data extension (:mod:`adapterdeploy.serving.v2_binary`), as raw
 length-prefixed UTF-8. Outputs, all of shape ``[N]`` unless noted: classification ``label`` (BYTES),
 ``score`` (FP32, the label's probability), ``probabilities`` (FP32 ``[N, C]``, row-major, columns in the
-order of the output's ``parameters.labels``); regression ``value`` and ``score`` (FP32); every task
-``truncated`` (BOOL). A request may name the outputs it wants and ask for them binary
-(``parameters.binary_data_output`` for all, an output's ``parameters.binary_data`` for one).
+order of the output's ``parameters.labels``); regression ``value`` and ``score`` (FP32); multi-label adds
+``labels`` (BOOL ``[N, C]``: label c is on, i.e. its sigmoid probability reached its threshold; columns as
+``parameters.labels``, thresholds in ``parameters.thresholds``) and its ``probabilities`` are independent
+sigmoids; every task ``truncated`` (BOOL). ``embedding`` (FP32 ``[N, H]``, the task's adapted featurizer,
+L2-normalised; output parameter ``pooling``: mean | cls | pooler, default mean) is sent only when a
+request names it, and runs in the same batch as the rest. A request may name the outputs it wants and
+ask for them binary (``parameters.binary_data_output`` for all, an output's ``parameters.binary_data``
+for one).
 
 The request's optional fields (``id``, echoed back; ``parameters``; ``model_name`` / ``model_version``,
 checked against the URL) are accepted, and unknown top-level fields (other extensions) are ignored; the
@@ -31,6 +36,7 @@ from adapterdeploy.errors import InputError, UnknownTaskError
 from adapterdeploy.serving import v2_binary
 
 __all__ = [
+    "EMBEDDING_OUTPUT",
     "INPUT_NAMES",
     "InferInput",
     "InferOutputRequest",
@@ -42,6 +48,7 @@ __all__ = [
     "check_outputs",
     "check_target",
     "check_version",
+    "embedding_pooling",
     "infer_response",
     "model_metadata",
     "output_tensors",
@@ -55,7 +62,10 @@ __all__ = [
 
 INPUT_NAMES = ("text", "text_pair")
 Scalar = str | int | float | bool
-OUTPUT_TYPES = {"label": "BYTES", "score": "FP32", "value": "FP32", "probabilities": "FP32", "truncated": "BOOL"}
+OUTPUT_TYPES = {"label": "BYTES", "score": "FP32", "value": "FP32", "probabilities": "FP32", "truncated": "BOOL",
+                "labels": "BOOL", "embedding": "FP32"}
+EMBEDDING_OUTPUT = "embedding"  # on request only (see the module docstring)
+EMBED_POOLINGS = ("mean", "cls", "pooler")
 
 
 def task_version(files: Mapping[str, Any]) -> str:
@@ -76,14 +86,23 @@ class TaskMeta:
     labels: tuple[str, ...]
     text_pair: bool
     version: str = "1"
+    hidden_size: int = -1  # the embedding output's width (-1: unknown)
+    thresholds: tuple[float, ...] = ()  # multi-label: one per label
 
     @property
     def regression(self) -> bool:
         return self.problem_type == "regression"
 
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
+
     def output_names(self) -> tuple[str, ...]:
+        """The default outputs (``embedding`` is sent only when asked for)."""
         if self.regression:
             return ("value", "score", "truncated")
+        if self.multi_label:
+            return ("labels", "label", "score", "probabilities", "truncated")
         return ("label", "score", "probabilities", "truncated")
 
 
@@ -237,6 +256,7 @@ def requested_outputs(names: Sequence[str], task: TaskMeta) -> tuple[str, ...]:
     known = task.output_names()
     if not names:
         return known
+    known = (*known, EMBEDDING_OUTPUT)
     for i, name in enumerate(names):
         if name not in known:
             raise InputError(f"outputs[{i}].name is {name[:64]!r}; task {task.name!r} has outputs {list(known)}")
@@ -246,6 +266,20 @@ def requested_outputs(names: Sequence[str], task: TaskMeta) -> tuple[str, ...]:
 def check_outputs(req: InferenceRequest, task: TaskMeta) -> None:
     """Validate the requested output names before running anything."""
     requested_outputs([o.name for o in req.outputs or ()], task)
+
+
+def embedding_pooling(names: Sequence[str], parameters: Sequence[Mapping[str, Any] | None]
+                      ) -> tuple[bool, str | None]:
+    """(whether the requested outputs need the task's head rows, the ``embedding`` output's pooling or None),
+    from the requested output names and each one's parameters."""
+    pooling = None
+    for i, (name, params) in enumerate(zip(names, parameters, strict=True)):
+        if name == EMBEDDING_OUTPUT:
+            value = (params or {}).get("pooling", "mean")
+            if value not in EMBED_POOLINGS:
+                raise InputError(f"outputs[{i}].parameters.pooling is {value!r:.40}; choose mean, cls or pooler")
+            pooling = str(value)
+    return (not names or any(n != EMBEDDING_OUTPUT for n in names)), pooling
 
 
 @dataclass
@@ -259,12 +293,24 @@ class OutputTensor:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def output_tensors(names: Sequence[str], task: TaskMeta, predictions: Sequence[Any]) -> list[OutputTensor]:
-    """The named outputs for ``predictions`` (runtime ``Prediction`` rows, in input order)."""
-    n = len(predictions)
+def output_tensors(names: Sequence[str], task: TaskMeta, predictions: Sequence[Any],
+                   embeddings: Sequence[Any] = ()) -> list[OutputTensor]:
+    """The named outputs for ``predictions`` (runtime ``Prediction`` rows, in input order) and, when the
+    ``embedding`` output is named, ``embeddings`` (runtime ``Embedding`` rows, same order)."""
+    n = max(len(predictions), len(embeddings))
     out = []
     for name in names:
-        if name == "label":
+        if name == EMBEDDING_OUTPUT:
+            dim = len(embeddings[0].vector) if embeddings else max(task.hidden_size, 0)
+            out.append(OutputTensor(name, "FP32", [n, dim], [float(x) for e in embeddings for x in e.vector],
+                                    {"pooling": embeddings[0].pooling if embeddings else "mean"}))
+        elif name == "labels":
+            labels = list(task.labels)
+            out.append(OutputTensor(name, "BOOL", [n, len(labels)],
+                                    [lab in (p.labels or ()) for p in predictions for lab in labels],
+                                    {"labels": ",".join(labels),
+                                     "thresholds": ",".join(f"{t:g}" for t in task.thresholds)}))
+        elif name == "label":
             out.append(OutputTensor(name, "BYTES", [n], [p.label for p in predictions]))
         elif name in ("score", "value"):
             out.append(OutputTensor(name, "FP32", [n], [float(getattr(p, name)) for p in predictions]))
@@ -286,13 +332,14 @@ def _binary_wanted(req: InferenceRequest) -> dict[str, bool]:
     return wanted
 
 
-def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any]) -> tuple[dict[str, Any], bytes]:
+def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any], embeddings: Sequence[Any] = ()
+                   ) -> tuple[dict[str, Any], bytes]:
     """The protocol's response: the JSON part and the binary part (empty unless outputs were asked binary)."""
     names = requested_outputs([o.name for o in req.outputs or ()], task)
     binary = _binary_wanted(req)
     outputs = []
     chunks = []
-    for t in output_tensors(names, task, predictions):
+    for t in output_tensors(names, task, predictions, embeddings):
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         params = dict(t.parameters)
         if binary[t.name]:
@@ -315,9 +362,11 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
     inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     if task.text_pair:
         inputs.append({"name": "text_pair", "datatype": "BYTES", "shape": [-1]})
-    shapes = {"label": ("BYTES", [-1]), "score": ("FP32", [-1]), "value": ("FP32", [-1]),
-              "probabilities": ("FP32", [-1, len(task.labels)]), "truncated": ("BOOL", [-1])}
+    shapes = {"labels": ("BOOL", [-1, len(task.labels)]), "label": ("BYTES", [-1]), "score": ("FP32", [-1]),
+              "value": ("FP32", [-1]), "probabilities": ("FP32", [-1, len(task.labels)]), "truncated": ("BOOL", [-1])}
     outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
+    outputs.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, task.hidden_size],
+                    "parameters": {"on_request": True, "poolings": ",".join(EMBED_POOLINGS), "normalized": "l2"}})
     return {
         "name": task.name,
         "versions": [task.version],
@@ -325,7 +374,8 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
         "inputs": inputs,
         "outputs": outputs,
         "parameters": {"problem_type": task.problem_type, "labels": ",".join(task.labels),
-                       "text_pair": task.text_pair},
+                       "text_pair": task.text_pair,
+                       **({"thresholds": ",".join(f"{t:g}" for t in task.thresholds)} if task.thresholds else {})},
     }
 
 

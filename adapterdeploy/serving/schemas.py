@@ -10,7 +10,7 @@ The settings-dependent limits (rows, characters per text, tasks per request) are
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -19,6 +19,8 @@ from adapterdeploy.errors import InputError, PayloadTooLargeError
 from adapterdeploy.serving.settings import Settings
 
 __all__ = [
+    "EmbedRequest",
+    "EmbedResponse",
     "ErrorResponse",
     "FanOutRequest",
     "FanOutResponse",
@@ -90,8 +92,27 @@ class FanOutRequest(_Strict):
     inputs: list[TextOrPair] = Field(min_length=1)
 
 
+class EmbedRequest(_Strict):
+    """``POST /v1/embed``: L2-normalised embeddings from the base model (no task) or a task's featurizer."""
+
+    inputs: list[TextOrPair] = Field(min_length=1, description="Texts (or [text_a, text_b] pairs) to embed.")
+    task: TaskName | None = Field(None, description="Embed with this task's adapted featurizer; null: the base model.")
+    pooling: Literal["mean", "cls", "pooler"] = Field(
+        "mean", description="mean: masked mean of the last layer (sentence-transformers' default); cls: the first "
+                            "token; pooler: the base's pooler (if it has one).")
+
+
+class EmbedResponse(BaseModel):
+    task: str | None
+    pooling: str
+    dimensions: int
+    embeddings: list[list[float]] = Field(description="One unit-length vector per input, in input order.")
+    truncated: list[bool]
+
+
 class PredictionOut(BaseModel):
-    """``Prediction.to_dict()``: classification fills label/score/probabilities, regression value/score."""
+    """``Prediction.to_dict()``: classification fills label/score/probabilities, regression value/score;
+    multi-label adds ``labels`` (every label at or over its threshold) and its probabilities are sigmoids."""
 
     task: str
     label: str | None
@@ -99,6 +120,7 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float] | None
     value: float | None
     truncated: bool
+    labels: list[str] | None = Field(None, description="Multi-label tasks only: the labels that are on.")
 
 
 class PredictResponse(BaseModel):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import AdapterDeployError, InputError, UnavailableError, UnknownTaskError
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving.batcher import Batcher
 from adapterdeploy.serving.metrics import REJECT_REASONS, UNKNOWN_TASK, Metrics
 from adapterdeploy.serving.protocol import TaskMeta, task_version
@@ -171,7 +172,9 @@ class ServingState:
             raise UnknownTaskError(f"unknown task {task!r}")
         spec = TaskSpec.read(Path(source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, version=task_version(spec.files))
+                        text_pair=spec.text_pair, version=task_version(spec.files),
+                        hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+                        thresholds=tuple(spec.head.thresholds))
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -199,19 +202,26 @@ class ServingState:
         self.metrics.refresh()
         return results
 
-    async def predict(self, tasks: Sequence[str], inputs: Sequence[Any], *, field: str = "inputs") -> list[Any]:
+    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs"
+                      ) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
         Order: the queue's capacity first (429 before any tokenization), then each input is tokenized once
         (not per task, and not again in the forward: the encodings are queued). With ``--no-truncate`` an
         over-long text is refused here, before it is queued. A row of a failed task raises its
-        TaskFailedError (503); the batch's other requests are unaffected.
+        TaskFailedError (503); the batch's other requests are unaffected. A task may be an :class:`Embed`
+        target (an embedding row instead of a prediction; its task, if any, must exist).
         """
         self.require_ready()
         assert self.batcher is not None
         self.batcher.check_capacity(len(inputs) * len(tasks))
         deadline = time.monotonic() + self.settings.request_timeout_s
         for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
+            if isinstance(task, Embed):
+                if task.task is not None:
+                    self.require_task(task.task)
+                    self.require_serving(task.task)
+                continue  # an embedding takes texts or pairs
             self.require_serving(task)
             meta = await self.task_meta(task)
             for i, row in enumerate(inputs):
