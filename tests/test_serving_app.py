@@ -300,7 +300,9 @@ def test_metrics_cover_requests_batches_and_rejections(client, server):
     assert metric(samples, "adapterdeploy_loaded_tasks") >= 1
     assert metric(samples, "adapterdeploy_ready") == 1
     names = {name for name, _ in samples}
-    assert all(n.startswith("adapterdeploy_") for n in names), sorted(names)
+    assert all(n.startswith(("adapterdeploy_", "process_")) for n in names), sorted(names)
+    assert any(n.startswith("process_") for n in names), "the process_* collector is registered"
+    assert not any(n.endswith("_created") for n in names), sorted(names)
 
 
 # ---- admin --------------------------------------------------------------------------------------------
