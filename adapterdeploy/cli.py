@@ -13,7 +13,7 @@ import click
 
 from adapterdeploy import __version__
 from adapterdeploy.cli_errors import CatchingGroup, CLIError
-from adapterdeploy.exporter.commands import add_task, export, inspect_cmd, remove_task
+from adapterdeploy.exporter.commands import add_task, export, export_standalone, inspect_cmd, remove_task
 from adapterdeploy.models.commands import import_adapterhub, import_peft, train
 from adapterdeploy.runtime.commands import check, predict
 from adapterdeploy.serving.commands import serve
@@ -59,8 +59,8 @@ def bench(ctx: click.Context) -> None:
     bench_main.main(args=ctx.args, prog_name=ctx.command_path)
 
 
-for _cmd in (train, import_adapterhub, import_peft, export, add_task, remove_task, inspect_cmd, predict, check, serve,
-             bench):
+for _cmd in (train, import_adapterhub, import_peft, export, add_task, remove_task, export_standalone, inspect_cmd,
+             predict, check, serve, bench):
     main.add_command(_cmd)
 
 

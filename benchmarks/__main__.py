@@ -27,7 +27,8 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
               "not how fast anything is.")
 @click.option("--models", default=None, help="Comma-separated: tiny, minilm, bertbase (default: minilm,bertbase; "
               "--quick: tiny). BERT-base is the slow part of a full run.")
-@click.option("--sections", default=None, help=f"Comma-separated subset of: {', '.join(SECTIONS)} (default: all).")
+@click.option("--sections", "--section", "sections", default=None,
+              help=f"Comma-separated subset of: {', '.join(SECTIONS)} (default: all).")
 @click.option("--threads", type=int, default=None, help="Threads per system (default 2 = this machine's cores). "
               "Fixed for every system so that none wins by using more cores.")
 @click.option("--rounds", type=int, default=None, help="Interleaved rounds per case (default 7; quick 3). More "

@@ -130,7 +130,7 @@ def _plot(spec: dict[str, Any], out: Path) -> str | None:
         if spec.get("hline") is not None:
             ax.axhline(spec["hline"], color="grey", linestyle="--", linewidth=1)
         if spec.get("logx"):
-            ax.set_xscale("log", base=2)
+            ax.set_xscale("log", base=spec.get("log_base", 2))
         if spec.get("logy"):
             ax.set_yscale("log")
         ax.set_xlabel(spec.get("xlabel", ""))

@@ -25,6 +25,7 @@ SECTION_MODULES = {
     "sizes": "benchmarks.sections.sizes",
     "accuracy": "benchmarks.sections.accuracy",
     "server": "benchmarks.sections.server",
+    "scale": "benchmarks.sections.scale",
 }
 assert set(SECTION_MODULES) == set(SECTIONS)
 

@@ -13,7 +13,7 @@ from benchmarks.workloads import Texts
 
 __all__ = ["SECTIONS", "BenchSettings", "Context", "TimedRun", "full_settings", "quick_settings"]
 
-SECTIONS = ("peak", "single", "overhead", "many_tasks", "fanout", "loading", "sizes", "accuracy", "server")
+SECTIONS = ("peak", "single", "overhead", "many_tasks", "fanout", "loading", "sizes", "accuracy", "server", "scale")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ class BenchSettings:
     server_clients: tuple[int, ...] = (1, 16, 64)
     server_seconds: float = 10.0
     server_rounds: int = 3  # load / offline pairs at the target point (most clients, batching on)
+    scale_n: tuple[int, ...] = (10, 100, 1000, 10000)  # tasks in the deployment (scale section)
+    scale_budget: int = 1000  # the server's --max-loaded-tasks
+    scale_export_n: tuple[int, ...] = (1, 4)  # real checkpoints per measured export
+    scale_clients: int = 16
+    scale_seconds: float = 10.0
+    scale_cold: int = 20  # cold tasks probed per N
+    scale_add_task: bool = True  # time the real add-task at every N (a torch start each: off in --quick)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,6 +64,8 @@ def quick_settings(**overrides: Any) -> BenchSettings:
         many_tasks_n=(1, 8), many_tasks_rows=64, resident_tasks=32, memory_budget_bytes=1 << 30,
         fanout_n=(1, 4), fanout_k=(0, 2), load_repeats=20, cold_repeats=1, accuracy_rows=32,
         server_clients=(1, 4), server_seconds=0.5, server_rounds=1,
+        scale_n=(10, 40), scale_budget=16, scale_export_n=(), scale_clients=4, scale_seconds=0.5, scale_cold=3,
+        scale_add_task=False,
     )
     return _override(base, overrides)
 

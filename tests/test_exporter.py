@@ -204,7 +204,8 @@ def test_int8_and_fp16_variants_record_figures(tiny_base, dep, ckpts):
 def test_standalone_graphs_run_in_plain_onnxruntime(tiny_base, dep, ckpts):
     manifest = Manifest.read(dep)
     assert set(manifest.standalone) == {"a", "b", "c"}
-    assert manifest.standalone["a"] == {"fp32": "standalone/a.onnx", "int8": "standalone/a.int8.onnx"}
+    assert manifest.standalone["a"] == {"fp32": "standalone/a/onnx/model.onnx",
+                                        "int8": "standalone/a/onnx/model_quantized.onnx"}
     tok = tiny_base.load_tokenizer()
     items = [*TEXTS, *PAIRS]
     ids, mask, tt = encode_items(tok, items, manifest.tokenizer.max_length)
@@ -239,17 +240,19 @@ def test_add_task_to_a_standalone_deployment(tiny_base, dep, ckpts, tmp_path):
     shutil.copytree(dep, copy)
     add_task(copy, ckpts["big"])
     manifest = Manifest.read(copy)
-    assert manifest.standalone["big"] == {"fp32": "standalone/big.onnx", "int8": "standalone/big.int8.onnx"}
+    assert manifest.standalone["big"] == {"fp32": "standalone/big/onnx/model.onnx",
+                                          "int8": "standalone/big/onnx/model_quantized.onnx"}
     assert manifest.parity["standalone"]["big"]["fp32"]["logits_max_abs_diff"] <= TOL
     assert set(TaskSpec.read(copy / "tasks" / "big").parity) >= {"fp32", "int8", "fp16", "samples"}
-    sess = ort.InferenceSession(str(copy / "standalone" / "big.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(copy / manifest.standalone["big"]["fp32"]), providers=["CPUExecutionProvider"])
     ids, mask, tt = encode_items(tiny_base.load_tokenizer(), TEXTS, manifest.tokenizer.max_length)
     (logits,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt})
     want = torch_logits(tiny_base, ckpts["big"], TEXTS, manifest.tokenizer.max_length)
     assert np.abs(logits - want).max() <= TOL
     assert inspect(copy)["checksums"]["ok"]
     remove_task(copy, "big")
-    assert not list((copy / "standalone").glob("big*")) and "big" not in Manifest.read(copy).standalone
+    assert not (copy / "standalone" / "big").exists() and "big" not in Manifest.read(copy).standalone
+    assert (copy / "standalone" / "a" / "config.json").is_file(), "the other tasks' folders stay"
 
 
 def test_add_and_remove_task(tiny_base, tiny_base_dir, ckpts, tmp_path):

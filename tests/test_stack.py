@@ -12,6 +12,7 @@ from pathlib import Path
 
 import adapters as ah
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from adapters.composition import Stack
@@ -273,3 +274,22 @@ def test_stack_on_minilm_roundtrip(tmp_path):
     with Deployment.open(tmp_path / "deploy") as dep:
         got = np.array([list(p.probabilities.values()) for p in dep.predict(TEXTS, task="task")])
     assert np.abs(got - ref).max() <= TOL
+
+
+def test_export_standalone_of_a_stacked_task(stacked, tmp_path):
+    """The standalone folder of a stacked task carries its shared lower adapter: the library's answers."""
+    from tokenizers import Tokenizer
+
+    from adapterdeploy.exporter.compose import export_standalone_folder
+
+    out = export_standalone_folder(stacked["deploy"], "t0", tmp_path / "t0", precisions=("fp32",))
+    assert out["parity"]["fp32"]["runtime_probabilities_max_abs_diff"] <= TOL
+    tok = Tokenizer.from_file(str(tmp_path / "t0" / "tokenizer.json"))
+    session = ort.InferenceSession(str(tmp_path / "t0" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for text, ref in zip(TEXTS, stacked["refs"]["t0"], strict=True):
+        enc = tok.encode(text)
+        feeds = {k: np.array([v], dtype=np.int64) for k, v in
+                 (("input_ids", enc.ids), ("attention_mask", enc.attention_mask), ("token_type_ids", enc.type_ids))}
+        logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert np.abs(probs - ref).max() <= TOL

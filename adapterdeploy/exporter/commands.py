@@ -17,7 +17,7 @@ import click
 from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.errors import AdapterDeployError
 
-__all__ = ["add_task", "export", "inspect_cmd", "remove_task"]
+__all__ = ["add_task", "export", "export_standalone", "inspect_cmd", "remove_task"]
 
 PRECISION_CHOICES = ("fp32", "int8", "fp16")
 _SHORT = {"Attention": "Attn", "MultiHeadAttention": "MHA", "SkipLayerNormalization": "SkipLN",
@@ -192,8 +192,9 @@ class AdapterDropParam(click.ParamType):
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Max abs difference of fp32 outputs vs PyTorch; the export is refused beyond it.")
 @click.option("--standalone", is_flag=True,
-              help="Also write one self-contained ONNX per task (adapters and head baked in; fp32, and int8 when "
-                   "asked) for edge / browser use; each is as large as the base model.")
+              help="Also write standalone/<task>/, a Hugging Face model folder per task (config.json, tokenizer files, "
+                   "onnx/model.onnx and, with int8, onnx/model_quantized.onnx; adapters and head baked in) for "
+                   "optimum, transformers.js, onnxruntime-web; each is as large as the base model.")
 @click.option("--force", is_flag=True, help="Replace an existing deployment at --out (swapped in only when complete).")
 @click.option("--allow-drop", is_flag=True,
               help="Deploy tasks trained with adapters below --adapter-drop without those adapters (measure the "
@@ -278,3 +279,39 @@ def inspect_cmd(deploy_dir: str, as_json: bool) -> None:
     if not info["checksums"]["ok"]:
         click.echo(f"checksum verification failed: {'; '.join(info['checksums']['problems'])}", err=True)
         sys.exit(1)
+
+
+@click.command("export-standalone")
+@click.argument("deploy_dir", type=click.Path(file_okay=False))
+@click.option("--task", "task", required=True, help="The task to write out.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The model folder to write (Hugging Face layout: config.json, tokenizer files, onnx/model.onnx, "
+                   "onnx/model_quantized.onnx).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(("fp32", "int8")),
+              default=("fp32", "int8"), show_default=True, help="Graphs to write (repeatable).")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Max abs difference vs the deployment (fp32). Default: the deployment's.")
+@click.option("--force", is_flag=True, help="Replace an existing folder at --out (swapped in only when complete).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (files, parity) as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def export_standalone(deploy_dir: str, task: str, out_dir: str, precisions: tuple[str, ...], tolerance: float | None,
+                      force: bool, as_json: bool, quiet: bool) -> None:
+    """Write one task of an existing deployment as a standalone model folder (no torch, no re-export).
+
+    \b
+    The graph is assembled from the deployment's own fp32 graphs and the task's weights, checked against
+    the PyTorch logits stored at export and against Deployment.predict, and loads unchanged in optimum,
+    transformers.js, onnxruntime-node / -web and plain onnxruntime + tokenizers.
+    """
+    with _errors():
+        from adapterdeploy.exporter.compose import export_standalone_folder
+
+        result = export_standalone_folder(deploy_dir, task, out_dir, force=force, precisions=precisions,
+                                          tolerance=tolerance, log=_logger(quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    fp32 = result["parity"].get("fp32", {})
+    click.echo(f"wrote {result['folder']} ({', '.join(result['files'])}); fp32 vs Deployment.predict: max abs "
+               f"probability diff {_sci(fp32.get('runtime_probabilities_max_abs_diff'))}, vs PyTorch logits "
+               f"{_sci(fp32.get('pytorch_logits_max_abs_diff'))}; ONNX op domains {', '.join(result['op_domains'])}")

@@ -13,6 +13,7 @@ Order of work, so that bad input and failed parity leave nothing behind:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from adapterdeploy.artifacts import (
 )
 from adapterdeploy.config import AdapterSignature, combine_signatures, signature_misfit
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnknownTaskError
+from adapterdeploy.exporter.hf_folder import FolderSource
 from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
 
@@ -177,6 +179,8 @@ def _base_info(base: Any) -> dict[str, Any]:
         "has_pooler": base.has_pooler,
         "max_position_embeddings": base.max_position_embeddings,
         "layer_norm_eps": base.layer_norm_eps,
+        # The base's config.json, for the config.json of standalone folders (export-standalone has no base).
+        "config": json.loads(base.model.config.to_json_string(use_diff=True)),
     }
 
 
@@ -357,15 +361,18 @@ def export_deployment(
             opset=opset, tolerance=tolerance, num_heads=base.num_heads, hidden_size=base.hidden_size,
             vocab_size=vocab, parity=build.parity_inputs(heads), log=log,
         )
+        _write_tokenizer(base, tmp)
         standalone_paths: dict[str, dict[str, str]] = {}
         standalone_parity: dict[str, Any] = {}
         if standalone:
+            source = FolderSource(tokenizer=tmp / "tokenizer.json", base_config=_base_info(base)["config"],
+                                  max_length=max_length, model_type=base.model_type,
+                                  pad_id=base.model.config.pad_token_id, fingerprint=fingerprint)
             standalone_paths, standalone_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, opset=opset, vocab_size=vocab, precisions=precisions,
-                tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
-        log("writing task pieces, tokenizer, checksums and the manifest")
+                tmp, build.trunk, build.adapted, build.tasks, source=source, opset=opset, vocab_size=vocab,
+                precisions=precisions, tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+        log("writing task pieces, checksums and the manifest")
         build.write_tasks(tmp, fingerprint, results, tolerance)
-        _write_tokenizer(base, tmp)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         parity: dict[str, Any] = {"tolerance": tolerance, "reference": "pytorch fp32",
                                   "batches": [f"{b.name}: {len(b.row_source)} rows x {b.input_ids.shape[1]} tokens"
@@ -411,7 +418,9 @@ def _stage_copy(root: Path, tmp: Path, skip: Callable[[str], bool]) -> None:
 
 
 def _task_skip(name: str) -> Callable[[str], bool]:
-    return lambda rel: rel == f"tasks/{name}" or rel.startswith((f"tasks/{name}/", f"standalone/{name}."))
+    # standalone/<name>.onnx / .int8.onnx: the flat files of deployments exported before the per-task folders
+    return lambda rel: rel in (f"tasks/{name}", f"standalone/{name}") or rel.startswith(
+        (f"tasks/{name}/", f"standalone/{name}/", f"standalone/{name}."))
 
 
 def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Path | None = None,
@@ -477,7 +486,8 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, *, base_dir: str | Pa
         parity = dict(manifest.parity)
         if manifest.standalone:
             paths, st_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, opset=fz.opset,
+                tmp, build.trunk, build.adapted, build.tasks, source=FolderSource.of_deployment(tmp, manifest),
+                opset=fz.opset,
                 vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions, tolerance=tolerance,
                 batches=build.batches, refs=build.refs, log=log)
             standalone.update(paths)

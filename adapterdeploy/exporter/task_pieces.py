@@ -7,15 +7,16 @@ layout, so the runtime can run standard heads in numpy, plus ``head.onnx`` for a
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
 from adapterdeploy.artifacts import TASK_HEAD_FILE, TASK_WEIGHTS_FILE, TaskSpec, file_entry
 from adapterdeploy.config import AdapterSignature
@@ -26,7 +27,15 @@ from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
-__all__ = ["TASK_PIECE_FORMAT", "PreparedTask", "bank_of", "check_task_name", "prepare_task", "write_task_piece"]
+__all__ = [
+    "TASK_PIECE_FORMAT",
+    "PreparedTask",
+    "bank_of",
+    "check_task_name",
+    "prepare_task",
+    "write_task_files",
+    "write_task_piece",
+]
 
 TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -81,10 +90,7 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
     stack_on = None
     if task.ckpt.stack_on is not None:
         stack_on = write_shared_lower(task_dir.parent.parent, task.ckpt.stack_on.name, lower)
-    weights = {k: v.detach().contiguous().float() for k, v in {**own, **task.head}.items()}
-    save_file(weights, str(task_dir / TASK_WEIGHTS_FILE),
-              metadata={"format": TASK_PIECE_FORMAT, "task": task.name, "featurizer_fingerprint": fingerprint})
-    files = {f: file_entry(task_dir / f) for f in (TASK_WEIGHTS_FILE, TASK_HEAD_FILE)}
+    weights = {k: v.detach().float().contiguous().numpy() for k, v in {**own, **task.head}.items()}
     ckpt = task.ckpt
     spec = TaskSpec(
         name=task.name,
@@ -93,7 +99,7 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
         bottleneck=ckpt.bottleneck(),
         layers=task.layers,
         text_pair=ckpt.text_pair,
-        files=files,
+        files={},
         parity=parity,
         metrics=dict(ckpt.metrics),
         adapter={
@@ -105,6 +111,21 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
             **({"stack_on": stack_on} if stack_on is not None else {}),
         },
     )
+    return write_task_files(task_dir, spec, weights)
+
+
+def write_task_files(task_dir: Path, spec: TaskSpec, weights: Mapping[str, np.ndarray]) -> TaskSpec:
+    """The one writer of a task piece's weights and ``task.json`` (the exporter and synthetic tasks use it).
+
+    Saves ``weights`` (bank rows + head, float32) as ``adapters.safetensors``, then records the size and
+    sha256 of it and of ``head.onnx`` (when present in ``task_dir``) in the spec's files and writes it.
+    """
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+              str(task_dir / TASK_WEIGHTS_FILE),
+              metadata={"format": TASK_PIECE_FORMAT, "task": spec.name,
+                        "featurizer_fingerprint": spec.featurizer_fingerprint})
+    names = [f for f in (TASK_WEIGHTS_FILE, TASK_HEAD_FILE) if (task_dir / f).is_file()]
+    spec = dataclasses.replace(spec, files={f: file_entry(task_dir / f) for f in names})
     spec.write(task_dir)
     return spec
 

@@ -95,8 +95,9 @@ class Deployment:
         self._lowers = SharedLowers()
         self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
                                       on_evict=on_evict)
-        for name, rel in manifest.tasks.items():
-            self._registry.add(name, root / safe_relpath(rel))
+        base = str(root).rstrip("/")
+        for name, rel in manifest.tasks.items():  # string joins: a Path per task costs seconds at 10,000 tasks
+            self._registry.add(name, f"{base}/{rel}")  # rel passed safe_relpath in Manifest.from_dict
 
     # ---- opening -----------------------------------------------------------------------------
     @classmethod
@@ -192,7 +193,24 @@ class Deployment:
 
     @property
     def task_names(self) -> list[str]:
+        """Every known task, sorted (O(known): use :meth:`has_task` / :meth:`known_task_count` per request)."""
         return self._registry.names()
+
+    def has_task(self, name: str) -> bool:
+        """Whether ``name`` is a known task (O(1); nothing is loaded)."""
+        return name in self._registry
+
+    @property
+    def known_task_count(self) -> int:
+        return len(self._registry)
+
+    @property
+    def loaded_task_count(self) -> int:
+        return self._registry.loaded_count()
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether the task's weights are in memory now (its next use pays no load)."""
+        return self._registry.is_loaded(name)
 
     @property
     def provider(self) -> str:
@@ -215,7 +233,7 @@ class Deployment:
         if name not in self._registry:
             p = Path(name_or_path).expanduser()
             if not (p / TASK_FILE).is_file():
-                known = ", ".join(self._registry.names()) or "none"
+                known = self._registry.known_summary()
                 raise UnknownTaskError(f"unknown task {name!r} (not a task name, nor a directory with {TASK_FILE}); "
                                        f"known tasks: {known}")
             spec = TaskSpec.read(p)
@@ -228,8 +246,21 @@ class Deployment:
         """Free a task's weights (it stays known and reloads on its next use); also unpins it."""
         self._registry.unload(name)
 
-    def tasks(self) -> list[TaskInfo]:
-        return self._registry.infos()
+    def prefetch(self, name: str) -> bool:
+        """Load a known task ahead of its use (no use counted, pins and priority kept); True if it was read now.
+
+        The server calls it off the forward thread for a request's cold task, so the file read and checksum
+        overlap the forward of other requests instead of stalling a batch.
+        """
+        self._check_open()
+        if self._registry.is_loaded(name):
+            return False
+        self._registry.load(name)
+        return True
+
+    def tasks(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False) -> list[TaskInfo]:
+        """Registry entries sorted by name; ``offset`` / ``limit`` page through a large deployment."""
+        return self._registry.infos(offset=offset, limit=limit, loaded_only=loaded_only)
 
     def failed_tasks(self) -> dict[str, str]:
         """Tasks out of service (state ``failed``) and why; ``load_task(name)`` retries one."""
@@ -595,10 +626,15 @@ def _featurizer_files(manifest: Manifest, precision: str) -> list[str]:
     """Manifest files to verify at open: all but task pieces, standalone graphs and other precisions' graphs."""
     ours = {manifest.featurizer.variants[precision].trunk, manifest.featurizer.variants[precision].adapted}
     others = {p for v in manifest.featurizer.variants.values() for p in (v.trunk, v.adapted)} - ours
-    task_dirs = tuple(rel.rstrip("/") + "/" for rel in manifest.tasks.values())
+    task_dirs = {rel.rstrip("/") for rel in manifest.tasks.values()}
+
+    def in_task_dir(rel: str) -> bool:  # a set lookup per parent folder: O(files), not O(files x tasks)
+        parts = rel.split("/")
+        return any("/".join(parts[:i]) in task_dirs for i in range(1, len(parts)))
+
     return [
         rel for rel in manifest.files
-        if not rel.startswith((*task_dirs, "standalone/"))
+        if not rel.startswith("standalone/") and not in_task_dir(rel)
         and not any(rel == o or rel.startswith(o + ".") for o in others)  # graph + its external data
     ]
 

@@ -1,6 +1,8 @@
 """Admin API on Triton's model-repository extension paths, behind a bearer token.
 
-``POST /v2/repository/index`` lists every task with its registry state, size and use count;
+``POST /v2/repository/index`` lists every task with its registry state, size and use count (sorted by
+name; ``{"offset": 0, "limit": 500}`` pages through a large deployment, the total is in the
+``x-adapterdeploy-total-tasks`` header);
 ``POST /v2/repository/models/{task}/load`` loads (``{"parameters": {"pin": true, "priority": 5}}`` pins it,
 ``"path"`` loads a task directory exported elsewhere); ``POST /v2/repository/models/{task}/unload`` evicts.
 The router exists only when a token is configured (otherwise these paths are plain 404s). The token is
@@ -81,18 +83,19 @@ def admin_router(state: ServingState) -> APIRouter:
     async def index(request: Request) -> Response:
         check_token(request, token)
         req = validate(RepositoryIndexRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
+        infos = await state.task_infos(offset=req.offset, limit=req.limit, loaded_only=req.ready)
+        # Plain dicts with RepositoryModel's fields (the documented schema): validating 10,000 pydantic
+        # models per listing took ~10x longer than building the dicts.
         models = []
-        for info in await state.task_infos():
-            loaded = info.state in ("loaded", "pinned")
-            if req.ready and not loaded:
-                continue
-            reason = "" if loaded else info.error or "not loaded; loads on first request"
-            models.append(RepositoryModel(
-                name=info.name, state="READY" if loaded else "UNAVAILABLE", reason=reason,
-                load_state=info.state, size_bytes=info.size_bytes, use_count=info.use_count,
-                last_used=info.last_used, priority=info.priority,
-            ).model_dump())
-        return JSONResponse(models)
+        for info in infos:
+            ready = info.state in ("loaded", "pinned")
+            reason = "" if ready else info.error or "not loaded; loads on first request"
+            models.append({"name": info.name, "version": "", "state": "READY" if ready else "UNAVAILABLE",
+                           "reason": reason, "load_state": info.state, "size_bytes": info.size_bytes,
+                           "use_count": info.use_count, "last_used": info.last_used, "priority": info.priority})
+        dep = state.deployment
+        total = dep.loaded_task_count if req.ready else dep.known_task_count
+        return JSONResponse(models, headers={"x-adapterdeploy-total-tasks": str(total)})
 
     @router.post("/models/{task}/load", summary="Load (and optionally pin) a task",
                  openapi_extra=body_doc(LoadRequest), responses=ADMIN_ERRORS)

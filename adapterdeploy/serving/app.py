@@ -119,7 +119,13 @@ def request_id_of(request: Request) -> str:
 
 def _note(request: Request, **fields: Any) -> None:
     """Fields for this request's access-log line."""
-    request.scope.setdefault("state", {}).setdefault("log", {}).update(fields)
+    _log_fields(request).update(fields)
+
+
+def _log_fields(request: Request) -> dict[str, Any]:
+    """This request's access-log fields (``cold_tasks`` among them also becomes a response header)."""
+    fields: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
+    return fields
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
@@ -248,6 +254,8 @@ class RequestContext:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
                                       (b"x-adapterdeploy-instance", self.instance)]
+                if "cold_tasks" in state["log"]:
+                    message["headers"].append((b"x-adapterdeploy-cold-tasks", str(state["log"]["cold_tasks"]).encode()))
             await send(message)
 
         try:
@@ -343,13 +351,16 @@ def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str |
             _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
                                          ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-            if state.deployment is not None:
+            if state.deployment is not None and state.deployment.known_task_count <= DOCUMENTED_TASKS_LIMIT:
                 _document_task_names(schema, sorted(state.deployment.task_names))
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+DOCUMENTED_TASKS_LIMIT = 1000  # more tasks than this: no enum in the schema (the index lists them, paged)
 
 
 def _document_task_names(schema: dict[str, Any], names: list[str]) -> None:
@@ -452,7 +463,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             heads, pooling = protocol.embedding_pooling([o.name for o in wanted], [o.parameters for o in wanted])
             targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
             _note(request, task=task, rows=len(rows) * len(targets))
-            results = await until_disconnect(request, state.predict(targets, rows, field="inputs[0].data"))
+            results = await until_disconnect(request, state.predict(targets, rows, field="inputs[0].data",
+                                                                           note=_log_fields(request)))
             n = len(rows)
             predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
             return v2_response(*protocol.infer_response(req, meta, predictions, embeddings))
@@ -477,7 +489,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             state.require_task(req.task)
             check_rows(list(req.inputs), settings)
             _note(request, task=req.task, rows=len(req.inputs))
-            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs)))
+            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs),
+                                                                          note=_log_fields(request)))
             return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
 
     @app.post("/v1/fan-out", tags=["v1"], summary="Run several tasks over the same texts",
@@ -496,7 +509,7 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             inputs = list(req.inputs)
             check_rows(inputs, settings, n_tasks=len(tasks))
             _note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
-            predictions = await until_disconnect(request, state.predict(tasks, inputs))
+            predictions = await until_disconnect(request, state.predict(tasks, inputs, note=_log_fields(request)))
             n = len(inputs)
             out = {task: [p.to_dict() for p in predictions[i * n:(i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})

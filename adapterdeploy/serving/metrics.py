@@ -2,11 +2,12 @@
 
 Every series is named ``adapterdeploy_*``. Label values come from small fixed sets: ``endpoint`` and
 ``status`` from the routes and HTTP codes, ``reason`` from :data:`REJECT_REASONS`, ``task`` from the
-deployment's task names (bounded by the registry) with unknown names folded into ``_unknown`` and
-fan-out requests into ``_fan_out``, base-model embeddings into ``_base``.
-Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch
-sizes powers of two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never
-share or clash over series.
+deployment's task names with unknown names folded into ``_unknown``, fan-out requests into ``_fan_out``
+and base-model embeddings into ``_base``; a deployment of more than :data:`TASK_LABEL_LIMIT` tasks labels
+every task ``_other`` (10,000 tasks x statuses would be tens of thousands of series; per-task counts are
+then in the access log). Durations use geometric buckets (x2 from 0.5 ms to ~33 s), batch sizes powers of
+two. Each app owns its own ``CollectorRegistry`` so several apps (tests, replicas) never share or clash
+over series.
 
 No ``*_created`` series (prometheus-client's creation timestamps double the series count for nothing a
 dashboard uses; turned off process-wide). One process: the standard ``process_*`` collector (CPU, memory,
@@ -38,8 +39,10 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "DURATION_BUCKETS",
     "METRICS_DIR_ENV",
+    "OTHER_TASK",
     "REJECT_REASONS",
     "ROW_BUCKETS",
+    "TASK_LABEL_LIMIT",
     "TOKEN_BUCKETS",
     "Metrics",
 ]
@@ -56,6 +59,8 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 REFRESH_S = 1.0  # multiprocess mode: how often a worker rewrites its task-count gauges
 UNKNOWN_TASK = "_unknown"
 FAN_OUT_TASK = "_fan_out"
+OTHER_TASK = "_other"
+TASK_LABEL_LIMIT = 1000
 BASE_MODEL_TASK = "_base"  # /v1/embed without a task (the base model)
 
 
@@ -109,7 +114,8 @@ class Metrics:
             "until reloaded; /v2/health/ready names them.", registry=r, multiprocess_mode="liveall",
         )
         self.task_load_time = Histogram(
-            f"{PREFIX}_task_load_duration_seconds", "Time to load a task (admin load or preload).",
+            f"{PREFIX}_task_load_duration_seconds",
+            "Time to load a task (admin load, preload or a cold task of a request).",
             buckets=DURATION_BUCKETS, registry=r,
         )
         self.rejected = Counter(
@@ -119,6 +125,11 @@ class Metrics:
                            registry=r, multiprocess_mode="liveall")
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+
+    @staticmethod
+    def task_label(task: str, known_tasks: int) -> str:
+        """The ``task`` label of a known task: its name, or ``_other`` in a deployment of very many tasks."""
+        return task if known_tasks <= TASK_LABEL_LIMIT else OTHER_TASK
 
     def bind_task_counts(self, loaded: Callable[[], float], known: Callable[[], float],
                          failed: Callable[[], float]) -> None:

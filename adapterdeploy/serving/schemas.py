@@ -153,7 +153,12 @@ class LoadRequest(_Strict):
 
 
 class RepositoryIndexRequest(_Strict):
+    """Triton's index body, plus paging for deployments of thousands of tasks (tasks sorted by name)."""
+
     ready: bool = Field(False, description="List only tasks that are loaded.")
+    offset: int = Field(0, ge=0, le=1_000_000_000, description="Skip this many tasks (sorted by name).")
+    limit: int | None = Field(None, ge=1, le=100_000, description="List at most this many (default: all). "
+                              "The x-adapterdeploy-total-tasks header gives the total to page through.")
 
 
 class RepositoryModel(BaseModel):

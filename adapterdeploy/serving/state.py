@@ -3,11 +3,16 @@
 Threads: ``forward`` (one thread) runs every mixed forward, so onnxruntime sessions see one caller and
 use their own intra-op pool; ``aux`` (one thread) tokenizes each request's texts once (the encodings go
 through the queue to the forward: ``Deployment.predict_encoded``), reads task metadata and runs admin
-loads, so none of that waits behind a forward or blocks the event loop. The runtime is thread-safe (its
-registry has a lock; its tokenizers are never mutated after open).
+loads, so none of that waits behind a forward or blocks the event loop; ``load`` (one thread) reads a
+request's cold task (task.json, checksums, weights) before the request is queued, so a task load
+overlaps other requests' forwards instead of stalling the batch it lands in. The runtime is thread-safe
+(its registry has a lock; its tokenizers are never mutated after open).
 
 A task that fails (unreadable files at startup, or its weights / head failing in a batch) is answered 503
 ``task_failed`` for its own rows only; readiness lists it (:meth:`ServingState.readiness`).
+
+Per-request work never walks the whole task list: known / loaded checks are dict lookups and the task
+metadata cache is a bounded LRU, so a deployment of 10,000 tasks serves like one of 10.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -43,6 +49,7 @@ REASON_BY_TYPE = {
     "client_gone": "client_gone",
 }
 CLIENT_GONE_STATUS = 499  # nginx's "client closed request": logged and counted, never sent
+META_CACHE_MIN = 1024  # task metadata cached (LRU); at least the loaded-task budget when that is larger
 
 
 class ClientGone(AdapterDeployError):
@@ -62,11 +69,15 @@ class ServingState:
         self._owns_deployment = deployment is None
         self.forward_pool = ThreadPoolExecutor(1, thread_name_prefix="adapterdeploy-forward")
         self.aux_pool = ThreadPoolExecutor(1, thread_name_prefix="adapterdeploy-aux")
+        self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="adapterdeploy-load")
+        self._prefetching: dict[str, asyncio.Future[Any]] = {}
+        self.prefetched = 0  # cold tasks read by the load thread (not by a forward)
         self.batcher: Batcher | None = None
         self.draining = False
         self.started = False
         self.max_length = 0
-        self._meta: dict[str, TaskMeta] = {}
+        self._meta: OrderedDict[str, TaskMeta] = OrderedDict()
+        self._meta_cap = max(META_CACHE_MIN, settings.max_loaded_tasks or 0)
         # Names this process (worker / replica) in the x-adapterdeploy-instance response header.
         self.instance_id = uuid.uuid4().hex[:12]
 
@@ -90,11 +101,12 @@ class ServingState:
                                max_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_s, max_queue_rows=s.max_queue,
                                metrics=self.metrics)
         await self.batcher.start()
-        self.metrics.bind_task_counts(self._count_loaded, lambda: float(len(self.deployment.task_names)),
+        self.metrics.bind_task_counts(lambda: float(self.deployment.loaded_task_count),
+                                      lambda: float(self.deployment.known_task_count),
                                       lambda: float(len(self.deployment.failed_tasks())))
         self.started = True
         self.metrics.ready.set(1)
-        log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": len(self.deployment.task_names),
+        log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": self.deployment.known_task_count,
                                            "seconds": round(time.perf_counter() - t0, 3)})
 
     async def stop(self) -> None:
@@ -103,6 +115,7 @@ class ServingState:
             await self.batcher.close(self.settings.drain_s)
         self.forward_pool.shutdown(wait=True, cancel_futures=True)
         self.aux_pool.shutdown(wait=True, cancel_futures=True)
+        self.load_pool.shutdown(wait=True, cancel_futures=True)
         if self._owns_deployment and self.deployment is not None:
             self.deployment.close()
         self.metrics.close()
@@ -137,15 +150,17 @@ class ServingState:
     # ------------------------------------------------------------------------------------- tasks
     def task_label(self, task: str) -> str:
         """A bounded metric label: the task name if the deployment knows it."""
-        return task if self.deployment is not None and task in self.deployment.task_names else UNKNOWN_TASK
+        if self.deployment is None or not self.deployment.has_task(task):
+            return UNKNOWN_TASK
+        return self.metrics.task_label(task, self.deployment.known_task_count)
 
     def require_task(self, task: str) -> None:
-        names = self.deployment.task_names
-        if task not in names:
-            shown = ", ".join(sorted(names)[:10]) + (", ..." if len(names) > 10 else "")
+        if not self.deployment.has_task(task):
+            n = self.deployment.known_task_count
+            shown = ", ".join(i.name for i in self.deployment.tasks(limit=10)) + (", ..." if n > 10 else "")
             raise UnknownTaskError(
-                f"unknown task {task[:200]!r}; this deployment serves {len(names)} tasks ({shown}); "
-                "GET /v2/repository/index (admin) or `adapterdeploy inspect DEPLOY_DIR` lists them"
+                f"unknown task {task[:200]!r}; this deployment serves {n} tasks ({shown}); "
+                "POST /v2/repository/index (admin) or `adapterdeploy inspect DEPLOY_DIR` lists them"
             )
 
     def require_serving(self, task: str) -> None:
@@ -162,15 +177,41 @@ class ServingState:
         if meta is None:
             meta = await asyncio.get_running_loop().run_in_executor(self.aux_pool, self._read_meta, task)
             self._meta[task] = meta
+            while len(self._meta) > self._meta_cap:
+                self._meta.popitem(last=False)
+        else:
+            self._meta.move_to_end(task)
         return meta
+
+    async def prefetch(self, task: str) -> bool:
+        """Read a cold task on the load thread before its rows are queued; True if it was cold (not loaded).
+
+        Concurrent callers of one cold task share one read.
+
+        Why: loading inside the forward would stall every row of the batch for the read and checksum (a few
+        ms per cold task); here it overlaps the forwards of other requests. A task evicted again before its
+        batch runs is simply read by the forward, as without this step.
+        """
+        if self.deployment.is_loaded(task):
+            return False
+        pending = self._prefetching.get(task)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(self.load_pool, self.deployment.prefetch, task)
+            self._prefetching[task] = pending
+            pending.add_done_callback(lambda _f, t=task: self._prefetching.pop(t, None))
+            t0 = time.perf_counter()
+            if await asyncio.shield(pending):
+                self.prefetched += 1
+                self.metrics.task_load_time.observe(time.perf_counter() - t0)
+            return True
+        await asyncio.shield(pending)
+        return True
 
     def _read_meta(self, task: str) -> TaskMeta:
         from adapterdeploy.artifacts import TaskSpec
 
-        source = next((info.source for info in self.deployment.tasks() if info.name == task), None)
-        if source is None:
-            raise UnknownTaskError(f"unknown task {task!r}")
-        spec = TaskSpec.read(Path(source))
+        spec = TaskSpec.read(Path(self.deployment.task_info(task).source))
         return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
                         text_pair=spec.text_pair, version=task_version(spec.files),
                         hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
@@ -190,11 +231,10 @@ class ServingState:
         self.require_task(name)
         await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.unload_task, name)
 
-    async def task_infos(self) -> list[Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.tasks)
-
-    def _count_loaded(self) -> float:
-        return float(sum(1 for info in self.deployment.tasks() if info.state in ("loaded", "pinned")))
+    async def task_infos(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False
+                         ) -> list[Any]:
+        listing = partial(self.deployment.tasks, offset=offset, limit=limit, loaded_only=loaded_only)
+        return await asyncio.get_running_loop().run_in_executor(self.aux_pool, listing)
 
     # --------------------------------------------------------------------------------- inference
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
@@ -202,8 +242,8 @@ class ServingState:
         self.metrics.refresh()
         return results
 
-    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs"
-                      ) -> list[Any]:
+    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs",
+                      note: dict[str, Any] | None = None) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
         Order: the queue's capacity first (429 before any tokenization), then each input is tokenized once
@@ -211,6 +251,8 @@ class ServingState:
         over-long text is refused here, before it is queued. A row of a failed task raises its
         TaskFailedError (503); the batch's other requests are unaffected. A task may be an :class:`Embed`
         target (an embedding row instead of a prediction; its task, if any, must exist).
+        ``note["cold_tasks"]`` gets how many of the tasks were not loaded when the request arrived (the
+        ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be measured).
         """
         self.require_ready()
         assert self.batcher is not None
@@ -229,6 +271,13 @@ class ServingState:
                     want = "[text_a, text_b] pairs" if meta.text_pair else "single texts"
                     raise InputError(f"{field}[{i}]: task {task!r} takes {want}, this is "
                                      f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
+        cold = 0
+        for task in tasks:
+            name = task.task if isinstance(task, Embed) else task
+            if name is not None:
+                cold += await self.prefetch(name)
+        if note is not None:
+            note["cold_tasks"] = cold
         loop = asyncio.get_running_loop()
         encoded = await loop.run_in_executor(self.aux_pool, self.deployment.encode, list(inputs))
         if not self.settings.truncate:

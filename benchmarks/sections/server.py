@@ -44,18 +44,19 @@ def _free_port() -> int:
 
 
 def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batching: bool,
-                  log: Path) -> subprocess.Popen:
+                  log: Path, *, extra_args: tuple[str, ...] = (), token: str | None = None,
+                  ready_timeout_s: float = 120.0) -> subprocess.Popen:
     """Start ``adapterdeploy serve`` and hot-load ``tasks`` through its admin API (load from a path)."""
     args = [sys.executable, "-m", "adapterdeploy.cli", "serve", str(dep), "--port", str(port),
-            "--threads", str(threads), "--max-queue", "4096"]
+            "--threads", str(threads), "--max-queue", "4096", *extra_args]
     if not batching:
         args += ["--max-batch-rows", "1", "--max-wait-ms", "0"]
-    token = secrets.token_urlsafe(24)
+    token = token or secrets.token_urlsafe(24)
     env = {**thread_env(threads), "ADAPTERDEPLOY_ADMIN_TOKEN": token}
     with open(log, "w") as f:
         proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + ready_timeout_s
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
@@ -66,7 +67,7 @@ def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batchin
         except OSError:
             if time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"server not ready after 120 s: {log.read_text()[-2000:]}") from None
+                raise RuntimeError(f"server not ready after {ready_timeout_s:g} s: {log.read_text()[-2000:]}") from None
             time.sleep(0.2)
     for task in tasks:
         body = json.dumps({"parameters": {"path": str(task)}}).encode()
