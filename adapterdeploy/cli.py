@@ -12,6 +12,7 @@ from __future__ import annotations
 import click
 
 from adapterdeploy import __version__
+from adapterdeploy.cli_errors import CatchingGroup, CLIError
 from adapterdeploy.exporter.commands import add_task, export, export_standalone, inspect_cmd, remove_task
 from adapterdeploy.models.commands import import_adapterhub, import_peft, train
 from adapterdeploy.runtime.commands import check, predict
@@ -22,15 +23,19 @@ __all__ = ["export_adapters_main", "main"]
 CONTEXT = {"auto_envvar_prefix": "ADAPTERDEPLOY", "help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=CatchingGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="adapterdeploy")
-def main() -> None:
+@click.option("--debug", is_flag=True, default=False, envvar="ADAPTERDEPLOY_DEBUG",
+              help="Print the full traceback of an error (default: one line, exit code 2).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Deploy BERT-family encoders with per-task bottleneck adapters: one shared ONNX featurizer, many tasks.
 
     \b
     Data flow:  train / import-adapterhub  ->  export (add-task, remove-task, inspect)
                 ->  predict / check  ->  serve
     """
+    ctx.meta["adapterdeploy.debug"] = debug
 
 
 @click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -43,7 +48,7 @@ def bench(ctx: click.Context) -> None:
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "__main__.py").is_file():
-        raise click.ClickException(
+        raise CLIError(
             f"'adapterdeploy bench' runs the benchmarks/ package of a source checkout, and {root} has none (this is "
             "an installed copy); clone the repository, `pip install -e '.[export,adapterhub,serve,bench]'`, and run "
             "`adapterdeploy bench` or `python -m benchmarks` from it"

@@ -28,6 +28,7 @@ __all__ = [
     "RequestTimeoutError",
     "SchemaVersionError",
     "TaskArtifactError",
+    "TaskFailedError",
     "UnavailableError",
     "UnknownTaskError",
     "UnsupportedAdapterError",
@@ -112,6 +113,16 @@ class SchemaVersionError(ArtifactError):
     """A manifest written by a newer (or unknown) schema version."""
 
     error_type = "schema_version"
+
+
+class TaskFailedError(AdapterDeployError, RuntimeError):
+    """A task whose weights, files or head failed (load or run); it stays out of service until reloaded.
+
+    Only that task's rows get this error; other tasks in the same batch are answered normally.
+    """
+
+    error_type = "task_failed"
+    http_status = 503
 
 
 class FingerprintMismatchError(ArtifactError):

@@ -297,7 +297,7 @@ def test_cli_end_to_end(bases, tiny_bases, tmp_path):
     lora = _save_config(tmp_path, tiny_bases["bert"], ah.LoRAConfig(r=2), name="lora")
     bad = CliRunner().invoke(main, ["import-adapterhub", "--base", str(tiny_bases["bert"]), "--adapter", str(lora),
                                     "--out", str(tmp_path / "lora-ck")])
-    assert bad.exit_code == 1 and "LoRA" in bad.output and not (tmp_path / "lora-ck").exists()
+    assert bad.exit_code == 2 and "LoRA" in bad.output and not (tmp_path / "lora-ck").exists()
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ def test_cli_export_and_inspect(cli_dep):
     table = runner.invoke(cli, ["inspect", str(out)])
     assert table.exit_code == 0 and "featurizer variants" in table.output and "checksums" in table.output
     again = runner.invoke(cli, ["export", "--base", str(info["base"]["path"]), "--task", "x", "--out", str(out)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
 
 
 def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
@@ -182,7 +182,7 @@ def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
     assert added.exit_code == 0, added.output
     assert "added task 'y'" in added.output
     bad = runner.invoke(cli, ["add-task", str(dep), str(ckpts["al"]), "--quiet"])
-    assert bad.exit_code == 1 and "fingerprint_mismatch" in bad.output
+    assert bad.exit_code == 2 and "fingerprint_mismatch" in bad.output
     removed = runner.invoke(cli, ["remove-task", str(dep), "x"])
     assert removed.exit_code == 0 and "1 task(s) left: y" in removed.output
     info = json.loads(runner.invoke(cli, ["inspect", str(dep), "--json"]).output)
@@ -191,7 +191,7 @@ def test_cli_add_remove_task_and_corruption(cli_dep, ckpts, tmp_path):
     broken = runner.invoke(cli, ["inspect", str(dep)])
     assert broken.exit_code == 1 and "featurizer/trunk.onnx" in broken.output
     missing = runner.invoke(cli, ["inspect", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 1 and "invalid_artifact" in missing.output
+    assert missing.exit_code == 2 and "invalid_artifact" in missing.output
 
 
 def test_eval_plan_and_zero_fill_rules(tmp_path):

@@ -21,6 +21,7 @@ from adapterdeploy.errors import (
     ProviderError,
     RegistryFullError,
     SchemaVersionError,
+    TaskFailedError,
     UnknownTaskError,
 )
 from adapterdeploy.runtime import Deployment, Prediction, TaskInfo
@@ -266,8 +267,10 @@ def test_corrupt_task_file_is_refused_at_load(copy_dir):
     data[-5] ^= 0xFF
     f.write_bytes(bytes(data))
     with Deployment.open(copy_dir) as d:
-        with pytest.raises(ChecksumError, match=r"adapters\.safetensors: sha256 differs"):
+        # the task is taken out of service (TaskFailedError) with the checksum error as its cause and reason
+        with pytest.raises(TaskFailedError, match=r"adapters\.safetensors: sha256 differs") as failed:
             d.predict(["yes"], task="sent")
+        assert isinstance(failed.value.__cause__, ChecksumError)
         assert d.predict(["yes"], task="topic")  # other tasks are unaffected
 
 

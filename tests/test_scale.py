@@ -16,7 +16,7 @@ import httpx
 import pytest
 from serving_fixtures import ADMIN_TOKEN, ThreadedServer, build_deployment
 
-from adapterdeploy.errors import ChecksumError
+from adapterdeploy.errors import ChecksumError, TaskFailedError
 from adapterdeploy.runtime import Deployment
 from adapterdeploy.serving.settings import Settings
 from benchmarks.synthetic import add_synthetic_tasks
@@ -72,8 +72,9 @@ def test_open_reads_no_task_and_a_corrupt_task_fails_only_itself(many, tmp_path)
     with Deployment.open(copy) as dep:
         seen = _load_threads(dep)
         assert all(i.state == "known" for i in dep.tasks()) and seen == []
-        with pytest.raises(ChecksumError, match=names[5]):
+        with pytest.raises(TaskFailedError, match=names[5]) as failed:  # out of service until reloaded
             dep.predict(["x"], task=names[5])
+        assert isinstance(failed.value.__cause__, ChecksumError)
         assert len(dep.predict(["x"], task=names[6])) == 1
         assert dep.loaded_task_count == 1
 

@@ -70,7 +70,7 @@ def check_error(r: httpx.Response, status: int, error_type: str, *fragments: str
 # ---- health and metadata ------------------------------------------------------------------------------
 def test_health_and_server_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
-    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True, "tasks_not_ready": {}}
     meta = client.get("/v2").json()
     assert meta["name"] == "adapterdeploy" and meta["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/models/sentiment/ready").json() == {"name": "sentiment", "ready": True}
@@ -254,10 +254,10 @@ def test_bad_binary_header_unknown_route_and_method(client):
 
 
 def test_a_server_error_leaks_no_stack_trace(client, deployment, monkeypatch, caplog):
-    def broken(rows, strict=False):
+    def broken(rows, errors="raise"):
         raise RuntimeError("secret internal detail /srv/path")
 
-    monkeypatch.setattr(deployment, "predict_mixed", broken)
+    monkeypatch.setattr(deployment, "predict_encoded", broken)
     with caplog.at_level(logging.ERROR, logger="adapterdeploy"):
         r = client.post("/v1/predict", json={"task": "sentiment", "inputs": ["a"]})
     body = check_error(r, 500, "internal")
@@ -300,7 +300,9 @@ def test_metrics_cover_requests_batches_and_rejections(client, server):
     assert metric(samples, "adapterdeploy_loaded_tasks") >= 1
     assert metric(samples, "adapterdeploy_ready") == 1
     names = {name for name, _ in samples}
-    assert all(n.startswith("adapterdeploy_") for n in names), sorted(names)
+    assert all(n.startswith(("adapterdeploy_", "process_")) for n in names), sorted(names)
+    assert any(n.startswith("process_") for n in names), "the process_* collector is registered"
+    assert not any(n.endswith("_created") for n in names), sorted(names)
 
 
 # ---- admin --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections import Counter
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from serving_fixtures import ADMIN_TOKEN, REPO, build_deployment, subprocess_server
+from serving_fixtures import ADMIN_TOKEN, REPO, build_deployment, metric, scrape, subprocess_server
 
 from adapterdeploy.errors import ConfigError
 from adapterdeploy.serving.commands import parse_bytes, serve
@@ -58,7 +58,7 @@ def test_parse_bytes():
 
 def test_serve_refuses_a_directory_that_is_not_a_deployment(tmp_path):
     result = CliRunner().invoke(serve, [str(tmp_path)])
-    assert result.exit_code == 1 and "deployment.json" in result.output
+    assert result.exit_code == 2 and "deployment.json" in result.output
     result = CliRunner().invoke(serve, [str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
 
@@ -102,6 +102,11 @@ def test_workers_and_admin_token_file(tiny_base_dir, tmp_path_factory, tmp_path)
         instances, index_status = asyncio.run(calls())
         assert len(instances) == 2, instances
         assert index_status == 200
+        for _ in range(4):  # whichever worker answers the scrape reports both workers' requests
+            samples = scrape(url)
+            assert metric(samples, "adapterdeploy_requests_total", endpoint="predict") == sum(instances.values())
+            assert not [name for name, _ in samples if name.endswith("_created")]
+            assert len({dict(labels)["pid"] for name, labels in samples if name == "adapterdeploy_ready"}) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]

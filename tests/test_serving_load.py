@@ -130,12 +130,12 @@ def test_load_64_clients_batches_across_tasks_with_admin_churn(deploy_dir):
 
 
 def slow_forward(deployment, delay: float):
-    """Wrap the REAL deployment's predict_mixed with a fixed delay (a stand-in for a larger model)."""
-    real = deployment.predict_mixed
+    """Wrap the REAL deployment's predict_encoded with a fixed delay (a stand-in for a larger model)."""
+    real = deployment.predict_encoded
 
-    def slowed(rows, strict=False):
+    def slowed(rows, errors="raise"):
         time.sleep(delay)
-        return real(rows, strict=strict)
+        return real(rows, errors=errors)
 
     return slowed
 
@@ -146,7 +146,7 @@ def test_tiny_queue_answers_429_with_retry_after_and_drops_gone_clients(deploy_d
     settings = Settings(deploy_dir=str(deploy_dir), max_queue=8, max_rows_per_request=4, max_batch_rows=4,
                         max_wait_ms=0.0)
     with Deployment.open(deploy_dir) as dep:
-        monkeypatch.setattr(dep, "predict_mixed", slow_forward(dep, 0.03))
+        monkeypatch.setattr(dep, "predict_encoded", slow_forward(dep, 0.03))
         with ThreadedServer(settings, deployment=dep) as srv:
 
             async def burst():

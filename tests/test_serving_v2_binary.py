@@ -126,15 +126,15 @@ def test_grpc_queue_full_is_resource_exhausted_with_retry_info(server, deploymen
 
     from adapterdeploy.serving.grpc_v2 import messages, method_path
 
-    real = deployment.predict_mixed
+    real = deployment.predict_encoded
     entered, gate = threading.Event(), threading.Event()
 
-    def slow(rows, strict=False):
+    def slow(rows, errors="raise"):
         entered.set()
         gate.wait(10)
-        return real(rows, strict=strict)
+        return real(rows, errors=errors)
 
-    monkeypatch.setattr(deployment, "predict_mixed", slow)
+    monkeypatch.setattr(deployment, "predict_encoded", slow)
     pb = messages()
     request = pb.ModelInferRequest(
         model_name="sentiment",

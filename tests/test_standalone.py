@@ -176,7 +176,7 @@ def test_export_standalone_from_a_deployment_without_torch(dep, expected, tmp_pa
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1 and "unknown_task" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "unknown_task" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
 
 

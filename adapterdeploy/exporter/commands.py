@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.errors import AdapterDeployError
 
 __all__ = ["add_task", "export", "export_standalone", "inspect_cmd", "remove_task"]
@@ -32,7 +33,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except AdapterDeployError as exc:
-        raise click.ClickException(f"{exc.error_type}: {exc}") from exc
+        raise cli_error(exc) from exc
 
 
 def _logger(quiet: bool):

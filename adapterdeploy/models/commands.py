@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from adapterdeploy.cli_errors import CLIError, cli_error
 from adapterdeploy.config import ACTIVATIONS, PLACEMENTS, POOLINGS, AdapterConfig, HeadConfig
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.metrics import MAIN_METRICS
@@ -139,7 +140,7 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
     ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression",
              "multi-label": "multi_label_classification"}[problem_type]
     if Path(out_dir).exists() and not force:
-        raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")
+        raise CLIError(f"{out_dir} already exists; pass --force to replace it")
     cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,
             "label_column": label_column}
     try:
@@ -162,7 +163,7 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                                 max_length=max_length, seed=seed, metric=metric, progress=not quiet)
     except AdapterDeployError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
 
     try:
         from adapterdeploy.models.base import load_base
@@ -186,7 +187,7 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
                           config=train_cfg, stack_on=lower)
         save_checkpoint(ckpt, out_dir, force=force)
     except AdapterDeployError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     info = ckpt.training
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items() if isinstance(v, float))
     click.echo(f"wrote {out_dir}: task {task_name!r}, {info['trainable_params']:,} trainable params "
@@ -263,7 +264,7 @@ def import_adapterhub(
             ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
         save_checkpoint(ckpt, out_dir, force=force)
     except AdapterDeployError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     a, h = ckpt.adapter, ckpt.head
     layers = "all" if a.layers is None else ",".join(map(str, a.layers))
     click.echo(

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
+from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.errors import AdapterDeployError
+from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["check", "predict"]
@@ -92,7 +94,7 @@ class _Writer:
               help="Comma-separated tasks to fan every input out to (the shared trunk runs once per text).")
 @click.option("--pair", "pairs", nargs=2, multiple=True, metavar="TEXT_A TEXT_B",
               help="A text pair for pair tasks (paraphrase, entailment); repeat for more.")
-@click.option("--input", "input_file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=None,
               help="Read inputs from a file ('-' = stdin): .txt one text per line, .tsv/.csv with a text (and "
                    "text_b) column, .jsonl strings / [a, b] / objects. Streams in batches: any size works.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table", show_default=True,
@@ -102,10 +104,14 @@ class _Writer:
               help="Refuse inputs longer than the deployment's max_length instead of truncating them.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Rows per forward pass: larger is faster per row on CPU, costs more memory.")
+@click.option("--max-chars-per-text", type=click.IntRange(min=1), default=MAX_CHARS_PER_TEXT, show_default=True,
+              help="Longest --input line accepted (characters; the server's limit per text). A longer line is an "
+                   "error after reading only this much, so memory stays bounded; raise it for long documents.")
 @_open_options
 def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: str | None,
             pairs: tuple[tuple[str, str], ...], input_file: str | None, fmt: str, strict: bool, batch_size: int,
-            precision: str, providers: tuple[str, ...], threads: int | None, spin_us: int) -> None:
+            max_chars_per_text: int, precision: str, providers: tuple[str, ...], threads: int | None,
+            spin_us: int) -> None:
     """Predict with one task (--task) or fan out to several (--tasks) on TEXT arguments, --pair or --input."""
     from adapterdeploy.runtime import Deployment
 
@@ -123,14 +129,14 @@ def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: st
                                            f"({', '.join(dep.task_names)}); choose one with --task")
                 task = dep.task_names[0]
             writer = _Writer(fmt)
-            _predict_stream(dep, _rows(texts, pairs, input_file), task, names, strict, writer,
+            _predict_stream(dep, _rows(texts, pairs, input_file, max_chars_per_text), task, names, strict, writer,
                             batch_size * 4, input_file)
             writer.close()
     except AdapterDeployError as exc:
-        raise click.ClickException(f"{exc.error_type}: {exc}") from exc
+        raise cli_error(exc) from exc
 
 
-def _rows(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file: str | None
+def _rows(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file: str | None, max_chars: int
           ) -> Iterator[tuple[Any, int]]:
     yield from ((t, 0) for t in texts)
     yield from (((a, b), 0) for a, b in pairs)
@@ -138,10 +144,10 @@ def _rows(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file
         from adapterdeploy.runtime.inputs import iter_inputs
 
         if input_file == "-":
-            yield from iter_inputs(sys.stdin, "stdin.txt")
+            yield from iter_inputs(sys.stdin, "stdin.txt", max_chars)
         else:
             with open(input_file, encoding="utf-8") as f:
-                yield from iter_inputs(f, input_file)
+                yield from iter_inputs(f, input_file, max_chars)
 
 
 def _predict_stream(dep: Any, rows: Iterator[tuple[Any, int]], task: str | None, names: list[str] | None,
@@ -204,7 +210,7 @@ def check(deploy_dir: str, eval_file: str | None, eval_task: str | None, as_json
                               max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
                               max_accuracy_drop=max_accuracy_drop, reps=reps)
     except AdapterDeployError as exc:
-        raise click.ClickException(f"{exc.error_type}: {exc}") from exc
+        raise cli_error(exc) from exc
     ok = all(i.status != "fail" for i in items)
     if as_json:
         from adapterdeploy.metrics import json_safe

@@ -9,6 +9,14 @@
 Opening verifies the featurizer files' checksums and starts the two featurizer sessions; tasks load on
 first use (checksum of their files, fingerprint check, a small safetensors read: no session is rebuilt)
 and are evicted least-recently-used under the optional count / byte budget. Every method is thread-safe.
+
+One bad task never fails another task's rows: when a task's weights cannot be read, or its head or bank
+rows fail inside a mixed batch (any exception: a bad head graph, PermissionError, MemoryError), the task
+is marked failed (``tasks()`` shows ``state="failed"`` with the reason; it stays so until ``load_task``
+reloads it), the other rows are answered (re-run without it when the shared forward failed), and that
+task's rows raise TaskFailedError, or hold it in their place with ``errors="return"`` (the server's mode).
+A server tokenizes once and passes the rows pre-encoded: :meth:`Deployment.encode` then
+:meth:`Deployment.predict_encoded`.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from safetensors import SafetensorError
@@ -39,6 +47,7 @@ from adapterdeploy.errors import (
     ConfigError,
     FingerprintMismatchError,
     InputError,
+    TaskFailedError,
     UnknownTaskError,
 )
 from adapterdeploy.runtime.bank import BankLayout, TaskRows
@@ -50,13 +59,22 @@ from adapterdeploy.runtime.providers import ProviderSpec, normalize_providers, t
 from adapterdeploy.runtime.registry import EvictCallback, TaskInfo, TaskRegistry
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US, SessionFactory
 from adapterdeploy.runtime.shared_lowers import SharedLowers
-from adapterdeploy.runtime.tokenization import Row, TextEncoder, length_buckets, validate_row, validate_rows
+from adapterdeploy.runtime.tokenization import (
+    Row,
+    TextEncoder,
+    TokenRow,
+    length_buckets,
+    validate_row,
+    validate_rows,
+)
 
 __all__ = ["Deployment"]
 
 log = logging.getLogger(__name__)
 
 ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
+ErrorMode = Literal["raise", "return"]
+Result = Prediction | Embedding | TaskFailedError
 
 
 class Deployment:
@@ -244,6 +262,29 @@ class Deployment:
         """Registry entries sorted by name; ``offset`` / ``limit`` page through a large deployment."""
         return self._registry.infos(offset=offset, limit=limit, loaded_only=loaded_only)
 
+    def failed_tasks(self) -> dict[str, str]:
+        """Tasks out of service (state ``failed``) and why; ``load_task(name)`` retries one."""
+        return self._registry.failed()
+
+    def task_failure(self, name: str) -> str | None:
+        """Why task ``name`` is failed, or None when it is not (cheap: one lookup)."""
+        return self._registry.error_of(name)
+
+    def check_tasks(self) -> dict[str, str]:
+        """Mark failed every task whose files this process cannot open or whose sizes differ from task.json.
+
+        Cheap (an open and a stat per file, no checksum, no weights read): a server runs it at startup so
+        that readiness tells the truth about tasks it has not loaded yet, e.g. weights readable only by
+        the user who exported them. Returns :meth:`failed_tasks`.
+        """
+        self._check_open()
+        for info in self._registry.infos():
+            if info.state in ("known", "loaded", "pinned"):
+                problem = _unreadable(Path(info.source))
+                if problem is not None:
+                    self._registry.mark_failed(info.name, problem)
+        return self.failed_tasks()
+
     def task_info(self, name: str) -> TaskInfo:
         return self._registry.info(name)
 
@@ -266,12 +307,14 @@ class Deployment:
         rows = validate_rows(inputs)
         return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
 
-    def predict_mixed(self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False
-                      ) -> list[Prediction | Embedding]:
+    def predict_mixed(self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *,
+                      errors: ErrorMode = "raise") -> list[Result]:
         """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order.
 
         A row whose first item is an :class:`Embed` (instead of a task name) answers an :class:`Embedding`,
-        in the same forward as the predictions.
+        in the same forward as the predictions. ``errors="return"``: a row whose task failed holds its
+        TaskFailedError and the other rows are still answered; ``"raise"`` (default) raises it once every
+        row has run.
         """
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
             raise InputError(f"rows must be a list of (task, text) pairs, got {type(rows).__name__}")
@@ -282,7 +325,41 @@ class Deployment:
                 raise InputError(f"rows[{i}] must be (task, text) or (task, (text_a, text_b)), got {row!r:.80}")
             names.append(row[0])
             texts.append(validate_row(row[1], f"rows[{i}]"))
-        return self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))])
+        return self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))], errors)
+
+    def encode(self, inputs: Sequence[Row]) -> list[TokenRow]:
+        """Tokenize ``inputs`` once (untruncated count, truncation flag, ids) for :meth:`predict_encoded`."""
+        return self._encoder.tokenize(validate_rows(inputs))
+
+    def predict_encoded(self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise"
+                        ) -> list[Result]:
+        """Like :meth:`predict_mixed` for rows already tokenized by :meth:`encode` (a server tokenizes once).
+
+        Identical encodings share one trunk pass, as identical texts do in ``predict_mixed``.
+        """
+        names: list[str | Embed] = []
+        tokens: list[TokenRow] = []
+        source: list[int] = []
+        keys: dict[tuple[Any, ...], int] = {}
+        for i, row in enumerate(rows):
+            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], (str, Embed))
+                    and isinstance(row[1], TokenRow)):
+                raise InputError(f"rows[{i}] must be (task, TokenRow from Deployment.encode), got {row!r:.80}")
+            names.append(row[0])
+            t = row[1]
+            key = (tuple(t.ids), tuple(t.type_ids), t.truncated)
+            if key not in keys:
+                keys[key] = len(tokens)
+                tokens.append(t)
+            source.append(keys[key])
+        if not names:
+            return []
+        self._check_embeds(names)
+        loaded, failed = self._load_tasks(names)
+        for i, n in enumerate(names):
+            if isinstance(n, str) and n in loaded and tokens[source[i]].pair != loaded[n].spec.text_pair:
+                raise InputError(_pair_message(n, loaded[n].spec.text_pair, f"rows[{i}]", tokens[source[i]].pair))
+        return self._forward(names, tokens, source, loaded, failed, errors)
 
     def embed(self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean",
               strict: bool = False) -> np.ndarray:
@@ -313,7 +390,7 @@ class Deployment:
         flat = self._run(names, [r for _ in order for r in rows], strict,
                          [f"inputs[{i}]" for _ in order for i in range(len(rows))])
         n = len(rows)
-        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}
+        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}  # type: ignore[misc]
 
     # ---- internals ---------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -326,57 +403,144 @@ class Deployment:
             raise InputError(f"a task name is a str, got {type(name).__name__}")
         return self._registry.get(name)
 
-    def _run(self, names: Sequence[str | Embed], texts: list[Row], strict: bool, where: list[str]
-             ) -> list[Any]:
-        """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
-        if not names:
-            return []
-        embeds = [n if isinstance(n, Embed) else None for n in names]
-        task_of = [n.task if isinstance(n, Embed) else n for n in names]
-        loaded = {n: self._task(n) for n in dict.fromkeys(task_of) if n is not None}
-        base = self._base_rows() if any(t is None for t in task_of) else None
-        for e in dict.fromkeys(e for e in embeds if e is not None):
+    def _check_embeds(self, names: Sequence[str | Embed]) -> None:
+        """Every embedding target's pooling is an output of this featurizer."""
+        for e in dict.fromkeys(n for n in names if isinstance(n, Embed)):
             if e.feature not in self._engine.output_names:
                 raise InputError(f"pooling {e.pooling!r} needs the featurizer's {e.feature!r} output, which this "
                                  f"deployment lacks (outputs: {', '.join(self._engine.output_names)}); use mean or cls")
+
+    def _run(self, names: Sequence[str | Embed], texts: list[Row], strict: bool, where: list[str],
+             errors: ErrorMode = "raise") -> list[Result]:
+        """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
+        if not names:
+            return []
+        self._check_embeds(names)
+        loaded, failed = self._load_tasks(names)
         for i, (n, text) in enumerate(zip(names, texts, strict=True)):
-            if isinstance(n, Embed):
-                continue  # an embedding takes a text or a pair, whatever the task was trained on
-            pair = isinstance(text, tuple)
-            if pair != loaded[n].spec.text_pair:
-                want = "text pairs (text_a, text_b)" if loaded[n].spec.text_pair else "single texts"
-                raise InputError(f"task {n!r} takes {want}; {where[i]} is {'a pair' if pair else 'a single text'}")
+            # an embedding takes a text or a pair, whatever the task was trained on
+            if isinstance(n, str) and n in loaded and isinstance(text, tuple) != loaded[n].spec.text_pair:
+                raise InputError(_pair_message(n, loaded[n].spec.text_pair, where[i], isinstance(text, tuple)))
         unique_index: dict[Row, int] = {}
         source = [unique_index.setdefault(t, len(unique_index)) for t in texts]
         uniques = list(unique_index)
         first_row = {u: r for r, u in reversed(list(enumerate(source)))}
         labels = [where[first_row[u]] for u in range(len(uniques))]
         tokens = self._encoder.tokenize(uniques, strict=strict, labels=labels)
-        rows_of: list[list[int]] = [[] for _ in uniques]
+        return self._forward(names, tokens, source, loaded, failed, errors)
+
+    def _load_tasks(self, names: Sequence[str | Embed]
+                    ) -> tuple[dict[str, LoadedTask], dict[str, TaskFailedError]]:
+        """Each distinct task's weights; a failed task is set aside (its rows get the error), not raised."""
+        loaded: dict[str, LoadedTask] = {}
+        failed: dict[str, TaskFailedError] = {}
+        for n in dict.fromkeys(_task_of(n) for n in names):
+            if n is None:
+                continue
+            try:
+                loaded[n] = self._task(n)
+            except TaskFailedError as exc:
+                failed[n] = exc
+        return loaded, failed
+
+    def _forward(self, names: Sequence[str | Embed], tokens: list[TokenRow], source: list[int],
+                 loaded: dict[str, LoadedTask], failed: dict[str, TaskFailedError], errors: ErrorMode
+                 ) -> list[Result]:
+        """Rows ``r`` = (names[r], tokens[source[r]]) of the loaded tasks, length-bucketed when large."""
+        if failed and errors == "raise":
+            raise next(iter(failed.values()))
+        task_of = [_task_of(n) for n in names]
+        base = self._base_rows() if any(t is None for t in task_of) else None
+        out: list[Result | None] = [failed.get(t) if t is not None else None for t in task_of]
+        rows_of: list[list[int]] = [[] for _ in tokens]
         for r, u in enumerate(source):
-            rows_of[u].append(r)
-        if len(names) <= self.batch_size:
-            chunks = [list(range(len(uniques)))]
+            if task_of[r] is None or task_of[r] in loaded:
+                rows_of[u].append(r)
+        used = [u for u in range(len(tokens)) if rows_of[u]]
+        if sum(len(rows_of[u]) for u in used) <= self.batch_size:
+            chunks = [used] if used else []
         else:
-            chunks = length_buckets([len(t.ids) for t in tokens], self.batch_size, [len(x) for x in rows_of])
-        engine = self._engine
-        if engine is None:
+            buckets = length_buckets([len(tokens[u].ids) for u in used], self.batch_size,
+                                     [len(rows_of[u]) for u in used])
+            chunks = [[used[i] for i in b] for b in buckets]
+        if self._engine is None:
             self._check_open()
-        registry = self._registry
-        resident = engine.bank_mode == "resident"
-        out: list[Prediction | Embedding | None] = [None] * len(names)
         for chunk in chunks:
-            local = {u: j for j, u in enumerate(chunk)}
             row_ids = [r for u in chunk for r in rows_of[u]]
-            padded = self._encoder.pad([tokens[u] for u in chunk])
-            row_source = np.array([local[source[r]] for r in row_ids], dtype=np.int64)
-            version, all_loaded = registry.loaded_snapshot() if resident else (0, None)
-            row_tasks = [loaded[task_of[r]] if task_of[r] is not None else None for r in row_ids]
-            preds = engine.run(padded, row_source, row_tasks, row_embed=[embeds[r] for r in row_ids], base=base,
-                               version=version, loaded=all_loaded)
-            for r, p in zip(row_ids, preds, strict=True):
+            for r, p in zip(row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True):
                 out[r] = p
+        if errors == "raise":
+            for p in out:
+                if isinstance(p, TaskFailedError):
+                    raise p
         return out  # type: ignore[return-value]
+
+    def _run_isolated(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
+                      source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None) -> list[Result]:
+        """One bucket; a failing task is marked failed and only its rows get the error.
+
+        A head failure is one task's by construction (the engine isolates heads). A failure of the shared
+        forward (e.g. a task's bank rows of the wrong shape) cannot be attributed: when the bucket mixes
+        tasks, each task's rows re-run alone (bank gathered from that task only) and the tasks that still
+        fail alone are blamed; when every task fails alone, or the bucket has one task, the error is the
+        featurizer's or the batch's and is raised as is. Base-model embedding rows (no task) are never
+        blamed: their failure is the featurizer's.
+        """
+        try:
+            preds = self._engine_run(row_ids, names, tokens, source, loaded, base, resident_ok=True)
+        except Exception as exc:
+            groups: dict[str | None, list[int]] = {}
+            for r in row_ids:
+                groups.setdefault(_task_of(names[r]), []).append(r)
+            if len(groups) == 1:
+                raise
+            alone: dict[str | None, list[Any] | Exception] = {}
+            for n, rows in groups.items():
+                try:
+                    alone[n] = self._engine_run(rows, names, tokens, source, loaded, base, resident_ok=False)
+                except Exception as one:
+                    if n is None:
+                        raise
+                    alone[n] = one
+            if all(isinstance(v, Exception) for v in alone.values()):
+                raise exc from None
+            by_row: dict[int, Any] = {}
+            for n, rows in groups.items():
+                got = alone[n]
+                for i, r in enumerate(rows):
+                    by_row[r] = got if isinstance(got, Exception) else got[i]
+            preds = [by_row[r] for r in row_ids]
+        blamed: dict[str, TaskFailedError] = {}
+        out: list[Result] = []
+        for r, p in zip(row_ids, preds, strict=True):
+            if isinstance(p, Exception):
+                n = _task_of(names[r])
+                if n is None:
+                    raise p
+                if n not in blamed:
+                    log.error("task %r failed in a batch and is out of service until reloaded", n, exc_info=p)
+                    blamed[n] = self._registry.mark_failed(n, f"{type(p).__name__}: {p}"[:500])
+                out.append(blamed[n])
+            else:
+                out.append(p)
+        return out
+
+    def _engine_run(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
+                    source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None, *,
+                    resident_ok: bool) -> list[Any]:
+        used = list(dict.fromkeys(source[r] for r in row_ids))
+        local = {u: j for j, u in enumerate(used)}
+        padded = self._encoder.pad([tokens[u] for u in used])
+        row_source = np.array([local[source[r]] for r in row_ids], dtype=np.int64)
+        engine = self._engine
+        resident = resident_ok and engine.bank_mode == "resident"
+        version, all_loaded = self._registry.loaded_snapshot() if resident else (0, None)
+        task_of = [_task_of(names[r]) for r in row_ids]
+        row_tasks = [loaded[t] if t is not None else None for t in task_of]
+        row_base = base if any(t is None for t in task_of) else None
+        embeds = [names[r] if isinstance(names[r], Embed) else None for r in row_ids]
+        return engine.run(padded, row_source, row_tasks, row_embed=embeds,  # type: ignore[arg-type]
+                          base=row_base, version=version, loaded=all_loaded)
 
     def _base_rows(self) -> TaskRows:
         """The all-zero bank rows that run the plain encoder (built once); refused where zero is not the base."""
@@ -435,6 +599,34 @@ class Deployment:
                                 f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)})")
         task = LoadedTask(spec=spec, rows=rows, head=head)
         return task, task.nbytes
+
+
+def _task_of(name: str | Embed) -> str | None:
+    """The task a row runs under (an embedding row's task; None: the base model)."""
+    return name.task if isinstance(name, Embed) else name
+
+
+def _pair_message(task: str, wants_pair: bool, where: str, is_pair: bool) -> str:
+    want = "text pairs (text_a, text_b)" if wants_pair else "single texts"
+    return f"task {task!r} takes {want}; {where} is {'a pair' if is_pair else 'a single text'}"
+
+
+def _unreadable(source: Path) -> str | None:
+    """Why this process cannot read the task directory ``source`` (None: every listed file opens, sizes match)."""
+    try:
+        spec = TaskSpec.read(source)
+    except (AdapterDeployError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    for rel, entry in spec.files.items():
+        path = source / safe_relpath(rel)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror or exc}"
+        if size != entry.size:
+            return f"{path} has {size} bytes, {TASK_FILE} says {entry.size} (truncated or replaced); re-export it"
+    return None
 
 
 def _featurizer_files(manifest: Manifest, precision: str) -> list[str]:

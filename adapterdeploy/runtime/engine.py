@@ -11,6 +11,10 @@ The bank holds either only this batch's tasks (``rows`` mode: ``slot`` counts wi
 loaded task (``resident`` mode: a snapshot rebuilt when the loaded set changes; on a GPU its tensors stay on
 the device, so a call copies token ids and indices, never weights). A snapshot and a task's rows are never
 mutated after they are built, so an in-flight batch is unaffected by concurrent loads and evictions.
+
+Heads run per task group, each isolated: when one task's head raises (a bad head graph, MemoryError, ...)
+its rows get that exception in place of a Prediction and every other group is still answered; the caller
+(``Deployment``) marks the task failed.
 """
 
 from __future__ import annotations
@@ -110,11 +114,13 @@ class Engine:
     # ---- forward -----------------------------------------------------------------------------
     def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask | None], *,
             row_embed: Sequence[Embed | None] | None = None, base: TaskRows | None = None,
-            version: int = 0, loaded: Sequence[LoadedTask] | None = None) -> list[Prediction | Embedding]:
+            version: int = 0, loaded: Sequence[LoadedTask] | None = None
+            ) -> list[Prediction | Embedding | Exception]:
         """Results for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``).
 
         ``row_embed[r]`` None: the task's head prediction; an :class:`Embed`: the row's L2-normalised pooled
         features instead. ``row_tasks[r]`` None (embedding rows only) runs the ``base`` rows (all zero).
+        A row whose task's head raised holds that exception instead (the other tasks' rows are unaffected).
         """
         embeds = list(row_embed) if row_embed is not None else [None] * len(row_tasks)
         tasks = list({t.name: t for t in row_tasks if t is not None}.values())
@@ -137,14 +143,18 @@ class Engine:
             outs = self.adapted.run(names, {"hidden": hidden, **small, **bank})
         features = dict(zip(names, outs, strict=True))
         truncated = padded.truncated[row_source]
-        results: list[Prediction | Embedding | None] = [None] * len(row_tasks)
+        results: list[Prediction | Embedding | Exception | None] = [None] * len(row_tasks)
         for task in tasks:
             idx = np.flatnonzero((task_index == slots[task.name]) & head_row)
             if idx.size == 0:
                 continue
-            logits = task.head.logits(features[task.head.feature][idx])
-            for i, p in zip(idx, predictions_from_logits(task.name, task.spec.head, logits, truncated[idx]),
-                            strict=True):
+            group: Sequence[Prediction | Exception]
+            try:
+                logits = task.head.logits(features[task.head.feature][idx])
+                group = predictions_from_logits(task.name, task.spec.head, logits, truncated[idx])
+            except Exception as exc:  # one task's head must not fail the other tasks' rows
+                group = [exc] * len(idx)
+            for i, p in zip(idx, group, strict=True):
                 results[i] = p
         for target in dict.fromkeys(e for e in embeds if e is not None):
             idx = np.flatnonzero([e == target for e in embeds])

@@ -4,6 +4,11 @@ Formats by extension: ``.jsonl``/``.ndjson`` (a JSON string, a [text_a, text_b] 
 column per models/data.py's names), ``.tsv`` (header; tab-separated, no quoting) and ``.csv`` (header; CSV
 quoting), anything else one text per line. Rows are yielded one at a time, so a file of any size streams
 through in batches; the byte offset travels with each row for a progress bar.
+
+Memory stays bounded whatever the file holds: lines are read with ``readline(limit)``, so a line longer
+than ``max_chars`` (the server's ``--max-chars-per-text`` default) is refused after reading at most that
+many characters — a 10 MB line or ``/dev/zero`` never reaches memory whole, let alone the tokenizer. A
+binary file (not UTF-8, or with NUL bytes) is refused with its line number.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import IO, Any
 from adapterdeploy.errors import DataError
 from adapterdeploy.runtime.tokenization import Row
 
-__all__ = ["PAIR_COLUMNS", "TEXT_COLUMNS", "iter_inputs"]
+__all__ = ["MAX_CHARS_PER_TEXT", "PAIR_COLUMNS", "TEXT_COLUMNS", "iter_inputs"]
+
+MAX_CHARS_PER_TEXT = 20000  # per input line of predict --input, and per text in the server (same default)
 
 # The same column names as adapterdeploy.models.data (kept here so the runtime needs no models import).
 TEXT_COLUMNS = ("text", "text_a", "sentence", "sentence1")
@@ -47,12 +54,32 @@ def _columns(header: list[str], where: str) -> tuple[int, int | None]:
     return text, pair
 
 
-def iter_inputs(stream: IO[str], name: str) -> Iterator[tuple[Row, int]]:
+def _bounded_lines(stream: IO[str], name: str, max_chars: int) -> Iterator[str]:
+    """Lines of ``stream``, each read with a bound: DataError for a longer line, a NUL byte or non-UTF-8 bytes."""
+    lineno = 0
+    while True:
+        try:
+            line = stream.readline(max_chars + 2)  # + room for "\r\n": a longer read means a longer line
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name}:{lineno + 1}: not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk); "
+                            "is it a binary file? pass a UTF-8 text file") from None
+        if not line:
+            return
+        lineno += 1
+        if len(line.rstrip("\r\n")) > max_chars:
+            raise DataError(f"{name}:{lineno}: the line is longer than {max_chars} characters "
+                            "(--max-chars-per-text); split it, or raise the limit")
+        if "\x00" in line:
+            raise DataError(f"{name}:{lineno}: contains a NUL byte; is it a binary file? pass a UTF-8 text file")
+        yield line
+
+
+def iter_inputs(stream: IO[str], name: str, max_chars: int = MAX_CHARS_PER_TEXT) -> Iterator[tuple[Row, int]]:
     """Yield ``(row, bytes read so far)`` from an open text stream; ``name`` picks the format and labels errors."""
     suffix = Path(name).suffix.lower()
     done = 0
     if suffix in (".tsv", ".csv"):
-        lines = iter(stream)
+        lines = _bounded_lines(stream, name, max_chars)
         header_line = next(lines, None)
         if header_line is None:
             return
@@ -71,7 +98,7 @@ def iter_inputs(stream: IO[str], name: str) -> Iterator[tuple[Row, int]]:
                 raise DataError(f"{name}:{lineno}: {len(fields)} fields, the header has {len(header)}")
             yield ((fields[text_i], fields[pair_i]) if pair_i is not None else fields[text_i]), done
         return
-    for lineno, line in enumerate(stream, start=1):
+    for lineno, line in enumerate(_bounded_lines(stream, name, max_chars), start=1):
         done += len(line.encode())
         stripped = line.rstrip("\r\n")
         if not stripped.strip():

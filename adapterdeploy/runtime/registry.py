@@ -12,6 +12,11 @@ is a task's bank rows + head. Thread-safe: one lock guards the tables; the file 
 of loaded tasks. A payload handed out stays valid after its eviction (it is simply no longer cached), so
 an in-flight batch never sees its weights change under it.
 
+A task whose loader raised (unreadable or corrupt files, MemoryError, ...) or that the runtime reported
+with :meth:`TaskRegistry.mark_failed` (its head or weights failed in a batch) is *failed*: it holds no
+weights, its uses raise TaskFailedError at once (no retry storm against broken files), and it stays so
+until an explicit :meth:`TaskRegistry.load` (a reload) or a new source clears it.
+
 Scale: a deployment may know 10,000 tasks with 1,000 loaded. Every per-request operation (get, load,
 evict, counts) costs O(1) or O(loaded), never O(known): the loaded tasks sit in their own ordered dict
 (least recently used first) with running byte and count totals; only the listings walk every known task.
@@ -27,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from adapterdeploy.errors import ConfigError, RegistryFullError, UnknownTaskError
+from adapterdeploy.errors import ConfigError, RegistryFullError, TaskFailedError, UnknownTaskError
 
-__all__ = ["TaskInfo", "TaskRegistry"]
+__all__ = ["TaskInfo", "TaskRegistry", "failed_error"]
 
-State = Literal["known", "loaded", "pinned"]
+State = Literal["known", "loaded", "pinned", "failed"]
 Loader = Callable[[str, Path], tuple[Any, int]]
-EvictCallback = Callable[[str, int, str], None]  # (name, bytes freed, "evicted" | "unloaded" | "replaced")
+EvictCallback = Callable[[str, int, str], None]  # (name, bytes freed, "evicted" | "unloaded" | "replaced" | "failed")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class TaskInfo:
     use_count: int
     priority: int
     source: str  # the task directory it loads from
+    error: str | None = None  # why the task failed (state "failed"); None otherwise
 
 
 @dataclass
@@ -60,6 +66,7 @@ class _Entry:
     last_used: float | None = None
     tick: int = 0
     use_count: int = 0
+    error: str | None = None  # set while the task is failed
 
     @property
     def loaded(self) -> bool:
@@ -140,7 +147,7 @@ class TaskRegistry:
             entry = self._get(name)
             if priority is not None:
                 entry.priority = int(priority)
-        self._ensure(name, touch=False, pin=pin)
+        self._ensure(name, touch=False, pin=pin, reload=True)
         return self.info(name)
 
     def unload(self, name: str) -> None:
@@ -150,6 +157,29 @@ class TaskRegistry:
             entry.pinned = False
             if entry.loaded:
                 self._drop(entry, "unloaded")
+
+    def mark_failed(self, name: str, reason: str) -> TaskFailedError:
+        """Take a task out of service (its weights are dropped) until it is reloaded; returns the error to raise.
+
+        Called by the runtime when a task's head or weights failed inside a batch. Unknown names are ignored
+        (the task was removed meanwhile).
+        """
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None:
+                self._fail(entry, reason)
+            return failed_error(name, reason)
+
+    def error_of(self, name: str) -> str | None:
+        """Why ``name`` failed, or None (also for unknown names); O(1), for per-request checks."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.error if entry is not None else None
+
+    def failed(self) -> dict[str, str]:
+        """Failed tasks and why."""
+        with self._lock:
+            return {e.name: e.error for _, e in sorted(self._entries.items()) if e.error is not None}
 
     def pin(self, name: str, pinned: bool = True) -> None:
         """Pin (never evicted) or unpin a task; pinning loads it."""
@@ -200,9 +230,15 @@ class TaskRegistry:
         return entry
 
     def _info(self, e: _Entry) -> TaskInfo:
-        state: State = "pinned" if e.pinned and e.loaded else "loaded" if e.loaded else "known"
+        state: State = ("failed" if e.error is not None else "pinned" if e.pinned and e.loaded
+                        else "loaded" if e.loaded else "known")
         return TaskInfo(name=e.name, state=state, size_bytes=e.size, last_used=e.last_used,
-                        use_count=e.use_count, priority=e.priority, source=str(e.source))
+                        use_count=e.use_count, priority=e.priority, source=str(e.source), error=e.error)
+
+    def _fail(self, entry: _Entry, reason: str) -> None:
+        if entry.loaded:
+            self._drop(entry, "failed")
+        entry.error = reason
 
     def _touch(self, entry: _Entry, use: bool) -> None:
         self._tick += 1
@@ -213,9 +249,12 @@ class TaskRegistry:
             entry.use_count += 1
             entry.last_used = time.time()
 
-    def _ensure(self, name: str, *, touch: bool, pin: bool | None = None) -> Any:
+    def _ensure(self, name: str, *, touch: bool, pin: bool | None = None, reload: bool = False) -> Any:
+        """The payload, loading it when needed. A failed task raises TaskFailedError unless ``reload``."""
         with self._lock:
             entry = self._get(name)
+            if entry.error is not None and not reload:
+                raise failed_error(name, entry.error)
             if entry.loaded:
                 self._touch(entry, touch)
                 if pin is not None:
@@ -225,6 +264,8 @@ class TaskRegistry:
         with load_lock:
             with self._lock:
                 entry = self._get(name)
+                if entry.error is not None and not reload:  # it failed while we waited
+                    raise failed_error(name, entry.error)
                 if entry.loaded:  # another thread loaded it while we waited
                     self._touch(entry, touch)
                     if pin is not None:
@@ -232,13 +273,22 @@ class TaskRegistry:
                     return entry.payload
                 source = entry.source
                 self._victim(name, 0)  # fail before reading the file when only pins fill the count budget
-            payload, size = self._loader(name, Path(source))  # file I/O outside the registry lock
+            try:
+                payload, size = self._loader(name, Path(source))  # file I/O outside the registry lock
+            except Exception as exc:  # any failure (unreadable file, MemoryError, ...) takes the task out
+                with self._lock:
+                    entry = self._entries.get(name)
+                    if entry is not None and entry.source == source:
+                        self._fail(entry, _describe(exc))
+                if reload:
+                    raise  # an explicit (re)load reports the loader's own typed error
+                raise failed_error(name, _describe(exc)) from exc
             with self._lock:
                 entry = self._get(name)
                 if entry.source != source:  # re-registered elsewhere meanwhile: our read is stale
-                    return self._ensure(name, touch=touch, pin=pin)
+                    return self._ensure(name, touch=touch, pin=pin, reload=reload)
                 self._make_room(name, size)
-                entry.payload, entry.size = payload, size
+                entry.payload, entry.size, entry.error = payload, size, None
                 self._loaded[name] = entry
                 self._loaded_bytes += size
                 if pin is not None:
@@ -288,3 +338,15 @@ class TaskRegistry:
         self.version += 1
         if self._on_evict is not None:
             self._on_evict(entry.name, size, reason)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def failed_error(name: str, reason: str) -> TaskFailedError:
+    """The error a failed task's rows get: the reason and how to bring the task back."""
+    return TaskFailedError(
+        f"task {name!r} failed and is out of service until it is reloaded ({reason}); fix its files, then "
+        f"reload it (admin: POST /v2/repository/models/{name}/load; Python: Deployment.load_task) or restart"
+    )

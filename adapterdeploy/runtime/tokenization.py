@@ -67,6 +67,7 @@ class TokenRow:
     type_ids: list[int]
     count: int  # untruncated token count
     truncated: bool
+    pair: bool = False  # encoded from a (text_a, text_b) pair
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ class TextEncoder:
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)
-            out.append(TokenRow(ids=t.ids, type_ids=t.type_ids, count=len(e.ids), truncated=i in cut))
+            out.append(TokenRow(ids=t.ids, type_ids=t.type_ids, count=len(e.ids), truncated=i in cut,
+                                pair=isinstance(rows[i], tuple)))
         return out
 
     def pad(self, rows: Sequence[TokenRow]) -> Padded:

@@ -110,10 +110,13 @@ def admin_router(state: ServingState) -> APIRouter:
         infos = await state.task_infos(offset=req.offset, limit=req.limit, loaded_only=req.ready)
         # Plain dicts with RepositoryModel's fields (the documented schema): validating 10,000 pydantic
         # models per listing took ~10x longer than building the dicts.
-        models = [{"name": info.name, "version": "", "state": "READY" if info.state != "known" else "UNAVAILABLE",
-                   "reason": "" if info.state != "known" else "not loaded; loads on first request",
-                   "load_state": info.state, "size_bytes": info.size_bytes, "use_count": info.use_count,
-                   "last_used": info.last_used, "priority": info.priority} for info in infos]
+        models = []
+        for info in infos:
+            ready = info.state in ("loaded", "pinned")
+            reason = "" if ready else info.error or "not loaded; loads on first request"
+            models.append({"name": info.name, "version": "", "state": "READY" if ready else "UNAVAILABLE",
+                           "reason": reason, "load_state": info.state, "size_bytes": info.size_bytes,
+                           "use_count": info.use_count, "last_used": info.last_used, "priority": info.priority})
         dep = state.deployment
         total = dep.loaded_task_count if req.ready else dep.known_task_count
         return JSONResponse(models, headers={"x-adapterdeploy-total-tasks": str(total)})

@@ -40,6 +40,7 @@ from adapterdeploy.errors import (
     InputError,
     OverloadedError,
     PayloadTooLargeError,
+    TaskFailedError,
     UnavailableError,
 )
 from adapterdeploy.runtime.embedding import Embed
@@ -223,7 +224,11 @@ def body_doc(model: type) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- middleware
 class RequestContext:
-    """Pure ASGI middleware: request id, one access-log line per request, and the last-resort 500."""
+    """Pure ASGI middleware: request id, one access-log line per request, and the last-resort 500.
+
+    It also answers the requests that uvicorn cancels at the end of ``--drain`` (SIGTERM with a backlog
+    longer than the drain): 503 with Retry-After from here, where uvicorn would send a bare 500.
+    """
 
     def __init__(self, app: ASGIApp, instance_id: str = "") -> None:
         self.app = app
@@ -255,6 +260,16 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # Only uvicorn's graceful-shutdown timeout cancels a request task (a client leaving is seen as
+            # http.disconnect, not a cancellation). Answer it ourselves and end the task normally.
+            if status != 0:
+                raise
+            log.warning("request not served before the drain deadline; answered 503", extra={"request_id": rid})
+            await JSONResponse(
+                {"error": "the server shut down (--drain elapsed) before this request ran; retry on another "
+                          "replica", "error_type": "unavailable", "request_id": rid},
+                status_code=503, headers={"Retry-After": "1"})(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             if status == 0:
@@ -268,9 +283,12 @@ class RequestContext:
 
 
 # ------------------------------------------------------------------------------------------ the app
-def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
-    """The app for one process. Without ``deployment`` it opens ``settings.deploy_dir`` at startup."""
-    metrics = Metrics()
+def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str | None = None) -> FastAPI:
+    """The app for one process. Without ``deployment`` it opens ``settings.deploy_dir`` at startup.
+
+    ``metrics_dir``: prometheus-client's multiprocess directory (``--workers``: every worker's metrics).
+    """
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     state = ServingState(settings, metrics, deployment)
 
     @contextlib.asynccontextmanager
@@ -301,7 +319,7 @@ def create_app(settings: Settings, *, deployment: Any = None) -> FastAPI:
 
     @app.exception_handler(AdapterDeployError)
     async def _adapterdeploy_error(request: Request, exc: AdapterDeployError) -> Response:
-        if exc.http_status >= 500 and not isinstance(exc, UnavailableError):
+        if exc.http_status >= 500 and not isinstance(exc, (UnavailableError, TaskFailedError)):
             log.error("request failed: %s", exc, extra={"request_id": request_id_of(request)})
         return error_response(exc, request_id_of(request))
 
@@ -368,12 +386,18 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             raise UnavailableError("the batching loop has stopped; restart the server")
         return JSONResponse({"live": True})
 
-    @app.get("/v2/health/ready", tags=["health"], summary="Readiness: 503 while starting or draining",
+    @app.get("/v2/health/ready", tags=["health"],
+             summary="Readiness: 503 while starting, draining, or when no task can serve; names failed tasks",
              responses={503: ERRORS[503]})
-    async def ready() -> Response:
-        if not state.ready:
-            raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
-        return JSONResponse({"ready": True})
+    async def ready(request: Request) -> Response:
+        ok, not_ready = state.readiness()
+        if ok:
+            return JSONResponse({"ready": True, "tasks_not_ready": not_ready})
+        why = ("the server is draining" if state.draining else "the server is not ready" if not state.ready
+               else f"none of the {len(not_ready)} tasks can serve (see tasks_not_ready)")
+        body = {"error": why, "error_type": "unavailable", "request_id": request_id_of(request),
+                "ready": False, "tasks_not_ready": not_ready}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/v2", tags=["v2"], summary="Server metadata")
     async def server_metadata() -> Response:
@@ -396,6 +420,7 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             protocol.check_version(await state.task_meta(task), version)
         if not state.ready:
             raise UnavailableError("the server is draining" if state.draining else "the server is not ready")
+        state.require_serving(task)
         return JSONResponse({"name": task, "ready": True})
 
     @app.get("/v2/models/{task}/ready", tags=["v2"], summary="Model (task) readiness",

@@ -16,8 +16,10 @@ Semantics::
     queue      = at most max_queue rows; more -> OverloadedError (HTTP 429, Retry-After)
     dropped    = entries whose future was cancelled (client gone, per-request timeout) are skipped
                  when the batch is taken and their rows leave the queue count at once
-    failure    = an AdapterDeployError in a forward mixing several requests re-runs each request
-                 alone, so one bad request cannot fail its neighbours
+    failure    = an error in a forward mixing several requests re-runs each request alone, so one
+                 bad request cannot fail its neighbours (a failing *task* is isolated one level down:
+                 the runtime answers its rows with TaskFailedError and the others normally)
+    admission  = ``check_capacity(n)`` lets a handler refuse (429) before it spends time tokenizing
 
 ``run_batch`` (e.g. ``Deployment.predict_mixed``) runs in the given executor: onnxruntime releases the
 GIL and the event loop never blocks on it.
@@ -128,18 +130,10 @@ class Batcher:
         """
         if len(rows) != len(tokens):
             raise ValueError(f"{len(rows)} rows but {len(tokens)} token counts")
-        if self._closing or not self.alive:
-            raise UnavailableError("the server is shutting down; retry on another replica")
+        self.check_capacity(len(rows))
         if not rows:
             return []
         n = len(rows)
-        if self._queued_rows + n > self.max_queue_rows:
-            retry = self._retry_after(self._queued_rows + n)
-            raise OverloadedError(
-                f"the batch queue holds {self._queued_rows} rows and this request adds {n}; the limit is "
-                f"{self.max_queue_rows} (--max-queue); retry after {retry} s or add replicas",
-                retry_after_s=retry,
-            )
         loop = asyncio.get_running_loop()
         entry = _Entry(rows=rows, tokens=tokens, future=loop.create_future(), enqueued_at=self._clock(),
                        results=[None] * n)
@@ -156,6 +150,22 @@ class Batcher:
                 f"the request did not finish within {timeout:g} s (--request-timeout); the server is overloaded "
                 "or the request is too large; retry, send fewer rows, or add replicas"
             ) from None
+
+    def check_capacity(self, n: int) -> None:
+        """Raise now what ``submit`` of ``n`` rows would raise for a full queue or a closing batcher.
+
+        Cheap (two comparisons): a handler calls it before tokenizing, so an overloaded server answers 429
+        in microseconds instead of after spending CPU on text it will refuse.
+        """
+        if self._closing or not self.alive:
+            raise UnavailableError("the server is shutting down; retry on another replica")
+        if self._queued_rows + n > self.max_queue_rows:
+            retry = self._retry_after(self._queued_rows + n)
+            raise OverloadedError(
+                f"the batch queue holds {self._queued_rows} rows and this request adds {n}; the limit is "
+                f"{self.max_queue_rows} (--max-queue); retry after {retry} s or add replicas",
+                retry_after_s=retry,
+            )
 
     async def close(self, drain_timeout: float) -> None:
         """Refuse new work, finish what is queued within ``drain_timeout`` seconds, then fail the rest."""
@@ -241,17 +251,15 @@ class Batcher:
         t0 = self._clock()
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, self._checked_run, rows)
-        except AdapterDeployError as exc:
+        except Exception as exc:
             if len(batch) > 1:
                 self.stats.isolated_retries += 1
                 for part in batch:  # one bad request must not fail the others: re-run each alone
                     if not part[0].future.done():
                         await self._run([part])
                 return
-            self._fail(batch, exc)
-            return
-        except Exception as exc:
-            log.exception("a batch of %d rows failed", len(rows))
+            if not isinstance(exc, AdapterDeployError):
+                log.exception("a batch of %d rows failed", len(rows))
             self._fail(batch, exc)
             return
         elapsed = self._clock() - t0

@@ -11,6 +11,8 @@ import re
 
 import click
 
+from adapterdeploy.cli_errors import cli_error
+from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["parse_bytes", "serve"]
@@ -53,7 +55,7 @@ def parse_bytes(text: str | None) -> int | None:
               help="Largest request body (413 beyond), refused before reading it when Content-Length says so.")
 @click.option("--max-rows-per-request", default=256, show_default=True, type=int,
               help="Rows per request (inputs x tasks for fan-out); 413 beyond.")
-@click.option("--max-chars-per-text", default=20000, show_default=True, type=int,
+@click.option("--max-chars-per-text", default=MAX_CHARS_PER_TEXT, show_default=True, type=int,
               help="Characters per text, checked before tokenization (400 beyond).")
 @click.option("--max-tasks-per-request", default=32, show_default=True, type=int, help="Tasks per fan-out request.")
 @click.option("--truncate/--no-truncate", default=True, show_default=True,
@@ -133,7 +135,7 @@ def serve(deploy_dir: str, **opts: object) -> None:
             log_level=opts["log_level"], access_log_json=opts["log_format"] == "json",
         )  # type: ignore[arg-type]
     except AdapterDeployError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     if settings.ray:
         if settings.grpc_port is not None:
             raise click.UsageError("--grpc-port is not available with --ray; Ray Serve proxies HTTP only here")

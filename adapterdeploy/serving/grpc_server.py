@@ -108,7 +108,7 @@ class InferenceServicer:
         return self.pb.ServerLiveResponse(live=self.state.draining or batcher is None or batcher.alive)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return self.pb.ServerReadyResponse(ready=self.state.ready)
+        return self.pb.ServerReadyResponse(ready=self.state.readiness()[0])
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Unknown tasks and versions are "not ready" (tritonclient's ``is_model_ready`` is a yes/no)."""
@@ -116,7 +116,8 @@ class InferenceServicer:
             protocol.check_version(await self.state.task_meta(request.name), request.version or None)
         except UnknownTaskError:
             return self.pb.ModelReadyResponse(ready=False)
-        return self.pb.ModelReadyResponse(ready=self.state.ready)
+        failed = self.state.deployment.task_failure(request.name) is not None
+        return self.pb.ModelReadyResponse(ready=self.state.ready and not failed)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = protocol.server_metadata(__version__, self.state.settings.admin_enabled)

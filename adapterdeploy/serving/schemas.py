@@ -168,7 +168,7 @@ class RepositoryModel(BaseModel):
     version: str = ""
     state: str = Field(description="READY when loaded, UNAVAILABLE when only known (it loads on first use).")
     reason: str = ""
-    load_state: str = Field(description="known | loaded | pinned")
+    load_state: str = Field(description="known | loaded | pinned | failed (out of service until reloaded)")
     size_bytes: int
     use_count: int
     last_used: float | None
@@ -193,6 +193,8 @@ def parse_body(body: bytes, *, allow_empty: bool = False) -> Any:
         return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (CPython's int_max_str_digits)
+        raise InputError(f"the request body has a value Python refuses to parse: {exc}") from None
     except RecursionError:
         raise InputError("the request body nests too deeply") from None
 

@@ -8,7 +8,10 @@ What protects the server from slow or idle clients (each a uvicorn setting unles
 * header size: h11 refuses request heads over 16 KiB (``h11_max_incomplete_event_size``);
 * body timeout (``--body-timeout``, ours, in the app): the whole body within N seconds, else 408;
 * idle keep-alive connections close after ``--keep-alive`` seconds (``timeout_keep_alive``);
-* at most ``--max-connections`` concurrent connections (``limit_concurrency``); beyond, uvicorn answers 503;
+* at most ``--max-connections`` concurrent connections or requests; beyond, requests get 503 with
+  Retry-After, except the health probes (``/v2/health/live`` and ``/ready``), which are always answered:
+  uvicorn's own ``limit_concurrency`` refuses every request alike, and a refused liveness probe makes
+  Kubernetes restart a pod that is healthy but busy, so :class:`TimedH11Protocol` applies the limit itself;
 * SIGTERM: readiness turns 503 at once (the app chains the signal, see ``app.install_drain_signal``),
   uvicorn stops accepting, in-flight requests finish within ``--drain`` seconds
   (``timeout_graceful_shutdown``), then the batcher drains and the process exits.
@@ -17,8 +20,11 @@ What protects the server from slow or idle clients (each a uvicorn setting unles
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import os
+import shutil
 import signal
 import stat
 import tempfile
@@ -31,12 +37,19 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from adapterdeploy.serving.logs import configure_logging
+from adapterdeploy.serving.metrics import METRICS_DIR_ENV
 from adapterdeploy.serving.settings import Settings
 
 __all__ = ["SETTINGS_FILE_ENV", "ServeConfig", "TimedH11Protocol", "app_from_env", "run_server", "uvicorn_config"]
 
 SETTINGS_FILE_ENV = "ADAPTERDEPLOY_SERVE_SETTINGS_FILE"
 MAX_HEAD_BYTES = 16 * 1024
+PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+log = logging.getLogger("adapterdeploy.serving")
+_OVER_LIMIT = json.dumps({
+    "error": "the server is at its connection limit (--max-connections); retry after 1 s or add replicas",
+    "error_type": "unavailable", "request_id": "-",
+}).encode()
 
 
 class ServeConfig(uvicorn.Config):
@@ -48,12 +61,33 @@ class ServeConfig(uvicorn.Config):
 
 
 class TimedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head (slowloris protection)."""
+    """uvicorn's h11 protocol with a deadline for each request head (slowloris protection) and a
+    concurrency limit that never refuses the health probes."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.header_timeout_s = float(getattr(config, "header_timeout_s", 10.0))
         self._head_timer: asyncio.TimerHandle | None = None
+        # uvicorn checks limit_concurrency before it knows the path; we take the check over (same counts).
+        self.max_concurrency, self.limit_concurrency = self.limit_concurrency, None
+        self.app = self._admit(self.app)
+
+    def _admit(self, app: Any) -> Any:
+        async def admitted(scope: Any, receive: Any, send: Any) -> None:
+            limit = self.max_concurrency
+            # self.tasks includes this request's own task (uvicorn counts before creating it, hence >=).
+            if (limit is not None and scope["type"] == "http" and scope["path"] not in PROBE_PATHS
+                    and (len(self.connections) >= limit or len(self.tasks) > limit)):
+                log.warning("refused a request: %d connections, %d requests, --max-connections %d",
+                            len(self.connections), len(self.tasks), limit)
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(_OVER_LIMIT)).encode()),
+                    (b"retry-after", b"1"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": _OVER_LIMIT})
+                return
+            await app(scope, receive, send)
+
+        return admitted
 
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -126,7 +160,7 @@ def app_from_env() -> Any:
         raise RuntimeError(f"{SETTINGS_FILE_ENV} is not set; start workers with `adapterdeploy serve --workers N`")
     settings = Settings.from_json(Path(path).read_text(encoding="utf-8"))
     configure_logging(settings.log_level, json_lines=settings.access_log_json)
-    return create_app(settings)
+    return create_app(settings, metrics_dir=os.environ.get(METRICS_DIR_ENV))
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
@@ -147,6 +181,11 @@ def run_server(settings: Settings) -> None:
         return
     # Workers get the settings (with the admin token) through a private file, not the environment.
     fd, name = tempfile.mkstemp(prefix="adapterdeploy-serve-", suffix=".json")
+    # One /metrics scrape reports every worker: prometheus-client's multiprocess mode, in a fresh directory
+    # (stale files would add a previous run's counts) unless the operator chose one.
+    own_metrics_dir = METRICS_DIR_ENV not in os.environ
+    if own_metrics_dir:
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="adapterdeploy-metrics-")
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -157,3 +196,5 @@ def run_server(settings: Settings) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         Path(name).unlink(missing_ok=True)
+        if own_metrics_dir:
+            shutil.rmtree(os.environ.pop(METRICS_DIR_ENV), ignore_errors=True)

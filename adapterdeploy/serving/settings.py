@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import ConfigError
+from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["ADMIN_TOKEN_ENV", "Settings", "read_admin_token"]
@@ -47,7 +48,7 @@ class Settings:
     # request limits
     max_body_bytes: int = MIB
     max_rows_per_request: int = 256
-    max_chars_per_text: int = 20000
+    max_chars_per_text: int = MAX_CHARS_PER_TEXT
     max_tasks_per_request: int = 32
     truncate: bool = True
     # slow clients and shutdown

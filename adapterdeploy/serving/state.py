@@ -1,11 +1,15 @@
 """One server process's state: the open Deployment, its two worker threads, the batcher and the metrics.
 
 Threads: ``forward`` (one thread) runs every mixed forward, so onnxruntime sessions see one caller and
-use their own intra-op pool; ``aux`` (one thread) tokenizes for the limits and batching, reads task
-metadata and runs admin loads, so none of that waits behind a forward or blocks the event loop; ``load``
-(one thread) reads a request's cold task (task.json, checksums, weights) before the request is queued,
-so a task load overlaps other requests' forwards instead of stalling the batch it lands in. The
-runtime is thread-safe (its registry has a lock; its tokenizers are never mutated after open).
+use their own intra-op pool; ``aux`` (one thread) tokenizes each request's texts once (the encodings go
+through the queue to the forward: ``Deployment.predict_encoded``), reads task metadata and runs admin
+loads, so none of that waits behind a forward or blocks the event loop; ``load`` (one thread) reads a
+request's cold task (task.json, checksums, weights) before the request is queued, so a task load
+overlaps other requests' forwards instead of stalling the batch it lands in. The runtime is thread-safe
+(its registry has a lock; its tokenizers are never mutated after open).
+
+A task that fails (unreadable files at startup, or its weights / head failing in a batch) is answered 503
+``task_failed`` for its own rows only; readiness lists it (:meth:`ServingState.readiness`).
 
 Per-request work never walks the whole task list: known / loaded checks are dict lookups and the task
 metadata cache is a bounded LRU, so a deployment of 10,000 tasks serves like one of 10.
@@ -87,6 +91,9 @@ class ServingState:
             opener = partial(Deployment.open, self.settings.deploy_dir, **self.settings.deployment_kwargs())
             self.deployment = await loop.run_in_executor(self.aux_pool, opener)
         self.max_length = int(self.deployment.max_length)
+        failed = await loop.run_in_executor(self.aux_pool, self.deployment.check_tasks)
+        for name, reason in failed.items():
+            log.error("task %s is not ready: %s", name, reason)
         for name in self.settings.preload:
             await self.load_task(name)
         s = self.settings
@@ -95,7 +102,8 @@ class ServingState:
                                metrics=self.metrics)
         await self.batcher.start()
         self.metrics.bind_task_counts(lambda: float(self.deployment.loaded_task_count),
-                                      lambda: float(self.deployment.known_task_count))
+                                      lambda: float(self.deployment.known_task_count),
+                                      lambda: float(len(self.deployment.failed_tasks())))
         self.started = True
         self.metrics.ready.set(1)
         log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": self.deployment.known_task_count,
@@ -110,6 +118,7 @@ class ServingState:
         self.load_pool.shutdown(wait=True, cancel_futures=True)
         if self._owns_deployment and self.deployment is not None:
             self.deployment.close()
+        self.metrics.close()
 
     def begin_drain(self) -> None:
         """Readiness turns 503 now; in-flight and queued requests still finish. Safe from a signal handler."""
@@ -121,6 +130,18 @@ class ServingState:
     @property
     def ready(self) -> bool:
         return self.started and not self.draining and self.batcher is not None and self.batcher.alive
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, not-ready tasks and why). Ready: started, not draining, and at least one task can serve.
+
+        One failed task does not take the replica out of service (its own requests get 503 task_failed and
+        every replica would fail the same way); a replica none of whose tasks can serve is not ready.
+        """
+        if self.deployment is None or not self.started:
+            return False, {}
+        failed = self.deployment.failed_tasks()
+        servable = len(self.deployment.task_names) > len(failed) or not self.deployment.task_names
+        return self.ready and servable, failed
 
     def require_ready(self) -> None:
         if not self.started or self.batcher is None:
@@ -141,6 +162,14 @@ class ServingState:
                 f"unknown task {task[:200]!r}; this deployment serves {n} tasks ({shown}); "
                 "POST /v2/repository/index (admin) or `adapterdeploy inspect DEPLOY_DIR` lists them"
             )
+
+    def require_serving(self, task: str) -> None:
+        """Refuse a failed task's request at once (503 task_failed) instead of queueing it."""
+        reason = self.deployment.task_failure(task)
+        if reason is not None:
+            from adapterdeploy.runtime.registry import failed_error
+
+            raise failed_error(task, reason)
 
     async def task_meta(self, task: str) -> TaskMeta:
         self.require_task(task)
@@ -209,25 +238,33 @@ class ServingState:
 
     # --------------------------------------------------------------------------------- inference
     def _run_batch(self, rows: list[tuple[str, Any]]) -> list[Any]:
-        return self.deployment.predict_mixed(rows, strict=not self.settings.truncate)
+        results = self.deployment.predict_encoded(rows, errors="return")
+        self.metrics.refresh()
+        return results
 
     async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs",
                       note: dict[str, Any] | None = None) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
-        A task may be an :class:`Embed` target (an embedding row instead of a prediction; its task, if any,
-        must exist). ``note["cold_tasks"]`` gets how many of the tasks were not loaded when the request
-        arrived (the ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be
-        measured). Token counts come from the deployment's tokenizer once per input (not per task). With
-        ``--no-truncate`` an over-long text is refused here, before it is queued.
+        Order: the queue's capacity first (429 before any tokenization), then each input is tokenized once
+        (not per task, and not again in the forward: the encodings are queued). With ``--no-truncate`` an
+        over-long text is refused here, before it is queued. A row of a failed task raises its
+        TaskFailedError (503); the batch's other requests are unaffected. A task may be an :class:`Embed`
+        target (an embedding row instead of a prediction; its task, if any, must exist).
+        ``note["cold_tasks"]`` gets how many of the tasks were not loaded when the request arrived (the
+        ``x-adapterdeploy-cold-tasks`` response header: how a router's task affinity can be measured).
         """
         self.require_ready()
+        assert self.batcher is not None
+        self.batcher.check_capacity(len(inputs) * len(tasks))
         deadline = time.monotonic() + self.settings.request_timeout_s
         for task in tasks:  # refuse a wrong text/pair shape here, not inside a batch shared with others
             if isinstance(task, Embed):
                 if task.task is not None:
                     self.require_task(task.task)
+                    self.require_serving(task.task)
                 continue  # an embedding takes texts or pairs
+            self.require_serving(task)
             meta = await self.task_meta(task)
             for i, row in enumerate(inputs):
                 if isinstance(row, tuple) != meta.text_pair:
@@ -242,18 +279,23 @@ class ServingState:
         if note is not None:
             note["cold_tasks"] = cold
         loop = asyncio.get_running_loop()
-        counts = await loop.run_in_executor(self.aux_pool, self.deployment.token_counts, list(inputs))
+        encoded = await loop.run_in_executor(self.aux_pool, self.deployment.encode, list(inputs))
         if not self.settings.truncate:
-            for i, c in enumerate(counts):
+            for i, enc in enumerate(encoded):
+                c = enc.count
                 if c > self.max_length:
                     raise InputError(
                         f"{field}[{i}] has {c} tokens, the deployment's max_length is {self.max_length}; shorten the "
                         "text, start the server with --truncate, or re-export with a larger --max-length"
                     )
-        tokens = [min(int(c), self.max_length) for c in counts]
-        rows = [(task, row) for task in tasks for row in inputs]
-        assert self.batcher is not None
-        return await self.batcher.submit(rows, tokens * len(tasks), timeout=max(0.001, deadline - time.monotonic()))
+        tokens = [len(enc.ids) for enc in encoded]
+        rows = [(task, enc) for task in tasks for enc in encoded]
+        results = await self.batcher.submit(rows, tokens * len(tasks),
+                                            timeout=max(0.001, deadline - time.monotonic()))
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
 
 
 class Tracker:
@@ -277,8 +319,10 @@ class Tracker:
             if reason in REJECT_REASONS:
                 self.metrics.rejected.labels(reason=reason).inc()
         elif isinstance(exc, asyncio.CancelledError):
-            status = CLIENT_GONE_STATUS
-            self.metrics.rejected.labels(reason="client_gone").inc()
+            # Only the server's own shutdown cancels a request (a client leaving raises ClientGone): the
+            # middleware answers it 503 (see app.RequestContext).
+            status = 503
+            self.metrics.rejected.labels(reason="unavailable").inc()
         else:
             status = 500
         self.metrics.requests.labels(endpoint=self.endpoint, task=self.task, status=str(status)).inc()
