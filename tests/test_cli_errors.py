@@ -108,7 +108,7 @@ def test_predict_input_limits_and_bad_files(deploy_dir, tmp_path):
     [
         (lambda m: m.pop("base"), "'base'"),
         (lambda m: m["head"].update(labels=["only-one"]), "1 label names given for 2 labels"),
-        (lambda m: m.update(name=5), "name must be a string"),
+        (lambda m: m.update(name=5), "field 'name' must be a string"),
     ],
 )
 def test_bad_checkpoints_are_one_line_errors_with_exit_2(deploy_dir, tmp_path, edit, fragment):
