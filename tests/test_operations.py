@@ -189,7 +189,7 @@ def test_schema_1_deployments_still_load(tiny_base_dir, ckpts, tmp_path):
 
 def test_tampered_task_json_is_refused_at_load(tiny_base_dir, ckpts, tmp_path):
     """task.json is covered by the manifest's checksum: an edited label list never reaches a prediction."""
-    from adapterdeploy.errors import ChecksumError
+    from adapterdeploy.errors import ChecksumError, TaskFailedError
     from adapterdeploy.runtime import Deployment
 
     out = tmp_path / "dep"
@@ -198,5 +198,7 @@ def test_tampered_task_json_is_refused_at_load(tiny_base_dir, ckpts, tmp_path):
     data = json.loads(task_json.read_text())
     data["head"]["labels"] = ["evil", "labels", "here"]
     task_json.write_text(json.dumps(data, indent=2))
-    with Deployment.open(out) as dep, pytest.raises(ChecksumError, match=r"task\.json"):
+    # the task is taken out of service (TaskFailedError) with the checksum error as its cause
+    with Deployment.open(out) as dep, pytest.raises(TaskFailedError, match=r"task\.json") as failed:
         dep.predict(["x"], task="x")
+    assert isinstance(failed.value.__cause__, ChecksumError)

@@ -536,6 +536,17 @@ def verify_import(
 
     Raises :class:`ParityError` above ``tol``. Needs the ``adapterhub`` extra.
     """
+    return parity_with_library(
+        ckpt, base, lambda batches: adapterhub_reference_logits(base.path, adapter_dir, head_dir, batches),
+        tol, "the imported task's", "the adapter_config.json",
+    )
+
+
+def parity_with_library(
+    ckpt: TaskCheckpoint, base: BaseModel, reference: Any, tol: float, what: str, report_with: str
+) -> float:
+    """Max abs logit difference between ``ckpt`` and ``reference(batches)`` (the adapters library's logits)
+    on the check texts (singles and pairs); :class:`ParityError` above ``tol``."""
     from adapterdeploy.errors import ParityError
 
     tok = base.load_tokenizer()
@@ -548,12 +559,12 @@ def verify_import(
     model = ckpt.build_model(base)
     with torch.no_grad():
         ours = [model(**b) for b in batches]
-    refs = adapterhub_reference_logits(base.path, adapter_dir, head_dir, batches)
+    refs = reference(batches)
     diff = max(float((o - r).abs().max()) for o, r in zip(ours, refs, strict=True))
     if diff > tol:
         raise ParityError(
-            f"the imported task's logits differ from the adapters library's by {diff:.3g} (tolerance {tol:g}); "
-            "please report this with the adapter_config.json",
+            f"{what} logits differ from the adapters library's by {diff:.3g} (tolerance {tol:g}); "
+            f"please report this with {report_with}",
             {"logits": diff},
         )
     return diff

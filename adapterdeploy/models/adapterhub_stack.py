@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from adapterdeploy.errors import ConfigError, ParityError
-from adapterdeploy.models.adapterhub import _CHECK_TEXTS, AdapterHubImportWarning, _adapter, _head
+from adapterdeploy.errors import ConfigError
+from adapterdeploy.models.adapterhub import AdapterHubImportWarning, _adapter, _head, parity_with_library
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter, check_stackable
@@ -109,22 +109,7 @@ def verify_stack_import(
     tol: float = 1e-4,
 ) -> float:
     """Max abs logit difference between the imported stack and the adapters library; ParityError above ``tol``."""
-    tok = base.load_tokenizer()
-    singles = [t for t, p in _CHECK_TEXTS if p is None]
-    pairs = [(t, p) for t, p in _CHECK_TEXTS if p is not None]
-    batches = [
-        dict(tok(singles, padding=True, return_tensors="pt")),
-        dict(tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")),
-    ]
-    model = ckpt.build_model(base)
-    with torch.no_grad():
-        ours = [model(**b) for b in batches]
-    refs = stack_reference_logits(base.path, lower_dir, task_dir, head_dir, batches)
-    diff = max(float((o - r).abs().max()) for o, r in zip(ours, refs, strict=True))
-    if diff > tol:
-        raise ParityError(
-            f"the imported stack's logits differ from the adapters library's by {diff:.3g} (tolerance {tol:g}); "
-            "please report this with both adapter_config.json files",
-            {"logits": diff},
-        )
-    return diff
+    return parity_with_library(
+        ckpt, base, lambda batches: stack_reference_logits(base.path, lower_dir, task_dir, head_dir, batches),
+        tol, "the imported stack's", "both adapter_config.json files",
+    )
