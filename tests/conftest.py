@@ -40,3 +40,21 @@ def tiny_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         mt: build_tiny_base(tmp_path_factory.mktemp(f"tiny-{mt}"), mt)
         for mt in ("bert", "roberta", "xlm-roberta", "electra")
     }
+
+
+@pytest.fixture(scope="module")
+def deploy_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The serving / CLI tests' tiny two-task deployment (``serving_fixtures.build_deployment``), built once per
+    test module so a module that edits its files never affects another; a module may define its own."""
+    from serving_fixtures import build_deployment
+
+    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture(scope="module")
+def deployment(deploy_dir: Path):
+    """``deploy_dir`` opened once per module (servers in the same process share it)."""
+    from adapterdeploy.runtime import Deployment
+
+    with Deployment.open(deploy_dir) as dep:
+        yield dep

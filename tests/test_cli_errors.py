@@ -13,18 +13,12 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from serving_fixtures import build_deployment
 
 from adapterdeploy.cli import main
 from adapterdeploy.errors import AdapterDeployError, DataError, InputError
 from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT, iter_inputs
 from adapterdeploy.serving.schemas import parse_body
 from adapterdeploy.serving.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("cli-errors"))
 
 
 def run(*args: str, env: dict[str, str] | None = None):

@@ -10,24 +10,11 @@ import time
 
 import httpx
 import pytest
-from serving_fixtures import ADMIN_TOKEN, MAX_LENGTH, ThreadedServer, build_deployment, metric, scrape
+from serving_fixtures import ADMIN_TOKEN, MAX_LENGTH, ThreadedServer, metric, scrape
 
 from adapterdeploy.serving.settings import Settings
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def deployment(deploy_dir):
-    from adapterdeploy.runtime import Deployment
-
-    with Deployment.open(deploy_dir) as dep:
-        yield dep
 
 
 @pytest.fixture(scope="module")

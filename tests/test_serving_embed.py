@@ -7,24 +7,11 @@ import concurrent.futures
 import httpx
 import numpy as np
 import pytest
-from serving_fixtures import ThreadedServer, build_deployment, metric, scrape
+from serving_fixtures import ThreadedServer, metric, scrape
 
 from adapterdeploy.serving.settings import Settings
 
 TEXTS = ["the movie was great", "a terrible plot", "stock price up"]
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def deployment(deploy_dir):
-    from adapterdeploy.runtime import Deployment
-
-    with Deployment.open(deploy_dir) as dep:
-        yield dep
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,10 @@ from collections import Counter
 
 import aiohttp
 import httpx
-import pytest
 from serving_fixtures import (
     ADMIN_TOKEN,
     SINGLE_TASKS,
     ThreadedServer,
-    build_deployment,
     metric,
     scrape,
     subprocess_server,
@@ -35,11 +33,6 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WORDS = "the a good bad movie film story plot actor market stock price people world day year new best worst".split()
 CHURNED = ("spam", "intent")  # unloaded / reloaded (pinned every other time) by the admin API during the load
 STAYING = tuple(t for t in SINGLE_TASKS if t not in CHURNED)
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
 
 
 def sentence(rng: random.Random) -> str:

@@ -11,16 +11,10 @@ import threading
 import time
 
 import httpx
-import pytest
-from serving_fixtures import ThreadedServer, build_deployment
+from serving_fixtures import ThreadedServer
 
 from adapterdeploy.runtime import Deployment
 from adapterdeploy.serving.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("probes"))
 
 
 def wait_until(check, timeout: float = 10.0) -> None:

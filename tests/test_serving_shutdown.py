@@ -11,13 +11,7 @@ import signal
 from collections import Counter
 
 import httpx
-import pytest
-from serving_fixtures import build_deployment, subprocess_server
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("shutdown"))
+from serving_fixtures import subprocess_server
 
 
 def test_sigterm_with_a_backlog_longer_than_drain_answers_503_not_500(deploy_dir, tmp_path):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from serving_fixtures import ThreadedServer, build_deployment, free_port
+from serving_fixtures import ThreadedServer, free_port
 
 from adapterdeploy.errors import InputError
 from adapterdeploy.serving import v2_binary
@@ -71,19 +71,6 @@ def test_committed_grpc_descriptor_matches_the_proto():
 
 
 # ---- over HTTP and gRPC, one in-process server ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def deployment(deploy_dir):
-    from adapterdeploy.runtime import Deployment
-
-    with Deployment.open(deploy_dir) as dep:
-        yield dep
-
-
 @pytest.fixture(scope="module")
 def server(deploy_dir, deployment):
     s = Settings(

@@ -22,7 +22,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from serving_fixtures import build_deployment, free_port, metric, scrape, subprocess_server
+from serving_fixtures import free_port, metric, scrape, subprocess_server
 
 from adapterdeploy.serving import v2_binary
 
@@ -31,19 +31,6 @@ tritongrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 TEXTS = ["one day in the market", "the best actor", "héllo wörld ✓"]
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def deployment(deploy_dir):
-    from adapterdeploy.runtime import Deployment
-
-    with Deployment.open(deploy_dir) as dep:
-        yield dep
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import shutil
 
 import numpy as np
 import pytest
-from serving_fixtures import build_deployment
 
 import adapterdeploy.runtime.deployment as deployment_module
 from adapterdeploy.errors import TaskFailedError
@@ -23,11 +22,6 @@ from adapterdeploy.runtime import Deployment
 TEXTS = ["the movie was good", "a boring plot", "yes it is", "the movie was good"]
 HEALTHY = ("sentiment", "spam", "quality")
 POISONED = "topic"
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tiny_base_dir, tmp_path_factory):
-    return build_deployment(tiny_base_dir, tmp_path_factory.mktemp("isolation"))
 
 
 @pytest.fixture(scope="module")
