@@ -9,6 +9,7 @@ actually read (see runtime/bank.py); the limits here only refuse what no real mo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,17 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 T = TypeVar("T")
 _MISSING: Any = object()
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A metadata file that must hold one JSON object; unreadable, non-JSON or non-object -> ArtifactError."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} does not hold a JSON object")
+    return data
 
 
 def is_task_name(name: object) -> bool:

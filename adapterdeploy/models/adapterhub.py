@@ -39,7 +39,7 @@ from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnsupportedAdapterError
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
-from adapterdeploy.validation import check_task_name
+from adapterdeploy.validation import check_task_name, read_json_object
 
 __all__ = [
     "AdapterHubImportWarning",
@@ -84,16 +84,6 @@ class AdapterHubImportWarning(UserWarning):
     """The import worked but something deserves a look (e.g. the adapter was saved from another model name)."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} does not hold a JSON object")
-    return data
-
-
 def _load_tensors(directory: Path, names: tuple[str, str]) -> tuple[dict[str, Tensor], Path]:
     """Safetensors if present, else the pickle through ``torch.load(weights_only=True)`` (no code runs)."""
     safe, pickled = (directory / n for n in names)
@@ -120,7 +110,7 @@ def _adapter_files(adapter_dir: Path) -> Path:
     if (adapter_dir / ADAPTER_CONFIG).is_file():
         return adapter_dir / ADAPTER_CONFIG
     if (adapter_dir / FUSION_CONFIG).is_file():
-        fusion = _read_json(adapter_dir / FUSION_CONFIG)
+        fusion = read_json_object(adapter_dir / FUSION_CONFIG)
         raise UnsupportedAdapterError(
             f"{adapter_dir} holds an AdapterFusion ({fusion.get('name', '?')!r} over {fusion.get('adapter_names')}); "
             f"fusion is not supported: {SUPPORTED}. Import each fused adapter on its own instead"
@@ -258,7 +248,7 @@ def _site_weights(sd: dict[str, Tensor], cfg: dict[str, Any], prefix: str, where
 
 def _adapter(base: BaseModel, adapter_dir: Path) -> tuple[AdapterConfig, dict[str, Tensor], dict[str, Any]]:
     cfg_file = _adapter_files(adapter_dir)
-    meta = _read_json(cfg_file)
+    meta = read_json_object(cfg_file)
     cfg, config_name = _bottleneck_options(meta.get("config"), cfg_file)
     warning = _check_base(base, meta, cfg_file)
     sd, weights_file = _load_tensors(adapter_dir, ADAPTER_WEIGHTS)
@@ -363,7 +353,7 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
             f"no {HEAD_CONFIG} in {head_dir}: save the adapter with save_adapter(..., with_head=True) or pass the "
             "directory written by save_head with --head DIR"
         )
-    meta = _read_json(cfg_file)
+    meta = read_json_object(cfg_file)
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
         raise UnsupportedAdapterError(

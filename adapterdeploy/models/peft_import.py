@@ -17,7 +17,6 @@ other PEFT type are refused by name.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatch
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.lora import module_dims
+from adapterdeploy.validation import read_json_object
 
 __all__ = ["MODULE_PATHS", "import_peft", "verify_peft"]
 
@@ -72,13 +72,7 @@ def _read_config(adapter_dir: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{adapter_dir} has no adapter_config.json: pass the directory PEFT's save_pretrained wrote"
         )
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{cfg_file} is not valid JSON ({exc})") from exc
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{cfg_file} must hold a JSON object")
-    return cfg
+    return read_json_object(cfg_file)
 
 
 def _read_weights(adapter_dir: Path) -> dict[str, Tensor]:
