@@ -180,7 +180,8 @@ def require_files(root: str | Path, files: dict[str, FileEntry], only: list[str]
     problems = verify_files(root, files, only=only)
     if problems:
         raise ChecksumError(
-            f"deployment {root} failed its checksum verification: " + "; ".join(problems)
+            f"deployment {root} failed its checksum verification: "
+            + "; ".join(problems)
             + ". Re-export it (export-adapters ... --force) or restore the files."
         )
 
@@ -438,8 +439,11 @@ class Manifest:
             files, task_files = _split_v1_files(tasks, files)
         featurizer = f.build("featurizer", FeaturizerSpec.from_dict)
         if not 1 <= featurizer.hidden_size <= MAX_HIDDEN or not 0 <= featurizer.adapter_drop <= featurizer.num_layers:
-            f.fail("featurizer", f"has hidden_size {featurizer.hidden_size} / adapter_drop {featurizer.adapter_drop} "
-                                 f"for {featurizer.num_layers} layers, out of range")
+            f.fail(
+                "featurizer",
+                f"has hidden_size {featurizer.hidden_size} / adapter_drop {featurizer.adapter_drop} "
+                f"for {featurizer.num_layers} layers, out of range",
+            )
         standalone = {}
         for name, by_precision in f.mapping("standalone", {}).items():
             if not isinstance(by_precision, dict):
@@ -489,13 +493,17 @@ def _safe(f: Fields, key: str, rel: Any) -> str:
         raise
 
 
-def _split_v1_files(tasks: dict[str, str], files: dict[str, FileEntry]
-                    ) -> tuple[dict[str, FileEntry], dict[str, FileEntry]]:
+def _split_v1_files(
+    tasks: dict[str, str], files: dict[str, FileEntry]
+) -> tuple[dict[str, FileEntry], dict[str, FileEntry]]:
     """Schema 1 listed every task file in ``files``: keep the deployment-level ones, and each task.json's entry."""
     prefixes = tuple(rel.rstrip("/") + "/" for rel in tasks.values())
     kept = {k: v for k, v in files.items() if not k.startswith(prefixes)}
-    task_files = {name: files[f"{rel.rstrip('/')}/{TASK_FILE}"] for name, rel in tasks.items()
-                  if f"{rel.rstrip('/')}/{TASK_FILE}" in files}
+    task_files = {
+        name: files[f"{rel.rstrip('/')}/{TASK_FILE}"]
+        for name, rel in tasks.items()
+        if f"{rel.rstrip('/')}/{TASK_FILE}" in files
+    }
     return kept, task_files
 
 

@@ -25,8 +25,13 @@ CONTEXT = {"auto_envvar_prefix": "ADAPTERDEPLOY", "help_option_names": ["-h", "-
 
 @click.group(cls=CatchingGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="adapterdeploy")
-@click.option("--debug", is_flag=True, default=False, envvar="ADAPTERDEPLOY_DEBUG",
-              help="Print the full traceback of an error (default: one line, exit code 2).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    default=False,
+    envvar="ADAPTERDEPLOY_DEBUG",
+    help="Print the full traceback of an error (default: one line, exit code 2).",
+)
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Deploy BERT-family encoders with per-task bottleneck adapters: one shared ONNX featurizer, many tasks.
@@ -38,8 +43,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.meta["adapterdeploy.debug"] = debug
 
 
-@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                          "help_option_names": []})
+@click.command(
+    "bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Run the benchmarks (source checkout only): `adapterdeploy bench [--quick] ...`; see `bench --help`."""
@@ -59,15 +65,28 @@ def bench(ctx: click.Context) -> None:
     bench_main.main(args=ctx.args, prog_name=ctx.command_path)
 
 
-for _cmd in (train, import_adapterhub, import_peft, export, add_task, remove_task, export_standalone, inspect_cmd,
-             predict, check, serve, bench):
+for _cmd in (
+    train,
+    import_adapterhub,
+    import_peft,
+    export,
+    add_task,
+    remove_task,
+    export_standalone,
+    inspect_cmd,
+    predict,
+    check,
+    serve,
+    bench,
+):
     main.add_command(_cmd)
 
 
 def export_adapters_main() -> None:
     """Entry point of ``export-adapters``: the same command as ``adapterdeploy export``."""
-    export.main(prog_name="export-adapters", auto_envvar_prefix="ADAPTERDEPLOY_EXPORT",
-                help_option_names=["-h", "--help"])
+    export.main(
+        prog_name="export-adapters", auto_envvar_prefix="ADAPTERDEPLOY_EXPORT", help_option_names=["-h", "--help"]
+    )
 
 
 if __name__ == "__main__":

@@ -83,9 +83,7 @@ class SiteOptions:
 
     def __post_init__(self) -> None:
         if self.residual_before_ln not in (True, False, "post_add"):
-            raise ConfigError(
-                f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}"
-            )
+            raise ConfigError(f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}")
 
 
 @dataclass(frozen=True)
@@ -121,8 +119,12 @@ class PeftSpec:
         unknown = set(d) - {"lora", "ia3", "rank", "info"}
         if unknown:
             raise ConfigError(f"unknown peft config keys {sorted(unknown)}")
-        return cls(lora=tuple(d.get("lora", ())), ia3=tuple(d.get("ia3", ())), rank=int(d.get("rank", 0)),
-                   info=dict(d.get("info") or {}))
+        return cls(
+            lora=tuple(d.get("lora", ())),
+            ia3=tuple(d.get("ia3", ())),
+            rank=int(d.get("rank", 0)),
+            info=dict(d.get("info") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -149,16 +151,17 @@ class AdapterConfig:
         if isinstance(self.peft, dict):
             object.__setattr__(self, "peft", PeftSpec.from_dict(self.peft))
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
-            )
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         rf = self.reduction_factor
         if rf is not None and (isinstance(rf, bool) or not isinstance(rf, int | float)):
             raise ConfigError(f"reduction_factor must be a number, got {rf!r:.40}")
         if self.bottleneck is None and (self.reduction_factor is None or self.reduction_factor <= 0):
             raise ConfigError("give a positive --reduction-factor or an explicit --bottleneck size")
-        if self.bottleneck is not None and (isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int)
-                                            or not 1 <= self.bottleneck <= MAX_BOTTLENECK):
+        if self.bottleneck is not None and (
+            isinstance(self.bottleneck, bool)
+            or not isinstance(self.bottleneck, int)
+            or not 1 <= self.bottleneck <= MAX_BOTTLENECK
+        ):
             raise ConfigError(f"bottleneck must be an integer in 1..{MAX_BOTTLENECK}, got {self.bottleneck!r:.40}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(sorted({int(i) for i in self.layers})))
@@ -175,8 +178,10 @@ class AdapterConfig:
         assert self.reduction_factor is not None
         size = max(1, int(hidden_size // self.reduction_factor))
         if size > MAX_BOTTLENECK:
-            raise ConfigError(f"reduction_factor {self.reduction_factor} gives a bottleneck of {size} for hidden size "
-                              f"{hidden_size}, more than {MAX_BOTTLENECK}; use a reduction factor >= 1")
+            raise ConfigError(
+                f"reduction_factor {self.reduction_factor} gives a bottleneck of {size} for hidden size "
+                f"{hidden_size}, more than {MAX_BOTTLENECK}; use a reduction factor >= 1"
+            )
         return size
 
     def adapter_layers(self, num_layers: int) -> tuple[int, ...]:
@@ -191,9 +196,14 @@ class AdapterConfig:
     def site_options(self) -> SiteOptions:
         """The effective options; the ``layer`` site has no residual input nor LayerNorm of its own."""
         if self.placement == "after_layer":
-            return SiteOptions(original_ln_before=False, original_ln_after=False, residual_before_ln=True,
-                               ln_before=self.site.ln_before, ln_after=self.site.ln_after,
-                               adapter_residual_before_ln=self.site.adapter_residual_before_ln)
+            return SiteOptions(
+                original_ln_before=False,
+                original_ln_after=False,
+                residual_before_ln=True,
+                ln_before=self.site.ln_before,
+                ln_after=self.site.ln_after,
+                adapter_residual_before_ln=self.site.adapter_residual_before_ln,
+            )
         return self.site
 
     def signature(self) -> AdapterSignature:
@@ -322,8 +332,10 @@ def signature_misfit(task: AdapterSignature, featurizer: AdapterSignature) -> st
         return featurizer.bottleneck_part().describe_difference(task.bottleneck_part())
     extra = sorted(set(task.lora) - set(featurizer.lora)) + sorted(set(task.ia3) - set(featurizer.ia3))
     if extra:
-        return (f"the featurizer has no PEFT bank input for {extra} (its LoRA modules: {list(featurizer.lora)}, "
-                f"IA3: {list(featurizer.ia3)})")
+        return (
+            f"the featurizer has no PEFT bank input for {extra} (its LoRA modules: {list(featurizer.lora)}, "
+            f"IA3: {list(featurizer.ia3)})"
+        )
     return None
 
 
@@ -388,8 +400,10 @@ class HeadConfig:
         else:
             thresholds = thresholds or (0.5,) * self.num_labels
             if len(thresholds) != self.num_labels or not all(0.0 < t < 1.0 for t in thresholds):
-                raise ConfigError(f"a multi-label head needs {self.num_labels} thresholds in (0, 1), one per label; "
-                                  f"got {list(thresholds)}")
+                raise ConfigError(
+                    f"a multi-label head needs {self.num_labels} thresholds in (0, 1), one per label; "
+                    f"got {list(thresholds)}"
+                )
         object.__setattr__(self, "thresholds", thresholds)
 
     @property
@@ -430,5 +444,9 @@ class HeadConfig:
 
     def with_labels(self, labels: tuple[str, ...]) -> HeadConfig:
         thresholds = self.thresholds if len(self.thresholds) == len(labels) else ()
-        return replace(self, labels=labels, num_labels=len(labels) if self.problem_type != "regression" else 1,
-                       thresholds=thresholds)
+        return replace(
+            self,
+            labels=labels,
+            num_labels=len(labels) if self.problem_type != "regression" else 1,
+            thresholds=thresholds,
+        )

@@ -159,9 +159,7 @@ def regression_metrics(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]
     return {"pearson": pearson(a, b), "spearman": spearman(a, b), "mse": float(np.mean((a - b) ** 2))}
 
 
-def compute_metrics(
-    problem_type: str, y_true: ArrayLike, y_pred: ArrayLike, num_labels: int = 2
-) -> dict[str, float]:
+def compute_metrics(problem_type: str, y_true: ArrayLike, y_pred: ArrayLike, num_labels: int = 2) -> dict[str, float]:
     """The metrics of a problem type (``single_label_classification`` or ``regression``; multi-label:
     ``y_true`` and ``y_pred`` are multi-hot ``[rows, labels]``)."""
     if problem_type == "multi_label_classification":

@@ -54,8 +54,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def is_task_name(name: object) -> bool:
     """A task name becomes a directory name and a URL path part: letters, digits, ``_ . -`` (starting with a
     letter or digit, so never ``.``, ``..``, a hidden file or an option), at most 128 characters."""
-    return (isinstance(name, str) and len(name) <= TASK_NAME_MAX and _TASK_NAME.fullmatch(name) is not None
-            and name not in (".", ".."))
+    return (
+        isinstance(name, str)
+        and len(name) <= TASK_NAME_MAX
+        and _TASK_NAME.fullmatch(name) is not None
+        and name not in (".", "..")
+    )
 
 
 def check_task_name(name: object, where: str = "", error: type[AdapterDeployError] = ConfigError) -> str:
@@ -75,8 +79,15 @@ class Fields:
     Every error is ``error`` (ArtifactError by default) and names the file, the field and the fix.
     """
 
-    def __init__(self, data: Any, where: str | Path, *, fix: str, prefix: str = "",
-                 error: type[AdapterDeployError] = ArtifactError) -> None:
+    def __init__(
+        self,
+        data: Any,
+        where: str | Path,
+        *,
+        fix: str,
+        prefix: str = "",
+        error: type[AdapterDeployError] = ArtifactError,
+    ) -> None:
         self.where, self.fix, self.prefix, self.error = str(where), fix, prefix, error
         if not isinstance(data, dict):
             self.fail("", f"must be a JSON object, got {type(data).__name__}")

@@ -41,15 +41,19 @@ def lock_paths(deploy_dir: str | Path) -> tuple[Path, Path]:
 def _holder(info_file: Path) -> str:
     try:
         info: dict[str, Any] = json.loads(info_file.read_text(encoding="utf-8"))
-        return (f"pid {info.get('pid')} on {info.get('host')} running {info.get('command')!r} "
-                f"since {info.get('since')}")
+        return f"pid {info.get('pid')} on {info.get('host')} running {info.get('command')!r} since {info.get('since')}"
     except (OSError, ValueError, AttributeError):
         return "an unknown process (no lock info)"
 
 
 @contextlib.contextmanager
-def writer_lock(deploy_dir: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, command: str | None = None,
-                log: Callable[[str], None] | None = None) -> Iterator[None]:
+def writer_lock(
+    deploy_dir: str | Path,
+    *,
+    timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Hold the deployment's exclusive writer lock for the block.
 
     Waits up to ``timeout`` seconds (0: fail at once; negative: wait forever) for another writer, then raises
@@ -74,8 +78,9 @@ def writer_lock(deploy_dir: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT
                 f"gave up after {timeout:g} s: retry when it finishes, or raise --lock-timeout"
             ) from None
     except OSError as exc:
-        raise ArtifactError(f"cannot take the writer lock {lock_file}: {exc}; the directory holding the "
-                            "deployment must be writable") from exc
+        raise ArtifactError(
+            f"cannot take the writer lock {lock_file}: {exc}; the directory holding the deployment must be writable"
+        ) from exc
     try:
         _write_info(info_file, command)
         yield
@@ -86,8 +91,12 @@ def writer_lock(deploy_dir: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT
 
 
 def _write_info(info_file: Path, command: str | None) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command or " ".join(sys.argv),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     tmp = info_file.with_name(info_file.name + f".{os.getpid()}.tmp")
     with contextlib.suppress(OSError):  # the info is a courtesy for waiters: never fail the write for it
         tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")

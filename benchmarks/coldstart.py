@@ -32,9 +32,11 @@ def _ort_plain(spec: dict[str, Any]) -> object:
     sess = ort.InferenceSession(spec["model_path"], so, providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(spec["tokenizer"])
     enc = tok.encode(spec["text"])
-    feed = {"input_ids": np.array([enc.ids], dtype=np.int64),
-            "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([enc.type_ids], dtype=np.int64)}
+    feed = {
+        "input_ids": np.array([enc.ids], dtype=np.int64),
+        "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
+        "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
+    }
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feed.items() if k in names})
 

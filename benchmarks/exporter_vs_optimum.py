@@ -40,8 +40,11 @@ def _checkpoint(base, out: Path, placement: str) -> Path:
 
     torch.manual_seed(0)
     model = EncoderWithAdapters(base, AdapterConfig(placement=placement, init_std=0.02), HeadConfig())
-    return save_checkpoint(checkpoint_from_model(model, placement.replace("_", "-"), max_length=128,
-                                                 text_pair=False), out / placement, force=True)
+    return save_checkpoint(
+        checkpoint_from_model(model, placement.replace("_", "-"), max_length=128, text_pair=False),
+        out / placement,
+        force=True,
+    )
 
 
 def _medians(fns: dict, repeats: int, clock=time.perf_counter) -> dict[str, float]:
@@ -94,8 +97,10 @@ def main() -> None:
         bank = dict(zip(manifest.featurizer.bank_inputs, bank_of(dep, list(manifest.tasks)), strict=True))
         runs[placement] = (trunk, adapted, bank, variant)
     rng = np.random.default_rng(0)
-    rows = ["| batch | optimum O3 plain (ms) | " + " | ".join(f"{p} (ms) | ratio" for p in runs) + " |",
-            "|---|---:|" + "---:|---:|" * len(runs)]
+    rows = [
+        "| batch | optimum O3 plain (ms) | " + " | ".join(f"{p} (ms) | ratio" for p in runs) + " |",
+        "|---|---:|" + "---:|---:|" * len(runs),
+    ]
     for (b, s), repeats in (((1, 32), args.repeats_small), ((32, 53), args.repeats_large)):
         ids = rng.integers(1000, 20000, size=(b, s)).astype(np.int64)
         ids[:, 0], ids[:, -1] = 101, 102
@@ -105,9 +110,11 @@ def main() -> None:
         rest = {"attention_mask": mask, "row_source": idx, "task_index": np.zeros(b, dtype=np.int64)}
         fns = {"o3": lambda feed=feed: plain.run(None, feed)}
         for p, (trunk, adapted, bank, _v) in runs.items():
+
             def run(trunk=trunk, adapted=adapted, bank=bank, feed=feed, rest=rest):
                 (hidden,) = trunk.run(None, feed)
                 adapted.run(None, {"hidden": hidden, **rest, **bank})
+
             fns[p] = run
         med = _medians(fns, repeats, clock)
         cells = " | ".join(f"{med[p]:.2f} | {med[p] / med['o3']:.3f}" for p in runs)
@@ -115,8 +122,10 @@ def main() -> None:
     print(f"clock: {args.clock}")
     print("\n".join(rows))
     for p, (_t, _a, _b, v) in runs.items():
-        print(f"{p}: kept {v.timings.get('chosen')} ({v.optimization}); adapted fused ops "
-              f"{ {k: n for k, n in v.op_counts['adapted'].items() if n} }")
+        print(
+            f"{p}: kept {v.timings.get('chosen')} ({v.optimization}); adapted fused ops "
+            f"{ {k: n for k, n in v.op_counts['adapted'].items() if n} }"
+        )
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ class Worker:
                     f"{self.log_tail()}"
                 )
             if line.startswith(PROTOCOL_PREFIX):
-                reply = json.loads(line[len(PROTOCOL_PREFIX):])
+                reply = json.loads(line[len(PROTOCOL_PREFIX) :])
                 if not reply.get("ok"):
                     raise WorkerError(
                         f"worker {self.name} ({self.system}) failed in {op!r}: {reply.get('error')}\n"

@@ -24,8 +24,9 @@ from typing import Any
 __all__ = ["main", "run_load"]
 
 
-async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float,
-                   warmup: float, route: bool = False) -> dict[str, Any]:
+async def run_load(
+    url: str, bodies: list[dict[str, Any]], clients: int, seconds: float, warmup: float, route: bool = False
+) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
@@ -36,8 +37,10 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, seconds
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup, t_start + warmup + seconds
     payloads = [json.dumps(b).encode() for b in bodies]
-    headers = [{"content-type": "application/json", **({"serve_multiplexed_model_id": b["task"]} if route else {})}
-               for b in bodies]
+    headers = [
+        {"content-type": "application/json", **({"serve_multiplexed_model_id": b["task"]} if route else {})}
+        for b in bodies
+    ]
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal rows, errors, cold
@@ -47,8 +50,9 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, seconds
             if t0 >= t_end:
                 return
             try:
-                async with session.post(url, data=payloads[i % len(payloads)],
-                                        headers=headers[i % len(headers)]) as resp:
+                async with session.post(
+                    url, data=payloads[i % len(payloads)], headers=headers[i % len(headers)]
+                ) as resp:
                     await resp.read()
                     ok = resp.status == 200
                     was_cold = resp.headers.get("x-adapterdeploy-cold-tasks", "0") != "0"
@@ -71,8 +75,18 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, seconds
     def q(x: float) -> float | None:
         return lat[min(len(lat) - 1, round(x * (len(lat) - 1)))] if lat else None
 
-    return {"clients": clients, "requests": len(lat), "rows": rows, "errors": errors, "cold": cold, "seconds": seconds,
-            "rows_per_s": rows / seconds, "p50_s": q(0.50), "p95_s": q(0.95), "p99_s": q(0.99)}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "rows": rows,
+        "errors": errors,
+        "cold": cold,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "p50_s": q(0.50),
+        "p95_s": q(0.95),
+        "p99_s": q(0.99),
+    }
 
 
 def main() -> None:

@@ -82,8 +82,11 @@ def _matmul_graph(k: int, n: int, int8: bool, rng: np.random.Generator) -> bytes
         inits = [numpy_helper.from_array(b, "B")]
         a_type, c_type = TensorProto.FLOAT, TensorProto.FLOAT
     graph = helper.make_graph(
-        [node], "gemm", [helper.make_tensor_value_info("A", a_type, ["M", k])],
-        [helper.make_tensor_value_info("C", c_type, ["M", n])], initializer=inits,
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("A", a_type, ["M", k])],
+        [helper.make_tensor_value_info("C", c_type, ["M", n])],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -119,8 +122,19 @@ class PeakSystem:
                 sess = ort.InferenceSession(_matmul_graph(k, n, int8, rng), so, providers=["CPUExecutionProvider"])
                 feed = {"A": rng.integers(0, 256, size=(m, k), dtype=np.uint8) if int8 else a}
                 t = _time(lambda sess=sess, feed=feed: sess.run(None, feed), self.min_time)
-                rows.append({"backend": "onnxruntime", "precision": "int8" if int8 else "fp32", "shape": [m, k, n],
-                             "gflops": ops / t / 1e9})
+                rows.append(
+                    {
+                        "backend": "onnxruntime",
+                        "precision": "int8" if int8 else "fp32",
+                        "shape": [m, k, n],
+                        "gflops": ops / t / 1e9,
+                    }
+                )
         peak = {p: max(r["gflops"] for r in rows if r["precision"] == p) for p in ("fp32", "int8")}
-        return {"rows": rows, "peak_gflops": peak, "threads": self.threads, "numpy": np.__version__,
-                "onnxruntime": ort.__version__}
+        return {
+            "rows": rows,
+            "peak_gflops": peak,
+            "threads": self.threads,
+            "numpy": np.__version__,
+            "onnxruntime": ort.__version__,
+        }

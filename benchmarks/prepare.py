@@ -61,8 +61,14 @@ class Prepared:
         return [self.tasks_dir / f"p{i:04d}" for i in range(n)]
 
     def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "base_dir": str(self.base_dir), "layers": self.num_layers, "hidden": self.hidden,
-                "shape": self.shape.to_dict(), "max_length": self.max_length}
+        return {
+            "key": self.key,
+            "base_dir": str(self.base_dir),
+            "layers": self.num_layers,
+            "hidden": self.hidden,
+            "shape": self.shape.to_dict(),
+            "max_length": self.max_length,
+        }
 
 
 def _log(msg: str) -> None:
@@ -85,8 +91,14 @@ def _bert_base_shape(out: Path) -> Path:
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy(src / name, tmp / name)
-    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(tmp), safe_serialization=True)
     tmp.rename(out)
@@ -116,8 +128,14 @@ def prepare_model(key: str, work_root: Path) -> Prepared:
     base_dir = _base_dir(key, work)
     cfg = json.loads((base_dir / "config.json").read_text())
     layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
-    shape = ModelShape(layers=layers, hidden=hidden, intermediate=int(cfg["intermediate_size"]),
-                       bottleneck=max(1, int(hidden // REDUCTION_FACTOR)), adapter_sites=1, adapted_layers=layers)
+    shape = ModelShape(
+        layers=layers,
+        hidden=hidden,
+        intermediate=int(cfg["intermediate_size"]),
+        bottleneck=max(1, int(hidden // REDUCTION_FACTOR)),
+        adapter_sites=1,
+        adapted_layers=layers,
+    )
     max_length = min(MAX_LENGTH, int(cfg["max_position_embeddings"]))
     return Prepared(key, work, base_dir, base_dir / "tokenizer.json", shape, layers, hidden, max_length)
 
@@ -232,9 +250,17 @@ def ours_available() -> str | None:
     return None
 
 
-def deployment(p: Prepared, n_tasks: int, *, pairs: int = 0, adapter_drop: int = 0,
-               precisions: tuple[str, ...] = ("fp32", "int8"), checkpoints: list[Path] | None = None,
-               name: str | None = None, **kwargs: Any) -> Path:
+def deployment(
+    p: Prepared,
+    n_tasks: int,
+    *,
+    pairs: int = 0,
+    adapter_drop: int = 0,
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+    checkpoints: list[Path] | None = None,
+    name: str | None = None,
+    **kwargs: Any,
+) -> Path:
     """Export (once) a deployment of the first ``n_tasks`` random single-text tasks and ``pairs`` pair tasks
     (or of ``checkpoints``) at AdapterDrop K; tasks with adapters below K are deployed without them."""
     tag = name or (f"n{n_tasks}" + (f"p{pairs}" if pairs else ""))
@@ -290,9 +316,14 @@ def noadapter_featurizer(p: Prepared, optimization: str, precision: str) -> Path
 def main_deployment(p: Prepared, standalone: bool = True) -> Path:
     """The deployment the speed sections share: t0000 (single texts) + p0000 (pairs), fp32 + int8, and the
     standalone per-task files unless ``standalone`` is False (``--quick``: they only feed the sizes table)."""
-    return deployment(p, 0, checkpoints=[*p.task_dirs(1), *p.task_dirs(1, pairs=True)],
-                      name="main" if standalone else "main-nostandalone", precisions=("fp32", "int8"),
-                      standalone=standalone)
+    return deployment(
+        p,
+        0,
+        checkpoints=[*p.task_dirs(1), *p.task_dirs(1, pairs=True)],
+        name="main" if standalone else "main-nostandalone",
+        precisions=("fp32", "int8"),
+        standalone=standalone,
+    )
 
 
 def k_deployment(p: Prepared, k: int, standalone: bool = True) -> Path:
@@ -335,16 +366,22 @@ def clone_tasks(p: Prepared, dep: Path, template: str, prefix: str, n: int) -> l
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         rng = np.random.default_rng(i)
-        new = {k: (rng.normal(0.0, float(v.std()) or 1e-3, v.shape).astype(v.dtype) if k.startswith("bank.") else v)
-               for k, v in tensors.items()}
+        new = {
+            k: (rng.normal(0.0, float(v.std()) or 1e-3, v.shape).astype(v.dtype) if k.startswith("bank.") else v)
+            for k, v in tensors.items()
+        }
         save_file(new, str(tmp / "adapters.safetensors"), metadata={**meta, "task": name})
         files = {}
         for fname in spec["files"]:
             if fname != "adapters.safetensors":
                 shutil.copy(src / fname, tmp / fname)
             files[fname] = {"size": (tmp / fname).stat().st_size, "sha256": sha256_file(tmp / fname)}
-        clone = {**spec, "name": name, "files": files,
-                 "parity": {"note": f"benchmark clone of {template} with random adapter rows; not exported"}}
+        clone = {
+            **spec,
+            "name": name,
+            "files": files,
+            "parity": {"note": f"benchmark clone of {template} with random adapter rows; not exported"},
+        }
         (tmp / "task.json").write_text(json.dumps(clone, indent=2) + "\n")
         tmp.rename(d)
     return out

@@ -77,9 +77,13 @@ def session_feeds(dep: Any, task: str, tokens: dict[str, np.ndarray]) -> tuple[d
     rows = len(tokens["input_ids"])
     trunk_feeds = {k: v for k, v in tokens.items() if k in eng.trunk_inputs}
     hidden = eng.trunk.run([eng.trunk_output], trunk_feeds)[0]
-    adapted_feeds = {"hidden": hidden, "attention_mask": tokens["attention_mask"],
-                     "row_source": np.arange(rows, dtype=np.int64), "task_index": np.zeros(rows, dtype=np.int64),
-                     **bank}
+    adapted_feeds = {
+        "hidden": hidden,
+        "attention_mask": tokens["attention_mask"],
+        "row_source": np.arange(rows, dtype=np.int64),
+        "task_index": np.zeros(rows, dtype=np.int64),
+        **bank,
+    }
     return trunk_feeds, adapted_feeds
 
 
@@ -100,14 +104,16 @@ def predict_breakdown(dep: Any, rows: list[Any], task: str, calls: int) -> dict[
     }
     out = {name: _median_us(fn, calls) for name, fn in parts.items()}
     out["rest of predict (Python)"] = out["Deployment.predict, whole"] - sum(
-        v for k, v in out.items() if k != "Deployment.predict, whole")
+        v for k, v in out.items() if k != "Deployment.predict, whole"
+    )
     return out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", default="minilm", show_default=True, help="A model prepared in --work (minilm, bertbase).")
-@click.option("--work", type=click.Path(path_type=Path), default=Path(__file__).resolve().parent / ".work",
-              show_default=True)
+@click.option(
+    "--work", type=click.Path(path_type=Path), default=Path(__file__).resolve().parent / ".work", show_default=True
+)
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "int8"]))
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--seq", default=53, show_default=True, type=int, help="Tokens per row (random ids).")
@@ -133,16 +139,18 @@ def main(model: str, work: Path, precision: str, batch: int, seq: int, threads: 
     with_ = op_profile(dep_dir / variant.adapted, feeds, dep._factory.options(), runs)
     without = op_profile(plain, feeds, dep._factory.options(), runs)
     click.echo(f"{model} {precision}, batch {batch} x {seq} tokens, {threads} threads, {runs} profiled runs")
-    click.echo(f"model_run us/run: with adapters {with_['run_us']:.0f}, without {without['run_us']:.0f} "
-               f"({100 * (with_['run_us'] / without['run_us'] - 1):+.1f}%)")
+    click.echo(
+        f"model_run us/run: with adapters {with_['run_us']:.0f}, without {without['run_us']:.0f} "
+        f"({100 * (with_['run_us'] / without['run_us'] - 1):+.1f}%)"
+    )
     click.echo(f"{'op type':24} {'with us':>9} {'nodes':>6} {'without us':>11} {'nodes':>6} {'delta us':>9}")
-    ops = sorted(set(with_["ops"]) | set(without["ops"]),
-                 key=lambda o: -with_["ops"].get(o, {"us": 0})["us"])
+    ops = sorted(set(with_["ops"]) | set(without["ops"]), key=lambda o: -with_["ops"].get(o, {"us": 0})["us"])
     zero = {"us": 0.0, "nodes": 0.0}
     for op in ops:
         a, b = with_["ops"].get(op, zero), without["ops"].get(op, zero)
-        click.echo(f"{op:24} {a['us']:9.1f} {a['nodes']:6.0f} {b['us']:11.1f} {b['nodes']:6.0f} "
-                   f"{a['us'] - b['us']:+9.1f}")
+        click.echo(
+            f"{op:24} {a['us']:9.1f} {a['nodes']:6.0f} {b['us']:11.1f} {b['nodes']:6.0f} {a['us'] - b['us']:+9.1f}"
+        )
     texts = ["a sentence about twenty tokens long, for the end-to-end breakdown of one predict call"] * batch
     click.echo("end to end, median us per call:")
     for name, us in predict_breakdown(dep, texts, "t0000", max(50, 3000 // (batch * seq // 16 + 1))).items():

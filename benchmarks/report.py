@@ -25,8 +25,20 @@ from benchmarks.targets import evaluate_targets
 __all__ = ["default_out_dir", "machine_info", "write_report"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PACKAGES = ("adapterdeploy", "torch", "transformers", "adapters", "onnx", "onnxruntime", "optimum-onnx", "optimum",
-            "numpy", "tokenizers", "matplotlib", "psutil")
+PACKAGES = (
+    "adapterdeploy",
+    "torch",
+    "transformers",
+    "adapters",
+    "onnx",
+    "onnxruntime",
+    "optimum-onnx",
+    "optimum",
+    "numpy",
+    "tokenizers",
+    "matplotlib",
+    "psutil",
+)
 
 
 def _cpu_model() -> str:
@@ -53,10 +65,20 @@ def _cpu_flags() -> list[str]:
 def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -160,15 +182,30 @@ def _load_lines(sections: list[SectionResult]) -> list[str]:
     rows = []
     for s in sections:
         for ld in s.load:
-            rows.append([ld["what"], f"{ld['wall_s']:.0f}", f"{ld['others_cores_mean']:.2f}",
-                         f"{ld['others_cores_max']:.2f}",
-                         f"{ld['loadavg_start'][0]:.2f} -> {ld['loadavg_end'][0]:.2f}"])
-    return _md_table("Foreign load while measuring (cores busy with processes that are not this benchmark)",
-                     ["stretch", "wall s", "other cores, mean", "other cores, max", "load average"], rows)
+            rows.append(
+                [
+                    ld["what"],
+                    f"{ld['wall_s']:.0f}",
+                    f"{ld['others_cores_mean']:.2f}",
+                    f"{ld['others_cores_max']:.2f}",
+                    f"{ld['loadavg_start'][0]:.2f} -> {ld['loadavg_end'][0]:.2f}",
+                ]
+            )
+    return _md_table(
+        "Foreign load while measuring (cores busy with processes that are not this benchmark)",
+        ["stretch", "wall s", "other cores, mean", "other cores, max", "load average"],
+        rows,
+    )
 
 
-def write_report(out: Path, info: dict[str, Any], settings: dict[str, Any], sections: list[SectionResult],
-                 command: str, wall_s: float) -> Path:
+def write_report(
+    out: Path,
+    info: dict[str, Any],
+    settings: dict[str, Any],
+    sections: list[SectionResult],
+    command: str,
+    wall_s: float,
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, list[str]] = {}
     for s in sections:
@@ -179,9 +216,12 @@ def write_report(out: Path, info: dict[str, Any], settings: dict[str, Any], sect
     targets = evaluate_targets(sections)
     busy = [ld["others_cores_mean"] for s in sections for ld in s.load]
     mean_busy = sum(busy) / len(busy) if busy else 0.0
-    condition = ("QUIET machine" if mean_busy < 0.15 else
-                 f"SHARED machine: other processes used {mean_busy:.2f} of {info['logical_cores']} cores on average; "
-                 "absolute numbers are pessimistic and noisy, ratios between interleaved systems are fairer")
+    condition = (
+        "QUIET machine"
+        if mean_busy < 0.15
+        else f"SHARED machine: other processes used {mean_busy:.2f} of {info['logical_cores']} cores on average; "
+        "absolute numbers are pessimistic and noisy, ratios between interleaved systems are fairer"
+    )
     v = info["versions"]
     lines = [
         f"# adapterdeploy benchmarks — {'quick (tiny model, CI smoke run)' if settings['quick'] else 'full run'}",
@@ -208,11 +248,21 @@ def write_report(out: Path, info: dict[str, Any], settings: dict[str, Any], sect
         "",
         "## Targets",
         "",
-        *(["A quick run measures a tiny random model with one thread and few repeats to check that every "
-           "section works; the comparisons below are NOT meaningful for it (the targets are for MiniLM and "
-           "the BERT-base shape, see a full run).", ""] if settings["quick"] else []),
-        *_md_table("Issue targets vs this run", ["target", "measured", "goal", "met"],
-                   [[t["name"], t["measured"], t["goal"], t["met"]] for t in targets]),
+        *(
+            [
+                "A quick run measures a tiny random model with one thread and few repeats to check that every "
+                "section works; the comparisons below are NOT meaningful for it (the targets are for MiniLM and "
+                "the BERT-base shape, see a full run).",
+                "",
+            ]
+            if settings["quick"]
+            else []
+        ),
+        *_md_table(
+            "Issue targets vs this run",
+            ["target", "measured", "goal", "met"],
+            [[t["name"], t["measured"], t["goal"], t["met"]] for t in targets],
+        ),
     ]
     for s in sections:
         lines += [f"## {s.title}", ""]
@@ -229,7 +279,13 @@ def write_report(out: Path, info: dict[str, Any], settings: dict[str, Any], sect
             lines += [f"![{name}]({name})", ""]
     lines += ["## Load conditions", "", *_load_lines(sections)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    raw = {"machine": info, "settings": settings, "command": command, "wall_s": wall_s, "targets": targets,
-           "sections": [s.to_dict() for s in sections]}
+    raw = {
+        "machine": info,
+        "settings": settings,
+        "command": command,
+        "wall_s": wall_s,
+        "targets": targets,
+        "sections": [s.to_dict() for s in sections],
+    }
     (out / "results.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     return out / "report.md"

@@ -82,8 +82,9 @@ class RunOutcome:
         self.errors = errors
 
 
-def run_benchmarks(settings: BenchSettings, *, out: Path | None = None, work: Path | None = None,
-                   command: str = "python -m benchmarks") -> RunOutcome:
+def run_benchmarks(
+    settings: BenchSettings, *, out: Path | None = None, work: Path | None = None, command: str = "python -m benchmarks"
+) -> RunOutcome:
     """Run ``settings.sections`` (the peak first whenever a timing section needs it); write the report."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,8 +110,9 @@ def run_benchmarks(settings: BenchSettings, *, out: Path | None = None, work: Pa
             (out / "logs").mkdir(exist_ok=True)
             (out / "logs" / f"section-{key}.error.txt").write_text(tb)
             errors[key] = f"{type(exc).__name__}: {exc}"
-            result = SectionResult(key, key,
-                                   skipped=f"failed with {errors[key][:500]} (see logs/section-{key}.error.txt)")
+            result = SectionResult(
+                key, key, skipped=f"failed with {errors[key][:500]} (see logs/section-{key}.error.txt)"
+            )
             print(tb, flush=True)
         result.wall_s = time.perf_counter() - ts
         print(f"[bench] section {key} done in {time.perf_counter() - ts:.1f}s", flush=True)

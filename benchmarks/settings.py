@@ -59,12 +59,33 @@ class BenchSettings:
 
 def quick_settings(**overrides: Any) -> BenchSettings:
     base = BenchSettings(
-        quick=True, models=("tiny",), sections=SECTIONS, threads=1, rounds=3, block_s=0.02, warmup=1, compile=False,
+        quick=True,
+        models=("tiny",),
+        sections=SECTIONS,
+        threads=1,
+        rounds=3,
+        block_s=0.02,
+        warmup=1,
+        compile=False,
         case_budget_s=None,
-        many_tasks_n=(1, 8), many_tasks_rows=64, resident_tasks=32, memory_budget_bytes=1 << 30,
-        fanout_n=(1, 4), fanout_k=(0, 2), load_repeats=20, cold_repeats=1, accuracy_rows=32,
-        server_clients=(1, 4), server_seconds=0.5, server_rounds=1,
-        scale_n=(10, 40), scale_budget=16, scale_export_n=(), scale_clients=4, scale_seconds=0.5, scale_cold=3,
+        many_tasks_n=(1, 8),
+        many_tasks_rows=64,
+        resident_tasks=32,
+        memory_budget_bytes=1 << 30,
+        fanout_n=(1, 4),
+        fanout_k=(0, 2),
+        load_repeats=20,
+        cold_repeats=1,
+        accuracy_rows=32,
+        server_clients=(1, 4),
+        server_seconds=0.5,
+        server_rounds=1,
+        scale_n=(10, 40),
+        scale_budget=16,
+        scale_export_n=(),
+        scale_clients=4,
+        scale_seconds=0.5,
+        scale_cold=3,
         scale_add_task=False,
     )
     return _override(base, overrides)
@@ -109,9 +130,13 @@ class Context:
     def worker(self, name: str, system: str, spec: dict[str, Any]) -> Worker:
         return Worker(name, system, spec, self.settings.threads, self.out / "logs")
 
-    def time_cases(self, workers: list[Worker], cases: list[str],
-                   payload_for: Callable[[Worker, str], dict[str, Any]],
-                   rounds: int | None = None) -> TimedRun:
+    def time_cases(
+        self,
+        workers: list[Worker],
+        cases: list[str],
+        payload_for: Callable[[Worker, str], dict[str, Any]],
+        rounds: int | None = None,
+    ) -> TimedRun:
         """Start ``workers``, then time each case on all of them, interleaved. Closes the workers.
 
         ``payload_for(worker, case)`` gives the rows a worker runs for a case (the same rows for every
@@ -120,18 +145,32 @@ class Context:
         workers, failed = start_workers(workers)
         return self.time_started(workers, cases, payload_for, rounds=rounds, failed=failed)
 
-    def time_started(self, workers: list[Worker], cases: list[str],
-                     payload_for: Callable[[Worker, str], dict[str, Any]], *, rounds: int | None = None,
-                     failed: dict[str, str] | None = None) -> TimedRun:
+    def time_started(
+        self,
+        workers: list[Worker],
+        cases: list[str],
+        payload_for: Callable[[Worker, str], dict[str, Any]],
+        *,
+        rounds: int | None = None,
+        failed: dict[str, str] | None = None,
+    ) -> TimedRun:
         """:meth:`time_cases` for workers that are already started (closes them too)."""
         s = self.settings
         try:
             for case in cases:
                 for w in workers:
                     w.request("case", case=case, payload=payload_for(w, case))
-            out = {case: interleave(workers, case, rounds=rounds or s.rounds, block_s=s.block_s, warmup=s.warmup,
-                                    budget_s=s.case_budget_s)
-                   for case in cases}
+            out = {
+                case: interleave(
+                    workers,
+                    case,
+                    rounds=rounds or s.rounds,
+                    block_s=s.block_s,
+                    warmup=s.warmup,
+                    budget_s=s.case_budget_s,
+                )
+                for case in cases
+            }
             rss = {w.name: {**w.request("rss"), "load_s": w.load_reply.get("load_s")} for w in workers}
             return TimedRun(out, failed or {}, rss)
         finally:

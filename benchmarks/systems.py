@@ -37,13 +37,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-
 def batched_proba(system: Any, rows: list[Any], batch_size: int) -> list[list[float]]:
     """Class probabilities of single-model ``system`` for ``rows``, via its own timed ``prepare`` path."""
     out: list[list[float]] = []
     for i in range(0, len(rows), batch_size):
-        out.extend(system.prepare({"kind": "batch", "rows": [["t", r] for r in rows[i:i + batch_size]]})().tolist())
+        out.extend(system.prepare({"kind": "batch", "rows": [["t", r] for r in rows[i : i + batch_size]]})().tolist())
     return out
+
 
 def _row(x: Any) -> str | tuple[str, str]:
     return x if isinstance(x, str) else (x[0], x[1])
@@ -195,8 +195,9 @@ class OrtModel:
     def __init__(self, spec: dict[str, Any], threads: int) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(spec["model_path"], _ort_options(threads, bool(spec.get("spin", True))),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            spec["model_path"], _ort_options(threads, bool(spec.get("spin", True))), providers=["CPUExecutionProvider"]
+        )
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
 
@@ -235,8 +236,9 @@ class OrtPerTask:
             if rss_bytes()["rss_bytes"] > budget:
                 self.over_budget = True
                 break
-            self.sessions[name] = ort.InferenceSession(model_bytes, _ort_options(threads),
-                                                       providers=["CPUExecutionProvider"])
+            self.sessions[name] = ort.InferenceSession(
+                model_bytes, _ort_options(threads), providers=["CPUExecutionProvider"]
+            )
         self.load_s = time.perf_counter() - t0
         del model_bytes
         gc.collect()
@@ -247,8 +249,13 @@ class OrtPerTask:
     def status(self) -> dict[str, Any]:
         from benchmarks.worker import rss_bytes
 
-        return {"loaded": len(self.sessions), "requested": self.requested, "over_budget": self.over_budget,
-                "load_s": self.load_s, **rss_bytes()}
+        return {
+            "loaded": len(self.sessions),
+            "requested": self.requested,
+            "over_budget": self.over_budget,
+            "load_s": self.load_s,
+            **rss_bytes(),
+        }
 
     def prepare(self, payload: dict[str, Any]) -> Callable[[], object]:
         if self.over_budget:
@@ -302,7 +309,7 @@ class Ours:
         labels = self.dep.task_spec(task).head.labels
         out: list[list[float]] = []
         for i in range(0, len(rows), batch_size):
-            preds = self.dep.predict([_row(r) for r in rows[i:i + batch_size]], task=task)
+            preds = self.dep.predict([_row(r) for r in rows[i : i + batch_size]], task=task)
             out.extend([[float(p.probabilities[label]) for label in labels] for p in preds])
         return out
 
@@ -348,13 +355,20 @@ class OursNoAdapter:
 
         # The same thread-pool choices as Deployment.open's defaults, whatever the runtime decides they are.
         params = inspect.signature(Deployment.open).parameters
-        factory = SessionFactory(threads=threads, shared_pool=params["shared_thread_pool"].default,
-                                 spin_us=params["spin_us"].default, precision=spec["precision"],
-                                 cache_dir=dep / "engine_cache")
+        factory = SessionFactory(
+            threads=threads,
+            shared_pool=params["shared_thread_pool"].default,
+            spin_us=params["spin_us"].default,
+            precision=spec["precision"],
+            cache_dir=dep / "engine_cache",
+        )
         self.session = factory.session(Path(spec["graph"]))
-        self.encoder = TextEncoder(dep / m.tokenizer.file, m.tokenizer.max_length,
-                                   single_token_type=int(m.base.get("type_vocab_size", 2) or 2) <= 1,
-                                   pad_id=m.base.get("pad_token_id"))
+        self.encoder = TextEncoder(
+            dep / m.tokenizer.file,
+            m.tokenizer.max_length,
+            single_token_type=int(m.base.get("type_vocab_size", 2) or 2) <= 1,
+            pad_id=m.base.get("pad_token_id"),
+        )
         head = load_file(str(dep / m.tasks[spec["task"]] / "adapters.safetensors"))
         self.w, self.b = head["head.out.w"], head["head.out.b"]
 
@@ -363,9 +377,14 @@ class OursNoAdapter:
 
         def run() -> np.ndarray:
             padded = self.encoder.pad(self.encoder.tokenize(rows))
-            hidden = self.session.run(["hidden"], {"input_ids": padded.input_ids,
-                                                   "attention_mask": padded.attention_mask,
-                                                   "token_type_ids": padded.token_type_ids})[0]
+            hidden = self.session.run(
+                ["hidden"],
+                {
+                    "input_ids": padded.input_ids,
+                    "attention_mask": padded.attention_mask,
+                    "token_type_ids": padded.token_type_ids,
+                },
+            )[0]
             return softmax(hidden[:, 0] @ self.w + self.b)
 
         return run

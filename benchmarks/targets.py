@@ -29,23 +29,45 @@ def _single(raw: dict[str, Any], out: list[dict[str, Any]]) -> None:
                 r = _row(rows, case, f"ours_{prec}")
                 if r is None or r["speedup_vs_eager"] is None:
                     continue
-                out.append(_check(f"{model} {case}: ours {prec} vs eager PyTorch", r["speedup_vs_eager"],
-                                  goal, ">=", "{:.2f}x"))
+                out.append(
+                    _check(
+                        f"{model} {case}: ours {prec} vs eager PyTorch", r["speedup_vs_eager"], goal, ">=", "{:.2f}x"
+                    )
+                )
         for case in ("b1_pair", "b1_128", "b32_dyn", "b32_128"):
             f32, i8 = _row(rows, case, "ours_fp32"), _row(rows, case, "ours_int8")
             if f32 is not None and i8 is not None:
-                out.append(_check(f"{model} {case}: ours int8 speed / ours fp32", f32["median_ms"] / i8["median_ms"],
-                                  2.0, ">=", "{:.2f}x"))
+                out.append(
+                    _check(
+                        f"{model} {case}: ours int8 speed / ours fp32",
+                        f32["median_ms"] / i8["median_ms"],
+                        2.0,
+                        ">=",
+                        "{:.2f}x",
+                    )
+                )
             r = _row(rows, case, "ours_fp32_mixed")
             if r is not None and r["vs_ort_plain_o3"] is not None:
-                out.append(_check(f"{model} {case}: ours fp32 serving many tasks, time / best optimum O3 plain",
-                                  r["vs_ort_plain_o3"], 1.05, "<=", "{:.3f}"))
+                out.append(
+                    _check(
+                        f"{model} {case}: ours fp32 serving many tasks, time / best optimum O3 plain",
+                        r["vs_ort_plain_o3"],
+                        1.05,
+                        "<=",
+                        "{:.3f}",
+                    )
+                )
 
 
 def _check(name: str, value: float, goal: float, op: str, fmt: str) -> dict[str, Any]:
     met = value >= goal if op == ">=" else value <= goal
-    return {"name": name, "value": value, "measured": fmt.format(value), "goal": f"{op} {fmt.format(goal)}",
-            "met": "yes" if met else "**no**"}
+    return {
+        "name": name,
+        "value": value,
+        "measured": fmt.format(value),
+        "goal": f"{op} {fmt.format(goal)}",
+        "met": "yes" if met else "**no**",
+    }
 
 
 def _generic(raw: dict[str, Any], out: list[dict[str, Any]]) -> None:

@@ -34,14 +34,38 @@ RESULTS = REPO / "benchmarks" / "results"
 
 # task -> settings. select = held-out rows for epoch selection; report = file scored at the end.
 TASKS: dict[str, dict[str, Any]] = {
-    "sst2": {"train": "sst2/train.tsv", "report": "sst2/dev.tsv", "split": "dev", "select": 872,
-             "max_train_rows": 8000, "max_length": 64},
-    "mrpc": {"train": "mrpc/train.tsv", "report": "mrpc/test.tsv", "split": "test", "select": 400,
-             "max_train_rows": None, "max_length": 128},
-    "rte": {"train": "rte/train.tsv", "report": "rte/dev.tsv", "split": "dev", "select": 250,
-            "max_train_rows": None, "max_length": 128},
-    "cola": {"train": "cola/train.tsv", "report": "cola/dev.tsv", "split": "dev", "select": 500,
-             "max_train_rows": None, "max_length": 64},
+    "sst2": {
+        "train": "sst2/train.tsv",
+        "report": "sst2/dev.tsv",
+        "split": "dev",
+        "select": 872,
+        "max_train_rows": 8000,
+        "max_length": 64,
+    },
+    "mrpc": {
+        "train": "mrpc/train.tsv",
+        "report": "mrpc/test.tsv",
+        "split": "test",
+        "select": 400,
+        "max_train_rows": None,
+        "max_length": 128,
+    },
+    "rte": {
+        "train": "rte/train.tsv",
+        "report": "rte/dev.tsv",
+        "split": "dev",
+        "select": 250,
+        "max_train_rows": None,
+        "max_length": 128,
+    },
+    "cola": {
+        "train": "cola/train.tsv",
+        "report": "cola/dev.tsv",
+        "split": "dev",
+        "select": 500,
+        "max_train_rows": None,
+        "max_length": 64,
+    },
 }
 
 
@@ -55,8 +79,9 @@ def split_off(data: Any, n: int, salt: str) -> tuple[Any, Any]:
     held = set(ranked[:n])
 
     def pick(keep: list[int]) -> Any:
-        return dataclasses.replace(data, examples=tuple(data.examples[i] for i in keep),
-                                   line_numbers=tuple(lines[i] for i in keep))
+        return dataclasses.replace(
+            data, examples=tuple(data.examples[i] for i in keep), line_numbers=tuple(lines[i] for i in keep)
+        )
 
     return pick([i for i in range(len(data)) if i not in held]), pick(sorted(held))
 
@@ -90,11 +115,21 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     train = subset(rest, spec["max_train_rows"], args.seed)
     report = read_dataset(data_dir / spec["report"], labels=train.labels, problem_type=train.problem_type)
     head = HeadConfig(pooling=args.pooling)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.full_lr if full else args.lr,
-                      max_length=spec["max_length"], seed=args.seed, progress=True)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.full_lr if full else args.lr,
+        max_length=spec["max_length"],
+        seed=args.seed,
+        progress=True,
+    )
     base = load_base(args.base)
-    print(f"[{key}] train {len(train)} rows (of {len(train_all)}), select {len(select)}, "
-          f"{spec['split']} {len(report)}; {cfg}", file=sys.stderr, flush=True)
+    print(
+        f"[{key}] train {len(train)} rows (of {len(train_all)}), select {len(select)}, "
+        f"{spec['split']} {len(report)}; {cfg}",
+        file=sys.stderr,
+        flush=True,
+    )
     out = Path(args.ckpts) / (f"{key}-{args.variant}" if args.variant else key)
     started = time.perf_counter()
     if full:
@@ -103,8 +138,11 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         save_full_finetune(result, out, force=True)
         weights_file = out / "model.safetensors"
     else:
-        adapter = AdapterConfig(layers=tuple(range(args.adapter_drop, base.num_layers))) if args.adapter_drop \
+        adapter = (
+            AdapterConfig(layers=tuple(range(args.adapter_drop, base.num_layers)))
+            if args.adapter_drop
             else AdapterConfig()
+        )
         ckpt = train_task(base, train, select, name=task, adapter=adapter, head=head, config=cfg)
         save_checkpoint(ckpt, out, force=True)
         model, metrics, info = ckpt.build_model(base), ckpt.metrics, ckpt.training
@@ -112,20 +150,32 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     scored = evaluate_dataset(model, base.load_tokenizer(), report, max_length=cfg.max_length)
     row = {
-        "key": f"{key}:{args.variant}" if args.variant else key, "task": task, "variant": args.variant,
+        "key": f"{key}:{args.variant}" if args.variant else key,
+        "task": task,
+        "variant": args.variant,
         "mode": "full_finetune" if full else "adapters",
-        "split": spec["split"], "report_file": spec["report"], "report_rows": len(report),
-        "report_metrics": scored, "report_seconds": round(time.perf_counter() - t0, 2),
-        "select_rows": len(select), "select_metrics": metrics,
-        "train_rows": len(train), "train_file_rows": len(train_all), "max_train_rows": spec["max_train_rows"],
-        "weights_file": str(weights_file), "weights_bytes": weights_file.stat().st_size,
+        "split": spec["split"],
+        "report_file": spec["report"],
+        "report_rows": len(report),
+        "report_metrics": scored,
+        "report_seconds": round(time.perf_counter() - t0, 2),
+        "select_rows": len(select),
+        "select_metrics": metrics,
+        "train_rows": len(train),
+        "train_file_rows": len(train_all),
+        "max_train_rows": spec["max_train_rows"],
+        "weights_file": str(weights_file),
+        "weights_bytes": weights_file.stat().st_size,
         "base_weights_bytes": (base.path / "model.safetensors").stat().st_size,
-        "wall_seconds": round(time.perf_counter() - started, 1), "pooling": args.pooling,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "pooling": args.pooling,
         "adapter_drop": 0 if full else args.adapter_drop,
-        "training": info, "torch_threads": torch.get_num_threads(),
+        "training": info,
+        "torch_threads": torch.get_num_threads(),
     }
-    print(f"[{key}] {spec['split']}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()), file=sys.stderr,
-          flush=True)
+    print(
+        f"[{key}] {spec['split']}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()), file=sys.stderr, flush=True
+    )
     return row
 
 
@@ -142,9 +192,16 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "platform": platform.platform(), "date": dt.date.today().isoformat()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "platform": platform.platform(),
+        "date": dt.date.today().isoformat(),
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -154,8 +211,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         if key.removeprefix("full-") not in TASKS:
             raise SystemExit(f"unknown task {key!r}; choose from {', '.join(TASKS)} (or full-<task>)")
         row = run_one(key, args)
-        row["settings"] = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                           "lr": args.full_lr if key.startswith("full-") else args.lr}
+        row["settings"] = {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "lr": args.full_lr if key.startswith("full-") else args.lr,
+        }
         results["runs"][row["key"]] = row
         results["environment"] = environment()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +245,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     env, runs = results["environment"], results["runs"]
     rank = {"sst2": 0, "mrpc": 1, "rte": 2, "cola": 3}
     order = sorted(runs, key=lambda k: (k.startswith("full-"), rank.get(runs[k]["task"], 9), k))
-    head = ("| task | method | train rows | selection rows | reported split (rows) | accuracy | F1 | MCC "
-            "| trainable params | % of model | weights file | training time | best epoch (of) |")
+    head = (
+        "| task | method | train rows | selection rows | reported split (rows) | accuracy | F1 | MCC "
+        "| trainable params | % of model | weights file | training time | best epoch (of) |"
+    )
     lines = [head, "|" + " --- |" * 13]
     for key in order:
         r = runs[key]
@@ -204,20 +267,32 @@ def cmd_report(args: argparse.Namespace) -> None:
         )
     any_run = runs[order[0]]
     base_params = any_run["training"]["total_params"] - (
-        0 if any_run["mode"] == "full_finetune" else any_run["training"]["trainable_params"])
+        0 if any_run["mode"] == "full_finetune" else any_run["training"]["trainable_params"]
+    )
     adapters = [runs[k] for k in order if runs[k]["mode"] == "adapters"]
     sizes = ""
     if adapters:
         a = max(r["weights_bytes"] for r in adapters)
         b = any_run["base_weights_bytes"]
-        sizes = (f"One adapter task adds at most {_size(a)} on disk; a fully fine-tuned copy of the model is "
-                 f"{_size(b)} (the base's `model.safetensors`), {b / a:.0f}x more per task.")
+        sizes = (
+            f"One adapter task adds at most {_size(a)} on disk; a fully fine-tuned copy of the model is "
+            f"{_size(b)} (the base's `model.safetensors`), {b / a:.0f}x more per task."
+        )
     text = TEMPLATE.format(
-        base_params=base_params, sizes=sizes,
-        date=env["date"], cpu=env["cpu"], cores=env["cores"], python=env["python"], torch=env["torch"],
-        transformers=env["transformers"], tokenizers=env["tokenizers"], table="\n".join(lines),
+        base_params=base_params,
+        sizes=sizes,
+        date=env["date"],
+        cpu=env["cpu"],
+        cores=env["cores"],
+        python=env["python"],
+        torch=env["torch"],
+        transformers=env["transformers"],
+        tokenizers=env["tokenizers"],
+        table="\n".join(lines),
         base_size=_size(any_run["base_weights_bytes"]),
-        pooling=any_run["pooling"], epochs=_epochs(runs, order), full=_full(runs, order),
+        pooling=any_run["pooling"],
+        epochs=_epochs(runs, order),
+        full=_full(runs, order),
         threads=", ".join(sorted({str(runs[k]["torch_threads"]) for k in order})),
         per_epoch="\n".join(_history(runs[k]) for k in order),
     )
@@ -233,23 +308,32 @@ NOTES = "## Notes"
 
 
 def _epochs(runs: dict[str, Any], order: list[str]) -> str:
-    parts = [f"{runs[k]['training']['epochs']} for {NAMES[runs[k]['task']]}"
-             + (f" ({runs[k]['variant']})" if runs[k].get("variant") else "")
-             for k in order if runs[k]["mode"] == "adapters"]
+    parts = [
+        f"{runs[k]['training']['epochs']} for {NAMES[runs[k]['task']]}"
+        + (f" ({runs[k]['variant']})" if runs[k].get("variant") else "")
+        for k in order
+        if runs[k]["mode"] == "adapters"
+    ]
     return ", ".join(parts)
 
 
 def _full(runs: dict[str, Any], order: list[str]) -> str:
-    parts = [f"{NAMES[runs[k]['task']]}: lr {runs[k]['training']['lr']:g}, {runs[k]['training']['epochs']} epochs, "
-             f"batch {runs[k]['training']['batch_size']}" for k in order if runs[k]["mode"] == "full_finetune"]
+    parts = [
+        f"{NAMES[runs[k]['task']]}: lr {runs[k]['training']['lr']:g}, {runs[k]['training']['epochs']} epochs, "
+        f"batch {runs[k]['training']['batch_size']}"
+        for k in order
+        if runs[k]["mode"] == "full_finetune"
+    ]
     return "; ".join(parts) or "not run"
 
 
 def _history(r: dict[str, Any]) -> str:
     info = r["training"]
     main = info["main_metric"]
-    parts = [f"epoch {h['epoch']}: loss {h['train_loss']:.3f}, {main} {h.get(main, float('nan')):.3f}"
-             for h in info["history"]]
+    parts = [
+        f"epoch {h['epoch']}: loss {h['train_loss']:.3f}, {main} {h.get(main, float('nan')):.3f}"
+        for h in info["history"]
+    ]
     return f"- {r['key']} (selection metric {main}): " + "; ".join(parts)
 
 
@@ -317,8 +401,12 @@ def main() -> None:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--variant", default="", help="tag for a second setting of a task (own key and checkpoint dir)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    run.add_argument("--adapter-drop", type=int, default=0,
-                     help="train adapters on layers >= K only (AdapterDrop trained for a K-layer shared trunk)")
+    run.add_argument(
+        "--adapter-drop",
+        type=int,
+        default=0,
+        help="train adapters on layers >= K only (AdapterDrop trained for a K-layer shared trunk)",
+    )
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write the markdown table from the results JSON")
     rep.add_argument("--results", default=str(RESULTS / "training.json"))

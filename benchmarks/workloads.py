@@ -48,8 +48,13 @@ class Case:
         return {"kind": "batch", "rows": [[task, r] for r in self.rows]}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "batch": self.batch, "seq": self.seq,
-                "mean_tokens": self.mean_tokens}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "batch": self.batch,
+            "seq": self.seq,
+            "mean_tokens": self.mean_tokens,
+        }
 
 
 def _synthetic(n: int, seed: int) -> list[str]:

@@ -21,8 +21,10 @@ import time
 import urllib.request
 from collections import Counter
 
-WORDS = ("the a good bad movie film story plot actor acting market stock price shares people world day year new "
-         "best worst great terrible fun boring love hate company percent").split()
+WORDS = (
+    "the a good bad movie film story plot actor acting market stock price shares people world day year new "
+    "best worst great terrible fun boring love hate company percent"
+).split()
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -61,8 +63,10 @@ async def run(url: str, clients: int, requests: int, rows: tuple[int, int], task
             rng = random.Random(k)
             while next(issued) < requests:
                 n = rng.randint(*rows)
-                body = {"task": rng.choice(tasks),
-                        "inputs": [" ".join(rng.choices(WORDS, k=rng.randint(4, 20))) for _ in range(n)]}
+                body = {
+                    "task": rng.choice(tasks),
+                    "inputs": [" ".join(rng.choices(WORDS, k=rng.randint(4, 20))) for _ in range(n)],
+                }
                 t0 = time.perf_counter()
                 async with http.post("/v1/predict", json=body) as r:
                     await r.read()
@@ -98,16 +102,22 @@ def main() -> None:
     pct = {p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000 for p in (50, 90, 99)}
     forwards = delta("adapterdeploy_batch_rows_count")
     single = delta('adapterdeploy_batch_tasks_bucket{le="1.0"}')
-    print(f"{args.requests} requests, {out['rows']} rows, {args.clients} clients, {len(tasks)} tasks: "
-          f"{out['elapsed']:.2f} s")
-    print(f"throughput: {args.requests / out['elapsed']:.0f} req/s, {out['rows'] / out['elapsed']:.0f} rows/s; "
-          f"statuses {dict(out['statuses'])}")
+    print(
+        f"{args.requests} requests, {out['rows']} rows, {args.clients} clients, {len(tasks)} tasks: "
+        f"{out['elapsed']:.2f} s"
+    )
+    print(
+        f"throughput: {args.requests / out['elapsed']:.0f} req/s, {out['rows'] / out['elapsed']:.0f} rows/s; "
+        f"statuses {dict(out['statuses'])}"
+    )
     mean = statistics.mean(lat) * 1000
     print(f"latency ms: p50 {pct[50]:.1f}, p90 {pct[90]:.1f}, p99 {pct[99]:.1f}, mean {mean:.1f}")
     if forwards:
-        print(f"server: {forwards:.0f} forwards, {delta('adapterdeploy_batch_rows_sum') / forwards:.1f} rows/forward, "
-              f"{forwards - single:.0f} forwards mixed >1 task, forward time "
-              f"{delta('adapterdeploy_batch_duration_seconds_sum'):.2f} s")
+        print(
+            f"server: {forwards:.0f} forwards, {delta('adapterdeploy_batch_rows_sum') / forwards:.1f} rows/forward, "
+            f"{forwards - single:.0f} forwards mixed >1 task, forward time "
+            f"{delta('adapterdeploy_batch_duration_seconds_sum'):.2f} s"
+        )
 
 
 if __name__ == "__main__":

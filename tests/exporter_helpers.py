@@ -16,18 +16,42 @@ TEXTS = ["the movie was good", "a very bad film and a boring plot", "yes", "one 
 PAIRS = [("it is great", "the story was terrible"), ("the company said shares were up", "the price fell")]
 
 
-def make_checkpoint(base: BaseModel, out: Path, name: str, *, placement: str = "houlsby", bottleneck: int = 4,
-                    layers: tuple[int, ...] | None = None, pooling: str = "cls", head_layers: int = 0,
-                    text_pair: bool = False, regression: bool = False, per_task_layernorm: bool = False,
-                    site: SiteOptions | None = None, seed: int = 0, num_labels: int = 3, std: float = 0.3,
-                    head_std: float = 0.5) -> Path:
+def make_checkpoint(
+    base: BaseModel,
+    out: Path,
+    name: str,
+    *,
+    placement: str = "houlsby",
+    bottleneck: int = 4,
+    layers: tuple[int, ...] | None = None,
+    pooling: str = "cls",
+    head_layers: int = 0,
+    text_pair: bool = False,
+    regression: bool = False,
+    per_task_layernorm: bool = False,
+    site: SiteOptions | None = None,
+    seed: int = 0,
+    num_labels: int = 3,
+    std: float = 0.3,
+    head_std: float = 0.5,
+) -> Path:
     """Random adapters (std 0.3 on the tiny base, so parity is tested on outputs adapters actually move) and a
     random head; on a real base use smaller values (std 0.3 on H=384 multiplies the hidden states ~10x per layer)."""
     torch.manual_seed(seed)
-    cfg = AdapterConfig(placement=placement, bottleneck=bottleneck, layers=layers, init_std=std,
-                        per_task_layernorm=per_task_layernorm, site=site or SiteOptions())
-    head = HeadConfig(problem_type="regression" if regression else "single_label_classification",
-                      num_labels=1 if regression else num_labels, pooling=pooling, hidden_layers=head_layers)
+    cfg = AdapterConfig(
+        placement=placement,
+        bottleneck=bottleneck,
+        layers=layers,
+        init_std=std,
+        per_task_layernorm=per_task_layernorm,
+        site=site or SiteOptions(),
+    )
+    head = HeadConfig(
+        problem_type="regression" if regression else "single_label_classification",
+        num_labels=1 if regression else num_labels,
+        pooling=pooling,
+        hidden_layers=head_layers,
+    )
     model = EncoderWithAdapters(base, cfg, head)
     with torch.no_grad():
         for p in model.head.parameters():

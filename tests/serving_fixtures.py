@@ -106,8 +106,9 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def subprocess_server(deploy_dir: Path, *args: str, env: dict[str, str] | None = None,
-                      log_path: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+def subprocess_server(
+    deploy_dir: Path, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """``adapterdeploy serve`` in a child process; yields (process, base url) once ready; kills it at exit."""
     port = free_port()
     cmd = [sys.executable, "-m", "adapterdeploy.cli", "serve", str(deploy_dir), "--port", str(port), *args]

@@ -59,30 +59,77 @@ def _hub_model(base_dir: Path, name: str, config, head: dict | None, seed: int =
 
 # (id, adapter config, head kwargs, how to save)
 CASES = [
-    ("seq_bn-default-3labels", ah.SeqBnConfig(reduction_factor=8),
-     {"num_labels": 3, "layers": 2, "id2label": {0: "neg", 1: "neu", 2: "pos"}}, "with_head"),
-    ("seq_bn-lns-channel-leaveout-pooler",
-     ah.SeqBnConfig(reduction_factor=4, non_linearity="gelu", residual_before_ln=False, ln_before=True, ln_after=True,
-                    adapter_residual_before_ln=True, scaling="channel", leave_out=[0]),
-     {"num_labels": 2, "layers": 1, "use_pooler": True}, "separate_head"),
-    ("seq_bn-post_add-learned-regression",
-     ah.SeqBnConfig(residual_before_ln="post_add", scaling="learned", ln_after=True, non_linearity="tanh"),
-     {"num_labels": 1, "layers": 2}, "with_head"),
-    ("seq_bn-no-ln-before-swish-gelu-head",
-     ah.SeqBnConfig(original_ln_before=False, non_linearity="swish", reduction_factor=2),
-     {"num_labels": 2, "layers": 2, "activation_function": "gelu", "bias": False}, "with_head"),
-    ("double_seq_bn-default-pooler", ah.DoubleSeqBnConfig(reduction_factor=4),
-     {"num_labels": 3, "layers": 2, "use_pooler": True}, "with_head"),
-    ("double_seq_bn-mapping-float-scaling-no-ln-after",
-     ah.DoubleSeqBnConfig(reduction_factor={"0": 8, "default": 8}, original_ln_before=True, original_ln_after=False,
-                          scaling=0.5, leave_out=[1, 3], ln_before=True, non_linearity="silu"),
-     {"num_labels": 2, "layers": 3, "activation_function": "relu"}, "separate_head"),
-    ("double_seq_bn-residual-after-ln-safetensors",
-     ah.DoubleSeqBnConfig(residual_before_ln=False, adapter_residual_before_ln=True, ln_after=True,
-                          non_linearity="relu", reduction_factor=8),
-     {"num_labels": 1, "layers": 1}, "safetensors"),
-    ("double_seq_bn-linear-head-folds", ah.DoubleSeqBnConfig(reduction_factor=4, non_linearity="tanh"),
-     {"num_labels": 2, "layers": 2, "activation_function": None}, "with_head"),
+    (
+        "seq_bn-default-3labels",
+        ah.SeqBnConfig(reduction_factor=8),
+        {"num_labels": 3, "layers": 2, "id2label": {0: "neg", 1: "neu", 2: "pos"}},
+        "with_head",
+    ),
+    (
+        "seq_bn-lns-channel-leaveout-pooler",
+        ah.SeqBnConfig(
+            reduction_factor=4,
+            non_linearity="gelu",
+            residual_before_ln=False,
+            ln_before=True,
+            ln_after=True,
+            adapter_residual_before_ln=True,
+            scaling="channel",
+            leave_out=[0],
+        ),
+        {"num_labels": 2, "layers": 1, "use_pooler": True},
+        "separate_head",
+    ),
+    (
+        "seq_bn-post_add-learned-regression",
+        ah.SeqBnConfig(residual_before_ln="post_add", scaling="learned", ln_after=True, non_linearity="tanh"),
+        {"num_labels": 1, "layers": 2},
+        "with_head",
+    ),
+    (
+        "seq_bn-no-ln-before-swish-gelu-head",
+        ah.SeqBnConfig(original_ln_before=False, non_linearity="swish", reduction_factor=2),
+        {"num_labels": 2, "layers": 2, "activation_function": "gelu", "bias": False},
+        "with_head",
+    ),
+    (
+        "double_seq_bn-default-pooler",
+        ah.DoubleSeqBnConfig(reduction_factor=4),
+        {"num_labels": 3, "layers": 2, "use_pooler": True},
+        "with_head",
+    ),
+    (
+        "double_seq_bn-mapping-float-scaling-no-ln-after",
+        ah.DoubleSeqBnConfig(
+            reduction_factor={"0": 8, "default": 8},
+            original_ln_before=True,
+            original_ln_after=False,
+            scaling=0.5,
+            leave_out=[1, 3],
+            ln_before=True,
+            non_linearity="silu",
+        ),
+        {"num_labels": 2, "layers": 3, "activation_function": "relu"},
+        "separate_head",
+    ),
+    (
+        "double_seq_bn-residual-after-ln-safetensors",
+        ah.DoubleSeqBnConfig(
+            residual_before_ln=False,
+            adapter_residual_before_ln=True,
+            ln_after=True,
+            non_linearity="relu",
+            reduction_factor=8,
+        ),
+        {"num_labels": 1, "layers": 1},
+        "safetensors",
+    ),
+    (
+        "double_seq_bn-linear-head-folds",
+        ah.DoubleSeqBnConfig(reduction_factor=4, non_linearity="tanh"),
+        {"num_labels": 2, "layers": 2, "activation_function": None},
+        "with_head",
+    ),
 ]
 
 
@@ -164,11 +211,15 @@ def _save_config(tmp_path: Path, base_dir: Path, config, name: str = "x") -> Pat
         (ah.ParBnConfig(reduction_factor=4), r"'par_bn' uses parallel adapters \(is_parallel=True\)"),
         (ah.SeqBnConfig(use_gating=True), r"gated adapters.*use_gating=True"),
         (ah.SeqBnInvConfig(), r"'seq_bn_inv' uses invertible.*inv_adapter='nice'"),
-        (ah.MAMConfig(ah.PrefixTuningConfig(bottleneck_size=8), ah.ParBnConfig(reduction_factor=4)),
-         r"ConfigUnion of \['prefix_tuning', 'par_bn'\]"),
+        (
+            ah.MAMConfig(ah.PrefixTuningConfig(bottleneck_size=8), ah.ParBnConfig(reduction_factor=4)),
+            r"ConfigUnion of \['prefix_tuning', 'par_bn'\]",
+        ),
         (ah.LoReftConfig(), r"ReFT"),
-        (ah.BnConfig(mh_adapter=True, output_adapter=False, reduction_factor=4, non_linearity="relu"),
-         r"output_adapter=False, mh_adapter=True"),
+        (
+            ah.BnConfig(mh_adapter=True, output_adapter=False, reduction_factor=4, non_linearity="relu"),
+            r"output_adapter=False, mh_adapter=True",
+        ),
         (ah.SeqBnConfig(non_linearity="gelu_new"), r"non_linearity='gelu_new', not supported"),
     ],
     ids=lambda v: type(v).__name__ if not isinstance(v, str) else None,
@@ -217,8 +268,10 @@ def test_options_we_cannot_represent(bases, tiny_bases, tmp_path):
     [
         (lambda m: m.add_tagging_head("x", num_labels=3), r"head type 'tagging'"),
         (lambda m: m.add_multiple_choice_head("x", num_choices=2), r"head type 'multiple_choice'"),
-        (lambda m: m.add_classification_head("x", num_labels=2, activation_function="swish"),
-         "head activation_function 'swish'"),
+        (
+            lambda m: m.add_classification_head("x", num_labels=2, activation_function="swish"),
+            "head activation_function 'swish'",
+        ),
     ],
     ids=["tagging", "multiple_choice", "swish"],
 )
@@ -275,8 +328,20 @@ def test_cli_end_to_end(bases, tiny_bases, tmp_path):
     hub = _hub_model(tiny_bases["bert"], "sst", config, {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}})
     hub.save_adapter(str(tmp_path / "hub"), "sst", with_head=False)
     hub.save_head(str(tmp_path / "head"), "sst")
-    args = ["import-adapterhub", "--base", str(tiny_bases["bert"]), "--adapter", str(tmp_path / "hub"),
-            "--head", str(tmp_path / "head"), "--out", str(tmp_path / "ck"), "--task", "sentiment", "--text-pair"]
+    args = [
+        "import-adapterhub",
+        "--base",
+        str(tiny_bases["bert"]),
+        "--adapter",
+        str(tmp_path / "hub"),
+        "--head",
+        str(tmp_path / "head"),
+        "--out",
+        str(tmp_path / "ck"),
+        "--task",
+        "sentiment",
+        "--text-pair",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "imported task 'sentiment'" in result.output and "verified against the adapters library" in result.output
@@ -295,8 +360,18 @@ def test_cli_end_to_end(bases, tiny_bases, tmp_path):
     assert CliRunner().invoke(main, [*args, "--force", "--no-verify"]).exit_code == 0
 
     lora = _save_config(tmp_path, tiny_bases["bert"], ah.LoRAConfig(r=2), name="lora")
-    bad = CliRunner().invoke(main, ["import-adapterhub", "--base", str(tiny_bases["bert"]), "--adapter", str(lora),
-                                    "--out", str(tmp_path / "lora-ck")])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "import-adapterhub",
+            "--base",
+            str(tiny_bases["bert"]),
+            "--adapter",
+            str(lora),
+            "--out",
+            str(tmp_path / "lora-ck"),
+        ],
+    )
     assert bad.exit_code == 2 and "LoRA" in bad.output and not (tmp_path / "lora-ck").exists()
 
 
@@ -312,8 +387,9 @@ def test_cli_default_base_is_the_embedded_minilm(tmp_path):
     cfg = ah.DoubleSeqBnConfig(reduction_factor=16)
     hub = _hub_model(default_base_dir(), "minilm_task", cfg, {"num_labels": 3}, noise=0.05)
     hub.save_adapter(str(tmp_path / "hub"), "minilm_task", with_head=True)
-    result = CliRunner().invoke(main, ["import-adapterhub", "--adapter", str(tmp_path / "hub"), "--out",
-                                       str(tmp_path / "ck")])
+    result = CliRunner().invoke(
+        main, ["import-adapterhub", "--adapter", str(tmp_path / "hub"), "--out", str(tmp_path / "ck")]
+    )
     assert result.exit_code == 0, result.output
     assert "verified against the adapters library" in result.output
     base = load_base(None)

@@ -34,8 +34,11 @@ def client(roots) -> Iterator[httpx.Client]:
 
     deploy, allowed, _ = roots
     settings = Settings(deploy_dir=str(deploy), admin_token=ADMIN_TOKEN, task_roots=(str(allowed),))
-    with Deployment.open(deploy) as dep, ThreadedServer(settings, deployment=dep) as srv, \
-            httpx.Client(base_url=srv.url, timeout=60, headers=AUTH) as c:
+    with (
+        Deployment.open(deploy) as dep,
+        ThreadedServer(settings, deployment=dep) as srv,
+        httpx.Client(base_url=srv.url, timeout=60, headers=AUTH) as c,
+    ):
         yield c
 
 
@@ -102,7 +105,11 @@ def test_every_bad_artifact_is_a_4xx(client, roots, case, edit, fragment):
 
 def test_names_in_the_url_and_non_task_directories(client, roots):
     _, allowed, _ = roots
-    _error(client.post("/v2/repository/models/-rf%20x/load", json={"parameters": {"path": str(allowed)}}),
-           400, "invalid_input", "not a safe name")
+    _error(
+        client.post("/v2/repository/models/-rf%20x/load", json={"parameters": {"path": str(allowed)}}),
+        400,
+        "invalid_input",
+        "not a safe name",
+    )
     (allowed / "empty").mkdir(exist_ok=True)
     _error(_load(client, "empty", allowed / "empty"), 422, "invalid_task_artifact", "not a task directory")

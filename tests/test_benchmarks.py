@@ -74,8 +74,15 @@ def test_quick_run_writes_the_report(tmp_path: Path):
     """``python -m benchmarks --quick`` on the tiny model: every section runs and the report files exist."""
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--work", str(work)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--work", str(work)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     raw = json.loads((out / "results.json").read_text())
@@ -117,8 +124,9 @@ def test_profile_runtime_reports_ops_and_breakdown(tmp_path: Path):
 
     from benchmarks.profile_runtime import main
 
-    result = CliRunner().invoke(main, ["--model", "tiny", "--work", str(tmp_path), "--runs", "5", "--seq", "12",
-                                       "--threads", "1"])
+    result = CliRunner().invoke(
+        main, ["--model", "tiny", "--work", str(tmp_path), "--runs", "5", "--seq", "12", "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "model_run us/run: with adapters" in out and "MatMul" in out

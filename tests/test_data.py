@@ -40,7 +40,7 @@ def test_tsv_single_texts_shared_format(tmp_path):
 
 
 def test_tsv_pairs_shared_format(tmp_path):
-    p = _write(tmp_path, "pairs.tsv", "label\ttext_a\ttext_b\n1\tHe said \"yes\".\tHe agreed.\n0\tA cat.\tA dog.\n")
+    p = _write(tmp_path, "pairs.tsv", 'label\ttext_a\ttext_b\n1\tHe said "yes".\tHe agreed.\n0\tA cat.\tA dog.\n')
     d = read_dataset(p)
     assert d.text_pair
     assert d.examples == (Example('He said "yes".', "He agreed.", 1), Example("A cat.", "A dog.", 0))
@@ -52,17 +52,24 @@ def test_example_is_frozen():
         ex.text = "b"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("task", "split", "rows", "pair"),
-                         [("sst2", "train", 1500, False), ("sst2", "dev", 400, False),
-                          ("mrpc", "train", 1500, True), ("mrpc", "dev", 400, True)])
+@pytest.mark.parametrize(
+    ("task", "split", "rows", "pair"),
+    [
+        ("sst2", "train", 1500, False),
+        ("sst2", "dev", 400, False),
+        ("mrpc", "train", 1500, True),
+        ("mrpc", "dev", 400, True),
+    ],
+)
 def test_demo_sample_reads(task, split, rows, pair):
     d = read_dataset(DEMO_DATA / task / f"{split}.tsv")
     assert len(d) == rows and d.text_pair is pair and d.labels == ("0", "1")
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present beside this checkout")
-@pytest.mark.parametrize(("rel", "rows", "ones"),
-                         [("mrpc/train.tsv", 4076, 2753), ("rte/dev.tsv", 277, 131), ("cola/dev.tsv", 1043, 721)])
+@pytest.mark.parametrize(
+    ("rel", "rows", "ones"), [("mrpc/train.tsv", 4076, 2753), ("rte/dev.tsv", 277, 131), ("cola/dev.tsv", 1043, 721)]
+)
 def test_shared_data_counts_match_its_readme(rel, rows, ones):
     d = read_dataset(SHARED_DATA / rel)
     assert len(d) == rows and d.label_counts()["1"] == ones
@@ -108,8 +115,9 @@ def test_integer_floats_are_classes_unless_regression_asked(tmp_path):
 
 def test_eval_file_uses_the_training_labels(tmp_path):
     tr = read_dataset(_write(tmp_path, "tr.jsonl", '{"text": "x", "label": "b"}\n{"text": "y", "label": "c"}\n'))
-    ev = read_dataset(_write(tmp_path, "ev.jsonl", '{"text": "z", "label": "c"}\n'), labels=tr.labels,
-                      problem_type=tr.problem_type)
+    ev = read_dataset(
+        _write(tmp_path, "ev.jsonl", '{"text": "z", "label": "c"}\n'), labels=tr.labels, problem_type=tr.problem_type
+    )
     assert ev.labels == ("b", "c") and ev.examples[0].label == 1
 
 
@@ -185,7 +193,9 @@ def test_subset_is_seeded_and_keeps_file_order(tmp_path):
 
 def test_readers_and_metrics_do_not_import_torch():
     """The runtime's ``check --eval`` reuses them on installs without torch."""
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import adapterdeploy.models.data, adapterdeploy.metrics\n"
-            "assert 'transformers' not in sys.modules")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import adapterdeploy.models.data, adapterdeploy.metrics\n"
+        "assert 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -31,8 +31,9 @@ def ckpts(tiny_base, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpts")
     return {
         "a": make_checkpoint(tiny_base, root, "a", bottleneck=4, seed=1),
-        "b": make_checkpoint(tiny_base, root, "b", bottleneck=8, layers=(1, 2, 3), pooling="mean", head_layers=1,
-                             text_pair=True, seed=2),
+        "b": make_checkpoint(
+            tiny_base, root, "b", bottleneck=8, layers=(1, 2, 3), pooling="mean", head_layers=1, text_pair=True, seed=2
+        ),
         "c": make_checkpoint(tiny_base, root, "c", bottleneck=2, pooling="pooler", regression=True, seed=3),
         "big": make_checkpoint(tiny_base, root, "big", bottleneck=16, layers=(2, 3), seed=4, num_labels=2),
         "al": make_checkpoint(tiny_base, root, "al", placement="after_layer", bottleneck=6, seed=5),
@@ -44,13 +45,15 @@ def ckpts(tiny_base, tmp_path_factory) -> dict[str, Path]:
 def dep(tiny_base_dir, ckpts, tmp_path_factory) -> Path:
     """K = 0, three houlsby tasks (bottlenecks 4/8/2, cls/mean/pooler, a pair task, a regression task)."""
     out = tmp_path_factory.mktemp("dep") / "deploy"
-    export_deployment(tiny_base_dir, [ckpts["a"], ckpts["b"], ckpts["c"]], out, precisions=("fp32", "int8", "fp16"),
-                      standalone=True)
+    export_deployment(
+        tiny_base_dir, [ckpts["a"], ckpts["b"], ckpts["c"]], out, precisions=("fp32", "int8", "fp16"), standalone=True
+    )
     return out
 
 
-def independent_check(base, dep: Path, names: list[str], ckpt_dirs: list[Path], adapter_drop: int = 0,
-                      precision: str = "fp32") -> float:
+def independent_check(
+    base, dep: Path, names: list[str], ckpt_dirs: list[Path], adapter_drop: int = 0, precision: str = "fp32"
+) -> float:
     """Max abs logits diff of the deployed graphs (one mixed batch, every text fanned out to every task)."""
     manifest = Manifest.read(dep)
     variant = manifest.featurizer.variants[precision]
@@ -205,8 +208,10 @@ def test_int8_and_fp16_variants_record_figures(tiny_base, dep, ckpts):
 def test_standalone_graphs_run_in_plain_onnxruntime(tiny_base, dep, ckpts):
     manifest = Manifest.read(dep)
     assert set(manifest.standalone) == {"a", "b", "c"}
-    assert manifest.standalone["a"] == {"fp32": "standalone/a/onnx/model.onnx",
-                                        "int8": "standalone/a/onnx/model_quantized.onnx"}
+    assert manifest.standalone["a"] == {
+        "fp32": "standalone/a/onnx/model.onnx",
+        "int8": "standalone/a/onnx/model_quantized.onnx",
+    }
     tok = tiny_base.load_tokenizer()
     items = [*TEXTS, *PAIRS]
     ids, mask, tt = encode_items(tok, items, manifest.tokenizer.max_length)
@@ -226,8 +231,7 @@ def test_other_architectures(tiny_bases, model_type, tmp_path):
     """RoBERTa (positions from input ids), XLM-R and ELECTRA (embeddings projection): parity and fusions."""
     base = load_base(tiny_bases[model_type])
     a = make_checkpoint(base, tmp_path, "a", placement="pfeiffer", bottleneck=4, seed=1)
-    b = make_checkpoint(base, tmp_path, "b", placement="pfeiffer", bottleneck=6, seed=2, pooling="mean",
-                        text_pair=True)
+    b = make_checkpoint(base, tmp_path, "b", placement="pfeiffer", bottleneck=6, seed=2, pooling="mean", text_pair=True)
     manifest = export_deployment(tiny_bases[model_type], [a, b], tmp_path / "dep", adapter_drop=1, allow_drop=True)
     assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
     assert _fused_counts(manifest.featurizer.variants["fp32"])["adapted"]["Attention"] == 3
@@ -241,8 +245,10 @@ def test_add_task_to_a_standalone_deployment(tiny_base, dep, ckpts, tmp_path):
     shutil.copytree(dep, copy)
     add_task(copy, ckpts["big"])
     manifest = Manifest.read(copy)
-    assert manifest.standalone["big"] == {"fp32": "standalone/big/onnx/model.onnx",
-                                          "int8": "standalone/big/onnx/model_quantized.onnx"}
+    assert manifest.standalone["big"] == {
+        "fp32": "standalone/big/onnx/model.onnx",
+        "int8": "standalone/big/onnx/model_quantized.onnx",
+    }
     assert manifest.parity["standalone"]["big"]["fp32"]["logits_max_abs_diff"] <= TOL
     assert set(TaskSpec.read(copy / "tasks" / "big").parity) >= {"fp32", "int8", "fp16", "samples"}
     sess = ort.InferenceSession(str(copy / manifest.standalone["big"]["fp32"]), providers=["CPUExecutionProvider"])
@@ -300,8 +306,9 @@ def test_adapter_drop_eval_and_layernorm_bound(tiny_base, tiny_base_dir, ckpts, 
     data = tmp_path / "al" / "dev.tsv"
     data.parent.mkdir()
     data.write_text("label\ttext\n" + "".join(f"{i % 3}\t{t}\n" for i, t in enumerate(TEXTS * 3)))
-    manifest = export_deployment(tiny_base_dir, [ckpts["al"]], tmp_path / "dep", adapter_drop=1, allow_drop=True,
-                                 eval_file=[str(data)])
+    manifest = export_deployment(
+        tiny_base_dir, [ckpts["al"]], tmp_path / "dep", adapter_drop=1, allow_drop=True, eval_file=[str(data)]
+    )
     ev = manifest.adapter_drop_eval
     assert ev["adapter_drop"] == 1 and ev["tasks"]["al"]["rows"] == 12
     assert ev["tasks"]["al"]["dropped_layers"] == [0]

@@ -86,8 +86,9 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny_base_dir, ckpts, tmp
 
 def _in_subprocess(code: str, *args: Path | str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> bool:
@@ -119,21 +120,27 @@ def _assert_whole(out: Path, tasks: set[str]) -> None:
     for rel in manifest.tasks.values():
         listed += [f"{rel}/task.json", *(f"{rel}/{f}" for f in TaskSpec.read(out / rel).files)]
     leftovers = inspect_deployment(out)["leftovers"]  # what a killed writer left: hidden, named by inspect
-    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                     if p.is_file() and not any(str(p).startswith(x) for x in leftovers))
+    on_disk = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not any(str(p).startswith(x) for x in leftovers)
+    )
     assert on_disk == sorted(listed)
     with Deployment.open(out) as dep:
         for name in tasks:
             assert len(dep.predict(["still whole"], task=name)) == 1
 
 
-@pytest.mark.parametrize("previous,stage", [(False, ".work/adapted.plain.onnx"),
-                                            (True, "tasks/y/adapters.safetensors")])
+@pytest.mark.parametrize(
+    "previous,stage", [(False, ".work/adapted.plain.onnx"), (True, "tasks/y/adapters.safetensors")]
+)
 def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp_path, previous, stage):
     out = tmp_path / "deploy"
     old = export_deployment(tiny_base_dir, [ckpts["x"]], out) if previous else None
-    code = ("import sys; from adapterdeploy.exporter.deployment import export_deployment; "
-            "export_deployment(sys.argv[1], sys.argv[3:], sys.argv[2], force=True, precisions=('fp32', 'int8'))")
+    code = (
+        "import sys; from adapterdeploy.exporter.deployment import export_deployment; "
+        "export_deployment(sys.argv[1], sys.argv[3:], sys.argv[2], force=True, precisions=('fp32', 'int8'))"
+    )
     proc = _in_subprocess(code, tiny_base_dir, out, ckpts["x"], ckpts["y"])
 
     def staged() -> bool:
@@ -154,8 +161,23 @@ def test_sigkill_mid_export_leaves_previous_or_nothing(tiny_base_dir, ckpts, tmp
 @pytest.fixture(scope="module")
 def cli_dep(tiny_base_dir, ckpts, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("cli") / "dep"
-    result = CliRunner().invoke(cli, ["export", "--base", str(tiny_base_dir), "--task", str(ckpts["x"]), "--out",
-                                      str(out), "--precision", "int8", "--max-length", "40", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "--base",
+            str(tiny_base_dir),
+            "--task",
+            str(ckpts["x"]),
+            "--out",
+            str(out),
+            "--precision",
+            "int8",
+            "--max-length",
+            "40",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, json.loads(result.output)
 
@@ -227,11 +249,13 @@ def test_eval_plan_and_zero_fill_rules(tmp_path):
 def test_sigkill_mid_add_task_keeps_the_previous_deployment(tiny_base_dir, ckpts, tmp_path):
     out = tmp_path / "deploy"
     export_deployment(tiny_base_dir, [ckpts["x"]], out, precisions=("fp32", "int8"))
-    code = ("import sys; from adapterdeploy.exporter.updates import add_task; "
-            "add_task(sys.argv[1], sys.argv[2])")
+    code = "import sys; from adapterdeploy.exporter.updates import add_task; add_task(sys.argv[1], sys.argv[2])"
     proc = _in_subprocess(code, out, ckpts["y"])
-    killed = _kill_when(proc, lambda: bool(list(out.glob(".staging-*/tasks/y/adapters.safetensors"))),
-                        "add-task writing the new task's weights")
+    killed = _kill_when(
+        proc,
+        lambda: bool(list(out.glob(".staging-*/tasks/y/adapters.safetensors"))),
+        "add-task writing the new task's weights",
+    )
     assert killed, "add-task finished before its new task was staged"
     _assert_whole(out, {"x"})
     assert [Path(p).name[:9] for p in inspect_deployment(out)["leftovers"]] == [".staging-"]
@@ -243,8 +267,7 @@ def test_sigkill_during_remove_task_leaves_old_or_new_never_half(tiny_base_dir, 
     deployment is whole, with or without the task."""
     out = tmp_path / "deploy"
     export_deployment(tiny_base_dir, [ckpts["x"], ckpts["y"]], out)
-    code = ("import sys; from adapterdeploy.exporter.updates import remove_task; "
-            "remove_task(sys.argv[1], sys.argv[2])")
+    code = "import sys; from adapterdeploy.exporter.updates import remove_task; remove_task(sys.argv[1], sys.argv[2])"
     proc = _in_subprocess(code, out, "y")
     killed = _kill_when(proc, (tmp_path / ".deploy.lock.json").exists, "remove-task holding the lock")
     tasks = set(Manifest.read(out).tasks)

@@ -54,8 +54,11 @@ def shared_dir() -> Iterator[Path]:
 
 def _wrong_modes(root: Path) -> dict[str, str]:
     """Entries under ``root`` whose mode is not what umask 022 gives (0644 files, 0755 directories)."""
-    return {p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in [root, *root.rglob("*")]
-            if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)}
+    return {
+        p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in [root, *root.rglob("*")]
+        if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)
+    }
 
 
 def test_every_written_file_gets_the_umask_mode(tiny_base_dir, ckpts, tmp_path, umask022):
@@ -91,8 +94,7 @@ def test_deployment_exported_as_root_serves_as_another_user(tiny_base_dir, ckpts
         "print(json.dumps(out))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": "/nonexistent"}
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"x", "y", "writable"} and result["writable"] is False
@@ -105,10 +107,18 @@ def test_two_concurrent_add_tasks_both_land(tiny_base_dir, ckpts, tmp_path):
     export_deployment(tiny_base_dir, [ckpts["x"]], out)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "adapterdeploy.cli", "add-task", str(out)]
-    procs = [subprocess.Popen([*cmd, str(ckpts["y"]), str(ckpts["z"]), "--quiet"], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-             subprocess.Popen([*cmd, str(ckpts["w"]), "--quiet"], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, str(ckpts["y"]), str(ckpts["z"]), "--quiet"],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ),
+        subprocess.Popen(
+            [*cmd, str(ckpts["w"]), "--quiet"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ),
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_stdout, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stderr[-2000:]

@@ -27,15 +27,32 @@ from adapterdeploy.errors import (
 from adapterdeploy.runtime import Deployment, Prediction, TaskInfo
 
 TOL = 1e-5
-TEXTS = ["the movie was good", "a very bad film and a boring plot", "yes", "the movie was good",
-         " ".join(["it was fun and the story was good"] * 10)]  # a duplicate and an over-long row
-PAIRS = [("the company said its shares were up", "shares of the company rose"), ("it is great", "it is terrible"),
-         ("a man", "a woman said yes")]
+TEXTS = [
+    "the movie was good",
+    "a very bad film and a boring plot",
+    "yes",
+    "the movie was good",
+    " ".join(["it was fun and the story was good"] * 10),
+]  # a duplicate and an over-long row
+PAIRS = [
+    ("the company said its shares were up", "shares of the company rose"),
+    ("it is great", "it is terrible"),
+    ("a man", "a woman said yes"),
+]
 TASKS = {
     # name: (adapter config kwargs, head config kwargs, text_pair)
     "sent": ({"bottleneck": 8}, {"num_labels": 2, "labels": ("neg", "pos")}, False),
-    "topic": ({"bottleneck": 4}, {"num_labels": 3, "labels": ("a", "b", "c"), "pooling": "mean", "hidden_layers": 1,
-                                  "hidden_activation": "gelu"}, False),
+    "topic": (
+        {"bottleneck": 4},
+        {
+            "num_labels": 3,
+            "labels": ("a", "b", "c"),
+            "pooling": "mean",
+            "hidden_layers": 1,
+            "hidden_activation": "gelu",
+        },
+        False,
+    ),
     "para": ({"bottleneck": 6}, {"num_labels": 2, "pooling": "pooler"}, True),
     "score": ({"bottleneck": 8}, {"problem_type": "regression"}, True),
 }
@@ -120,7 +137,7 @@ def test_predict_matches_pytorch(exported, dep, task):
 
 def test_mixed_and_fan_out_equal_single_task(dep):
     single = {t: dep.predict(_inputs(t), task=t) for t in TASKS}
-    rows = [(t, x) for i in range(5) for t in TASKS for x in _inputs(t)[i:i + 1]]
+    rows = [(t, x) for i in range(5) for t in TASKS for x in _inputs(t)[i : i + 1]]
     mixed = dep.predict_mixed(rows)
     assert [p.task for p in mixed] == [t for t, _ in rows]
     for (t, x), p in zip(rows, mixed, strict=True):
@@ -130,8 +147,9 @@ def test_mixed_and_fan_out_equal_single_task(dep):
     fan = dep.fan_out(TEXTS, tasks=["sent", "topic"])
     assert list(fan) == ["sent", "topic"]
     for t in ("sent", "topic"):
-        np.testing.assert_allclose(np.stack([_vec(p) for p in fan[t]]), np.stack([_vec(p) for p in single[t]]),
-                                   rtol=0, atol=TOL)
+        np.testing.assert_allclose(
+            np.stack([_vec(p) for p in fan[t]]), np.stack([_vec(p) for p in single[t]]), rtol=0, atol=TOL
+        )
 
 
 def test_bucketing_and_bank_modes_give_the_same_results(deploy_dir, dep):
@@ -169,8 +187,11 @@ def test_prediction_fields_and_truncation(dep):
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda d: d.predict(["x"], task="nope"), UnknownTaskError, "unknown task 'nope'; known tasks: para, score, "
-                                                                    "sent, topic"),
+        (
+            lambda d: d.predict(["x"], task="nope"),
+            UnknownTaskError,
+            "unknown task 'nope'; known tasks: para, score, sent, topic",
+        ),
         (lambda d: d.predict([""], task="sent"), InputError, "empty text"),
         (lambda d: d.predict([b"bytes"], task="sent"), InputError, "is a bytes"),
         (lambda d: d.predict("just a str", task="sent"), InputError, "single str"),
@@ -332,6 +353,7 @@ def test_closed_deployment_refuses(deploy_dir):
 def test_thread_pools_follow_adapter_drop_and_spin(tiny_base_dir, deploy_dir, dep, tmp_path):
     """K = 0: the trunk is only the embeddings and runs on the calling thread; K >= 1: both graphs get the pool.
     Spin settings change speed, never results."""
+
     def threads(d: Deployment) -> tuple[int, int]:
         e = d._engine
         return e.trunk.get_session_options().intra_op_num_threads, e.adapted.get_session_options().intra_op_num_threads
@@ -412,8 +434,7 @@ print('ok', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trans
 
 
 def test_runtime_runs_with_torch_unimportable(deploy_dir):
-    out = subprocess.run([sys.executable, "-c", _BLOCKER, str(deploy_dir)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", _BLOCKER, str(deploy_dir)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok []"
 

@@ -50,13 +50,15 @@ def test_predict_json_table_and_fan_out(deploy_dir):
 def test_predict_input_files_stream(deploy_dir, tmp_path, name, content):
     f = tmp_path / name
     f.write_text(content)
-    res = run("predict", str(deploy_dir), "--task", "sent", "--input", str(f), "--format", "jsonl",
-              "--batch-size", "1")
+    res = run("predict", str(deploy_dir), "--task", "sent", "--input", str(f), "--format", "jsonl", "--batch-size", "1")
     assert res.exit_code == 0, res.output
     ref = run("predict", str(deploy_dir), "--task", "sent", "the movie was good", "bad film", "--format", "jsonl")
     got, want = ([json.loads(x) for x in r.output.splitlines()] for r in (res, ref))
-    assert [(g["row"], g["label"]) for g in got] == [(w["row"], w["label"]) for w in want] == [(0, got[0]["label"]),
-                                                                                                (1, got[1]["label"])]
+    assert (
+        [(g["row"], g["label"]) for g in got]
+        == [(w["row"], w["label"]) for w in want]
+        == [(0, got[0]["label"]), (1, got[1]["label"])]
+    )
     assert all(abs(g["score"] - w["score"]) < 1e-6 for g, w in zip(got, want, strict=True))  # batch 1 vs 2: padding
 
 
@@ -107,8 +109,10 @@ def test_check_fails_on_a_corrupt_deployment(deploy_dir, tmp_path):
     out = json.loads(res.output)
     items = {i["name"]: i for i in out["items"]}
     assert out["ok"] is False
-    assert items["checksums"]["status"] == "fail" and "tasks/topic/adapters.safetensors: size" in \
-        items["checksums"]["detail"]
+    assert (
+        items["checksums"]["status"] == "fail"
+        and "tasks/topic/adapters.safetensors: size" in items["checksums"]["detail"]
+    )
     assert items["tasks"]["status"] == "fail" and "topic" in items["tasks"]["data"]["failed"]
     res = run("check", str(tmp_path / "missing"))
     assert res.exit_code == 1 and "does not exist" in res.output

@@ -21,8 +21,9 @@ MINILM_TASKS = {
 def minilm(tmp_path_factory):
     from adapterdeploy.models.base import default_base_dir
 
-    return _export(default_base_dir(), tmp_path_factory.mktemp("rt-minilm"), MINILM_TASKS, adapter_drop=0,
-                   init_std=0.02)
+    return _export(
+        default_base_dir(), tmp_path_factory.mktemp("rt-minilm"), MINILM_TASKS, adapter_drop=0, init_std=0.02
+    )
 
 
 def test_minilm_parity_mixed_and_check(minilm):

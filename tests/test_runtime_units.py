@@ -248,19 +248,25 @@ def test_length_buckets():
 def _layout(H=4, fixed_m=None, signature=None):
     sig = signature or AdapterSignature("after_layer", "relu", SiteOptions(), False)
     names = [f"bank.1.layer.{k}" for k in ("down_w", "down_b", "up_w", "up_b")]
-    shapes = {"down_w": ["tasks", H, fixed_m or "bottleneck"], "down_b": ["tasks", fixed_m or "bottleneck"],
-              "up_w": ["tasks", fixed_m or "bottleneck", H], "up_b": ["tasks", H]}
+    shapes = {
+        "down_w": ["tasks", H, fixed_m or "bottleneck"],
+        "down_b": ["tasks", fixed_m or "bottleneck"],
+        "up_w": ["tasks", fixed_m or "bottleneck", H],
+        "up_b": ["tasks", H],
+    }
     args = [SimpleNamespace(name=n, shape=shapes[n.rsplit(".", 1)[1]], type="tensor(float)") for n in names]
     return BankLayout.from_session_inputs(args, names, H, sig), names
 
 
 def _task_tensors(m, H=4, seed=0):
     rng = np.random.default_rng(seed)
-    return {"bank.1.layer.down_w": rng.normal(size=(H, m)).astype(np.float32),
-            "bank.1.layer.down_b": rng.normal(size=(m,)).astype(np.float32),
-            "bank.1.layer.up_w": rng.normal(size=(m, H)).astype(np.float32),
-            "bank.1.layer.up_b": rng.normal(size=(H,)).astype(np.float32),
-            "head.out.w": np.zeros((H, 2), np.float32)}
+    return {
+        "bank.1.layer.down_w": rng.normal(size=(H, m)).astype(np.float32),
+        "bank.1.layer.down_b": rng.normal(size=(m,)).astype(np.float32),
+        "bank.1.layer.up_w": rng.normal(size=(m, H)).astype(np.float32),
+        "bank.1.layer.up_b": rng.normal(size=(H,)).astype(np.float32),
+        "head.out.w": np.zeros((H, 2), np.float32),
+    }
 
 
 def _adapter(feeds, t, x):
@@ -318,13 +324,20 @@ def test_head_dense_layers(act):
     rng = np.random.default_rng(0)
     H = 6
     cfg = HeadConfig(num_labels=3, labels=("x", "y", "z"), hidden_layers=1, hidden_activation=act, pooling="mean")
-    t = {"head.hidden.0.w": rng.normal(size=(H, H)), "head.hidden.0.b": rng.normal(size=H),
-         "head.out.w": rng.normal(size=(H, 3)), "head.out.b": rng.normal(size=3)}
+    t = {
+        "head.hidden.0.w": rng.normal(size=(H, H)),
+        "head.hidden.0.b": rng.normal(size=H),
+        "head.out.w": rng.normal(size=(H, 3)),
+        "head.out.b": rng.normal(size=3),
+    }
     head = Head.from_tensors("t", cfg, t, H)
     z = rng.normal(size=(5, H)).astype(np.float32)
     h = z @ t["head.hidden.0.w"] + t["head.hidden.0.b"]
-    h = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0),
-         "gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))}[act](h)
+    h = {
+        "tanh": np.tanh,
+        "relu": lambda v: np.maximum(v, 0),
+        "gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2))),
+    }[act](h)
     np.testing.assert_allclose(head.logits(z), h @ t["head.out.w"] + t["head.out.b"], rtol=1e-5, atol=1e-5)
     assert head.feature == "mean"
     with pytest.raises(ArtifactError, match="expected \\[6, 2\\]"):
@@ -374,14 +387,17 @@ def test_provider_problem_names_what_is_missing():
 
 
 def test_session_provider_lists(tmp_path):
-    trt = session_provider_list(normalize_providers("tensorrt")[0], [TENSORRT, CUDA, CPU], precision="fp16",
-                                cache_dir=tmp_path / "cache")
+    trt = session_provider_list(
+        normalize_providers("tensorrt")[0], [TENSORRT, CUDA, CPU], precision="fp16", cache_dir=tmp_path / "cache"
+    )
     assert [p[0] for p in trt] == [TENSORRT, CUDA, CPU]
     opts = trt[0][1]
     assert opts["trt_fp16_enable"] and opts["trt_engine_cache_path"] == str(tmp_path / "cache")
     assert (tmp_path / "cache").is_dir()
-    assert [p[0] for p in session_provider_list(normalize_providers("cuda")[0], [CUDA, CPU], precision="fp32",
-                                                cache_dir=None)] == [CUDA, CPU]
+    assert [
+        p[0]
+        for p in session_provider_list(normalize_providers("cuda")[0], [CUDA, CPU], precision="fp32", cache_dir=None)
+    ] == [CUDA, CPU]
     prof = trt_profile_options({"input_ids": ((1, 1), (8, 64), (32, 128))})
     assert prof["trt_profile_max_shapes"] == "input_ids:32x128"
 
@@ -398,11 +414,14 @@ def test_missing_gpu_provider_raises_provider_error():
         raise_unavailable(normalize_providers(["cuda"]), [problem])
 
 
-@pytest.mark.parametrize(("spin_us", "entries"), [
-    (0, {"session.intra_op.allow_spinning": "0"}),
-    (50, {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "50"}),
-    (None, {}),  # onnxruntime's own default: no entry at all
-])
+@pytest.mark.parametrize(
+    ("spin_us", "entries"),
+    [
+        (0, {"session.intra_op.allow_spinning": "0"}),
+        (50, {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "50"}),
+        (None, {}),  # onnxruntime's own default: no entry at all
+    ],
+)
 def test_session_spin_policy(spin_us, entries):
     from adapterdeploy.runtime.sessions import SessionFactory
 

@@ -19,8 +19,15 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture(scope="module")
 def server(deploy_dir, deployment):
-    settings = Settings(deploy_dir=str(deploy_dir), admin_token=ADMIN_TOKEN, max_rows_per_request=16,
-                        max_chars_per_text=2000, header_timeout_s=1.0, body_timeout_s=1.0, max_wait_ms=1.0)
+    settings = Settings(
+        deploy_dir=str(deploy_dir),
+        admin_token=ADMIN_TOKEN,
+        max_rows_per_request=16,
+        max_chars_per_text=2000,
+        header_timeout_s=1.0,
+        body_timeout_s=1.0,
+        max_wait_ms=1.0,
+    )
     with ThreadedServer(settings, deployment=deployment) as srv:
         yield srv
 
@@ -93,8 +100,9 @@ def test_v1_predict_matches_the_runtime(client, deployment):
         same(got, want)
     pairs = [["a man said yes", "he said no"], ["the world", "a new world"]]
     r = client.post("/v1/predict", json={"task": "nli", "inputs": pairs})
-    for got, want in zip(r.json()["predictions"], deployment.predict([tuple(p) for p in pairs], task="nli"),
-                         strict=True):
+    for got, want in zip(
+        r.json()["predictions"], deployment.predict([tuple(p) for p in pairs], task="nli"), strict=True
+    ):
         same(got, want)
     reg = client.post("/v1/predict", json={"task": "quality", "inputs": ["good film"]}).json()["predictions"][0]
     assert reg["label"] is None and reg["value"] == reg["score"]
@@ -126,16 +134,19 @@ def test_v2_infer_matches_the_runtime(client, deployment):
     probs = outputs["probabilities"]
     assert probs["shape"] == [2, 4] and probs["parameters"]["labels"] == "world,sports,business,science"
     for i, w in enumerate(want):
-        row = probs["data"][i * 4:(i + 1) * 4]
-        assert all(math.isclose(a, w.probabilities[k], abs_tol=1e-6) for a, k in zip(row, w.probabilities,
-                                                                                       strict=True))
+        row = probs["data"][i * 4 : (i + 1) * 4]
+        assert all(math.isclose(a, w.probabilities[k], abs_tol=1e-6) for a, k in zip(row, w.probabilities, strict=True))
     assert outputs["truncated"]["data"] == [False, False]
 
 
 def test_v2_infer_pairs_nested_shape_and_output_selection(client, deployment):
-    body = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["a man"], ["the day"]]},
-                       {"name": "text_pair", "shape": [2], "datatype": "BYTES", "data": ["a woman", "a year"]}],
-            "outputs": [{"name": "label"}]}
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["a man"], ["the day"]]},
+            {"name": "text_pair", "shape": [2], "datatype": "BYTES", "data": ["a woman", "a year"]},
+        ],
+        "outputs": [{"name": "label"}],
+    }
     r = client.post("/v2/models/nli/infer", json=body)
     assert r.status_code == 200, r.text
     outs = r.json()["outputs"]
@@ -170,47 +181,94 @@ def test_request_id_is_echoed(client):
 V2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
 
 
-@pytest.mark.parametrize(("path", "content", "status", "error_type", "fragments"), [
-    ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"', 400, "invalid_input", ("malformed JSON",)),
-    ("/v1/predict", b"", 400, "invalid_input", ("empty",)),
-    ("/v1/predict", b'{"task": "sentiment", "inputs": [NaN]}', 400, "invalid_input", ("NaN",)),
-    ("/v1/predict", b"\xff\xfe", 400, "invalid_input", ("UTF-8",)),
-    ("/v1/predict", b"[1, 2]", 400, "invalid_input", ("JSON object",)),
-    ("/v1/predict", {"task": 1, "inputs": ["a"]}, 400, "invalid_input", ("task",)),
-    ("/v1/predict", {"task": "sentiment", "inputs": "just text"}, 400, "invalid_input", ("inputs",)),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["ok", 7]}, 400, "invalid_input", ("inputs[1]", "got int")),
-    ("/v1/predict", {"task": "sentiment", "inputs": [["a", "b", "c"]]}, 400, "invalid_input", ("inputs[0]",)),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["ok", "nul\u0000byte"]}, 400, "invalid_input",
-     ("inputs[1]", "NUL")),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["   "]}, 400, "invalid_input", ("inputs[0]", "empty")),
-    ("/v1/predict", {"task": "sentiment", "inputs": []}, 400, "invalid_input", ("inputs",)),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["a"], "extra": 1}, 400, "invalid_input", ("extra",)),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["x" * 2001]}, 400, "invalid_input",
-     ("inputs[0]", "2001 characters", "--max-chars-per-text")),
-    ("/v1/predict", {"task": "sentiment", "inputs": ["a"] * 17}, 413, "payload_too_large",
-     ("17 inputs", "16", "--max-rows-per-request")),
-    ("/v1/predict", {"task": "no-such-task", "inputs": ["a"]}, 404, "unknown_task", ("no-such-task", "sentiment")),
-    ("/v1/predict", {"task": "sentiment", "inputs": [["a", "b"]]}, 400, "invalid_input",
-     ("inputs[0]", "single texts")),
-    ("/v1/predict", {"task": "nli", "inputs": ["just one"]}, 400, "invalid_input", ("inputs[0]", "pairs")),
-    ("/v1/fan-out", {"tasks": ["sentiment", "topic"], "inputs": ["a"] * 9}, 413, "payload_too_large",
-     ("9 inputs x 2 tasks = 18 rows",)),
-    ("/v1/fan-out", {"tasks": ["sentiment", "ghost"], "inputs": ["a"]}, 404, "unknown_task", ("ghost",)),
-    ("/v1/fan-out", {"tasks": [], "inputs": ["a"]}, 400, "invalid_input", ("tasks",)),
-    ("/v2/models/ghost/infer", V2, 404, "unknown_task", ("ghost",)),
-    ("/v2/models/topic/infer", {"inputs": [{**V2["inputs"][0], "datatype": "FP32"}]}, 400, "invalid_input",
-     ("inputs[0].datatype", "BYTES")),
-    ("/v2/models/topic/infer", {"inputs": [{**V2["inputs"][0], "shape": [2]}]}, 400, "invalid_input",
-     ("shape [2]",)),
-    ("/v2/models/topic/infer", {"inputs": [{**V2["inputs"][0], "name": "words"}]}, 400, "invalid_input",
-     ("'words'",)),
-    ("/v2/models/topic/infer", {"inputs": [{**V2["inputs"][0], "data": [3]}]}, 400, "invalid_input",
-     ("inputs[0].data[0]",)),
-    ("/v2/models/topic/infer", {**V2, "outputs": [{"name": "logits"}]}, 400, "invalid_input", ("outputs[0]",)),
-    ("/v2/models/topic/infer", {"inputs": []}, 400, "invalid_input", ("inputs",)),
-])
-def test_bad_requests_get_400_family_errors_that_name_the_field(client, path, content, status, error_type,
-                                                                 fragments):
+@pytest.mark.parametrize(
+    ("path", "content", "status", "error_type", "fragments"),
+    [
+        ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"', 400, "invalid_input", ("malformed JSON",)),
+        ("/v1/predict", b"", 400, "invalid_input", ("empty",)),
+        ("/v1/predict", b'{"task": "sentiment", "inputs": [NaN]}', 400, "invalid_input", ("NaN",)),
+        ("/v1/predict", b"\xff\xfe", 400, "invalid_input", ("UTF-8",)),
+        ("/v1/predict", b"[1, 2]", 400, "invalid_input", ("JSON object",)),
+        ("/v1/predict", {"task": 1, "inputs": ["a"]}, 400, "invalid_input", ("task",)),
+        ("/v1/predict", {"task": "sentiment", "inputs": "just text"}, 400, "invalid_input", ("inputs",)),
+        ("/v1/predict", {"task": "sentiment", "inputs": ["ok", 7]}, 400, "invalid_input", ("inputs[1]", "got int")),
+        ("/v1/predict", {"task": "sentiment", "inputs": [["a", "b", "c"]]}, 400, "invalid_input", ("inputs[0]",)),
+        (
+            "/v1/predict",
+            {"task": "sentiment", "inputs": ["ok", "nul\u0000byte"]},
+            400,
+            "invalid_input",
+            ("inputs[1]", "NUL"),
+        ),
+        ("/v1/predict", {"task": "sentiment", "inputs": ["   "]}, 400, "invalid_input", ("inputs[0]", "empty")),
+        ("/v1/predict", {"task": "sentiment", "inputs": []}, 400, "invalid_input", ("inputs",)),
+        ("/v1/predict", {"task": "sentiment", "inputs": ["a"], "extra": 1}, 400, "invalid_input", ("extra",)),
+        (
+            "/v1/predict",
+            {"task": "sentiment", "inputs": ["x" * 2001]},
+            400,
+            "invalid_input",
+            ("inputs[0]", "2001 characters", "--max-chars-per-text"),
+        ),
+        (
+            "/v1/predict",
+            {"task": "sentiment", "inputs": ["a"] * 17},
+            413,
+            "payload_too_large",
+            ("17 inputs", "16", "--max-rows-per-request"),
+        ),
+        ("/v1/predict", {"task": "no-such-task", "inputs": ["a"]}, 404, "unknown_task", ("no-such-task", "sentiment")),
+        (
+            "/v1/predict",
+            {"task": "sentiment", "inputs": [["a", "b"]]},
+            400,
+            "invalid_input",
+            ("inputs[0]", "single texts"),
+        ),
+        ("/v1/predict", {"task": "nli", "inputs": ["just one"]}, 400, "invalid_input", ("inputs[0]", "pairs")),
+        (
+            "/v1/fan-out",
+            {"tasks": ["sentiment", "topic"], "inputs": ["a"] * 9},
+            413,
+            "payload_too_large",
+            ("9 inputs x 2 tasks = 18 rows",),
+        ),
+        ("/v1/fan-out", {"tasks": ["sentiment", "ghost"], "inputs": ["a"]}, 404, "unknown_task", ("ghost",)),
+        ("/v1/fan-out", {"tasks": [], "inputs": ["a"]}, 400, "invalid_input", ("tasks",)),
+        ("/v2/models/ghost/infer", V2, 404, "unknown_task", ("ghost",)),
+        (
+            "/v2/models/topic/infer",
+            {"inputs": [{**V2["inputs"][0], "datatype": "FP32"}]},
+            400,
+            "invalid_input",
+            ("inputs[0].datatype", "BYTES"),
+        ),
+        (
+            "/v2/models/topic/infer",
+            {"inputs": [{**V2["inputs"][0], "shape": [2]}]},
+            400,
+            "invalid_input",
+            ("shape [2]",),
+        ),
+        (
+            "/v2/models/topic/infer",
+            {"inputs": [{**V2["inputs"][0], "name": "words"}]},
+            400,
+            "invalid_input",
+            ("'words'",),
+        ),
+        (
+            "/v2/models/topic/infer",
+            {"inputs": [{**V2["inputs"][0], "data": [3]}]},
+            400,
+            "invalid_input",
+            ("inputs[0].data[0]",),
+        ),
+        ("/v2/models/topic/infer", {**V2, "outputs": [{"name": "logits"}]}, 400, "invalid_input", ("outputs[0]",)),
+        ("/v2/models/topic/infer", {"inputs": []}, 400, "invalid_input", ("inputs",)),
+    ],
+)
+def test_bad_requests_get_400_family_errors_that_name_the_field(client, path, content, status, error_type, fragments):
     if isinstance(content, bytes):
         r = client.post(path, content=content, headers={"Content-Type": "application/json"})
     else:
@@ -256,8 +314,10 @@ def test_slow_clients_time_out_without_blocking_others(server, client):
     with socket.create_connection(("127.0.0.1", server.port)) as slow_head:
         slow_head.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
         with socket.create_connection(("127.0.0.1", server.port)) as slow_body:
-            slow_body.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: 100\r\n\r\n{\"task\":")
+            slow_body.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"task":'
+            )
             t0 = time.monotonic()
             r = client.post("/v1/predict", json={"task": "sentiment", "inputs": ["meanwhile"]})
             assert r.status_code == 200 and time.monotonic() - t0 < 1.0
@@ -299,18 +359,25 @@ def test_admin_needs_the_token_and_never_logs_it(client, caplog):
         check_error(r, 401, "unauthorized", "missing")
         assert r.headers["www-authenticate"].startswith("Bearer")
         wrong = "wrong-token-" + "x" * 20
-        check_error(client.post("/v2/repository/index", headers={"Authorization": f"Bearer {wrong}"}),
-                    401, "unauthorized", "wrong")
-        check_error(client.post("/v2/repository/index", headers={"Authorization": "Basic abc"}),
-                    401, "unauthorized", "malformed")
+        check_error(
+            client.post("/v2/repository/index", headers={"Authorization": f"Bearer {wrong}"}),
+            401,
+            "unauthorized",
+            "wrong",
+        )
+        check_error(
+            client.post("/v2/repository/index", headers={"Authorization": "Basic abc"}),
+            401,
+            "unauthorized",
+            "malformed",
+        )
     text = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "admin authentication failed" in text
     assert wrong not in text and ADMIN_TOKEN not in text
 
 
 def test_admin_index_load_pin_unload(client, deployment):
-    r = client.post("/v2/repository/models/topic/load", json={"parameters": {"pin": True, "priority": 3}},
-                    headers=AUTH)
+    r = client.post("/v2/repository/models/topic/load", json={"parameters": {"pin": True, "priority": 3}}, headers=AUTH)
     assert r.status_code == 200, r.text
     assert r.json()["load_state"] == "pinned" and r.json()["load_seconds"] >= 0
     index = {m["name"]: m for m in client.post("/v2/repository/index", headers=AUTH).json()}
@@ -324,8 +391,12 @@ def test_admin_index_load_pin_unload(client, deployment):
     assert client.post("/v1/predict", json={"task": "topic", "inputs": ["x"]}).status_code == 200
     check_error(client.post("/v2/repository/models/ghost/load", headers=AUTH), 404, "unknown_task")
     check_error(client.post("/v2/repository/models/ghost/unload", headers=AUTH), 404, "unknown_task")
-    check_error(client.post("/v2/repository/models/topic/load", json={"parameters": {"pin": "yes"}},
-                            headers=AUTH), 400, "invalid_input", "parameters.pin")
+    check_error(
+        client.post("/v2/repository/models/topic/load", json={"parameters": {"pin": "yes"}}, headers=AUTH),
+        400,
+        "invalid_input",
+        "parameters.pin",
+    )
 
 
 def test_admin_load_from_a_path_checks_the_name(client, deploy_dir, deployment):

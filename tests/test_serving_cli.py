@@ -79,23 +79,25 @@ def test_workers_and_admin_token_file(tiny_base_dir, tmp_path_factory, tmp_path)
     token_file = tmp_path / "admin-token"
     token_file.write_text(ADMIN_TOKEN + "\n")
     log = tmp_path / "server.log"
-    with subprocess_server(deploy_dir, "--workers", "2", "--admin-token-file", str(token_file),
-                           log_path=log) as (proc, url):
+    with subprocess_server(deploy_dir, "--workers", "2", "--admin-token-file", str(token_file), log_path=log) as (
+        proc,
+        url,
+    ):
 
         async def calls():
             async with aiohttp.ClientSession(url) as http:
                 instances: Counter = Counter()
                 for _ in range(40):  # fresh connections, until both workers (one may still be starting) answered
                     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True)) as c:
-                        for r in await asyncio.gather(*(c.post("/v1/predict", json={"task": "topic", "inputs": ["x"]})
-                                                        for _ in range(8))):
+                        for r in await asyncio.gather(
+                            *(c.post("/v1/predict", json={"task": "topic", "inputs": ["x"]}) for _ in range(8))
+                        ):
                             assert r.status == 200
                             instances[r.headers["x-adapterdeploy-instance"]] += 1
                     if len(instances) == 2:
                         break
                     await asyncio.sleep(0.5)
-                async with http.post("/v2/repository/index",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+                async with http.post("/v2/repository/index", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
                     index_status = r.status
                 return instances, index_status
 

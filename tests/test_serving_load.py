@@ -39,8 +39,16 @@ def sentence(rng: random.Random) -> str:
     return " ".join(rng.choices(WORDS, k=rng.randint(2, 14)))
 
 
-async def drive(url: str, *, clients: int, total: int, tasks: tuple[str, ...], churn: tuple[str, ...] = (),
-                headers_for=None, stop_on_disconnect: bool = False) -> dict:
+async def drive(
+    url: str,
+    *,
+    clients: int,
+    total: int,
+    tasks: tuple[str, ...],
+    churn: tuple[str, ...] = (),
+    headers_for=None,
+    stop_on_disconnect: bool = False,
+) -> dict:
     """``clients`` concurrent clients send ``total`` /v1/predict requests over random ``tasks`` (1-3 rows each)."""
     issued = itertools.count()
     statuses: Counter = Counter()
@@ -59,8 +67,9 @@ async def drive(url: str, *, clients: int, total: int, tasks: tuple[str, ...], c
                 task, n = rng.choice(tasks), rng.randint(1, 3)
                 headers = headers_for(k, i) if headers_for else None
                 try:
-                    async with http.post("/v1/predict", headers=headers,
-                                         json={"task": task, "inputs": [sentence(rng) for _ in range(n)]}) as r:
+                    async with http.post(
+                        "/v1/predict", headers=headers, json={"task": task, "inputs": [sentence(rng) for _ in range(n)]}
+                    ) as r:
                         status, text = r.status, await r.text()
                 except aiohttp.ClientConnectionError as exc:
                     if headers:
@@ -82,8 +91,11 @@ async def drive(url: str, *, clients: int, total: int, tasks: tuple[str, ...], c
                 name = churn[i % len(churn)]
                 async with http.post(f"/v2/repository/models/{name}/unload", headers=AUTH) as r:
                     admin[("unload", r.status)] += 1
-                async with http.post(f"/v2/repository/models/{name}/load", headers=AUTH,
-                                     json={"parameters": {"pin": i % 2 == 0, "priority": i % 3}}) as r:
+                async with http.post(
+                    f"/v2/repository/models/{name}/load",
+                    headers=AUTH,
+                    json={"parameters": {"pin": i % 2 == 0, "priority": i % 3}},
+                ) as r:
                     admin[("load", r.status)] += 1
                 await asyncio.sleep(0.02)
 
@@ -113,9 +125,11 @@ def test_load_64_clients_batches_across_tasks_with_admin_churn(deploy_dir):
     rows = metric(samples, "adapterdeploy_batch_rows_sum")
     single_task = metric(samples, "adapterdeploy_batch_tasks_bucket", le="1.0")
     mixed = batches - single_task
-    print(f"\nload: {total} requests ({rows:.0f} rows) by 64 clients in {out['elapsed']:.2f} s = "
-          f"{total / out['elapsed']:.0f} req/s, {rows / out['elapsed']:.0f} rows/s; {batches:.0f} forwards, "
-          f"{rows / batches:.1f} rows/forward, {mixed:.0f} forwards mixed >1 task; admin {dict(out['admin'])}")
+    print(
+        f"\nload: {total} requests ({rows:.0f} rows) by 64 clients in {out['elapsed']:.2f} s = "
+        f"{total / out['elapsed']:.0f} req/s, {rows / out['elapsed']:.0f} rows/s; {batches:.0f} forwards, "
+        f"{rows / batches:.1f} rows/forward, {mixed:.0f} forwards mixed >1 task; admin {dict(out['admin'])}"
+    )
     assert rows >= total  # every row ran
     assert rows / batches >= 4, "rows were not batched"
     assert mixed >= batches / 2, "batches did not mix tasks"
@@ -136,8 +150,9 @@ def slow_forward(deployment, delay: float):
 def test_tiny_queue_answers_429_with_retry_after_and_drops_gone_clients(deploy_dir, monkeypatch):
     from adapterdeploy.runtime import Deployment
 
-    settings = Settings(deploy_dir=str(deploy_dir), max_queue=8, max_rows_per_request=4, max_batch_rows=4,
-                        max_wait_ms=0.0)
+    settings = Settings(
+        deploy_dir=str(deploy_dir), max_queue=8, max_rows_per_request=4, max_batch_rows=4, max_wait_ms=0.0
+    )
     with Deployment.open(deploy_dir) as dep:
         monkeypatch.setattr(dep, "predict_encoded", slow_forward(dep, 0.03))
         with ThreadedServer(settings, deployment=dep) as srv:
@@ -156,14 +171,19 @@ def test_tiny_queue_answers_429_with_retry_after_and_drops_gone_clients(deploy_d
             assert refused.json()["error_type"] == "overloaded" and "--max-queue" in refused.json()["error"]
 
             # a client that sends a request and disconnects while it waits: its rows leave the queue
-            blocker = threading.Thread(target=httpx.post, args=(f"{srv.url}/v1/predict",),
-                                       kwargs={"json": {"task": "topic", "inputs": ["x"] * 4}, "timeout": 30})
+            blocker = threading.Thread(
+                target=httpx.post,
+                args=(f"{srv.url}/v1/predict",),
+                kwargs={"json": {"task": "topic", "inputs": ["x"] * 4}, "timeout": 30},
+            )
             blocker.start()
             time.sleep(0.005)
             body = json.dumps({"task": "sentiment", "inputs": ["gone"] * 4}).encode()
             with socket.create_connection(("127.0.0.1", srv.port)) as s:
-                s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                s.sendall(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
                 time.sleep(0.01)
             blocker.join(30)
             deadline = time.monotonic() + 5
@@ -194,9 +214,16 @@ def test_sigterm_during_load_loses_no_accepted_request(deploy_dir, tmp_path):
     with subprocess_server(deploy_dir, "--log-level", "debug", "--drain", "15", log_path=log_path) as (proc, url):
 
         async def run():
-            load = asyncio.ensure_future(drive(url, clients=16, total=100000, tasks=SINGLE_TASKS,
-                                               headers_for=lambda k, i: {"X-Request-ID": f"c{k}-r{i}"},
-                                               stop_on_disconnect=True))
+            load = asyncio.ensure_future(
+                drive(
+                    url,
+                    clients=16,
+                    total=100000,
+                    tasks=SINGLE_TASKS,
+                    headers_for=lambda k, i: {"X-Request-ID": f"c{k}-r{i}"},
+                    stop_on_disconnect=True,
+                )
+            )
             await asyncio.sleep(1.0)
             proc.send_signal(signal.SIGTERM)
             return await asyncio.wait_for(load, 60)

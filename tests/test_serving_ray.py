@@ -22,8 +22,18 @@ pytest.importorskip("ray.serve")
 def test_ray_serve_two_replicas_answer_and_stop_on_sigterm(tiny_base_dir, tmp_path_factory, tmp_path):
     deploy_dir = build_deployment(tiny_base_dir, tmp_path_factory.mktemp("serving"))
     log = tmp_path / "ray-serve.log"
-    with subprocess_server(deploy_dir, "--ray", "--replicas", "2", "--drain", "5", "--log-level", "warning",
-                           env={"RAY_DEDUP_LOGS": "0"}, log_path=log) as (proc, url):
+    with subprocess_server(
+        deploy_dir,
+        "--ray",
+        "--replicas",
+        "2",
+        "--drain",
+        "5",
+        "--log-level",
+        "warning",
+        env={"RAY_DEDUP_LOGS": "0"},
+        log_path=log,
+    ) as (proc, url):
 
         async def bursts():
             """Up to 15 bursts of 20 requests, until both replicas have answered (one may still be starting)."""
@@ -49,8 +59,11 @@ def test_ray_serve_two_replicas_answer_and_stop_on_sigterm(tiny_base_dir, tmp_pa
                 for task in ("sentiment", "topic", "quality"):
 
                     async def one(task: str = task):
-                        async with http.post("/v1/predict", json={"task": task, "inputs": ["fine"]},
-                                             headers={"serve_multiplexed_model_id": task}) as r:
+                        async with http.post(
+                            "/v1/predict",
+                            json={"task": task, "inputs": ["fine"]},
+                            headers={"serve_multiplexed_model_id": task},
+                        ) as r:
                             return r.status, r.headers.get("x-adapterdeploy-instance")
 
                     first = await one()

@@ -336,15 +336,23 @@ def test_grpc_embedding_output(server, deployment):
 
     pb = messages()
     with grpc.insecure_channel(server[1]) as channel:
-        infer = channel.unary_unary(method_path("ModelInfer"),
-                                    request_serializer=pb.ModelInferRequest.SerializeToString,
-                                    response_deserializer=pb.ModelInferResponse.FromString)
+        infer = channel.unary_unary(
+            method_path("ModelInfer"),
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         tensor = pb.ModelInferRequest.InferInputTensor(
-            name="text", datatype="BYTES", shape=[len(TEXTS)],
-            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]))
-        wanted = [pb.ModelInferRequest.InferRequestedOutputTensor(name="label"),
-                  pb.ModelInferRequest.InferRequestedOutputTensor(
-                      name="embedding", parameters={"pooling": pb.InferParameter(string_param="cls")})]
+            name="text",
+            datatype="BYTES",
+            shape=[len(TEXTS)],
+            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in TEXTS]),
+        )
+        wanted = [
+            pb.ModelInferRequest.InferRequestedOutputTensor(name="label"),
+            pb.ModelInferRequest.InferRequestedOutputTensor(
+                name="embedding", parameters={"pooling": pb.InferParameter(string_param="cls")}
+            ),
+        ]
         reply = infer(pb.ModelInferRequest(model_name="topic", inputs=[tensor], outputs=wanted))
     names = [o.name for o in reply.outputs]
     assert names == ["label", "embedding"]

@@ -289,8 +289,14 @@ def test_export_standalone_of_a_stacked_task(stacked, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "t0" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     for text, ref in zip(TEXTS, stacked["refs"]["t0"], strict=True):
         enc = tok.encode(text)
-        feeds = {k: np.array([v], dtype=np.int64) for k, v in
-                 (("input_ids", enc.ids), ("attention_mask", enc.attention_mask), ("token_type_ids", enc.type_ids))}
+        feeds = {
+            k: np.array([v], dtype=np.int64)
+            for k, v in (
+                ("input_ids", enc.ids),
+                ("attention_mask", enc.attention_mask),
+                ("token_type_ids", enc.type_ids),
+            )
+        }
         logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         assert np.abs(probs - ref).max() <= TOL

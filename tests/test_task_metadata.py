@@ -45,6 +45,7 @@ def _set(path: str, value: Any) -> Edit:
         for p in parents:
             d = d[p]
         d[leaf] = value
+
     return edit
 
 
@@ -55,6 +56,7 @@ def _drop(key: str) -> Edit:
 def _relabel(labels: list[str]) -> Edit:
     def edit(d: dict[str, Any]) -> None:
         d["head"]["labels"], d["head"]["num_labels"] = labels, len(labels)
+
     return edit
 
 
@@ -69,10 +71,16 @@ TASK_CASES = [
     ("unsafe name", _set("name", "../../etc"), r"field 'name'.*not a safe name"),
     ("name too long", _set("name", "x" * 129), r"not a safe name"),
     ("integer name", _set("name", 7), r"field 'name' must be a string"),
-    ("file outside the task", _set("files", {"../../deployment.json": {"size": 1, "sha256": "0" * 64}}),
-     r"field 'files' names '\.\./\.\./deployment\.json'"),
-    ("bad checksum entry", lambda d: d["files"].update({"head.onnx": {"size": 1, "sha256": "zz"}}),
-     r"field 'files\.head\.onnx\.sha256' is not 64 lowercase hex"),
+    (
+        "file outside the task",
+        _set("files", {"../../deployment.json": {"size": 1, "sha256": "0" * 64}}),
+        r"field 'files' names '\.\./\.\./deployment\.json'",
+    ),
+    (
+        "bad checksum entry",
+        lambda d: d["files"].update({"head.onnx": {"size": 1, "sha256": "zz"}}),
+        r"field 'files\.head\.onnx\.sha256' is not 64 lowercase hex",
+    ),
     ("not an object", lambda d: d.clear() or d.update({"schema_version": 2, "head": []}), r"field 'name' is missing"),
 ]
 
@@ -99,8 +107,10 @@ def test_hidden_size_of_the_weights_must_match_the_featurizer(deployed, dep, tmp
     weights[key] = weights[key][:-1]  # [H - 1, m]
     save_file(weights, str(task / "adapters.safetensors"))
     data = json.loads((task / "task.json").read_text())
-    data["files"]["adapters.safetensors"] = {"size": (task / "adapters.safetensors").stat().st_size,
-                                             "sha256": sha256_file(task / "adapters.safetensors")}
+    data["files"]["adapters.safetensors"] = {
+        "size": (task / "adapters.safetensors").stat().st_size,
+        "sha256": sha256_file(task / "adapters.safetensors"),
+    }
     (task / "task.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=rf"{key} has shape \[31, 4\], the bank expects \[32, 4\]"):
         dep.load_task(task)
@@ -128,8 +138,11 @@ def test_bad_deployment_json_is_refused(deployed, tmp_path, case, edit, match):
 CHECKPOINT_CASES = [
     ("missing base", _drop("base"), r"task\.json: field 'base' is missing; re-create the checkpoint"),
     ("absurd bottleneck", _set("adapter.bottleneck", 10**7), r"field 'adapter' is invalid .*1\.\.16384"),
-    ("bottleneck vs weights", _set("adapter.bottleneck", 8),
-     r"field 'adapter' implies .*down\.(weight|bias) of shape \[8"),
+    (
+        "bottleneck vs weights",
+        _set("adapter.bottleneck", 8),
+        r"field 'adapter' implies .*down\.(weight|bias) of shape \[8",
+    ),
     ("label count vs head", _relabel(["a", "b", "c", "d"]), r"field 'head' declares 4 outputs .* \[3, 32\]"),
     ("wrong hidden size", _set("base.hidden_size", "32"), r"field 'base\.hidden_size' must be an integer"),
     ("unsafe name", _set("name", "a/b"), r"field 'name'.*not a safe name"),

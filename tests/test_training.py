@@ -61,8 +61,15 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_training_reduces_loss_and_writes_a_loadable_checkpoint(tiny_base, sentiment, tmp_path):
     train, dev = read_dataset(sentiment[0]), read_dataset(sentiment[1])
     cfg = TrainConfig(epochs=5, lr=3e-2, progress=False)
-    ckpt = train_task(tiny_base, train, dev, name="senti", adapter=AdapterConfig(bottleneck=16, init_std=1e-2),
-                      head=HeadConfig(pooling="mean"), config=cfg)
+    ckpt = train_task(
+        tiny_base,
+        train,
+        dev,
+        name="senti",
+        adapter=AdapterConfig(bottleneck=16, init_std=1e-2),
+        head=HeadConfig(pooling="mean"),
+        config=cfg,
+    )
     hist = ckpt.training["history"]
     assert len(hist) == 5
     assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"], hist
@@ -84,8 +91,20 @@ def test_training_info_is_recorded(tiny_base, sentiment):
     train, dev = read_dataset(sentiment[0]), read_dataset(sentiment[1])
     ckpt = train_task(tiny_base, train, dev, name="senti", config=QUICK)
     info = ckpt.training
-    for key in ("epochs", "lr", "batch_size", "seconds", "trainable_params", "trainable_percent", "train_rows",
-                "eval_rows", "seed", "main_metric", "best_epoch", "history"):
+    for key in (
+        "epochs",
+        "lr",
+        "batch_size",
+        "seconds",
+        "trainable_params",
+        "trainable_percent",
+        "train_rows",
+        "eval_rows",
+        "seed",
+        "main_metric",
+        "best_epoch",
+        "history",
+    ):
         assert key in info, key
     trainable = sum(v.numel() for v in ckpt.weights.values())
     assert info["trainable_params"] == trainable
@@ -104,8 +123,14 @@ def test_defaults_are_the_tutorial_recipe():
 
 def test_base_stays_bit_identical(tiny_base, sentiment):
     before = _state(tiny_base.model)
-    train_task(tiny_base, read_dataset(sentiment[0]), None, name="x",
-               adapter=AdapterConfig(placement="houlsby", per_task_layernorm=True, bottleneck=4), config=QUICK)
+    train_task(
+        tiny_base,
+        read_dataset(sentiment[0]),
+        None,
+        name="x",
+        adapter=AdapterConfig(placement="houlsby", per_task_layernorm=True, bottleneck=4),
+        config=QUICK,
+    )
     after = tiny_base.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -128,8 +153,9 @@ def test_layer_subset_pairs_string_labels_and_per_task_layernorm(tiny_base, tmp_
     p.write_text(text)
     data = read_dataset(p)
     cfg = AdapterConfig(placement="pfeiffer", layers=(2, 3), per_task_layernorm=True, activation="gelu")
-    ckpt = train_task(tiny_base, data, data, name="pairs", adapter=cfg,
-                      head=HeadConfig(pooling="mean", hidden_layers=1), config=QUICK)
+    ckpt = train_task(
+        tiny_base, data, data, name="pairs", adapter=cfg, head=HeadConfig(pooling="mean", hidden_layers=1), config=QUICK
+    )
     assert ckpt.text_pair and ckpt.head.labels == ("neg", "pos")
     layers = {k.split(".")[1] for k in ckpt.weights if k.startswith(("adapters.", "layernorms."))}
     assert layers == {"2", "3"}
@@ -156,8 +182,13 @@ def test_eval_file_must_match_the_training_columns(tiny_base, sentiment, tmp_pat
 
 def test_full_finetune_trains_a_copy_of_the_base(tiny_base, sentiment, tmp_path):
     before = _state(tiny_base.model)
-    result = full_finetune(tiny_base, read_dataset(sentiment[0]), read_dataset(sentiment[1]), name="full",
-                           config=TrainConfig(epochs=1, lr=1e-3, max_length=16, progress=False))
+    result = full_finetune(
+        tiny_base,
+        read_dataset(sentiment[0]),
+        read_dataset(sentiment[1]),
+        name="full",
+        config=TrainConfig(epochs=1, lr=1e-3, max_length=16, progress=False),
+    )
     assert all(torch.equal(before[k], v) for k, v in tiny_base.model.state_dict().items())
     tuned = result.model.base.state_dict()
     changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], tuned[k])]
@@ -178,10 +209,37 @@ def _cli(*args: str):
 def test_cli_train_end_to_end(tiny_base_dir, sentiment, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # --threads must not slow later tests
     out = tmp_path / "ckpt"
-    res = _cli("--base", str(tiny_base_dir), "--train", str(sentiment[0]), "--eval", str(sentiment[1]),
-               "--task", "senti", "--out", str(out), "--layers", "1-3", "--reduction-factor", "8",
-               "--epochs", "2", "--max-train-rows", "64", "--max-eval-rows", "30", "--max-length", "16",
-               "--pooling", "mean", "--seed", "3", "--threads", "1", "--quiet")
+    res = _cli(
+        "--base",
+        str(tiny_base_dir),
+        "--train",
+        str(sentiment[0]),
+        "--eval",
+        str(sentiment[1]),
+        "--task",
+        "senti",
+        "--out",
+        str(out),
+        "--layers",
+        "1-3",
+        "--reduction-factor",
+        "8",
+        "--epochs",
+        "2",
+        "--max-train-rows",
+        "64",
+        "--max-eval-rows",
+        "30",
+        "--max-length",
+        "16",
+        "--pooling",
+        "mean",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "trainable params" in res.output
     ckpt = load_checkpoint(out)
@@ -190,26 +248,61 @@ def test_cli_train_end_to_end(tiny_base_dir, sentiment, tmp_path, monkeypatch):
     assert (ckpt.training["train_rows"], ckpt.training["eval_rows"], ckpt.training["epochs"]) == (64, 30, 2)
     assert "accuracy" in ckpt.metrics
     # --out exists: refused without --force, replaced with it.
-    again = _cli("--base", str(tiny_base_dir), "--train", str(sentiment[0]), "--task", "senti", "--out", str(out),
-                 "--max-train-rows", "8", "--quiet")
+    again = _cli(
+        "--base",
+        str(tiny_base_dir),
+        "--train",
+        str(sentiment[0]),
+        "--task",
+        "senti",
+        "--out",
+        str(out),
+        "--max-train-rows",
+        "8",
+        "--quiet",
+    )
     assert again.exit_code != 0 and "--force" in again.output
-    forced = _cli("--base", str(tiny_base_dir), "--train", str(sentiment[0]), "--task", "senti", "--out", str(out),
-                  "--max-train-rows", "8", "--quiet", "--force")
+    forced = _cli(
+        "--base",
+        str(tiny_base_dir),
+        "--train",
+        str(sentiment[0]),
+        "--task",
+        "senti",
+        "--out",
+        str(out),
+        "--max-train-rows",
+        "8",
+        "--quiet",
+        "--force",
+    )
     assert forced.exit_code == 0, forced.output
     assert load_checkpoint(out).training["train_rows"] == 8
 
 
-@pytest.mark.parametrize(("train_text", "eval_text", "where", "words"), [
-    ("label\ttext\n1\tok\n0\tnot\tok\n", None, "train.tsv:3", "malformed row"),
-    ("label\ttext\n", None, "train.tsv:2", "no rows"),
-    ("", None, "train.tsv:1", "empty"),
-    ("label\ttext\n1\tgood\n0\tbad\n", "label\ttext\n1\tfine\n5\tworse\n", "dev.tsv:3", "out of range"),
-    ("label\ttext\n1\tgood\n0\t \n", None, "train.tsv:3", "empty text"),
-])
+@pytest.mark.parametrize(
+    ("train_text", "eval_text", "where", "words"),
+    [
+        ("label\ttext\n1\tok\n0\tnot\tok\n", None, "train.tsv:3", "malformed row"),
+        ("label\ttext\n", None, "train.tsv:2", "no rows"),
+        ("", None, "train.tsv:1", "empty"),
+        ("label\ttext\n1\tgood\n0\tbad\n", "label\ttext\n1\tfine\n5\tworse\n", "dev.tsv:3", "out of range"),
+        ("label\ttext\n1\tgood\n0\t \n", None, "train.tsv:3", "empty text"),
+    ],
+)
 def test_cli_bad_input_fails_with_file_and_line(tiny_base_dir, tmp_path, train_text, eval_text, where, words):
     (tmp_path / "train.tsv").write_text(train_text)
-    args = ["--base", str(tiny_base_dir), "--train", str(tmp_path / "train.tsv"), "--task", "t",
-            "--out", str(tmp_path / "out"), "--quiet"]
+    args = [
+        "--base",
+        str(tiny_base_dir),
+        "--train",
+        str(tmp_path / "train.tsv"),
+        "--task",
+        "t",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     if eval_text is not None:
         (tmp_path / "dev.tsv").write_text(eval_text)
         args += ["--eval", str(tmp_path / "dev.tsv")]
@@ -245,8 +338,13 @@ def test_minilm_trains_a_few_steps(tmp_path):
     train = read_dataset(repo / "examples" / "data" / "sst2" / "train.tsv")
     from adapterdeploy.models.data import subset
 
-    ckpt = train_task(base, subset(train, 48), subset(read_dataset(repo / "examples/data/sst2/dev.tsv"), 32),
-                      name="sst2", config=TrainConfig(max_length=32, progress=False))
+    ckpt = train_task(
+        base,
+        subset(train, 48),
+        subset(read_dataset(repo / "examples/data/sst2/dev.tsv"), 32),
+        name="sst2",
+        config=TrainConfig(max_length=32, progress=False),
+    )
     assert ckpt.training["steps"] == 6 and 0.4 < ckpt.training["trainable_percent"] < 0.6
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
     assert load_checkpoint(save_checkpoint(ckpt, tmp_path / "sst2")).build_model(base) is not None

@@ -70,19 +70,28 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
     if not dropped:
         return ckpt
     kept = tuple(i for i in ckpt.adapter.adapter_layers(ckpt.num_layers) if i not in dropped)
-    weights = {k: v for k, v in ckpt.weights.items()
-               if not (k.startswith(("adapters.", "layernorms.", "lower.", "lora."))
-                       and int(k.split(".")[1]) in dropped)}
+    weights = {
+        k: v
+        for k, v in ckpt.weights.items()
+        if not (k.startswith(("adapters.", "layernorms.", "lower.", "lora.")) and int(k.split(".")[1]) in dropped)
+    }
     stack_on = ckpt.stack_on
     if stack_on is not None:
         low = tuple(i for i in stack_on.config.adapter_layers(ckpt.num_layers) if i not in dropped)
         stack_on = dataclasses.replace(stack_on, config=dataclasses.replace(stack_on.config, layers=low))
-    return dataclasses.replace(ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights,
-                               stack_on=stack_on)
+    return dataclasses.replace(
+        ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights, stack_on=stack_on
+    )
 
 
-def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], max_length: int,
-           regression: bool, batch_size: int = 32) -> float:
+def _score(
+    model: EncoderWithAdapters,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    max_length: int,
+    regression: bool,
+    batch_size: int = 32,
+) -> float:
     head = model.head_config
     if head.multi_label:  # micro F1 at the task's thresholds (adapterdeploy/multilabel.py)
         from adapterdeploy.multilabel import multilabel_metrics, predict_on, sigmoid
@@ -90,10 +99,17 @@ def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], 
         gold, on = [], []
         with torch.no_grad():
             for start in range(0, len(examples), batch_size):
-                chunk = examples[start:start + batch_size]
+                chunk = examples[start : start + batch_size]
                 pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
-                enc = tokenizer([ex.text for ex in chunk], pairs, truncation=True, max_length=max_length,
-                                padding=True, return_tensors="pt", return_token_type_ids=True)
+                enc = tokenizer(
+                    [ex.text for ex in chunk],
+                    pairs,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                    return_token_type_ids=True,
+                )
                 logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy()
                 on.extend(predict_on(sigmoid(logits), head.thresholds))
                 gold.extend([c in (ex.label or ()) for c in range(head.num_labels)] for ex in chunk)
@@ -101,11 +117,18 @@ def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], 
     correct, abs_err = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+            chunk = examples[start : start + batch_size]
             texts = [ex.text for ex in chunk]
             pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
-            enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt", return_token_type_ids=True)
+            enc = tokenizer(
+                texts,
+                pairs,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+                return_token_type_ids=True,
+            )
             logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
             labels = torch.tensor([ex.label for ex in chunk])
             if regression:
@@ -115,8 +138,14 @@ def _score(model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], 
     return (abs_err if regression else correct) / max(len(examples), 1)
 
 
-def evaluate_drop(base: BaseModel, ckpt: TaskCheckpoint, path: str | Path, adapter_drop: int, max_length: int,
-                  max_rows: int | None = None) -> dict[str, Any]:
+def evaluate_drop(
+    base: BaseModel,
+    ckpt: TaskCheckpoint,
+    path: str | Path,
+    adapter_drop: int,
+    max_length: int,
+    max_rows: int | None = None,
+) -> dict[str, Any]:
     """Score the task on ``path`` with all its adapters and without those below K (PyTorch)."""
     from adapterdeploy.models.data import read_dataset, subset
 
@@ -130,8 +159,9 @@ def evaluate_drop(base: BaseModel, ckpt: TaskCheckpoint, path: str | Path, adapt
     regression = ckpt.head.problem_type == "regression"
     tokenizer = base.load_tokenizer()
     full = _score(ckpt.build_model(base), tokenizer, data.examples, max_length, regression)
-    dropped = _score(without_dropped(ckpt, adapter_drop).build_model(base), tokenizer, data.examples,
-                     max_length, regression)
+    dropped = _score(
+        without_dropped(ckpt, adapter_drop).build_model(base), tokenizer, data.examples, max_length, regression
+    )
     metric = "mean_abs_error" if regression else "micro_f1" if ckpt.head.multi_label else "accuracy"
     return {
         "file": str(Path(path)),

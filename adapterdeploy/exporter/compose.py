@@ -81,8 +81,9 @@ def compose_standalone(root: Path, manifest: Manifest, spec: TaskSpec, task_dir:
     layout = BankLayout.from_session_inputs(session.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
     stack_on = spec.adapter.get("stack_on")  # a Stack's shared lower adapter, read as the runtime reads it
     lower = SharedLowers().get(root, stack_on, layout) if stack_on else None
-    rows = layout.task_rows(spec.name, load_file(str(task_dir / TASK_WEIGHTS_FILE)), spec.bottleneck,
-                            lower=lower).arrays
+    rows = layout.task_rows(
+        spec.name, load_file(str(task_dir / TASK_WEIGHTS_FILE)), spec.bottleneck, lower=lower
+    ).arrays
     del session
 
     graph = helper.make_graph([], f"{spec.name}-standalone", list(trunk.graph.input), [])

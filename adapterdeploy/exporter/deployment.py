@@ -58,11 +58,15 @@ def _preflight(out_dir: str | Path, force: bool) -> Path:
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
         if not force:
-            raise ArtifactError(f"{out} already exists; pass --force to replace it (the old deployment stays "
-                                "whole until the new one is complete)")
+            raise ArtifactError(
+                f"{out} already exists; pass --force to replace it (the old deployment stays "
+                "whole until the new one is complete)"
+            )
         if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file()):
-            raise ArtifactError(f"{out} exists and is not an adapterdeploy deployment; refusing to replace it even "
-                                "with --force: choose another --out")
+            raise ArtifactError(
+                f"{out} exists and is not an adapterdeploy deployment; refusing to replace it even "
+                "with --force: choose another --out"
+            )
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -101,8 +105,10 @@ def _resolve_max_length(base: Any, ckpts: Sequence[Any], max_length: int | None)
     if max_length is None:
         return min(max(c.max_length for c in ckpts), limit)
     if not 2 <= max_length <= limit:
-        raise ConfigError(f"--max-length {max_length} is out of range: {base.path} has position embeddings for "
-                          f"{limit} tokens; choose 2..{limit}")
+        raise ConfigError(
+            f"--max-length {max_length} is out of range: {base.path} has position embeddings for "
+            f"{limit} tokens; choose 2..{limit}"
+        )
     return int(max_length)
 
 
@@ -156,8 +162,10 @@ def _eval_plan(eval_file: EvalSpec, ckpts: Sequence[Any]) -> dict[str, Path]:
             p = Path(text)
             guess = [n for n in names if len(names) == 1 or n in (p.parent.name, p.stem)]
             if len(guess) != 1:
-                raise ConfigError(f"cannot tell which task --eval {text} is for; write it as NAME=FILE with NAME "
-                                  f"one of {sorted(names)}")
+                raise ConfigError(
+                    f"cannot tell which task --eval {text} is for; write it as NAME=FILE with NAME "
+                    f"one of {sorted(names)}"
+                )
             entries.append((guess[0], p))
     plan = {}
     for name, path in entries:
@@ -188,9 +196,11 @@ def _base_info(base: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- helpers
 def _collect_files(root: Path) -> dict[str, FileEntry]:
     """Checksums of the deployment-level files; task files are listed (and hashed) by their own task.json."""
-    return {rel: file_entry(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and (rel := p.relative_to(root).as_posix()) != MANIFEST_FILE
-            and not rel.startswith("tasks/")}
+    return {
+        rel: file_entry(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (rel := p.relative_to(root).as_posix()) != MANIFEST_FILE and not rel.startswith("tasks/")
+    }
 
 
 def _task_files(root: Path, names: Sequence[str]) -> dict[str, FileEntry]:
@@ -211,25 +221,29 @@ def _samples(model: Any, tokenizer: Any, text_pair: bool, max_length: int) -> li
 
     items: list[Any] = (
         [("the company said its shares were up", "shares of the company rose"), ("it is great", "it is terrible")]
-        if text_pair else ["the movie was good", "a very bad film and a boring plot"]
+        if text_pair
+        else ["the movie was good", "a very bad film and a boring plot"]
     )
     out = []
     with torch.no_grad():
         for item in items:
             a, b = (item, None) if isinstance(item, str) else item
-            enc = tokenizer(a, b, truncation=True, max_length=max_length, return_tensors="pt",
-                            return_token_type_ids=True)
+            enc = tokenizer(
+                a, b, truncation=True, max_length=max_length, return_tensors="pt", return_token_type_ids=True
+            )
             logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[0]
-            out.append({"input": item if isinstance(item, str) else list(item),
-                        "logits": [round(float(x), 6) for x in logits]})
+            out.append(
+                {"input": item if isinstance(item, str) else list(item), "logits": [round(float(x), 6) for x in logits]}
+            )
     return out
 
 
 class _Build:
     """The featurizer modules, task preparations and parity inputs of one export or add-task."""
 
-    def __init__(self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int,
-                 max_length: int) -> None:
+    def __init__(
+        self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int, max_length: int
+    ) -> None:
         from adapterdeploy.exporter.featurizer import Adapted, Trunk, copy_encoder, stack_bank
         from adapterdeploy.exporter.parity import parity_batches, timing_batches, torch_reference
         from adapterdeploy.exporter.task_pieces import prepare_task
@@ -253,7 +267,11 @@ class _Build:
             tasks=[t.name for t in self.tasks],
             poolings=[t.ckpt.head.pooling for t in self.tasks],
             classification=[t.ckpt.head.problem_type != "regression" for t in self.tasks],
-            heads=heads, bank=self.bank, batches=self.batches, refs=self.refs, timing=self.timing,
+            heads=heads,
+            bank=self.bank,
+            batches=self.batches,
+            refs=self.refs,
+            timing=self.timing,
         )
 
     def export_heads(self, root: Path, opset: int) -> dict[str, Path]:
@@ -291,8 +309,10 @@ def _load_inputs(base_dir: Any, checkpoint_dirs: Sequence[str | Path]) -> tuple[
     for c in ckpts:
         check_task_name(c.name)
         if c.name in seen:
-            raise ConfigError(f"two checkpoints are named {c.name!r} ({seen[c.name]} and {c.path}); task names "
-                              "must be unique in a deployment: rename one (its task.json 'name')")
+            raise ConfigError(
+                f"two checkpoints are named {c.name!r} ({seen[c.name]} and {c.path}); task names "
+                "must be unique in a deployment: rename one (its task.json 'name')"
+            )
         seen[c.name] = c.path
         c.check_base(base)
     return base, ckpts
@@ -327,18 +347,57 @@ def export_deployment(
     out = _preflight(out_dir, force)
     if force and out.exists():
         with writer_lock(out, timeout=lock_timeout, command=f"export --force {out}", log=log):
-            return _export(base_dir, checkpoint_dirs, out, adapter_drop=adapter_drop, max_drop=max_drop,
-                           precisions=precisions, max_length=max_length, opset=opset, tolerance=tolerance,
-                           standalone=standalone, force=force, allow_drop=allow_drop, eval_file=eval_file, log=log)
-    return _export(base_dir, checkpoint_dirs, out, adapter_drop=adapter_drop, max_drop=max_drop,
-                   precisions=precisions, max_length=max_length, opset=opset, tolerance=tolerance,
-                   standalone=standalone, force=force, allow_drop=allow_drop, eval_file=eval_file, log=log)
+            return _export(
+                base_dir,
+                checkpoint_dirs,
+                out,
+                adapter_drop=adapter_drop,
+                max_drop=max_drop,
+                precisions=precisions,
+                max_length=max_length,
+                opset=opset,
+                tolerance=tolerance,
+                standalone=standalone,
+                force=force,
+                allow_drop=allow_drop,
+                eval_file=eval_file,
+                log=log,
+            )
+    return _export(
+        base_dir,
+        checkpoint_dirs,
+        out,
+        adapter_drop=adapter_drop,
+        max_drop=max_drop,
+        precisions=precisions,
+        max_length=max_length,
+        opset=opset,
+        tolerance=tolerance,
+        standalone=standalone,
+        force=force,
+        allow_drop=allow_drop,
+        eval_file=eval_file,
+        log=log,
+    )
 
 
-def _export(base_dir: str | Path | None, checkpoint_dirs: Sequence[str | Path], out: Path, *,
-            adapter_drop: int | str, max_drop: float, precisions: Sequence[str], max_length: int | None, opset: int,
-            tolerance: float, standalone: bool,
-            force: bool, allow_drop: bool, eval_file: EvalSpec, log: Log) -> Manifest:
+def _export(
+    base_dir: str | Path | None,
+    checkpoint_dirs: Sequence[str | Path],
+    out: Path,
+    *,
+    adapter_drop: int | str,
+    max_drop: float,
+    precisions: Sequence[str],
+    max_length: int | None,
+    opset: int,
+    tolerance: float,
+    standalone: bool,
+    force: bool,
+    allow_drop: bool,
+    eval_file: EvalSpec,
+    log: Log,
+) -> Manifest:
     from adapterdeploy.exporter.adapter_drop import check_drop, evaluate_drop
     from adapterdeploy.exporter.standalone import export_standalone_graphs
     from adapterdeploy.exporter.variants import build_variants
@@ -381,26 +440,54 @@ def _export(base_dir: str | Path | None, checkpoint_dirs: Sequence[str | Path], 
         tmp.chmod(0o755)  # mkdtemp makes it 0700; a deployment is read by other users (servers)
         heads = build.export_heads(tmp, opset)
         variants, results = build_variants(
-            tmp, tmp / ".work", build.trunk, build.adapted, bank_torch=build.bank_torch, precisions=precisions,
-            opset=opset, tolerance=tolerance, num_heads=base.num_heads, hidden_size=base.hidden_size,
-            vocab_size=vocab, parity=build.parity_inputs(heads), log=log,
+            tmp,
+            tmp / ".work",
+            build.trunk,
+            build.adapted,
+            bank_torch=build.bank_torch,
+            precisions=precisions,
+            opset=opset,
+            tolerance=tolerance,
+            num_heads=base.num_heads,
+            hidden_size=base.hidden_size,
+            vocab_size=vocab,
+            parity=build.parity_inputs(heads),
+            log=log,
         )
         _write_tokenizer(base, tmp)
         standalone_paths: dict[str, dict[str, str]] = {}
         standalone_parity: dict[str, Any] = {}
         if standalone:
-            source = FolderSource(tokenizer=tmp / "tokenizer.json", base_config=_base_info(base)["config"],
-                                  max_length=max_length, model_type=base.model_type,
-                                  pad_id=base.model.config.pad_token_id, fingerprint=fingerprint)
+            source = FolderSource(
+                tokenizer=tmp / "tokenizer.json",
+                base_config=_base_info(base)["config"],
+                max_length=max_length,
+                model_type=base.model_type,
+                pad_id=base.model.config.pad_token_id,
+                fingerprint=fingerprint,
+            )
             standalone_paths, standalone_parity = export_standalone_graphs(
-                tmp, build.trunk, build.adapted, build.tasks, source=source, opset=opset, vocab_size=vocab,
-                precisions=precisions, tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+                tmp,
+                build.trunk,
+                build.adapted,
+                build.tasks,
+                source=source,
+                opset=opset,
+                vocab_size=vocab,
+                precisions=precisions,
+                tolerance=tolerance,
+                batches=build.batches,
+                refs=build.refs,
+                log=log,
+            )
         log("writing task pieces, checksums and the manifest")
         build.write_tasks(tmp, fingerprint, results, tolerance)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
-        parity: dict[str, Any] = {"tolerance": tolerance, "reference": "pytorch fp32",
-                                  "batches": [f"{b.name}: {len(b.row_source)} rows x {b.input_ids.shape[1]} tokens"
-                                              for b in build.batches]}
+        parity: dict[str, Any] = {
+            "tolerance": tolerance,
+            "reference": "pytorch fp32",
+            "batches": [f"{b.name}: {len(b.row_source)} rows x {b.input_ids.shape[1]} tokens" for b in build.batches],
+        }
         parity.update({p: r.summary() for p, r in results.items()})
         parity["tasks"] = {t.name: {p: r.summary(t.name) for p, r in results.items()} for t in build.tasks}
         if standalone_parity:
@@ -408,9 +495,16 @@ def _export(base_dir: str | Path | None, checkpoint_dirs: Sequence[str | Path], 
         manifest = Manifest(
             base=_base_info(base),
             featurizer=FeaturizerSpec(
-                fingerprint=fingerprint, adapter_drop=adapter_drop, num_layers=base.num_layers,
-                hidden_size=base.hidden_size, signature=signature, adapted_layers=build.adapted.adapted_layers,
-                bank_inputs=build.adapted.keys, outputs=build.adapted.output_names, variants=variants, opset=opset,
+                fingerprint=fingerprint,
+                adapter_drop=adapter_drop,
+                num_layers=base.num_layers,
+                hidden_size=base.hidden_size,
+                signature=signature,
+                adapted_layers=build.adapted.adapted_layers,
+                bank_inputs=build.adapted.keys,
+                outputs=build.adapted.output_names,
+                variants=variants,
+                opset=opset,
             ),
             tokenizer=TokenizerSpec(file="tokenizer.json", max_length=max_length, model_type=base.model_type),
             tasks={t.name: f"tasks/{t.name}" for t in build.tasks},

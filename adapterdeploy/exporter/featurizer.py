@@ -130,24 +130,31 @@ def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16)
     with torch.no_grad():
         ln.weight.uniform_(0.5, 1.5, generator=gen)
         ln.bias.uniform_(-0.5, 0.5, generator=gen)
-        p = {"down_w": torch.zeros(hidden_size, 4), "down_b": torch.zeros(4),
-             "up_w": torch.zeros(4, hidden_size), "up_b": torch.zeros(hidden_size)}
+        p = {
+            "down_w": torch.zeros(hidden_size, 4),
+            "down_b": torch.zeros(4),
+            "up_w": torch.zeros(4, hidden_size),
+            "up_b": torch.zeros(hidden_size),
+        }
         for which in ("ln_before", "ln_after"):
             if getattr(signature.site, which):
                 p[f"{which}_w"], p[f"{which}_b"] = torch.ones(hidden_size), torch.zeros(hidden_size)
         act = activation_fn(signature.activation)
         if signature.placement == "after_layer":
             plain = torch.equal(adapter_site(h, None, None, p, signature.site, act), h)
-            return plain and (not signature.stack or torch.equal(site_with_lower(h, None, None, p, p,
-                                                                                 signature.site, act), h))
+            return plain and (
+                not signature.stack or torch.equal(site_with_lower(h, None, None, p, p, signature.site, act), h)
+            )
         plain = torch.equal(adapter_site(h, r, ln, p, signature.site, act), ln(h + r))
         # A zero lower adapter under a zero upper one must leave the site as it was, too.
-        return plain and (not signature.stack or torch.equal(site_with_lower(h, r, ln, p, p, signature.site, act),
-                                                             ln(h + r)))
+        return plain and (
+            not signature.stack or torch.equal(site_with_lower(h, r, ln, p, p, signature.site, act), ln(h + r))
+        )
 
 
-def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
-              adapted_layers: Sequence[int]) -> dict[str, Tensor]:
+def task_rows(
+    model: EncoderWithAdapters, signature: AdapterSignature, adapted_layers: Sequence[int]
+) -> dict[str, Tensor]:
     """One task's bank rows (no T axis, its own bottleneck m), for every key of the bank.
 
     Layers where the task has no adapter get zero projections (identity LayerNorms for adapter LNs) and,
@@ -170,8 +177,12 @@ def task_rows(model: EncoderWithAdapters, signature: AdapterSignature,
                 if sites is not None and site in sites:  # PEFT-only tasks have no bottleneck sites
                     params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
                 else:
-                    params = {"down_w": torch.zeros(H, size), "down_b": torch.zeros(size),
-                              "up_w": torch.zeros(size, H), "up_b": torch.zeros(H)}
+                    params = {
+                        "down_w": torch.zeros(H, size),
+                        "down_b": torch.zeros(size),
+                        "up_w": torch.zeros(size, H),
+                        "up_b": torch.zeros(H),
+                    }
                     for which in ("ln_before", "ln_after"):
                         if getattr(signature.site, which):
                             params[f"{which}_w"], params[f"{which}_b"] = torch.ones(H), torch.zeros(H)
@@ -238,8 +249,7 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
         p = self._ctx.params.get(self._key)
         lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
         if lower is not None:  # Stack: the generic site order (the fusion-order rewrite covers one adapter)
-            return site_with_lower(self.dense(hidden_states), input_tensor, ln, p, lower, self._ctx.opts,
-                                   self._ctx.act)
+            return site_with_lower(self.dense(hidden_states), input_tensor, ln, p, lower, self._ctx.opts, self._ctx.act)
         if p is None:
             return ln(self.dense(hidden_states) + input_tensor)
         if not fusion_friendly(self._ctx.opts) or _has_peft(self.dense, self._ctx):
@@ -321,8 +331,9 @@ class Adapted(nn.Module):
     :meth:`encode` runs the layers with given (banked or single-task) weights, for standalone graphs.
     """
 
-    def __init__(self, base: BaseModel, adapter_drop: int, signature: AdapterSignature,
-                 hf: nn.Module | None = None) -> None:
+    def __init__(
+        self, base: BaseModel, adapter_drop: int, signature: AdapterSignature, hf: nn.Module | None = None
+    ) -> None:
         super().__init__()
         hf = hf if hf is not None else copy_encoder(base)
         self.hf = hf
@@ -335,8 +346,9 @@ class Adapted(nn.Module):
             layer.attention.output = BankedSublayerOutput(layer.attention.output, f"{i}.attn", self.ctx)
             layer.output = BankedSublayerOutput(layer.output, f"{i}.ffn", self.ctx)
         install_lora_sites(hf.encoder.layer, self.ctx, list(self.adapted_layers))  # rebind to this context
-        self.layers = nn.ModuleDict({str(i): AdaptedLayer(hf.encoder.layer[i], f"{i}.layer", self.ctx)
-                                     for i in self.adapted_layers})
+        self.layers = nn.ModuleDict(
+            {str(i): AdaptedLayer(hf.encoder.layer[i], f"{i}.layer", self.ctx) for i in self.adapted_layers}
+        )
         self.pooler = hf.pooler if base.has_pooler else None
         self.output_names = outputs_for(base)
 
@@ -368,8 +380,9 @@ class Adapted(nn.Module):
         out = (h[:, 0], mean_pool(h, mask))
         return (*out, self.pooler(h)) if self.pooler is not None else out
 
-    def forward(self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor,
-                *bank: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor, *bank: Tensor
+    ) -> tuple[Tensor, ...]:
         h = torch.index_select(hidden, 0, row_source)
         mask = torch.index_select(attention_mask, 0, row_source)
         params, lns = self.gather(bank, task_index)

@@ -69,8 +69,9 @@ def export_module(
     return model
 
 
-def _restore_inputs(model: onnx.ModelProto, args: Sequence[Tensor], names: Sequence[str],
-                    axes: dict[str, dict[int, str]]) -> None:
+def _restore_inputs(
+    model: onnx.ModelProto, args: Sequence[Tensor], names: Sequence[str], axes: dict[str, dict[int, str]]
+) -> None:
     present = {i.name: i for i in model.graph.input}
     ordered = []
     for name, arg in zip(names, args, strict=True):
@@ -83,8 +84,9 @@ def _restore_inputs(model: onnx.ModelProto, args: Sequence[Tensor], names: Seque
     model.graph.input.extend(ordered)
 
 
-def _check_io(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
-              axes: dict[str, dict[int, str]], path: Path) -> None:
+def _check_io(
+    model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], axes: dict[str, dict[int, str]], path: Path
+) -> None:
     got_in = [i.name for i in model.graph.input]
     got_out = [o.name for o in model.graph.output]
     if got_in != list(inputs) or got_out != list(outputs):
@@ -112,12 +114,20 @@ def export_trunk(trunk: Trunk, path: str | Path, *, opset: int, vocab_size: int)
     """``trunk.onnx``: input_ids, attention_mask, token_type_ids [batch, sequence] -> hidden."""
     axes = {name: dict(_TEXT_AXES) for name in TEXT_INPUTS}
     axes["hidden"] = dict(_TEXT_AXES)
-    return export_module(trunk, _text_sample(vocab_size), path, input_names=TEXT_INPUTS, output_names=("hidden",),
-                         dynamic_axes=axes, opset=opset)
+    return export_module(
+        trunk,
+        _text_sample(vocab_size),
+        path,
+        input_names=TEXT_INPUTS,
+        output_names=("hidden",),
+        dynamic_axes=axes,
+        opset=opset,
+    )
 
 
-def export_adapted(adapted: Adapted, path: str | Path, *, opset: int, hidden_size: int,
-                   bank: Sequence[Tensor]) -> onnx.ModelProto:
+def export_adapted(
+    adapted: Adapted, path: str | Path, *, opset: int, hidden_size: int, bank: Sequence[Tensor]
+) -> onnx.ModelProto:
     """``adapted.onnx``: hidden, attention_mask, row_source, task_index, bank inputs -> cls, mean (, pooled)."""
     hidden = torch.randn(2, 7, hidden_size)
     mask = torch.ones(2, 7, dtype=torch.long)
@@ -133,20 +143,41 @@ def export_adapted(adapted: Adapted, path: str | Path, *, opset: int, hidden_siz
     }
     axes.update({k: bank_dynamic_axes(k) for k in adapted.keys})
     axes.update({o: {0: "rows"} for o in adapted.output_names})
-    return export_module(adapted, (hidden, mask, row_source, task_index, *bank), path, input_names=names,
-                         output_names=adapted.output_names, dynamic_axes=axes, opset=opset)
+    return export_module(
+        adapted,
+        (hidden, mask, row_source, task_index, *bank),
+        path,
+        input_names=names,
+        output_names=adapted.output_names,
+        dynamic_axes=axes,
+        opset=opset,
+    )
 
 
 def export_head(head: HeadGraph, path: str | Path, *, opset: int, hidden_size: int) -> onnx.ModelProto:
     """``head.onnx``: features [rows, H] -> logits [rows, out]."""
     axes = {"features": {0: "rows"}, "logits": {0: "rows"}}
-    return export_module(head, (torch.randn(3, hidden_size),), path, input_names=("features",),
-                         output_names=("logits",), dynamic_axes=axes, opset=opset)
+    return export_module(
+        head,
+        (torch.randn(3, hidden_size),),
+        path,
+        input_names=("features",),
+        output_names=("logits",),
+        dynamic_axes=axes,
+        opset=opset,
+    )
 
 
 def export_standalone(model: StandaloneModel, path: str | Path, *, opset: int, vocab_size: int) -> onnx.ModelProto:
     """``standalone/<task>.onnx``: input_ids, attention_mask, token_type_ids -> logits, no other input."""
     axes = {name: dict(_TEXT_AXES) for name in TEXT_INPUTS}
     axes["logits"] = {0: "batch"}
-    return export_module(model, _text_sample(vocab_size), path, input_names=TEXT_INPUTS, output_names=("logits",),
-                         dynamic_axes=axes, opset=opset)
+    return export_module(
+        model,
+        _text_sample(vocab_size),
+        path,
+        input_names=TEXT_INPUTS,
+        output_names=("logits",),
+        dynamic_axes=axes,
+        opset=opset,
+    )

@@ -48,8 +48,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         attrs = {a.name: a for a in node.attribute}
         if node.op_type == "Constant" and set(attrs) == {"value"}:
-            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(attrs["value"].t),
-                                                                   node.output[0]))
+            model.graph.initializer.append(
+                numpy_helper.from_array(numpy_helper.to_array(attrs["value"].t), node.output[0])
+            )
             moved += 1
         else:
             keep.append(node)
@@ -79,8 +80,9 @@ def optimize_graph(src: str | Path, dst: str | Path, *, num_heads: int, hidden_s
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(prepared, model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=0, use_gpu=False)
+        optimized = optimize_model(
+            prepared, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+        )
     finally:
         quiet.setLevel(level)
     optimized.save_model_to_file(str(dst))  # also declares the com.microsoft opset of the fused ops
@@ -99,8 +101,13 @@ def _restore_io(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     model.graph.input.extend(ordered)
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], *, repeats: int = 9, warmup: int = 2,
-                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    repeats: int = 9,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median time in ms of each callable by ``clock``, run round-robin so load drifts hit every candidate alike.
 
     With ``time.thread_time`` and single-threaded sessions this is the CPU time of one call, which other

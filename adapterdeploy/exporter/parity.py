@@ -74,8 +74,7 @@ def encode_items(tokenizer: Any, items: Sequence[Item], max_length: int) -> tupl
 PARITY_GROUP = 8  # tasks per mixed parity batch: bounds the rows of one onnxruntime call whatever N is
 
 
-def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int = PARITY_GROUP
-                   ) -> list[ParityBatch]:
+def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int = PARITY_GROUP) -> list[ParityBatch]:
     """Mixed batches (max-length row, padded rows, singles, pairs, every task in a fan-out) and an unpadded one.
 
     The mixed rows are split into one batch per group of ``group`` tasks: every task still sees every text,
@@ -101,8 +100,9 @@ def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int =
         ti = np.array([pairs[i][1] for i in order], dtype=np.int64)
         batches.append(ParityBatch("mixed" if len(starts) == 1 else f"mixed[{g}:{g + group}]", ids, mask, tt, rs, ti))
     ids1, mask1, tt1 = encode_items(tokenizer, ["a good film"], max_length)
-    fan = ParityBatch("fan_out_unpadded", ids1, mask1, tt1, np.zeros(num_tasks, dtype=np.int64),
-                      np.arange(num_tasks, dtype=np.int64))
+    fan = ParityBatch(
+        "fan_out_unpadded", ids1, mask1, tt1, np.zeros(num_tasks, dtype=np.int64), np.arange(num_tasks, dtype=np.int64)
+    )
     return [*batches, fan]
 
 
@@ -151,18 +151,27 @@ def _feed(session: Any, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 class GraphRunner:
     """trunk -> adapted (with a bank) -> head.onnx per task, on plain onnxruntime CPU sessions."""
 
-    def __init__(self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path],
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path], threads: int | None = None
+    ) -> None:
         self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
         self.heads = {name: _session(p, threads) for name, p in heads.items()}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
 
     def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        text = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "token_type_ids": batch.token_type_ids}
+        text = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "token_type_ids": batch.token_type_ids,
+        }
         (hidden,) = self.trunk.run(None, _feed(self.trunk, text))
-        values = {"hidden": hidden, "attention_mask": batch.attention_mask, "row_source": batch.row_source,
-                  "task_index": batch.task_index, **dict(zip(self.bank_names, bank, strict=True))}
+        values = {
+            "hidden": hidden,
+            "attention_mask": batch.attention_mask,
+            "row_source": batch.row_source,
+            "task_index": batch.task_index,
+            **dict(zip(self.bank_names, bank, strict=True)),
+        }
         outs = self.adapted.run(None, _feed(self.adapted, values))
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
 
@@ -203,17 +212,27 @@ class ParityResult:
         return out
 
     def failures(self, tolerance: float) -> dict[str, float]:
-        return {f"{task} {key}": v for task, slot in self.per_task.items() for key, v in slot.items()
-                if not key.startswith("_") and v > tolerance}
+        return {
+            f"{task} {key}": v
+            for task, slot in self.per_task.items()
+            for key, v in slot.items()
+            if not key.startswith("_") and v > tolerance
+        }
 
 
 def _fmt(x: float) -> float:
     return float(f"{x:.3e}")
 
 
-def run_parity(runner: GraphRunner, tasks: Sequence[str], poolings: Sequence[str], classification: Sequence[bool],
-               bank: Sequence[np.ndarray], batches: Sequence[ParityBatch],
-               refs: Sequence[Sequence[_Reference]]) -> ParityResult:
+def run_parity(
+    runner: GraphRunner,
+    tasks: Sequence[str],
+    poolings: Sequence[str],
+    classification: Sequence[bool],
+    bank: Sequence[np.ndarray],
+    batches: Sequence[ParityBatch],
+    refs: Sequence[Sequence[_Reference]],
+) -> ParityResult:
     """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``)."""
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
@@ -236,16 +255,25 @@ def run_parity(runner: GraphRunner, tasks: Sequence[str], poolings: Sequence[str
     return result
 
 
-def compare_standalone(path: str | Path, task: str, t: int, classification: bool, batches: Sequence[ParityBatch],
-                       refs: Sequence[Sequence[_Reference]]) -> ParityResult:
+def compare_standalone(
+    path: str | Path,
+    task: str,
+    t: int,
+    classification: bool,
+    batches: Sequence[ParityBatch],
+    refs: Sequence[Sequence[_Reference]],
+) -> ParityResult:
     """A standalone graph's logits on every unique text vs the task's PyTorch logits."""
     session = _session(path)
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
         if batch_refs[t] is None:  # a mixed batch of another task group
             continue
-        text = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "token_type_ids": batch.token_type_ids}
+        text = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "token_type_ids": batch.token_type_ids,
+        }
         logits = session.run(None, _feed(session, text))[0].astype(np.float32)
         expected = batch_refs[t].logits
         result.rows += len(logits)
@@ -271,8 +299,12 @@ def raise_on_failures(result: ParityResult, tolerance: float, what: str) -> None
 def timing_batches(tokenizer: Any, num_tasks: int, max_length: int) -> list[ParityBatch]:
     """The small batches plain and fused variants are timed on: 1 row x 32 tokens, 8 mixed rows x 32 tokens."""
     words = "the company said its shares were up two percent after the new film was a great story".split()
-    items: list[Item] = [" ".join(words * 3), "the movie was good", ("it is great", "the story was terrible"),
-                         " ".join(words[:9])]
+    items: list[Item] = [
+        " ".join(words * 3),
+        "the movie was good",
+        ("it is great", "the story was terrible"),
+        " ".join(words[:9]),
+    ]
     ids, mask, tt = encode_items(tokenizer, items, min(32, max_length))
     rows = np.arange(8, dtype=np.int64)
     one = ParityBatch("1x32", ids[:1], mask[:1], tt[:1], np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))

@@ -40,8 +40,14 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
     root.setLevel(logging.ERROR)  # its "consider pre-processing" warning: shapes are not needed for dynamic int8
     try:
         # DefaultTensorType: ONNX shape inference cannot type the outputs of fused com.microsoft ops; they are fp32.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=False,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
 
@@ -63,5 +69,7 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_fp32_io: Sequence[str
 def graph_io_dtypes(path: str | Path) -> dict[str, str]:
     """``{input or output name: numpy dtype name}`` of a graph, for the manifest's variant record."""
     model = onnx.load(str(path), load_external_data=False)
-    return {vi.name: _ELEM.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type))
-            for vi in [*model.graph.input, *model.graph.output]}
+    return {
+        vi.name: _ELEM.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type))
+        for vi in [*model.graph.input, *model.graph.output]
+    }

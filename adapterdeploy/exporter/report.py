@@ -25,8 +25,10 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     if not root.is_dir():
         old = [p for p in leftovers if ".old-" in p.name]
         if old:
-            raise ArtifactError(f"deployment directory {root} does not exist, but {old[0]} does: an update was "
-                                f"interrupted between its two renames; rename {old[0].name} back to {root.name}")
+            raise ArtifactError(
+                f"deployment directory {root} does not exist, but {old[0]} does: an update was "
+                f"interrupted between its two renames; rename {old[0].name} back to {root.name}"
+            )
     manifest = Manifest.read(root)
     fz = manifest.featurizer
     problems, files_checked = verify_deployment(root, manifest)
@@ -42,23 +44,27 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
             continue
         size += sum(e.size for e in spec.files.values())
         if spec.featurizer_fingerprint != fz.fingerprint:
-            problems.append(f"{rel}: exported for featurizer {spec.featurizer_fingerprint[:12]}…, this one is "
-                            f"{fz.fingerprint[:12]}…")
-        tasks.append({
-            "name": name,
-            "dir": rel,
-            "problem_type": spec.head.problem_type,
-            "labels": list(spec.head.labels),
-            "pooling": spec.head.pooling,
-            "bottleneck": spec.bottleneck,
-            "layers": list(spec.layers),
-            "dropped_layers": spec.adapter.get("dropped_layers", []),
-            "text_pair": spec.text_pair,
-            "size_bytes": size,
-            "parity": {k: v for k, v in spec.parity.items() if k != "samples"},
-            "metrics": spec.metrics,
-            "standalone": manifest.standalone.get(name, {}),
-        })
+            problems.append(
+                f"{rel}: exported for featurizer {spec.featurizer_fingerprint[:12]}…, this one is "
+                f"{fz.fingerprint[:12]}…"
+            )
+        tasks.append(
+            {
+                "name": name,
+                "dir": rel,
+                "problem_type": spec.head.problem_type,
+                "labels": list(spec.head.labels),
+                "pooling": spec.head.pooling,
+                "bottleneck": spec.bottleneck,
+                "layers": list(spec.layers),
+                "dropped_layers": spec.adapter.get("dropped_layers", []),
+                "text_pair": spec.text_pair,
+                "size_bytes": size,
+                "parity": {k: v for k, v in spec.parity.items() if k != "samples"},
+                "metrics": spec.metrics,
+                "standalone": manifest.standalone.get(name, {}),
+            }
+        )
     variants = {}
     for precision, v in fz.variants.items():
         variants[precision] = {
@@ -89,8 +95,11 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
             "opset": fz.opset,
             "variants": variants,
         },
-        "tokenizer": {"file": manifest.tokenizer.file, "max_length": manifest.tokenizer.max_length,
-                      "model_type": manifest.tokenizer.model_type},
+        "tokenizer": {
+            "file": manifest.tokenizer.file,
+            "max_length": manifest.tokenizer.max_length,
+            "model_type": manifest.tokenizer.model_type,
+        },
         "tasks": tasks,
         "sizes": {
             "total_bytes": total,

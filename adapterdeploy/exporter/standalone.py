@@ -60,13 +60,19 @@ def export_standalone_graphs(
         classification = head.problem_type != "regression"
         fp32 = folder / GRAPH_FILES["fp32"]
         fp32.parent.mkdir(parents=True, exist_ok=True)
-        export_standalone(StandaloneModel(trunk, adapted, task.rows, task.model.head), fp32, opset=opset,
-                          vocab_size=vocab_size)
+        export_standalone(
+            StandaloneModel(trunk, adapted, task.rows, task.model.head), fp32, opset=opset, vocab_size=vocab_size
+        )
         result = compare_standalone(fp32, task.name, t, classification, batches, refs)
         raise_on_failures(result, tolerance, f"standalone graph of task {task.name!r}")
         figures = {"fp32": {**result.summary(task.name), "tolerance": tolerance, "reference": "pytorch fp32"}}
-        meta = {"task": task.name, "labels": head.labels, "problem_type": head.problem_type,
-                "max_length": source.max_length, "fingerprint": source.fingerprint}
+        meta = {
+            "task": task.name,
+            "labels": head.labels,
+            "problem_type": head.problem_type,
+            "max_length": source.max_length,
+            "fingerprint": source.fingerprint,
+        }
         stamp_metadata(fp32, metadata_props(**meta, precision="fp32", parity=figures["fp32"]))
         paths[task.name] = {"fp32": f"standalone/{task.name}/{GRAPH_FILES['fp32']}"}
         if "int8" in precisions:

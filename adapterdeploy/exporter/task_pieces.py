@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
+
+
 @dataclass
 class PreparedTask:
     """A checkpoint made ready to export: its reference model (without dropped adapters) and its rows."""
@@ -54,16 +56,21 @@ class PreparedTask:
         return tuple(self.model.layer_ids)
 
 
-def prepare_task(base: BaseModel, ckpt: TaskCheckpoint, signature: AdapterSignature, adapter_drop: int,
-                 adapted_layers: Sequence[int]) -> PreparedTask:
+def prepare_task(
+    base: BaseModel, ckpt: TaskCheckpoint, signature: AdapterSignature, adapter_drop: int, adapted_layers: Sequence[int]
+) -> PreparedTask:
     """Build the task's PyTorch model as deployed (adapters below K removed) and its bank rows."""
     model = without_dropped(ckpt, adapter_drop).build_model(base)
-    return PreparedTask(ckpt=ckpt, model=model, rows=task_rows(model, signature, adapted_layers),
-                        head=head_rows(model.head), dropped=dropped_layers(ckpt, adapter_drop))
+    return PreparedTask(
+        ckpt=ckpt,
+        model=model,
+        rows=task_rows(model, signature, adapted_layers),
+        head=head_rows(model.head),
+        dropped=dropped_layers(ckpt, adapter_drop),
+    )
 
 
-def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str,
-                     parity: dict[str, Any]) -> TaskSpec:
+def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str, parity: dict[str, Any]) -> TaskSpec:
     """Write ``adapters.safetensors`` and ``task.json`` beside an exported ``head.onnx``; return the spec.
 
     A stacked task's lower adapter rows go to the deployment's ``shared/`` (once per lower adapter).
@@ -104,10 +111,15 @@ def write_task_files(task_dir: Path, spec: TaskSpec, weights: Mapping[str, np.nd
     Saves ``weights`` (bank rows + head, float32) as ``adapters.safetensors``, then records the size and
     sha256 of it and of ``head.onnx`` (when present in ``task_dir``) in the spec's files and writes it.
     """
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
-              str(task_dir / TASK_WEIGHTS_FILE),
-              metadata={"format": TASK_PIECE_FORMAT, "task": spec.name,
-                        "featurizer_fingerprint": spec.featurizer_fingerprint})
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+        str(task_dir / TASK_WEIGHTS_FILE),
+        metadata={
+            "format": TASK_PIECE_FORMAT,
+            "task": spec.name,
+            "featurizer_fingerprint": spec.featurizer_fingerprint,
+        },
+    )
     names = [f for f in (TASK_WEIGHTS_FILE, TASK_HEAD_FILE) if (task_dir / f).is_file()]
     spec = dataclasses.replace(spec, files={f: file_entry(task_dir / f) for f in names})
     spec.write(task_dir)
@@ -136,8 +148,7 @@ def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
     for key in manifest.featurizer.bank_inputs:
         leaf = key.rsplit(".", 1)[1]
         lower = is_lower_key(key)
-        m = max([r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w") and is_lower_key(k) == lower]
-                or [1])
+        m = max([r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w") and is_lower_key(k) == lower] or [1])
         parts = []
         for r in rows:
             t = r.get(key)

@@ -55,9 +55,17 @@ def add_task(deploy_dir: str | Path, ckpt_dir: str | Path, **options: Any) -> Ta
     return add_tasks(deploy_dir, [ckpt_dir], **options)[0]
 
 
-def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_dir: str | Path | None = None,
-              tolerance: float | None = None, replace: bool = False, allow_drop: bool = False,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, log: Log = _quiet) -> list[TaskSpec]:
+def add_tasks(
+    deploy_dir: str | Path,
+    ckpt_dirs: Sequence[str | Path],
+    *,
+    base_dir: str | Path | None = None,
+    tolerance: float | None = None,
+    replace: bool = False,
+    allow_drop: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    log: Log = _quiet,
+) -> list[TaskSpec]:
     """Export task checkpoints against the existing featurizer (no re-export): one torch start, one base load,
     one parity run for all of them, one manifest swap. Waits up to ``lock_timeout`` s for another writer."""
     from adapterdeploy.exporter.adapter_drop import check_drop
@@ -71,41 +79,53 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
         manifest = Manifest.read(root)  # under the lock: includes every earlier writer's change
         _clean_staging(root)
         fz = manifest.featurizer
-        _check_sizes(root, manifest, [p for v in fz.variants.values() for p in (v.trunk, v.adapted)]
-                     + ([manifest.tokenizer.file] if manifest.standalone else []))  # standalone folders copy it
+        _check_sizes(
+            root,
+            manifest,
+            [p for v in fz.variants.values() for p in (v.trunk, v.adapted)]
+            + ([manifest.tokenizer.file] if manifest.standalone else []),
+        )  # standalone folders copy it
         base, ckpts = _load_inputs(base_dir or manifest.base.get("path"), ckpt_dirs)
         if base.fingerprint != manifest.base.get("fingerprint"):
             raise FingerprintMismatchError(
                 f"the base at {base.path} is not the base {root} was exported from (fingerprint "
                 f"{base.fingerprint[:12]}… vs {str(manifest.base.get('fingerprint'))[:12]}…); "
-                "pass --base with that model")
+                "pass --base with that model"
+            )
         for ckpt in ckpts:
             if ckpt.name in manifest.tasks and not replace:
-                raise ConfigError(f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
-                                  f"(adapterdeploy remove-task {root} {ckpt.name})")
+                raise ConfigError(
+                    f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
+                    f"(adapterdeploy remove-task {root} {ckpt.name})"
+                )
             sig = ckpt.signature()
             if sig.stack and not fz.signature.stack:
                 raise FingerprintMismatchError(
                     f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer "
                     f"of {root} has no lower-adapter slots (none of its tasks was stacked); export the deployment "
-                    "again with this task among its --task checkpoints")
+                    "again with this task among its --task checkpoints"
+                )
             sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
             misfit = signature_misfit(sig, fz.signature)  # a task may use a subset of the PEFT modules
             if misfit:
                 raise FingerprintMismatchError(
                     f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
-                    "export it into its own deployment, or re-export this deployment with it")
+                    "export it into its own deployment, or re-export this deployment with it"
+                )
         if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, fz.signature, fz.num_layers) != fz.fingerprint:
-            raise FingerprintMismatchError(f"{root}'s featurizer fingerprint does not match its base, K and signature; "
-                                           "the deployment is inconsistent: re-export it")
+            raise FingerprintMismatchError(
+                f"{root}'s featurizer fingerprint does not match its base, K and signature; "
+                "the deployment is inconsistent: re-export it"
+            )
         check_drop(ckpts, fz.adapter_drop, fz.num_layers, allow_drop)
         _check_zero_fill(fz.signature, ckpts, fz.adapter_drop, fz.num_layers)
         tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
         log(f"building the PyTorch reference of {len(ckpts)} task(s)")
         build = _Build(base, ckpts, fz.signature, fz.adapter_drop, manifest.tokenizer.max_length)
         if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
-            raise FingerprintMismatchError(f"{root}'s bank inputs differ from what this featurizer layout needs; "
-                                           "re-export")
+            raise FingerprintMismatchError(
+                f"{root}'s bank inputs differ from what this featurizer layout needs; re-export"
+            )
         names = [c.name for c in ckpts]
         with _staging(root) as stage:
             inputs = build.parity_inputs(build.export_heads(stage, fz.opset))
@@ -113,8 +133,9 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
             for precision, variant in fz.variants.items():
                 log(f"checking {precision} parity")
                 try:
-                    results[precision], _ = inputs.run(root / safe_relpath(variant.trunk),
-                                                       root / safe_relpath(variant.adapted))
+                    results[precision], _ = inputs.run(
+                        root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
+                    )
                 except Exception:
                     if precision != "fp16":  # fp16 may lack CPU kernels; everything else must run
                         raise
@@ -123,14 +144,25 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
             standalone: dict[str, dict[str, str]] = {}
             if manifest.standalone:
                 standalone, st_parity = export_standalone_graphs(
-                    stage, build.trunk, build.adapted, build.tasks, source=FolderSource.of_deployment(root, manifest),
+                    stage,
+                    build.trunk,
+                    build.adapted,
+                    build.tasks,
+                    source=FolderSource.of_deployment(root, manifest),
                     opset=fz.opset,
-                    vocab_size=int(base.model.config.vocab_size), precisions=manifest.precisions,
-                    tolerance=tolerance, batches=build.batches, refs=build.refs, log=log)
+                    vocab_size=int(base.model.config.vocab_size),
+                    precisions=manifest.precisions,
+                    tolerance=tolerance,
+                    batches=build.batches,
+                    refs=build.refs,
+                    log=log,
+                )
                 parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
             build.write_tasks(stage, fz.fingerprint, results, tolerance)
-            parity["tasks"] = {**parity.get("tasks", {}),
-                               **{n: {p: r.summary(n) for p, r in results.items()} for n in names}}
+            parity["tasks"] = {
+                **parity.get("tasks", {}),
+                **{n: {p: r.summary(n) for p, r in results.items()} for n in names},
+            }
             make_readable(stage)
             fsync_tree(stage)
             new, installed, obsolete = _install(root, stage, manifest, names, standalone)
@@ -143,8 +175,9 @@ def add_tasks(deploy_dir: str | Path, ckpt_dirs: Sequence[str | Path], *, base_d
     return [TaskSpec.read(root / safe_relpath(new.tasks[n])) for n in names]
 
 
-def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
-                log: Log = _quiet) -> Manifest:
+def remove_task(
+    deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, log: Log = _quiet
+) -> Manifest:
     """Drop a task from the manifest (atomic rename), then delete its pieces and standalone graphs."""
     root = Path(deploy_dir).expanduser().absolute()
     Manifest.read(root)
@@ -164,11 +197,14 @@ def remove_task(deploy_dir: str | Path, name: str, *, lock_timeout: float = DEFA
         shared = _unused_shared(root, manifest, name)
         gone = [*_standalone_places(manifest, name), *shared]
         new = dataclasses.replace(
-            manifest, tasks={k: v for k, v in manifest.tasks.items() if k != name},
+            manifest,
+            tasks={k: v for k, v in manifest.tasks.items() if k != name},
             task_files={k: v for k, v in manifest.task_files.items() if k != name},
             files={k: v for k, v in manifest.files.items() if not _under(k, gone)},
-            standalone={k: v for k, v in manifest.standalone.items() if k != name}, parity=parity,
-            adapter_drop_eval=drop_eval)
+            standalone={k: v for k, v in manifest.standalone.items() if k != name},
+            parity=parity,
+            adapter_drop_eval=drop_eval,
+        )
         new.write(root)
         _remove(root, [manifest.tasks[name], *gone, *(str(PurePosixPath(g).parent) for g in shared)])
         with contextlib.suppress(OSError):  # the last lower adapter gone: no empty shared/ left behind
@@ -227,12 +263,16 @@ def _free(root: Path, rel: str, referenced: set[str]) -> str:
     return str(PurePosixPath(rel).with_name(f"{head}~{secrets.token_hex(4)}{sep}{tail}"))
 
 
-def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
-             standalone: dict[str, dict[str, str]]) -> tuple[Manifest, list[str], list[str]]:
+def _install(
+    root: Path, stage: Path, manifest: Manifest, names: Sequence[str], standalone: dict[str, dict[str, str]]
+) -> tuple[Manifest, list[str], list[str]]:
     """Rename the staged pieces into the deployment; return (the new manifest, what was installed, what the
     new manifest no longer references). On failure the pieces already moved are removed again."""
-    referenced = {*manifest.tasks.values(), *manifest.files,
-                  *(place for n in manifest.standalone for place in _standalone_places(manifest, n))}
+    referenced = {
+        *manifest.tasks.values(),
+        *manifest.files,
+        *(place for n in manifest.standalone for place in _standalone_places(manifest, n)),
+    }
     tasks, task_files = dict(manifest.tasks), dict(manifest.task_files)
     files, new_standalone = dict(manifest.files), dict(manifest.standalone)
     installed: list[str] = []
@@ -262,7 +302,7 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.rename(stage / staged, root / rel)
             installed.append(rel)
-            new_standalone[name] = {precision: rel + path[len(staged):] for precision, path in by_precision.items()}
+            new_standalone[name] = {precision: rel + path[len(staged) :] for precision, path in by_precision.items()}
             for p in sorted((root / rel).rglob("*")):
                 if p.is_file():  # files we wrote: hashed once
                     files[p.relative_to(root).as_posix()] = file_entry(p)
@@ -276,8 +316,10 @@ def _install(root: Path, stage: Path, manifest: Manifest, names: Sequence[str],
 
 def _check_same_lower(stage: Path, root: Path, rel: str, stored: FileEntry) -> None:
     if sha256_file(stage / rel) != stored.sha256:
-        raise ConfigError(f"two different lower adapters are both named {PurePosixPath(rel).parent.name!r} "
-                          f"({root / rel} holds another one); rename one (its stack_on name)")
+        raise ConfigError(
+            f"two different lower adapters are both named {PurePosixPath(rel).parent.name!r} "
+            f"({root / rel} holds another one); rename one (its stack_on name)"
+        )
 
 
 def _staged_shared(stage: Path) -> list[str]:
@@ -293,8 +335,10 @@ def _unused_shared(root: Path, manifest: Manifest, removed: str) -> list[str]:
     if not stack_on:
         return []
     for name, rel in manifest.tasks.items():
-        if name != removed and (TaskSpec.read(root / safe_relpath(rel)).adapter.get("stack_on") or {}).get(
-                "file") == stack_on["file"]:
+        if (
+            name != removed
+            and (TaskSpec.read(root / safe_relpath(rel)).adapter.get("stack_on") or {}).get("file") == stack_on["file"]
+        ):
             return []
     return [stack_on["file"]]
 

@@ -50,8 +50,9 @@ class ParityInputs:
 
     def run(self, trunk: Path, adapted: Path) -> tuple[ParityResult, GraphRunner]:
         runner = GraphRunner(trunk, adapted, self.heads)
-        return run_parity(runner, self.tasks, self.poolings, self.classification, self.bank, self.batches,
-                          self.refs), runner
+        return run_parity(
+            runner, self.tasks, self.poolings, self.classification, self.bank, self.batches, self.refs
+        ), runner
 
 
 def _timer(runner: GraphRunner, batch: ParityBatch, bank: Sequence[np.ndarray]) -> Callable[[], object]:
@@ -119,8 +120,9 @@ def build_variants(
         for name, (t, a) in candidates.items():
             quantize_int8(t, q[name][0])
             quantize_int8(a, q[name][1])
-        qcounts = {n: {"trunk": op_counts(_onnx_load(p[0])), "adapted": op_counts(_onnx_load(p[1]))}
-                   for n, p in q.items()}
+        qcounts = {
+            n: {"trunk": op_counts(_onnx_load(p[0])), "adapted": op_counts(_onnx_load(p[1]))} for n, p in q.items()
+        }
         chosen8, spec8, result8 = _choose(q, qcounts, parity, tolerance, enforce=False)
         variants["int8"] = _place(spec8, q[chosen8], fz, ".int8", "int8", f"{chosen8}+int8-dynamic")
         results["int8"] = result8
@@ -145,8 +147,14 @@ def build_variants(
     return variants, results
 
 
-def _choose(candidates: dict[str, tuple[Path, Path]], counts: dict[str, Any], parity: ParityInputs, tolerance: float,
-            *, enforce: bool) -> tuple[str, dict[str, Any], ParityResult]:
+def _choose(
+    candidates: dict[str, tuple[Path, Path]],
+    counts: dict[str, Any],
+    parity: ParityInputs,
+    tolerance: float,
+    *,
+    enforce: bool,
+) -> tuple[str, dict[str, Any], ParityResult]:
     """Parity of every candidate, interleaved timings, the fastest eligible one."""
     results = {name: parity.run(t, a)[0] for name, (t, a) in candidates.items()}
     eligible = [n for n in candidates if not enforce or not results[n].failures(tolerance)]
@@ -162,11 +170,14 @@ def _choose(candidates: dict[str, tuple[Path, Path]], counts: dict[str, Any], pa
     chosen = min(eligible, key=lambda n: timings[n])
     spec = {
         "op_counts": counts[chosen],
-        "parity": {**results[chosen].summary(), "tolerance": tolerance if enforce else None,
-                   "passed": not results[chosen].failures(tolerance) if enforce else None},
+        "parity": {
+            **results[chosen].summary(),
+            "tolerance": tolerance if enforce else None,
+            "passed": not results[chosen].failures(tolerance) if enforce else None,
+        },
         "timings": {
             "unit": "ms of CPU time per call of trunk + adapted on 1 intra-op thread (time.thread_time), "
-                    "median of 9 interleaved runs; candidates = sum over the batches",
+            "median of 9 interleaved runs; candidates = sum over the batches",
             "batches": measured["batches"],
             "candidates": timings,
             "candidate_parity": {n: results[n].summary() for n in candidates},
@@ -177,8 +188,14 @@ def _choose(candidates: dict[str, tuple[Path, Path]], counts: dict[str, Any], pa
     return chosen, spec, results[chosen]
 
 
-def _place(spec: dict[str, Any], paths: tuple[Path, Path], fz: Path, suffix: str, precision: str,
-           optimization: str | None = None) -> VariantSpec:
+def _place(
+    spec: dict[str, Any],
+    paths: tuple[Path, Path],
+    fz: Path,
+    suffix: str,
+    precision: str,
+    optimization: str | None = None,
+) -> VariantSpec:
     trunk_dst, adapted_dst = fz / f"trunk{suffix}.onnx", fz / f"adapted{suffix}.onnx"
     shutil.copyfile(paths[0], trunk_dst)  # copies: other precisions are built from the work files
     shutil.copyfile(paths[1], adapted_dst)

@@ -58,18 +58,37 @@ SUPPORTED = "adapterdeploy imports the bottleneck configs seq_bn (Pfeiffer) and 
 
 # BnConfig defaults (adapters 1.3), for files written by older versions that omit a key.
 _BN_DEFAULTS: dict[str, Any] = {
-    "original_ln_before": False, "original_ln_after": True, "ln_before": False, "ln_after": False,
-    "is_parallel": False, "scaling": 1.0, "use_gating": False, "residual_before_ln": True,
-    "adapter_residual_before_ln": False, "inv_adapter": None, "leave_out": [], "phm_layer": False,
-    "stochastic_depth": 0.0, "reduction_factor": 16, "cross_adapter": False,
+    "original_ln_before": False,
+    "original_ln_after": True,
+    "ln_before": False,
+    "ln_after": False,
+    "is_parallel": False,
+    "scaling": 1.0,
+    "use_gating": False,
+    "residual_before_ln": True,
+    "adapter_residual_before_ln": False,
+    "inv_adapter": None,
+    "leave_out": [],
+    "phm_layer": False,
+    "stochastic_depth": 0.0,
+    "reduction_factor": 16,
+    "cross_adapter": False,
 }
-_SEQ_BN = {**_BN_DEFAULTS, "original_ln_before": True, "mh_adapter": False, "output_adapter": True,
-           "non_linearity": "relu"}
+_SEQ_BN = {
+    **_BN_DEFAULTS,
+    "original_ln_before": True,
+    "mh_adapter": False,
+    "output_adapter": True,
+    "non_linearity": "relu",
+}
 _DOUBLE_SEQ_BN = {**_BN_DEFAULTS, "mh_adapter": True, "output_adapter": True, "non_linearity": "swish"}
 # Config names the library accepts as strings, for hand-written adapter_config.json files.
 _NAMED_CONFIGS = {"seq_bn": _SEQ_BN, "pfeiffer": _SEQ_BN, "double_seq_bn": _DOUBLE_SEQ_BN, "houlsby": _DOUBLE_SEQ_BN}
 _ARCHITECTURES = {
-    "lora": "LoRA", "prefix_tuning": "prefix tuning", "prompt_tuning": "prompt tuning", "reft": "ReFT",
+    "lora": "LoRA",
+    "prefix_tuning": "prefix tuning",
+    "prompt_tuning": "prompt tuning",
+    "reft": "ReFT",
     "union": "a ConfigUnion (MAM / UniPELT style)",
 }
 # adapters' non_linearity (transformers' get_activation names) -> our activation; others are refused.
@@ -219,14 +238,16 @@ def _bottleneck_size(reduction_factor: Any, hidden: int, layers: list[int], wher
 
 def _site_weights(sd: dict[str, Tensor], cfg: dict[str, Any], prefix: str, where: Path) -> dict[str, Tensor]:
     """One site's tensors in our names (``down.weight`` ...), with the scaling folded into ``up``."""
-    own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     downs = [k for k, v in own.items() if re.fullmatch(r"adapter_down\.\d+\.weight", k) and v.dim() == 2]
     if len(downs) != 1 or "adapter_up.weight" not in own:
         raise ArtifactError(f"{where}: cannot find the down / up projections under {prefix}* (keys {sorted(own)})")
     down = downs[0].rsplit(".", 1)[0]
     out = {
-        "down.weight": own[f"{down}.weight"], "down.bias": own[f"{down}.bias"],
-        "up.weight": own["adapter_up.weight"], "up.bias": own["adapter_up.bias"],
+        "down.weight": own[f"{down}.weight"],
+        "down.bias": own[f"{down}.bias"],
+        "up.weight": own["adapter_up.weight"],
+        "up.bias": own["adapter_up.bias"],
     }
     if cfg["ln_before"]:  # the library registers it twice: adapter_norm_before and adapter_down.0
         ln = "adapter_norm_before" if "adapter_norm_before.weight" in own else "adapter_down.0"
@@ -312,9 +333,16 @@ def _adapter(base: BaseModel, adapter_dir: Path) -> tuple[AdapterConfig, dict[st
         layers=None if layers == list(range(base.num_layers)) else tuple(layers),
         site=site,
     )
-    info = {"adapter_name": name, "config_name": config_name, "config": meta.get("config"),
-            "model_name": meta.get("model_name"), "model_class": meta.get("model_class"),
-            "library_version": meta.get("version"), "adapter_weights": str(weights_file), "warning": warning}
+    info = {
+        "adapter_name": name,
+        "config_name": config_name,
+        "config": meta.get("config"),
+        "model_name": meta.get("model_name"),
+        "model_class": meta.get("model_class"),
+        "library_version": meta.get("version"),
+        "adapter_weights": str(weights_file),
+        "warning": warning,
+    }
     return config, weights, info
 
 
@@ -385,8 +413,9 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
     if name is None:
         raise ArtifactError(f"{weights_file}: expected one head ({meta.get('name')!r}), found {sorted(names)}")
     # The head is an nn.Sequential of Dropout / Linear / activation: its Linear layers are the 2-D weights.
-    idx = sorted({int(m.group(2)) for k, v in sd.items() if (m := _HEAD_KEY.match(k)) and m.group(1) == name
-                  and v.dim() == 2})
+    idx = sorted(
+        {int(m.group(2)) for k, v in sd.items() if (m := _HEAD_KEY.match(k)) and m.group(1) == name and v.dim() == 2}
+    )
     if len(idx) != n_layers:
         raise ArtifactError(f"{weights_file}: head {name!r} has {len(idx)} linear layers, its config says {n_layers}")
     lin = []
@@ -422,8 +451,11 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
         raise ArtifactError(f"{cfg_file}: a multi-label head needs num_labels >= 2, got {num_labels}")
     head = HeadConfig(
         # The library's multi-label head is trained with BCE on independent sigmoids; thresholds start at 0.5.
-        problem_type="multi_label_classification" if multi else
-        "regression" if num_labels == 1 else "single_label_classification",
+        problem_type="multi_label_classification"
+        if multi
+        else "regression"
+        if num_labels == 1
+        else "single_label_classification",
         num_labels=max(num_labels, 1),
         labels=labels,
         pooling="pooler" if use_pooler else "cls",
@@ -489,8 +521,9 @@ def adapterhub_reference_logits(
     try:
         from adapters import AutoAdapterModel
     except ImportError as exc:
-        raise ConfigError("the cross-check needs the adapters library: pip install 'adapterdeploy[adapterhub]'; "
-                          "or pass --no-verify") from exc
+        raise ConfigError(
+            "the cross-check needs the adapters library: pip install 'adapterdeploy[adapterhub]'; or pass --no-verify"
+        ) from exc
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -527,8 +560,12 @@ def verify_import(
     Raises :class:`ParityError` above ``tol``. Needs the ``adapterhub`` extra.
     """
     return parity_with_library(
-        ckpt, base, lambda batches: adapterhub_reference_logits(base.path, adapter_dir, head_dir, batches),
-        tol, "the imported task's", "the adapter_config.json",
+        ckpt,
+        base,
+        lambda batches: adapterhub_reference_logits(base.path, adapter_dir, head_dir, batches),
+        tol,
+        "the imported task's",
+        "the adapter_config.json",
     )
 
 

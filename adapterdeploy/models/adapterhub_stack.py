@@ -110,6 +110,10 @@ def verify_stack_import(
 ) -> float:
     """Max abs logit difference between the imported stack and the adapters library; ParityError above ``tol``."""
     return parity_with_library(
-        ckpt, base, lambda batches: stack_reference_logits(base.path, lower_dir, task_dir, head_dir, batches),
-        tol, "the imported stack's", "both adapter_config.json files",
+        ckpt,
+        base,
+        lambda batches: stack_reference_logits(base.path, lower_dir, task_dir, head_dir, batches),
+        tol,
+        "the imported stack's",
+        "both adapter_config.json files",
     )

@@ -85,8 +85,9 @@ class TaskCheckpoint:
     def build_model(self, base: BaseModel) -> EncoderWithAdapters:
         """An EncoderWithAdapters on ``base`` with this checkpoint's weights loaded (strictly)."""
         self.check_base(base)
-        model = EncoderWithAdapters(base, self.adapter, self.head,
-                                    self.stack_on.config if self.stack_on is not None else None)
+        model = EncoderWithAdapters(
+            base, self.adapter, self.head, self.stack_on.config if self.stack_on is not None else None
+        )
         own = model.trainable_state_dict()
         missing = sorted(set(own) - set(self.weights))
         unexpected = sorted(set(self.weights) - set(own))
@@ -219,12 +220,17 @@ def _check_shapes(ckpt: TaskCheckpoint, m: int, f: Fields) -> None:
         elif key.endswith(".down.bias"):
             want = (m,)
         if want is not None and tuple(t.shape) != want:
-            f.fail("adapter", f"implies {key} of shape {list(want)} (bottleneck {m}, hidden {H}), the weights have "
-                              f"{list(t.shape)}")
+            f.fail(
+                "adapter",
+                f"implies {key} of shape {list(want)} (bottleneck {m}, hidden {H}), the weights have {list(t.shape)}",
+            )
     out = ckpt.weights.get("head.out.weight")
     if out is not None and tuple(out.shape) != (n_out, H):
-        f.fail("head", f"declares {n_out} outputs ({len(ckpt.head.labels)} labels) over hidden size {H}, the weights' "
-                       f"head.out.weight has shape {list(out.shape)}")
+        f.fail(
+            "head",
+            f"declares {n_out} outputs ({len(ckpt.head.labels)} labels) over hidden size {H}, the weights' "
+            f"head.out.weight has shape {list(out.shape)}",
+        )
 
 
 def checkpoint_from_model(

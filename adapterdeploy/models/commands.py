@@ -33,93 +33,242 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
 
 
 @click.command("train")
-@click.option("--base", type=click.Path(file_okay=False), default=None,
-              help="Local BERT-family model directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA). Default: the "
-                   "embedded all-MiniLM-L6-v2 (22M params, fast on CPU; a larger base is more accurate and slower).")
-@click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
-              help="Training rows: .tsv (header; label<TAB>text or label<TAB>text_a<TAB>text_b; no quoting), "
-                   ".csv or .jsonl with named columns.")
-@click.option("--eval", "eval_file", type=click.Path(dir_okay=False), default=None,
-              help="Evaluation rows, same columns; scored after every epoch and the best epoch is kept. Without it "
-                   "the last epoch is kept and the checkpoint records no metrics.")
-@click.option("--task", "task_name", required=True,
-              help="Task name (letters, digits, '-', '_', '.'): the name predictions and deployments use.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Checkpoint directory to write (adapter.safetensors + task.json).")
-@click.option("--placement", type=click.Choice(PLACEMENTS), default="after_layer", show_default=True,
-              help="after_layer: one adapter after each whole layer (the tutorial recipe; keeps every ONNX fusion, "
-                   "fastest to serve). pfeiffer: on the FFN output. houlsby: after attention and FFN (2x the "
-                   "adapter weights, often a bit more accurate, slowest).")
-@click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
-              help="Bottleneck = hidden size / factor (MiniLM: 384/16 = 24). Smaller factor: more capacity and "
-                   "accuracy, bigger task files.")
-@click.option("--bottleneck", type=click.IntRange(min=1), default=None,
-              help="Explicit bottleneck size; overrides --reduction-factor.")
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
-              help="Bottleneck non-linearity; relu is the recipe's and the cheapest at inference.")
-@click.option("--layers", default=None,
-              help="Layers that carry adapters, e.g. '3-5' or '1,2,5' (0-based; default all). Skipping the first "
-                   "k layers (AdapterDrop) lets deployments share those layers' compute across tasks, at some "
-                   "accuracy cost.")
-@click.option("--per-task-layernorm/--shared-layernorm", default=False, show_default=True,
-              help="Also train this task's own copies of the LayerNorm weights (as indico's DeploymentModel): "
-                   "slightly more accurate, but deployments cannot share the layers that have them.")
-@click.option("--pooling", type=click.Choice(POOLINGS), default="cls", show_default=True,
-              help="Sentence vector for the head: cls token, mean over tokens (often better for sentence-embedding "
-                   "bases such as MiniLM), or the base's own pooler (needs its weights).")
-@click.option("--head-layers", type=click.IntRange(0, 2), default=0, show_default=True,
-              help="Hidden dense layers in the head (0-2): more capacity, H*H more weights each.")
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Passes over the training rows; more epochs usually help small datasets, at linear time cost.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Rows per optimizer step: larger is faster per row on CPU but takes fewer steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Peak AdamW learning rate, decayed linearly to 0. 1e-3 suits adapters; full fine-tuning "
-                   "needs ~2e-5.")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Share of the steps with a linear lr warm-up; stabilises large learning rates.")
-@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True,
-              help="Tokens per row (pairs together); longer rows are truncated. Shorter is faster; recorded in "
-                   "the checkpoint as the serving default.")
-@click.option("--seed", type=int, default=42, show_default=True,
-              help="Seeds init, dropout, shuffling and subsets: the same seed gives the same weights.")
-@click.option("--max-train-rows", type=click.IntRange(min=1), default=None,
-              help="Train on a seeded random sample of this many rows (faster, usually less accurate).")
-@click.option("--max-eval-rows", type=click.IntRange(min=1), default=None,
-              help="Evaluate on a seeded random sample of this many rows (faster epochs, noisier metrics).")
-@click.option("--labels", default=None,
-              help="Comma-separated class names in index order, e.g. 'negative,positive'; rows may use the names or "
-                   "the indices. Default: 0..max for integer labels, sorted names otherwise.")
-@click.option("--problem-type", type=click.Choice(["auto", "classification", "multi-label", "regression"]),
-              default="auto", show_default=True,
-              help="auto: regression when labels are non-integer numbers, multi-label when JSONL labels are lists, "
-                   "else classification. multi-label: sigmoid head trained with BCE; labels are lists (JSONL) or "
-                   "names joined by ',' (TSV/CSV); per-label thresholds are tuned on --eval (0.5 without it).")
-@click.option("--metric", type=click.Choice(["auto", *MAIN_METRICS]), default="auto", show_default=True,
-              help="Picks the best epoch. auto: mcc when one class has over 60% of the training rows (CoLA, MRPC), "
-                   "accuracy otherwise; pearson for regression.")
+@click.option(
+    "--base",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local BERT-family model directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA). Default: the "
+    "embedded all-MiniLM-L6-v2 (22M params, fast on CPU; a larger base is more accurate and slower).",
+)
+@click.option(
+    "--train",
+    "train_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Training rows: .tsv (header; label<TAB>text or label<TAB>text_a<TAB>text_b; no quoting), "
+    ".csv or .jsonl with named columns.",
+)
+@click.option(
+    "--eval",
+    "eval_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Evaluation rows, same columns; scored after every epoch and the best epoch is kept. Without it "
+    "the last epoch is kept and the checkpoint records no metrics.",
+)
+@click.option(
+    "--task",
+    "task_name",
+    required=True,
+    help="Task name (letters, digits, '-', '_', '.'): the name predictions and deployments use.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoint directory to write (adapter.safetensors + task.json).",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(PLACEMENTS),
+    default="after_layer",
+    show_default=True,
+    help="after_layer: one adapter after each whole layer (the tutorial recipe; keeps every ONNX fusion, "
+    "fastest to serve). pfeiffer: on the FFN output. houlsby: after attention and FFN (2x the "
+    "adapter weights, often a bit more accurate, slowest).",
+)
+@click.option(
+    "--reduction-factor",
+    type=click.FloatRange(min=0, min_open=True),
+    default=16.0,
+    show_default=True,
+    help="Bottleneck = hidden size / factor (MiniLM: 384/16 = 24). Smaller factor: more capacity and "
+    "accuracy, bigger task files.",
+)
+@click.option(
+    "--bottleneck",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Explicit bottleneck size; overrides --reduction-factor.",
+)
+@click.option(
+    "--activation",
+    type=click.Choice(ACTIVATIONS),
+    default="relu",
+    show_default=True,
+    help="Bottleneck non-linearity; relu is the recipe's and the cheapest at inference.",
+)
+@click.option(
+    "--layers",
+    default=None,
+    help="Layers that carry adapters, e.g. '3-5' or '1,2,5' (0-based; default all). Skipping the first "
+    "k layers (AdapterDrop) lets deployments share those layers' compute across tasks, at some "
+    "accuracy cost.",
+)
+@click.option(
+    "--per-task-layernorm/--shared-layernorm",
+    default=False,
+    show_default=True,
+    help="Also train this task's own copies of the LayerNorm weights (as indico's DeploymentModel): "
+    "slightly more accurate, but deployments cannot share the layers that have them.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLINGS),
+    default="cls",
+    show_default=True,
+    help="Sentence vector for the head: cls token, mean over tokens (often better for sentence-embedding "
+    "bases such as MiniLM), or the base's own pooler (needs its weights).",
+)
+@click.option(
+    "--head-layers",
+    type=click.IntRange(0, 2),
+    default=0,
+    show_default=True,
+    help="Hidden dense layers in the head (0-2): more capacity, H*H more weights each.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Passes over the training rows; more epochs usually help small datasets, at linear time cost.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Rows per optimizer step: larger is faster per row on CPU but takes fewer steps.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Peak AdamW learning rate, decayed linearly to 0. 1e-3 suits adapters; full fine-tuning needs ~2e-5.",
+)
+@click.option(
+    "--warmup-ratio",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the steps with a linear lr warm-up; stabilises large learning rates.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    default=128,
+    show_default=True,
+    help="Tokens per row (pairs together); longer rows are truncated. Shorter is faster; recorded in "
+    "the checkpoint as the serving default.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=42,
+    show_default=True,
+    help="Seeds init, dropout, shuffling and subsets: the same seed gives the same weights.",
+)
+@click.option(
+    "--max-train-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on a seeded random sample of this many rows (faster, usually less accurate).",
+)
+@click.option(
+    "--max-eval-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate on a seeded random sample of this many rows (faster epochs, noisier metrics).",
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Comma-separated class names in index order, e.g. 'negative,positive'; rows may use the names or "
+    "the indices. Default: 0..max for integer labels, sorted names otherwise.",
+)
+@click.option(
+    "--problem-type",
+    type=click.Choice(["auto", "classification", "multi-label", "regression"]),
+    default="auto",
+    show_default=True,
+    help="auto: regression when labels are non-integer numbers, multi-label when JSONL labels are lists, "
+    "else classification. multi-label: sigmoid head trained with BCE; labels are lists (JSONL) or "
+    "names joined by ',' (TSV/CSV); per-label thresholds are tuned on --eval (0.5 without it).",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["auto", *MAIN_METRICS]),
+    default="auto",
+    show_default=True,
+    help="Picks the best epoch. auto: mcc when one class has over 60% of the training rows (CoLA, MRPC), "
+    "accuracy otherwise; pearson for regression.",
+)
 @click.option("--text-column", default=None, help="Text column (default: text, text_a, sentence or sentence1).")
 @click.option("--text-pair-column", default=None, help="Second-text column (default: text_b or sentence2).")
 @click.option("--label-column", default=None, help="Label column (default: label).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="File format; default from the extension (.tsv/.txt, .csv, .jsonl/.ndjson).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch threads (default: one per core). On a machine shared with other jobs, 1 can be several "
-                   "times faster: multi-threaded steps wait for whichever thread was preempted.")
-@click.option("--stack-on", "stack_on", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Train the task adapter on top of this frozen adapter (Stack, MAD-X style): a directory written by "
-                   "the adapters library's save_adapter (e.g. a language adapter) or a task checkpoint of ours. The "
-                   "task adapter takes its placement, activation and site options; deployments store it once for all "
-                   "tasks stacked on it. Costs one more adapter per layer at inference.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="File format; default from the extension (.tsv/.txt, .csv, .jsonl/.ndjson).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads (default: one per core). On a machine shared with other jobs, 1 can be several "
+    "times faster: multi-threaded steps wait for whichever thread was preempted.",
+)
+@click.option(
+    "--stack-on",
+    "stack_on",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Train the task adapter on top of this frozen adapter (Stack, MAD-X style): a directory written by "
+    "the adapters library's save_adapter (e.g. a language adapter) or a task checkpoint of ours. The "
+    "task adapter takes its placement, activation and site options; deployments store it once for all "
+    "tasks stacked on it. Costs one more adapter per layer at inference.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(base: str | None, train_file: str, eval_file: str | None, task_name: str, out_dir: str, placement: str,
-          reduction_factor: float, bottleneck: int | None, activation: str, layers: str | None,
-          per_task_layernorm: bool, pooling: str, head_layers: int, epochs: int, batch_size: int, lr: float,
-          warmup_ratio: float, max_length: int, seed: int, max_train_rows: int | None, max_eval_rows: int | None,
-          labels: str | None, problem_type: str, metric: str, text_column: str | None,
-          text_pair_column: str | None, label_column: str | None, fmt: str | None, threads: int | None,
-          force: bool, quiet: bool, stack_on: str | None = None) -> None:
+def train(
+    base: str | None,
+    train_file: str,
+    eval_file: str | None,
+    task_name: str,
+    out_dir: str,
+    placement: str,
+    reduction_factor: float,
+    bottleneck: int | None,
+    activation: str,
+    layers: str | None,
+    per_task_layernorm: bool,
+    pooling: str,
+    head_layers: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    max_length: int,
+    seed: int,
+    max_train_rows: int | None,
+    max_eval_rows: int | None,
+    labels: str | None,
+    problem_type: str,
+    metric: str,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    fmt: str | None,
+    threads: int | None,
+    force: bool,
+    quiet: bool,
+    stack_on: str | None = None,
+) -> None:
     """Train one task's adapters + head on a frozen base; write a task checkpoint.
 
     \b
@@ -133,35 +282,58 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
     from adapterdeploy.models.data import read_dataset, subset
 
     if not is_task_name(task_name):
-        raise click.BadParameter(f"{task_name!r}: use 1-128 letters, digits, '-', '_' or '.', starting with a "
-                                 "letter or digit", param_hint="--task")
+        raise click.BadParameter(
+            f"{task_name!r}: use 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit",
+            param_hint="--task",
+        )
     layer_ids = _parse_layers(layers)
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    ptype = {"auto": "auto", "classification": "single_label_classification", "regression": "regression",
-             "multi-label": "multi_label_classification"}[problem_type]
+    ptype = {
+        "auto": "auto",
+        "classification": "single_label_classification",
+        "regression": "regression",
+        "multi-label": "multi_label_classification",
+    }[problem_type]
     if Path(out_dir).exists() and not force:
         raise CLIError(f"{out_dir} already exists; pass --force to replace it")
-    cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column,
-            "label_column": label_column}
+    cols = {"fmt": fmt, "text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     try:
         from adapterdeploy.models.base import resolve_base_dir
 
         # Base directory and data first: a bad --base or file fails in a second, before the model is loaded
         # and before anything is written.
         base_dir = resolve_base_dir(base)
-        train_data = subset(read_dataset(train_file, labels=label_list, problem_type=ptype, **cols),
-                            max_train_rows, seed)
+        train_data = subset(
+            read_dataset(train_file, labels=label_list, problem_type=ptype, **cols), max_train_rows, seed
+        )
         eval_data = None
         if eval_file is not None:
-            eval_data = subset(read_dataset(eval_file, labels=train_data.labels or None,
-                                            problem_type=train_data.problem_type, **cols), max_eval_rows, seed)
-        adapter_cfg = AdapterConfig(placement=placement, reduction_factor=reduction_factor, bottleneck=bottleneck,
-                                    activation=activation, layers=layer_ids, per_task_layernorm=per_task_layernorm)
+            eval_data = subset(
+                read_dataset(eval_file, labels=train_data.labels or None, problem_type=train_data.problem_type, **cols),
+                max_eval_rows,
+                seed,
+            )
+        adapter_cfg = AdapterConfig(
+            placement=placement,
+            reduction_factor=reduction_factor,
+            bottleneck=bottleneck,
+            activation=activation,
+            layers=layer_ids,
+            per_task_layernorm=per_task_layernorm,
+        )
         head_cfg = HeadConfig(pooling=pooling, hidden_layers=head_layers)
         from adapterdeploy.models.trainer import TrainConfig
 
-        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                                max_length=max_length, seed=seed, metric=metric, progress=not quiet)
+        train_cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_ratio=warmup_ratio,
+            max_length=max_length,
+            seed=seed,
+            metric=metric,
+            progress=not quiet,
+        )
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
 
@@ -181,45 +353,99 @@ def train(base: str | None, train_file: str, eval_file: str | None, task_name: s
 
             lower = load_lower(base_model, stack_on)
         if not quiet:
-            click.echo(f"training {task_name!r} on {base_model.path} ({base_model.model_type}): "
-                       f"{len(train_data)} train rows, {len(eval_data) if eval_data else 0} eval rows", err=True)
-        ckpt = train_task(base_model, train_data, eval_data, name=task_name, adapter=adapter_cfg, head=head_cfg,
-                          config=train_cfg, stack_on=lower)
+            click.echo(
+                f"training {task_name!r} on {base_model.path} ({base_model.model_type}): "
+                f"{len(train_data)} train rows, {len(eval_data) if eval_data else 0} eval rows",
+                err=True,
+            )
+        ckpt = train_task(
+            base_model,
+            train_data,
+            eval_data,
+            name=task_name,
+            adapter=adapter_cfg,
+            head=head_cfg,
+            config=train_cfg,
+            stack_on=lower,
+        )
         save_checkpoint(ckpt, out_dir, force=force)
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
     info = ckpt.training
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items() if isinstance(v, float))
-    click.echo(f"wrote {out_dir}: task {task_name!r}, {info['trainable_params']:,} trainable params "
-               f"({info['trainable_percent']:.2f}% of {info['total_params']:,}), {info['seconds']:.1f}s"
-               + (f"; best epoch {info['best_epoch']}: {metrics}" if metrics else ""))
+    click.echo(
+        f"wrote {out_dir}: task {task_name!r}, {info['trainable_params']:,} trainable params "
+        f"({info['trainable_percent']:.2f}% of {info['total_params']:,}), {info['seconds']:.1f}s"
+        + (f"; best epoch {info['best_epoch']}: {metrics}" if metrics else "")
+    )
 
 
 @click.command("import-adapterhub")
-@click.option("--base", default=None, type=click.Path(file_okay=False),
-              help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--adapter", "adapter_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Directory written by the adapters library's save_adapter (adapter_config.json + weights).")
-@click.option("--stack", "stack_dirs", nargs=2, default=None, type=click.Path(exists=True, file_okay=False),
-              metavar="LANG_DIR TASK_DIR",
-              help="Import Stack(lang, task) (MAD-X style): the lower adapter (e.g. a language adapter) and the task "
-                   "adapter on top, both saved by save_adapter (the head with the task adapter, or --head). A "
-                   "deployment stores each lower adapter once, however many tasks are stacked on it.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Task checkpoint directory to write (adapter.safetensors + task.json).")
+@click.option(
+    "--base",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).",
+)
+@click.option(
+    "--adapter",
+    "adapter_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory written by the adapters library's save_adapter (adapter_config.json + weights).",
+)
+@click.option(
+    "--stack",
+    "stack_dirs",
+    nargs=2,
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    metavar="LANG_DIR TASK_DIR",
+    help="Import Stack(lang, task) (MAD-X style): the lower adapter (e.g. a language adapter) and the task "
+    "adapter on top, both saved by save_adapter (the head with the task adapter, or --head). A "
+    "deployment stores each lower adapter once, however many tasks are stacked on it.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Task checkpoint directory to write (adapter.safetensors + task.json).",
+)
 @click.option("--task", "task_name", default=None, help="Task name (default: the adapter's name).")
-@click.option("--head", "head_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Directory written by save_head, when the head was not saved with the adapter (with_head=True).")
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 8192),
-              help="Tokenizer max length recorded for the task: longer inputs cost latency, shorter ones truncate.")
+@click.option(
+    "--head",
+    "head_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory written by save_head, when the head was not saved with the adapter (with_head=True).",
+)
+@click.option(
+    "--max-length",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8, 8192),
+    help="Tokenizer max length recorded for the task: longer inputs cost latency, shorter ones truncate.",
+)
 @click.option("--text-pair", is_flag=True, help="Record that the task reads text pairs (e.g. MRPC, RTE).")
-@click.option("--verify/--no-verify", default=None,
-              help="Cross-check logits against the adapters library on sample texts (default: when it is installed); "
-              "costs one extra load of the base.")
+@click.option(
+    "--verify/--no-verify",
+    default=None,
+    help="Cross-check logits against the adapters library on sample texts (default: when it is installed); "
+    "costs one extra load of the base.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_adapterhub(
-    base: str | None, adapter_dir: str, out_dir: str, task_name: str | None, head_dir: str | None,
-    max_length: int, text_pair: bool, verify: bool | None, force: bool, stack_dirs: tuple[str, str] | None = None,
+    base: str | None,
+    adapter_dir: str,
+    out_dir: str,
+    task_name: str | None,
+    head_dir: str | None,
+    max_length: int,
+    text_pair: bool,
+    verify: bool | None,
+    force: bool,
+    stack_dirs: tuple[str, str] | None = None,
 ) -> None:
     """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + classification head into a task checkpoint.
 
@@ -245,8 +471,15 @@ def import_adapterhub(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if stack_dirs:
-                ckpt = import_adapterhub_stack(loaded, stack_dirs[0], stack_dirs[1], head_dir, task_name,
-                                               max_length=max_length, text_pair=text_pair)
+                ckpt = import_adapterhub_stack(
+                    loaded,
+                    stack_dirs[0],
+                    stack_dirs[1],
+                    head_dir,
+                    task_name,
+                    max_length=max_length,
+                    text_pair=text_pair,
+                )
             else:
                 ckpt = convert(loaded, adapter_dir, head_dir, task_name, max_length=max_length, text_pair=text_pair)
         for w in caught:
@@ -273,33 +506,67 @@ def import_adapterhub(
         f"bottleneck {ckpt.bottleneck()}, activation {a.activation}, layers {layers}\n"
         f"  head: {h.problem_type}, {h.num_labels} label(s) {list(h.labels)}, pooling {h.pooling}, "
         f"{h.hidden_layers} hidden layer(s)"
-        + (f"\n  stacked on {ckpt.stack_on.name!r} "
-           f"(bottleneck {ckpt.stack_on.config.bottleneck_size(ckpt.hidden_size)})"
-           if ckpt.stack_on is not None else "")
+        + (
+            f"\n  stacked on {ckpt.stack_on.name!r} "
+            f"(bottleneck {ckpt.stack_on.config.bottleneck_size(ckpt.hidden_size)})"
+            if ckpt.stack_on is not None
+            else ""
+        )
         + (f"\n  verified against the adapters library: max abs logit diff {diff:.2e}" if verify else "")
     )
 
 
-
 @click.command("import-peft")
-@click.option("--base", default=None, type=click.Path(file_okay=False),
-              help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).")
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Directory written by PEFT's save_pretrained (adapter_config.json + adapter_model.safetensors).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Task checkpoint directory to write (adapter.safetensors + task.json).")
+@click.option(
+    "--base",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Local base model directory the adapter was trained on (default: the embedded all-MiniLM-L6-v2).",
+)
+@click.option(
+    "--adapter",
+    "adapter_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory written by PEFT's save_pretrained (adapter_config.json + adapter_model.safetensors).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Task checkpoint directory to write (adapter.safetensors + task.json).",
+)
 @click.option("--task", "task_name", default=None, help="Task name (default: the adapter directory's name).")
-@click.option("--labels", default=None,
-              help="Comma-separated label names in classifier output order (default: 0, 1, ...).")
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8, 8192),
-              help="Tokenizer max length recorded for the task: longer inputs cost latency, shorter ones truncate.")
+@click.option(
+    "--labels", default=None, help="Comma-separated label names in classifier output order (default: 0, 1, ...)."
+)
+@click.option(
+    "--max-length",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8, 8192),
+    help="Tokenizer max length recorded for the task: longer inputs cost latency, shorter ones truncate.",
+)
 @click.option("--text-pair", is_flag=True, help="Record that the task reads text pairs (e.g. MRPC, RTE).")
-@click.option("--verify/--no-verify", default=None,
-              help="Cross-check logits against PEFT's own model on sample texts (default: when peft is installed); "
-              "costs one extra load of the base.")
+@click.option(
+    "--verify/--no-verify",
+    default=None,
+    help="Cross-check logits against PEFT's own model on sample texts (default: when peft is installed); "
+    "costs one extra load of the base.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def import_peft(base: str | None, adapter_dir: str, out_dir: str, task_name: str | None, labels: str | None,
-                max_length: int, text_pair: bool, verify: bool | None, force: bool) -> None:
+def import_peft(
+    base: str | None,
+    adapter_dir: str,
+    out_dir: str,
+    task_name: str | None,
+    labels: str | None,
+    max_length: int,
+    text_pair: bool,
+    verify: bool | None,
+    force: bool,
+) -> None:
     """Convert a PEFT LoRA or IA3 adapter (with its modules_to_save classifier head) into a task checkpoint.
 
     LoRA on the attention query/key/value/output and FFN dense layers (any rank, alpha, rsLoRA) and IA3

@@ -148,8 +148,9 @@ def _read_text(path: Path) -> tuple[str, str]:
     return text, hashlib.sha256(raw).hexdigest()
 
 
-def _pick(header: Sequence[str], given: str | None, defaults: Sequence[str], what: str, path: Path,
-          required: bool) -> str | None:
+def _pick(
+    header: Sequence[str], given: str | None, defaults: Sequence[str], what: str, path: Path, required: bool
+) -> str | None:
     if given is not None:
         if given not in header:
             raise DataError(f"{_where(path, 1)}: no {what} column {given!r}; the header has {list(header)}")
@@ -165,8 +166,14 @@ def _pick(header: Sequence[str], given: str | None, defaults: Sequence[str], wha
     return None
 
 
-def _columns(header: Sequence[str], path: Path, text_column: str | None, text_pair_column: str | None,
-             label_column: str | None, require_labels: bool) -> tuple[str, str | None, str | None]:
+def _columns(
+    header: Sequence[str],
+    path: Path,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    require_labels: bool,
+) -> tuple[str, str | None, str | None]:
     dupes = sorted(name for name, n in Counter(header).items() if n > 1)
     if dupes:
         raise DataError(f"{_where(path, 1)}: header repeats column(s) {dupes}")
@@ -179,8 +186,9 @@ def _columns(header: Sequence[str], path: Path, text_column: str | None, text_pa
     return text, pair, label
 
 
-def _delimited_rows(path: Path, content: str, delimiter: str, quoting: int, cols: dict[str, Any],
-                    require_labels: bool) -> Iterator[_RawRow]:
+def _delimited_rows(
+    path: Path, content: str, delimiter: str, quoting: int, cols: dict[str, Any], require_labels: bool
+) -> Iterator[_RawRow]:
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader)
@@ -233,7 +241,10 @@ def _jsonl_rows(path: Path, content: str, cols: dict[str, Any], require_labels: 
             )
         text_col, pair_col, label_col = picked
         yield _RawRow(
-            line, obj[text_col], obj[pair_col] if pair_col else None, obj[label_col] if label_col else None,
+            line,
+            obj[text_col],
+            obj[pair_col] if pair_col else None,
+            obj[label_col] if label_col else None,
             pair_col is not None,
         )
 
@@ -267,8 +278,9 @@ def _as_int(value: Any) -> int | None:
     return int(f)
 
 
-def _multi_label(rows: list[_RawRow], path: Path, labels: Sequence[str] | None
-                 ) -> tuple[str, tuple[str, ...], list[Any]]:
+def _multi_label(
+    rows: list[_RawRow], path: Path, labels: Sequence[str] | None
+) -> tuple[str, tuple[str, ...], list[Any]]:
     """Multi-label rows: a list of names (JSONL) or names joined by ``,`` (TSV / CSV); see the module docstring."""
     raw: list[list[str]] = []
     for r in rows:
@@ -277,8 +289,10 @@ def _multi_label(rows: list[_RawRow], path: Path, labels: Sequence[str] | None
         elif isinstance(r.label, str):
             names_here = [x.strip() for x in r.label.split(MULTI_LABEL_SEPARATOR)] if r.label.strip() else []
         else:
-            raise DataError(f"{_where(path, r.line)}: multi-label label {r.label!r} is neither a list of class names "
-                            f"nor names joined by {MULTI_LABEL_SEPARATOR!r}")
+            raise DataError(
+                f"{_where(path, r.line)}: multi-label label {r.label!r} is neither a list of class names "
+                f"nor names joined by {MULTI_LABEL_SEPARATOR!r}"
+            )
         if any(not x for x in names_here):
             raise DataError(f"{_where(path, r.line)}: empty class name in multi-label label {r.label!r}")
         raw.append(names_here)
@@ -295,11 +309,13 @@ def _multi_label(rows: list[_RawRow], path: Path, labels: Sequence[str] | None
     return "multi_label_classification", names, out
 
 
-def _resolve_labels(rows: list[_RawRow], path: Path, labels: Sequence[str] | None,
-                    problem_type: str) -> tuple[str, tuple[str, ...], list[Any]]:
+def _resolve_labels(
+    rows: list[_RawRow], path: Path, labels: Sequence[str] | None, problem_type: str
+) -> tuple[str, tuple[str, ...], list[Any]]:
     """Decide the problem type and class list, and convert every raw label (see the module docstring)."""
     if problem_type == "multi_label_classification" or (
-            problem_type == "auto" and any(isinstance(r.label, list) for r in rows)):
+        problem_type == "auto" and any(isinstance(r.label, list) for r in rows)
+    ):
         return _multi_label(rows, path, labels)
     if problem_type == "regression":
         values: list[int | float] = []
@@ -354,9 +370,11 @@ def _resolve_labels(rows: list[_RawRow], path: Path, labels: Sequence[str] | Non
             if i < 0:
                 raise DataError(f"{_where(path, r.line)}: label {i} is out of range: class indices start at 0")
         top = max(i for i in ints if i is not None)
-        return "single_label_classification", tuple(str(k) for k in range(max(2, top + 1))), [
-            i for i in ints if i is not None
-        ]
+        return (
+            "single_label_classification",
+            tuple(str(k) for k in range(max(2, top + 1))),
+            [i for i in ints if i is not None],
+        )
 
     for r in rows:
         if not isinstance(r.label, str) or not r.label.strip():
@@ -406,8 +424,15 @@ def read_dataset(
 
     if all(r.label is None for r in rows) and not require_labels:
         examples = tuple(Example(t, tp) for t, tp in zip(texts, pairs, strict=True))
-        return Dataset(p, examples, "single_label_classification" if problem_type == "auto" else problem_type,
-                       tuple(labels or ()), pair, tuple(r.line for r in rows), digest)
+        return Dataset(
+            p,
+            examples,
+            "single_label_classification" if problem_type == "auto" else problem_type,
+            tuple(labels or ()),
+            pair,
+            tuple(r.line for r in rows),
+            digest,
+        )
 
     ptype, names, values = _resolve_labels(rows, p, labels, problem_type)
     examples = tuple(Example(t, tp, v) for t, tp, v in zip(texts, pairs, values, strict=True))

@@ -65,8 +65,13 @@ class EncoderWithAdapters(nn.Module):
     ``head.out.weight`` ...
     """
 
-    def __init__(self, base: BaseModel, adapter_config: AdapterConfig, head_config: HeadConfig,
-                 lower_config: AdapterConfig | None = None) -> None:
+    def __init__(
+        self,
+        base: BaseModel,
+        adapter_config: AdapterConfig,
+        head_config: HeadConfig,
+        lower_config: AdapterConfig | None = None,
+    ) -> None:
         super().__init__()
         if head_config.pooling == "pooler" and not base.has_pooler:
             raise ConfigError(
@@ -106,7 +111,8 @@ class EncoderWithAdapters(nn.Module):
             m_low, low_opts = lower_config.bottleneck_size(H), lower_config.site_options()
             for i in lower_config.adapter_layers(base.num_layers):
                 self.lower[str(i)] = nn.ModuleDict(
-                    {s: BottleneckAdapter(H, m_low, low_opts, lower_config.init_std) for s in lower_config.sites})
+                    {s: BottleneckAdapter(H, m_low, low_opts, lower_config.init_std) for s in lower_config.sites}
+                )
             for p in self.lower.parameters():
                 p.requires_grad_(False)
         self.ctx = install_adapter_sites(self.base)
@@ -116,8 +122,9 @@ class EncoderWithAdapters(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
         sd = self.state_dict()
-        return {k: v for k, v in sd.items()
-                if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower")}
+        return {
+            k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower")
+        }
 
     def _fill_context(self) -> None:
         params = {
@@ -125,11 +132,13 @@ class EncoderWithAdapters(nn.Module):
             for i, sites in self.adapters.items()
             for site, adapter in sites.items()
         }
-        params.update({
-            f"{i}.{site}{LOWER_SUFFIX}": adapter.site_params()
-            for i, sites in self.lower.items()
-            for site, adapter in sites.items()
-        })
+        params.update(
+            {
+                f"{i}.{site}{LOWER_SUFFIX}": adapter.site_params()
+                for i, sites in self.lower.items()
+                for site, adapter in sites.items()
+            }
+        )
         params.update({f"{i}.{m}": dict(w.items()) for i, mods in self.lora.items() for m, w in mods.items()})
         lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
         self.ctx.activate(self.adapter_config, params, lns)
@@ -157,8 +166,9 @@ class EncoderWithAdapters(nn.Module):
         return trainable, total
 
 
-def _peft_weights(config: AdapterConfig, hidden_size: int, intermediate_size: int,
-                  layer_ids: tuple[int, ...]) -> nn.ModuleDict:
+def _peft_weights(
+    config: AdapterConfig, hidden_size: int, intermediate_size: int, layer_ids: tuple[int, ...]
+) -> nn.ModuleDict:
     """Zero-initialised PEFT delta parameters (zero = no change), ``lora.{layer}.{module}.{leaf}``."""
     peft = config.peft
     assert peft is not None

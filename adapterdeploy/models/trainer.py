@@ -178,8 +178,14 @@ def _predict(model: nn.Module, enc: EncodedData, batch_size: int) -> Tensor:
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, enc: EncodedData, problem_type: str, num_labels: int,
-             batch_size: int = 32, thresholds: Sequence[float] | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    enc: EncodedData,
+    problem_type: str,
+    num_labels: int,
+    batch_size: int = 32,
+    thresholds: Sequence[float] | None = None,
+) -> dict[str, float]:
     """Metrics of ``model`` on encoded rows: accuracy / f1 / mcc, pearson / spearman / mse, or (multi-label,
     at ``thresholds``, default 0.5) micro / macro F1 and subset accuracy; plus eval_loss."""
     logits = _predict(model, enc, batch_size)
@@ -198,8 +204,9 @@ def evaluate(model: nn.Module, enc: EncodedData, problem_type: str, num_labels: 
     return metrics
 
 
-def evaluate_dataset(model: EncoderWithAdapters, tokenizer: Any, data: Dataset, *, max_length: int,
-                     batch_size: int = 32) -> dict[str, float]:
+def evaluate_dataset(
+    model: EncoderWithAdapters, tokenizer: Any, data: Dataset, *, max_length: int, batch_size: int = 32
+) -> dict[str, float]:
     """:func:`evaluate` on a Dataset (e.g. a held-out test file scored with the checkpoint a dev file chose)."""
     enc = encode_dataset(tokenizer, data, max_length)
     thresholds = getattr(getattr(model, "head_config", None), "thresholds", None) or None
@@ -222,8 +229,14 @@ class _Reporter:
 
         console = Console(stderr=True)
         if console.is_terminal:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                console=console,
+            )
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, loss="-")
             self.lines = False
@@ -233,8 +246,9 @@ class _Reporter:
             self.bar.update(self.task, completed=done, loss=f"{loss:.4f}", description=f"epoch {epoch}")
         elif self.lines and (done % self.every == 0 or done == self.total):
             elapsed = time.perf_counter() - self.start
-            print(f"epoch {epoch} step {done}/{self.total} loss {loss:.4f} ({elapsed:.0f}s)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"epoch {epoch} step {done}/{self.total} loss {loss:.4f} ({elapsed:.0f}s)", file=sys.stderr, flush=True
+            )
 
     def message(self, text: str) -> None:
         if self.bar is not None:
@@ -285,14 +299,22 @@ def _check_pair(train: Dataset, eval_data: Dataset | None) -> None:
         )
 
 
-def _fit(model: EncoderWithAdapters, params: list[nn.Parameter], tokenizer: Any, train: Dataset,
-         eval_data: Dataset | None, cfg: TrainConfig, snapshot: Callable[[], dict[str, Tensor]]) -> _FitResult:
+def _fit(
+    model: EncoderWithAdapters,
+    params: list[nn.Parameter],
+    tokenizer: Any,
+    train: Dataset,
+    eval_data: Dataset | None,
+    cfg: TrainConfig,
+    snapshot: Callable[[], dict[str, Tensor]],
+) -> _FitResult:
     """The shared loop: train, evaluate after each epoch, and leave the best epoch's weights in ``model``."""
     enc_train = encode_dataset(tokenizer, train, cfg.max_length)
     enc_eval = encode_dataset(tokenizer, eval_data, cfg.max_length) if eval_data is not None else None
     result = _FitResult(truncated_train_rows=enc_train.truncated)
-    result.main_metric = (main_metric_name(train.problem_type, train.label_counts() or None)
-                          if cfg.metric == "auto" else cfg.metric)
+    result.main_metric = (
+        main_metric_name(train.problem_type, train.label_counts() or None) if cfg.metric == "auto" else cfg.metric
+    )
     steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -347,42 +369,51 @@ def _fit(model: EncoderWithAdapters, params: list[nn.Parameter], tokenizer: Any,
     return result
 
 
-def _training_info(cfg: TrainConfig, fit: _FitResult, train: Dataset, eval_data: Dataset | None,
-                   trainable: int, total: int, seconds: float) -> dict[str, Any]:
-    return json_safe({
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "optimizer": "AdamW",
-        "weight_decay": cfg.weight_decay,
-        "schedule": "linear",
-        "warmup_ratio": cfg.warmup_ratio,
-        "max_grad_norm": cfg.max_grad_norm,
-        "max_length": cfg.max_length,
-        "seed": cfg.seed,
-        "main_metric": fit.main_metric,
-        "best_epoch": fit.best_epoch,
-        "steps": fit.steps,
-        "seconds": round(seconds, 2),
-        "train_seconds": round(fit.train_seconds, 2),
-        # CPU seconds of all threads: on a shared machine less sensitive to other jobs than wall time.
-        "train_cpu_seconds": round(fit.train_cpu_seconds, 2),
-        "eval_seconds": round(fit.eval_seconds, 2),
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": round(100.0 * trainable / total, 4),
-        "train_rows": len(train),
-        "train_file": str(train.path),
-        "train_sha256": train.sha256,
-        "truncated_train_rows": fit.truncated_train_rows,
-        "label_counts": train.label_counts() if train.problem_type != "regression" else {},
-        "eval_rows": len(eval_data) if eval_data is not None else 0,
-        "eval_file": str(eval_data.path) if eval_data is not None else None,
-        "eval_sha256": eval_data.sha256 if eval_data is not None else None,
-        "history": fit.history,
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-    })
+def _training_info(
+    cfg: TrainConfig,
+    fit: _FitResult,
+    train: Dataset,
+    eval_data: Dataset | None,
+    trainable: int,
+    total: int,
+    seconds: float,
+) -> dict[str, Any]:
+    return json_safe(
+        {
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "optimizer": "AdamW",
+            "weight_decay": cfg.weight_decay,
+            "schedule": "linear",
+            "warmup_ratio": cfg.warmup_ratio,
+            "max_grad_norm": cfg.max_grad_norm,
+            "max_length": cfg.max_length,
+            "seed": cfg.seed,
+            "main_metric": fit.main_metric,
+            "best_epoch": fit.best_epoch,
+            "steps": fit.steps,
+            "seconds": round(seconds, 2),
+            "train_seconds": round(fit.train_seconds, 2),
+            # CPU seconds of all threads: on a shared machine less sensitive to other jobs than wall time.
+            "train_cpu_seconds": round(fit.train_cpu_seconds, 2),
+            "eval_seconds": round(fit.eval_seconds, 2),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_percent": round(100.0 * trainable / total, 4),
+            "train_rows": len(train),
+            "train_file": str(train.path),
+            "train_sha256": train.sha256,
+            "truncated_train_rows": fit.truncated_train_rows,
+            "label_counts": train.label_counts() if train.problem_type != "regression" else {},
+            "eval_rows": len(eval_data) if eval_data is not None else 0,
+            "eval_file": str(eval_data.path) if eval_data is not None else None,
+            "eval_sha256": eval_data.sha256 if eval_data is not None else None,
+            "history": fit.history,
+            "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+    )
 
 
 def _head_for(train: Dataset, head: HeadConfig) -> HeadConfig:
@@ -418,8 +449,9 @@ def train_task(
     if lower is not None:
         low = lower.config
         adapter = replace(adapter, placement=low.placement, activation=low.activation, site=low.site)
-    model = EncoderWithAdapters(base, adapter, _head_for(train, head or HeadConfig()),
-                                lower.config if lower is not None else None)
+    model = EncoderWithAdapters(
+        base, adapter, _head_for(train, head or HeadConfig()), lower.config if lower is not None else None
+    )
     if stack_on is not None:
         model.load_state_dict(stack_on[1], strict=False)
         missing = set(k for k in model.state_dict() if k.startswith(LOWER_PREFIX)) - set(stack_on[1])
@@ -437,12 +469,20 @@ def train_task(
         _tune_thresholds(model, tokenizer, eval_data, cfg, fit)
     trainable, total = model.count_parameters()
     info = _training_info(cfg, fit, train, eval_data, trainable, total, time.perf_counter() - started)
-    return checkpoint_from_model(model, name, max_length=cfg.max_length, text_pair=train.text_pair,
-                                 metrics=json_safe(fit.best_metrics), training=info, stack_on=lower)
+    return checkpoint_from_model(
+        model,
+        name,
+        max_length=cfg.max_length,
+        text_pair=train.text_pair,
+        metrics=json_safe(fit.best_metrics),
+        training=info,
+        stack_on=lower,
+    )
 
 
-def _tune_thresholds(model: EncoderWithAdapters, tokenizer: Any, eval_data: Dataset, cfg: TrainConfig,
-                     fit: _FitResult) -> None:
+def _tune_thresholds(
+    model: EncoderWithAdapters, tokenizer: Any, eval_data: Dataset, cfg: TrainConfig, fit: _FitResult
+) -> None:
     """Per-label thresholds that maximise each label's F1 on the eval rows, stored in the model's head config;
     the best epoch's metrics are replaced by the ones at those thresholds (the 0.5 ones stay in history)."""
     from adapterdeploy.multilabel import sigmoid, tune_thresholds
@@ -451,10 +491,10 @@ def _tune_thresholds(model: EncoderWithAdapters, tokenizer: Any, eval_data: Data
     probs = sigmoid(_predict(model, enc, cfg.eval_batch_size).numpy())
     thresholds = tune_thresholds(enc.labels.numpy(), probs)
     model.head_config = replace(model.head_config, thresholds=thresholds)
-    fit.best_metrics = evaluate(model, enc, eval_data.problem_type, eval_data.num_labels, cfg.eval_batch_size,
-                                thresholds)
-    fit.history.append({"thresholds_tuned_on": str(eval_data.path), "thresholds": list(thresholds),
-                        **fit.best_metrics})
+    fit.best_metrics = evaluate(
+        model, enc, eval_data.problem_type, eval_data.num_labels, cfg.eval_batch_size, thresholds
+    )
+    fit.history.append({"thresholds_tuned_on": str(eval_data.path), "thresholds": list(thresholds), **fit.best_metrics})
 
 
 @dataclass(frozen=True)
@@ -518,7 +558,13 @@ def save_full_finetune(result: FullFinetuneResult, out_dir: str | Path, *, force
     with atomic_directory(out, force=force) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "adapterdeploy.full-finetune"})
-        meta = {"name": result.name, "head": result.model.head_config.to_dict(), "max_length": result.max_length,
-                "text_pair": result.text_pair, "metrics": result.metrics, "training": result.training}
+        meta = {
+            "name": result.name,
+            "head": result.model.head_config.to_dict(),
+            "max_length": result.max_length,
+            "text_pair": result.text_pair,
+            "metrics": result.metrics,
+            "training": result.training,
+        }
         (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

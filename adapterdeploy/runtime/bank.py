@@ -43,8 +43,18 @@ __all__ = ["BankInput", "BankLayout", "LowerRows", "TaskRows"]
 
 # Axis of the bottleneck m in each projection input (T axis included).
 M_AXIS = {"down_w": 2, "down_b": 1, "up_w": 1}
-ZERO_IS_IDENTITY = ("down_w", "down_b", "up_w", "up_b", "ln_before_w", "ln_before_b",
-                    "lora_a", "lora_b", "ia3_in", "ia3_out")
+ZERO_IS_IDENTITY = (
+    "down_w",
+    "down_b",
+    "up_w",
+    "up_b",
+    "ln_before_w",
+    "ln_before_b",
+    "lora_a",
+    "lora_b",
+    "ia3_in",
+    "ia3_out",
+)
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -124,8 +134,9 @@ class BankLayout:
         self.fixed_m_lower: int | None = _fixed_m([i for i in inputs if i.lower])
 
     @classmethod
-    def from_session_inputs(cls, node_args: Sequence[object], bank_names: Sequence[str], hidden_size: int,
-                            signature: AdapterSignature) -> BankLayout:
+    def from_session_inputs(
+        cls, node_args: Sequence[object], bank_names: Sequence[str], hidden_size: int, signature: AdapterSignature
+    ) -> BankLayout:
         """Build from ``session.get_inputs()`` (onnxruntime NodeArg: name, shape, type)."""
         by_name = {a.name: a for a in node_args}  # type: ignore[attr-defined]
         missing = [n for n in bank_names if n not in by_name]
@@ -162,8 +173,9 @@ class BankLayout:
         arrays, m = self._rows(f"lower adapter {name!r}", specs, tensors, bottleneck, self.fixed_m_lower)
         return LowerRows(name=name, arrays=arrays, m=m)
 
-    def task_rows(self, task: str, tensors: Mapping[str, np.ndarray], bottleneck: int,
-                  lower: LowerRows | None = None) -> TaskRows:
+    def task_rows(
+        self, task: str, tensors: Mapping[str, np.ndarray], bottleneck: int, lower: LowerRows | None = None
+    ) -> TaskRows:
         """Validate a task file's tensors against the bank and shape them into ``[1, ...]`` rows.
 
         ``lower``: the shared lower adapter of a stacked task (its arrays are referenced, not copied); a
@@ -177,8 +189,10 @@ class BankLayout:
             )
         lower_in = sorted(k for k in tensors if k in self.inputs and self.inputs[k].lower)
         if lower_in:
-            raise ArtifactError(f"task {task!r} carries lower-adapter rows ({lower_in[:2]}) in its own file; they "
-                                "belong in the deployment's shared/ directory: re-export the task")
+            raise ArtifactError(
+                f"task {task!r} carries lower-adapter rows ({lower_in[:2]}) in its own file; they "
+                "belong in the deployment's shared/ directory: re-export the task"
+            )
         own = {n: s for n, s in self.inputs.items() if not s.lower}
         # The LoRA rank comes from the weights read (every module of a task shares it; absent = no LoRA).
         rank = max((int(t.shape[-1]) for k, t in tensors.items() if k.endswith(".lora_a") and k in own), default=1)
@@ -189,17 +203,28 @@ class BankLayout:
             arrays.update(lower.arrays)
             shared, m_lower = frozenset(lower.arrays), lower.m
         elif self.stacked:
-            zeros, m_lower = self._rows(f"task {task!r}", {n: s for n, s in self.inputs.items() if s.lower}, {}, 1,
-                                        self.fixed_m_lower)
+            zeros, m_lower = self._rows(
+                f"task {task!r}", {n: s for n, s in self.inputs.items() if s.lower}, {}, 1, self.fixed_m_lower
+            )
             arrays.update(zeros)
         return TaskRows(name=task, arrays=arrays, m=m, m_lower=m_lower, shared=shared, rank=rank)
 
-    def _rows(self, what: str, specs: Mapping[str, BankInput], tensors: Mapping[str, np.ndarray], bottleneck: int,
-              fixed_m: int | None, rank: int = 1) -> tuple[dict[str, np.ndarray], int]:
+    def _rows(
+        self,
+        what: str,
+        specs: Mapping[str, BankInput],
+        tensors: Mapping[str, np.ndarray],
+        bottleneck: int,
+        fixed_m: int | None,
+        rank: int = 1,
+    ) -> tuple[dict[str, np.ndarray], int]:
         # Allocation sizes come from the weights read, never from task.json alone: the m of the tensors present
         # must agree with each other and with the declared bottleneck; zero rows of absent sites use that m.
-        found = {int(tensors[n].shape[spec.m_axis - 1]) for n, spec in specs.items()
-                 if spec.m_axis is not None and n in tensors and len(tensors[n].shape) == len(spec.shape) - 1}
+        found = {
+            int(tensors[n].shape[spec.m_axis - 1])
+            for n, spec in specs.items()
+            if spec.m_axis is not None and n in tensors and len(tensors[n].shape) == len(spec.shape) - 1
+        }
         if len(found) > 1 or (found and found != {bottleneck}):
             raise ArtifactError(
                 f"{what}: its task.json says bottleneck {bottleneck}, its adapter weights have "
@@ -254,8 +279,12 @@ class BankLayout:
         rank = max(t.rank for t in tasks)
         return {
             name: np.concatenate(
-                [_pad_m(_pad_m(t.arrays[name], spec.m_axis, m_lower if spec.lower else m), spec.rank_axis, rank)
-                 for t in tasks], axis=0)
+                [
+                    _pad_m(_pad_m(t.arrays[name], spec.m_axis, m_lower if spec.lower else m), spec.rank_axis, rank)
+                    for t in tasks
+                ],
+                axis=0,
+            )
             for name, spec in self.inputs.items()
         }
 

@@ -51,8 +51,10 @@ SAMPLE_PAIRS = (
     ("a man is playing a guitar", "a man plays the guitar"),
 )
 # 32 distinct sentences of typical length, so the batch-32 latency is not shortened by de-duplication.
-_WORDS = ("the movie story plot actor company market shares people world year day time film "
-          "good bad great terrible fun boring new very really").split()
+_WORDS = (
+    "the movie story plot actor company market shares people world year day time film "
+    "good bad great terrible fun boring new very really"
+).split()
 
 
 def latency_texts(n: int, words: int = 20) -> list[str]:
@@ -124,20 +126,27 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
             t = np.zeros([1 if ax == inp.m_axis else (d or H) for ax, d in enumerate(inp.shape) if ax > 0])
         bank[k] = np.ascontiguousarray(t[None], dtype=inp.dtype)
     head_file = source / TASK_HEAD_FILE
-    head = (Head(config=spec.head, session=dep._factory.session(head_file)) if head_file.is_file()
-            else Head.from_tensors(task, spec.head, tensors, dep.manifest.featurizer.hidden_size))
+    head = (
+        Head(config=spec.head, session=dep._factory.session(head_file))
+        if head_file.is_file()
+        else Head.from_tensors(task, spec.head, tensors, dep.manifest.featurizer.hidden_size)
+    )
     out = []
     for row in rows:
         padded = dep._encoder.pad(dep._encoder.tokenize([row]))
-        feeds = {k: getattr(padded, k) for k in ("input_ids", "attention_mask", "token_type_ids")
-                 if k in engine.trunk_inputs}
+        feeds = {
+            k: getattr(padded, k) for k in ("input_ids", "attention_mask", "token_type_ids") if k in engine.trunk_inputs
+        }
         hidden = engine.trunk.run([engine.trunk_output], feeds)[0]
         one = np.zeros(1, dtype=np.int64)
-        outs = engine.adapted.run(engine.output_names, {"hidden": hidden, "attention_mask": padded.attention_mask,
-                                                        "row_source": one, "task_index": one, **bank})
+        outs = engine.adapted.run(
+            engine.output_names,
+            {"hidden": hidden, "attention_mask": padded.attention_mask, "row_source": one, "task_index": one, **bank},
+        )
         feats = dict(zip(engine.output_names, outs, strict=True))
-        out.append(_probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression",
-                          spec.head.multi_label)[0])
+        out.append(
+            _probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression", spec.head.multi_label)[0]
+        )
     return np.stack(out)
 
 
@@ -148,8 +157,13 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
     names = dep.task_names
     specs = {t: dep.task_spec(t) for t in names}
     inputs = {t: list(SAMPLE_PAIRS if specs[t].text_pair else SAMPLE_TEXTS) for t in names}
-    mixed_rows = [(t, r) for i in range(max(len(v) for v in inputs.values())) for t in names
-                  if i < len(inputs[t]) for r in [inputs[t][i]]]
+    mixed_rows = [
+        (t, r)
+        for i in range(max(len(v) for v in inputs.values()))
+        for t in names
+        if i < len(inputs[t])
+        for r in [inputs[t][i]]
+    ]
     mixed = dep.predict_mixed(mixed_rows)
     singles = [t for t in names if not specs[t].text_pair]
     fan = dep.fan_out(list(SAMPLE_TEXTS), tasks=singles) if singles else {}
@@ -167,17 +181,23 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
         if samples:
             regression = specs[t].head.problem_type == "regression"
             rows = [s["input"] if isinstance(s["input"], str) else tuple(s["input"]) for s in samples]
-            want = _probs(np.array([s["logits"] for s in samples], dtype=np.float64), regression,
-                          specs[t].head.multi_label)
+            want = _probs(
+                np.array([s["logits"] for s in samples], dtype=np.float64), regression, specs[t].head.multi_label
+            )
             got_t = np.array([_pred_vector(p) for p in dep.predict(rows, task=t)])
             stored[t] = float(np.abs(got_t - want).max())
             if not regression:
                 agree[t] = float((got_t.argmax(1) == want.argmax(1)).mean())
     exact = dep.precision == "fp32"
-    bad = {k: v for k, v in {**worst, **{f"{t} vs PyTorch": v for t, v in stored.items()}}.items()
-           if v > tolerance} if exact else {}
-    detail = (f"{len(names)} tasks, mixed batch + fan-out vs single-row reference: max diff "
-              f"{max(worst.values(), default=0):.1e}")
+    bad = (
+        {k: v for k, v in {**worst, **{f"{t} vs PyTorch": v for t, v in stored.items()}}.items() if v > tolerance}
+        if exact
+        else {}
+    )
+    detail = (
+        f"{len(names)} tasks, mixed batch + fan-out vs single-row reference: max diff "
+        f"{max(worst.values(), default=0):.1e}"
+    )
     if stored:
         detail += f"; vs stored PyTorch fp32 logits: {max(stored.values()):.1e}"
         if agree:
@@ -191,9 +211,18 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
     if bad:
         detail = "over tolerance " + ", ".join(f"{k}: {v:.1e}" for k, v in bad.items()) + f" (> {tolerance:g})"
     status = "fail" if bad else "pass" if exact else "info"
-    return CheckItem("parity", status, detail,
-                     {"tolerance": tolerance, "max_diff": worst, "vs_pytorch": stored, "label_agreement": agree,
-                      "stored_figures": {t: specs[t].parity.get(dep.precision, specs[t].parity) for t in names}})
+    return CheckItem(
+        "parity",
+        status,
+        detail,
+        {
+            "tolerance": tolerance,
+            "max_diff": worst,
+            "vs_pytorch": stored,
+            "label_agreement": agree,
+            "stored_figures": {t: specs[t].parity.get(dep.precision, specs[t].parity) for t in names},
+        },
+    )
 
 
 def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> CheckItem:
@@ -228,11 +257,21 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
     return CheckItem("accuracy", status, detail, {"task": task, "metrics": found, "stored": spec.metrics})
 
 
-def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any = None, threads: int | None = None,
-                  spin_us: int | None = DEFAULT_SPIN_US,
-                  eval_file: str | Path | None = None, eval_task: str | None = None, tolerance: float = 1e-4,
-                  max_latency_ms: float | None = None, max_rss_mb: float | None = None,
-                  max_accuracy_drop: float = 0.02, reps: int = 20) -> list[CheckItem]:
+def run_checklist(
+    path: str | Path,
+    *,
+    precision: str = "fp32",
+    providers: Any = None,
+    threads: int | None = None,
+    spin_us: int | None = DEFAULT_SPIN_US,
+    eval_file: str | Path | None = None,
+    eval_task: str | None = None,
+    tolerance: float = 1e-4,
+    max_latency_ms: float | None = None,
+    max_rss_mb: float | None = None,
+    max_accuracy_drop: float = 0.02,
+    reps: int = 20,
+) -> list[CheckItem]:
     """Run every item; stop early only when the deployment cannot be opened at all."""
     root = Path(path)
     items: list[CheckItem] = []
@@ -240,9 +279,15 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
         manifest = Manifest.read(root)
     except AdapterDeployError as exc:
         return [CheckItem("manifest", "fail", str(exc))]
-    items.append(CheckItem("manifest", "pass", f"schema {manifest.schema_version}, written by adapterdeploy "
-                           f"{manifest.tool_version}, {len(manifest.tasks)} tasks, precisions "
-                           f"{', '.join(manifest.precisions)}"))
+    items.append(
+        CheckItem(
+            "manifest",
+            "pass",
+            f"schema {manifest.schema_version}, written by adapterdeploy "
+            f"{manifest.tool_version}, {len(manifest.tasks)} tasks, precisions "
+            f"{', '.join(manifest.precisions)}",
+        )
+    )
     problems, n_files = verify_deployment(root, manifest)
     ok_detail = f"{n_files} files ok (the manifest's, each task.json, every task's own list)"
     items.append(CheckItem("checksums", "fail" if problems else "pass", "; ".join(problems) if problems else ok_detail))
@@ -255,8 +300,14 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
         return items
     with dep:
         open_ms = (time.perf_counter() - t0) * 1000
-        items.append(CheckItem("open", "pass", f"{dep.provider}, {precision}, sessions ready in {open_ms:.0f} ms",
-                               {"ms": open_ms, "provider": dep.provider}))
+        items.append(
+            CheckItem(
+                "open",
+                "pass",
+                f"{dep.provider}, {precision}, sessions ready in {open_ms:.0f} ms",
+                {"ms": open_ms, "provider": dep.provider},
+            )
+        )
         loads, failed = [], {}
         for name in dep.task_names:
             t1 = time.perf_counter()
@@ -266,12 +317,16 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
             except AdapterDeployError as exc:
                 failed[name] = str(exc)
         n = len(dep.task_names)
-        detail = (f"{len(loads)}/{n} loaded, load median {statistics.median(loads):.1f} ms, max {max(loads):.1f} ms"
-                  if loads else f"0/{n} loaded")
+        detail = (
+            f"{len(loads)}/{n} loaded, load median {statistics.median(loads):.1f} ms, max {max(loads):.1f} ms"
+            if loads
+            else f"0/{n} loaded"
+        )
         if failed:
             detail += "; " + "; ".join(f"{k}: {v}" for k, v in failed.items())
-        items.append(CheckItem("tasks", "fail" if failed or not n else "pass", detail,
-                               {"load_ms": loads, "failed": failed}))
+        items.append(
+            CheckItem("tasks", "fail" if failed or not n else "pass", detail, {"load_ms": loads, "failed": failed})
+        )
         if failed or not n:
             return items
         try:
@@ -287,13 +342,24 @@ def run_checklist(path: str | Path, *, precision: str = "fp32", providers: Any =
         b32 = statistics.median(_timed(lambda: dep.predict(batch, task=task), max(3, reps // 4)))
         status = "info" if max_latency_ms is None else ("pass" if b1 <= max_latency_ms else "fail")
         limit = f" (limit {max_latency_ms:g} ms at batch 1)" if max_latency_ms is not None else ""
-        items.append(CheckItem("latency", status, f"task {task}: batch 1 median {b1:.2f} ms, batch 32 median "
-                               f"{b32:.1f} ms ({b32 / 32:.2f} ms/row){limit}", {"batch1_ms": b1, "batch32_ms": b32}))
+        items.append(
+            CheckItem(
+                "latency",
+                status,
+                f"task {task}: batch 1 median {b1:.2f} ms, batch 32 median {b32:.1f} ms ({b32 / 32:.2f} ms/row){limit}",
+                {"batch1_ms": b1, "batch32_ms": b32},
+            )
+        )
         rss = current_rss_bytes()
         status = "info" if max_rss_mb is None else ("pass" if rss / 2**20 <= max_rss_mb else "fail")
-        items.append(CheckItem("memory", status, f"RSS {rss / 2**20:.0f} MiB with {n} tasks loaded "
-                               f"(+{(rss - rss0) / 2**20:.0f} MiB for the deployment)",
-                               {"rss_bytes": rss, "deployment_bytes": rss - rss0}))
+        items.append(
+            CheckItem(
+                "memory",
+                status,
+                f"RSS {rss / 2**20:.0f} MiB with {n} tasks loaded (+{(rss - rss0) / 2**20:.0f} MiB for the deployment)",
+                {"rss_bytes": rss, "deployment_bytes": rss - rss0},
+            )
+        )
         if eval_file is not None:
             if eval_task is None:
                 items.append(CheckItem("accuracy", "fail", "--eval needs --task NAME (the task to evaluate)"))

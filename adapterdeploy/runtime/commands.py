@@ -21,21 +21,36 @@ from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
 __all__ = ["check", "predict"]
 
-PROVIDER_HELP = ("Execution provider, in preference order; repeat for a fallback list (--provider cuda --provider "
-                 "cpu). A single GPU provider that cannot run here is an error, never a silent CPU run.")
+PROVIDER_HELP = (
+    "Execution provider, in preference order; repeat for a fallback list (--provider cuda --provider "
+    "cpu). A single GPU provider that cannot run here is an error, never a silent CPU run."
+)
 
 
 def _open_options(f: Any) -> Any:
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="Intra-op threads per onnxruntime session (default: one per core). Fewer threads leave "
-                          "cores to other processes at some latency cost.")(f)
-    f = click.option("--spin-us", type=click.IntRange(min=0), default=DEFAULT_SPIN_US, show_default=True,
-                     help="Microseconds idle onnxruntime workers spin before sleeping: low batch-1 latency on "
-                          "dedicated cores; 0 = never spin, best when other busy processes share the cores.")(f)
+    f = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Intra-op threads per onnxruntime session (default: one per core). Fewer threads leave "
+        "cores to other processes at some latency cost.",
+    )(f)
+    f = click.option(
+        "--spin-us",
+        type=click.IntRange(min=0),
+        default=DEFAULT_SPIN_US,
+        show_default=True,
+        help="Microseconds idle onnxruntime workers spin before sleeping: low batch-1 latency on "
+        "dedicated cores; 0 = never spin, best when other busy processes share the cores.",
+    )(f)
     f = click.option("--provider", "providers", multiple=True, help=PROVIDER_HELP)(f)
-    f = click.option("--precision", default="fp32", show_default=True,
-                     help="Featurizer variant: fp32 (reference), int8 (smaller and faster on CPU, small accuracy "
-                          "cost), fp16 (GPU). Only variants the deployment was exported with exist.")(f)
+    f = click.option(
+        "--precision",
+        default="fp32",
+        show_default=True,
+        help="Featurizer variant: fp32 (reference), int8 (smaller and faster on CPU, small accuracy "
+        "cost), fp16 (GPU). Only variants the deployment was exported with exist.",
+    )(f)
     return f
 
 
@@ -69,8 +84,9 @@ class _Writer:
             if pred.labels is not None:  # multi-label: every label that is on
                 label = ",".join(pred.labels) or "(none)"
             score = "" if pred.probabilities is None else f"{pred.score:.4f}"
-            self.table_rows.append((str(index), pred.task, _short(row), str(label), score,
-                                    "yes" if pred.truncated else ""))
+            self.table_rows.append(
+                (str(index), pred.task, _short(row), str(label), score, "yes" if pred.truncated else "")
+            )
         self.first = False
 
     def close(self) -> None:
@@ -90,28 +106,75 @@ class _Writer:
 @click.argument("deploy_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1)
 @click.option("--task", "task", default=None, help="Task to run (default: the only task, when there is one).")
-@click.option("--tasks", "tasks", default=None,
-              help="Comma-separated tasks to fan every input out to (the shared trunk runs once per text).")
-@click.option("--pair", "pairs", nargs=2, multiple=True, metavar="TEXT_A TEXT_B",
-              help="A text pair for pair tasks (paraphrase, entailment); repeat for more.")
-@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=None,
-              help="Read inputs from a file ('-' = stdin): .txt one text per line, .tsv/.csv with a text (and "
-                   "text_b) column, .jsonl strings / [a, b] / objects. Streams in batches: any size works.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table", show_default=True,
-              help="table for people; json = one array of objects (row, task, label, score, probabilities, value, "
-                   "truncated); jsonl = one object per line, best for large files and pipes.")
-@click.option("--strict", is_flag=True, default=False,
-              help="Refuse inputs longer than the deployment's max_length instead of truncating them.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Rows per forward pass: larger is faster per row on CPU, costs more memory.")
-@click.option("--max-chars-per-text", type=click.IntRange(min=1), default=MAX_CHARS_PER_TEXT, show_default=True,
-              help="Longest --input line accepted (characters; the server's limit per text). A longer line is an "
-                   "error after reading only this much, so memory stays bounded; raise it for long documents.")
+@click.option(
+    "--tasks",
+    "tasks",
+    default=None,
+    help="Comma-separated tasks to fan every input out to (the shared trunk runs once per text).",
+)
+@click.option(
+    "--pair",
+    "pairs",
+    nargs=2,
+    multiple=True,
+    metavar="TEXT_A TEXT_B",
+    help="A text pair for pair tasks (paraphrase, entailment); repeat for more.",
+)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    default=None,
+    help="Read inputs from a file ('-' = stdin): .txt one text per line, .tsv/.csv with a text (and "
+    "text_b) column, .jsonl strings / [a, b] / objects. Streams in batches: any size works.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="table for people; json = one array of objects (row, task, label, score, probabilities, value, "
+    "truncated); jsonl = one object per line, best for large files and pipes.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    default=False,
+    help="Refuse inputs longer than the deployment's max_length instead of truncating them.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Rows per forward pass: larger is faster per row on CPU, costs more memory.",
+)
+@click.option(
+    "--max-chars-per-text",
+    type=click.IntRange(min=1),
+    default=MAX_CHARS_PER_TEXT,
+    show_default=True,
+    help="Longest --input line accepted (characters; the server's limit per text). A longer line is an "
+    "error after reading only this much, so memory stays bounded; raise it for long documents.",
+)
 @_open_options
-def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: str | None,
-            pairs: tuple[tuple[str, str], ...], input_file: str | None, fmt: str, strict: bool, batch_size: int,
-            max_chars_per_text: int, precision: str, providers: tuple[str, ...], threads: int | None,
-            spin_us: int) -> None:
+def predict(
+    deploy_dir: str,
+    texts: tuple[str, ...],
+    task: str | None,
+    tasks: str | None,
+    pairs: tuple[tuple[str, str], ...],
+    input_file: str | None,
+    fmt: str,
+    strict: bool,
+    batch_size: int,
+    max_chars_per_text: int,
+    precision: str,
+    providers: tuple[str, ...],
+    threads: int | None,
+    spin_us: int,
+) -> None:
     """Predict with one task (--task) or fan out to several (--tasks) on TEXT arguments, --pair or --input."""
     from adapterdeploy.runtime import Deployment
 
@@ -120,24 +183,41 @@ def predict(deploy_dir: str, texts: tuple[str, ...], task: str | None, tasks: st
     if not (texts or pairs or input_file):
         raise click.UsageError("give inputs: TEXT arguments, --pair TEXT_A TEXT_B, or --input FILE")
     try:
-        with Deployment.open(deploy_dir, providers=list(providers) or None, precision=precision, threads=threads,
-                             spin_us=spin_us, batch_size=batch_size) as dep:
+        with Deployment.open(
+            deploy_dir,
+            providers=list(providers) or None,
+            precision=precision,
+            threads=threads,
+            spin_us=spin_us,
+            batch_size=batch_size,
+        ) as dep:
             names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
             if not names and task is None:
                 if len(dep.task_names) != 1:
-                    raise click.UsageError(f"this deployment has {len(dep.task_names)} tasks "
-                                           f"({', '.join(dep.task_names)}); choose one with --task")
+                    raise click.UsageError(
+                        f"this deployment has {len(dep.task_names)} tasks "
+                        f"({', '.join(dep.task_names)}); choose one with --task"
+                    )
                 task = dep.task_names[0]
             writer = _Writer(fmt)
-            _predict_stream(dep, _rows(texts, pairs, input_file, max_chars_per_text), task, names, strict, writer,
-                            batch_size * 4, input_file)
+            _predict_stream(
+                dep,
+                _rows(texts, pairs, input_file, max_chars_per_text),
+                task,
+                names,
+                strict,
+                writer,
+                batch_size * 4,
+                input_file,
+            )
             writer.close()
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
 
 
-def _rows(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file: str | None, max_chars: int
-          ) -> Iterator[tuple[Any, int]]:
+def _rows(
+    texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file: str | None, max_chars: int
+) -> Iterator[tuple[Any, int]]:
     yield from ((t, 0) for t in texts)
     yield from (((a, b), 0) for a, b in pairs)
     if input_file:
@@ -150,13 +230,27 @@ def _rows(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], input_file
                 yield from iter_inputs(f, input_file, max_chars)
 
 
-def _predict_stream(dep: Any, rows: Iterator[tuple[Any, int]], task: str | None, names: list[str] | None,
-                    strict: bool, writer: _Writer, chunk: int, input_file: str | None) -> None:
+def _predict_stream(
+    dep: Any,
+    rows: Iterator[tuple[Any, int]],
+    task: str | None,
+    names: list[str] | None,
+    strict: bool,
+    writer: _Writer,
+    chunk: int,
+    input_file: str | None,
+) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     size = Path(input_file).stat().st_size if input_file and input_file != "-" else None
-    progress = Progress("predicting", BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True,
-                        disable=size is None or not sys.stderr.isatty())
+    progress = Progress(
+        "predicting",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=size is None or not sys.stderr.isatty(),
+    )
     index = 0
     with progress:
         bar = progress.add_task("rows", total=size)
@@ -168,8 +262,9 @@ def _predict_stream(dep: Any, rows: Iterator[tuple[Any, int]], task: str | None,
                     for name in names:
                         writer.add(index + i, row, fanned[name][i])
             else:
-                for i, (row, pred) in enumerate(zip(inputs, dep.predict(inputs, task=task, strict=strict),
-                                                    strict=True)):
+                for i, (row, pred) in enumerate(
+                    zip(inputs, dep.predict(inputs, task=task, strict=strict), strict=True)
+                ):
                     writer.add(index + i, row, pred)
             index += len(inputs)
             progress.update(bar, completed=batch[-1][1])
@@ -177,25 +272,65 @@ def _predict_stream(dep: Any, rows: Iterator[tuple[Any, int]], task: str | None,
 
 @click.command("check")
 @click.argument("deploy_dir", type=click.Path(file_okay=False))
-@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Labelled rows (.tsv/.csv/.jsonl as for training) to measure accuracy on; needs --task. Fails "
-                   "when the main metric is more than --max-accuracy-drop below the figure stored at export.")
+@click.option(
+    "--eval",
+    "eval_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Labelled rows (.tsv/.csv/.jsonl as for training) to measure accuracy on; needs --task. Fails "
+    "when the main metric is more than --max-accuracy-drop below the figure stored at export.",
+)
 @click.option("--task", "eval_task", default=None, help="The task --eval scores.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the results as one JSON object.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest allowed difference of probabilities (or regression values) in the parity item.")
-@click.option("--max-latency-ms", type=float, default=None,
-              help="Fail when the batch-1 median latency is above this (default: report only).")
-@click.option("--max-rss-mb", type=float, default=None,
-              help="Fail when the process RSS with every task loaded is above this (default: report only).")
-@click.option("--max-accuracy-drop", type=float, default=0.02, show_default=True,
-              help="Allowed drop of the --eval main metric below the figure stored at export.")
-@click.option("--reps", type=click.IntRange(min=3), default=20, show_default=True,
-              help="Timed repetitions for the latency medians (more is steadier, slower).")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Largest allowed difference of probabilities (or regression values) in the parity item.",
+)
+@click.option(
+    "--max-latency-ms",
+    type=float,
+    default=None,
+    help="Fail when the batch-1 median latency is above this (default: report only).",
+)
+@click.option(
+    "--max-rss-mb",
+    type=float,
+    default=None,
+    help="Fail when the process RSS with every task loaded is above this (default: report only).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="Allowed drop of the --eval main metric below the figure stored at export.",
+)
+@click.option(
+    "--reps",
+    type=click.IntRange(min=3),
+    default=20,
+    show_default=True,
+    help="Timed repetitions for the latency medians (more is steadier, slower).",
+)
 @_open_options
-def check(deploy_dir: str, eval_file: str | None, eval_task: str | None, as_json: bool, tolerance: float,
-          max_latency_ms: float | None, max_rss_mb: float | None, max_accuracy_drop: float, reps: int,
-          precision: str, providers: tuple[str, ...], threads: int | None, spin_us: int) -> None:
+def check(
+    deploy_dir: str,
+    eval_file: str | None,
+    eval_task: str | None,
+    as_json: bool,
+    tolerance: float,
+    max_latency_ms: float | None,
+    max_rss_mb: float | None,
+    max_accuracy_drop: float,
+    reps: int,
+    precision: str,
+    providers: tuple[str, ...],
+    threads: int | None,
+    spin_us: int,
+) -> None:
     """Production checklist: checksums, task loads, parity, latency, memory (and accuracy with --eval).
 
     Exits non-zero when any item fails.
@@ -205,18 +340,31 @@ def check(deploy_dir: str, eval_file: str | None, eval_task: str | None, as_json
     if eval_file and not eval_task:
         raise click.UsageError("--eval needs --task NAME (the task whose accuracy to measure)")
     try:
-        items = run_checklist(deploy_dir, precision=precision, providers=list(providers) or None, threads=threads,
-                              spin_us=spin_us, eval_file=eval_file, eval_task=eval_task, tolerance=tolerance,
-                              max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
-                              max_accuracy_drop=max_accuracy_drop, reps=reps)
+        items = run_checklist(
+            deploy_dir,
+            precision=precision,
+            providers=list(providers) or None,
+            threads=threads,
+            spin_us=spin_us,
+            eval_file=eval_file,
+            eval_task=eval_task,
+            tolerance=tolerance,
+            max_latency_ms=max_latency_ms,
+            max_rss_mb=max_rss_mb,
+            max_accuracy_drop=max_accuracy_drop,
+            reps=reps,
+        )
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
     ok = all(i.status != "fail" for i in items)
     if as_json:
         from adapterdeploy.metrics import json_safe
 
-        click.echo(json.dumps(json_safe({"ok": ok, "deployment": str(deploy_dir),
-                                         "items": [i.to_dict() for i in items]}), indent=2))
+        click.echo(
+            json.dumps(
+                json_safe({"ok": ok, "deployment": str(deploy_dir), "items": [i.to_dict() for i in items]}), indent=2
+            )
+        )
     else:
         from rich.console import Console
         from rich.table import Table

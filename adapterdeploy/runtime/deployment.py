@@ -80,9 +80,20 @@ Result = Prediction | Embedding | TaskFailedError
 class Deployment:
     """A deployment directory opened for inference. Create with :meth:`open`."""
 
-    def __init__(self, root: Path, manifest: Manifest, precision: str, encoder: TextEncoder, engine: Engine,
-                 factory: SessionFactory, *, batch_size: int, max_loaded_tasks: int | None,
-                 memory_budget_bytes: int | None, on_evict: EvictCallback | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        precision: str,
+        encoder: TextEncoder,
+        engine: Engine,
+        factory: SessionFactory,
+        *,
+        batch_size: int,
+        max_loaded_tasks: int | None,
+        memory_budget_bytes: int | None,
+        on_evict: EvictCallback | None,
+    ) -> None:
         self.root = root
         self._manifest = manifest
         self.precision = precision
@@ -93,20 +104,31 @@ class Deployment:
         self._closed = False
         self._base: TaskRows | None = None
         self._lowers = SharedLowers()
-        self._registry = TaskRegistry(self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes,
-                                      on_evict=on_evict)
+        self._registry = TaskRegistry(
+            self._read_task, max_loaded=max_loaded_tasks, max_bytes=memory_budget_bytes, on_evict=on_evict
+        )
         base = str(root).rstrip("/")
         for name, rel in manifest.tasks.items():  # string joins: a Path per task costs seconds at 10,000 tasks
             self._registry.add(name, f"{base}/{rel}")  # rel passed safe_relpath in Manifest.from_dict
 
     # ---- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, providers: Sequence[ProviderSpec] | ProviderSpec | None = None,
-             precision: str = "fp32", threads: int | None = None, max_loaded_tasks: int | None = None,
-             memory_budget_bytes: int | None = None, *, batch_size: int = 64, bank_mode: str | None = None,
-             shared_thread_pool: bool = False, spin_us: int | None = DEFAULT_SPIN_US,
-             engine_cache_dir: str | Path | None = None,
-             on_evict: EvictCallback | None = None) -> Deployment:
+    def open(
+        cls,
+        path: str | Path,
+        providers: Sequence[ProviderSpec] | ProviderSpec | None = None,
+        precision: str = "fp32",
+        threads: int | None = None,
+        max_loaded_tasks: int | None = None,
+        memory_budget_bytes: int | None = None,
+        *,
+        batch_size: int = 64,
+        bank_mode: str | None = None,
+        shared_thread_pool: bool = False,
+        spin_us: int | None = DEFAULT_SPIN_US,
+        engine_cache_dir: str | Path | None = None,
+        on_evict: EvictCallback | None = None,
+    ) -> Deployment:
         """Open ``path`` for inference.
 
         Args:
@@ -145,27 +167,50 @@ class Deployment:
         cache = Path(engine_cache_dir) if engine_cache_dir else _engine_cache(root, fz.fingerprint, precision)
         trunk_path, adapted_path = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
         # At K = 0 the trunk is only the embeddings: measured 1-2% faster at batch 1 without a pool of its own.
-        factory = SessionFactory(threads=threads, shared_pool=shared_thread_pool, spin_us=spin_us,
-                                 precision=precision, cache_dir=cache,
-                                 single_threaded=frozenset({trunk_path.name} if fz.adapter_drop == 0 else ()))
+        factory = SessionFactory(
+            threads=threads,
+            shared_pool=shared_thread_pool,
+            spin_us=spin_us,
+            precision=precision,
+            cache_dir=cache,
+            single_threaded=frozenset({trunk_path.name} if fz.adapter_drop == 0 else ()),
+        )
         if any(c.name == "TensorrtExecutionProvider" for c in choices):
-            factory.trt_profiles = _trt_profiles(manifest, trunk_path, adapted_path, batch_size,
-                                                 max_loaded_tasks or max(64, len(manifest.tasks)))
+            factory.trt_profiles = _trt_profiles(
+                manifest, trunk_path, adapted_path, batch_size, max_loaded_tasks or max(64, len(manifest.tasks))
+            )
         trunk, adapted = factory.open_first(choices, [trunk_path, adapted_path])
         layout = BankLayout.from_session_inputs(adapted.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
         device = "cuda" if factory.choice is not None and factory.choice.is_gpu else None
-        engine = Engine(trunk, adapted, layout, bank_mode=bank_mode or ("resident" if device else "rows"),
-                        device=device)
+        engine = Engine(
+            trunk, adapted, layout, bank_mode=bank_mode or ("resident" if device else "rows"), device=device
+        )
         base = manifest.base
         # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
         # past the table, so those models get zeros whatever the tokenizer says.
-        single_type = (int(base.get("type_vocab_size") or 2) <= 1
-                       or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS)
-        encoder = TextEncoder(root / safe_relpath(manifest.tokenizer.file), manifest.tokenizer.max_length,
-                              single_token_type=single_type, pad_id=base.get("pad_token_id"))
+        single_type = (
+            int(base.get("type_vocab_size") or 2) <= 1
+            or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS
+        )
+        encoder = TextEncoder(
+            root / safe_relpath(manifest.tokenizer.file),
+            manifest.tokenizer.max_length,
+            single_token_type=single_type,
+            pad_id=base.get("pad_token_id"),
+        )
         log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
-        return cls(root, manifest, precision, encoder, engine, factory, batch_size=batch_size,
-                   max_loaded_tasks=max_loaded_tasks, memory_budget_bytes=memory_budget_bytes, on_evict=on_evict)
+        return cls(
+            root,
+            manifest,
+            precision,
+            encoder,
+            engine,
+            factory,
+            batch_size=batch_size,
+            max_loaded_tasks=max_loaded_tasks,
+            memory_budget_bytes=memory_budget_bytes,
+            on_evict=on_evict,
+        )
 
     def __enter__(self) -> Deployment:
         return self
@@ -234,8 +279,9 @@ class Deployment:
             p = Path(name_or_path).expanduser()
             if not (p / TASK_FILE).is_file():
                 known = self._registry.known_summary()
-                raise UnknownTaskError(f"unknown task {name!r} (not a task name, nor a directory with {TASK_FILE}); "
-                                       f"known tasks: {known}")
+                raise UnknownTaskError(
+                    f"unknown task {name!r} (not a task name, nor a directory with {TASK_FILE}); known tasks: {known}"
+                )
             spec = TaskSpec.read(p)
             self._check_fingerprint(spec, p)
             self._registry.add(spec.name, p.resolve())
@@ -307,8 +353,9 @@ class Deployment:
         rows = validate_rows(inputs)
         return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
 
-    def predict_mixed(self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *,
-                      errors: ErrorMode = "raise") -> list[Result]:
+    def predict_mixed(
+        self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *, errors: ErrorMode = "raise"
+    ) -> list[Result]:
         """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order.
 
         A row whose first item is an :class:`Embed` (instead of a task name) answers an :class:`Embedding`,
@@ -331,8 +378,9 @@ class Deployment:
         """Tokenize ``inputs`` once (untruncated count, truncation flag, ids) for :meth:`predict_encoded`."""
         return self._encoder.tokenize(validate_rows(inputs))
 
-    def predict_encoded(self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise"
-                        ) -> list[Result]:
+    def predict_encoded(
+        self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise"
+    ) -> list[Result]:
         """Like :meth:`predict_mixed` for rows already tokenized by :meth:`encode` (a server tokenizes once).
 
         Identical encodings share one trunk pass, as identical texts do in ``predict_mixed``.
@@ -342,8 +390,12 @@ class Deployment:
         source: list[int] = []
         keys: dict[tuple[Any, ...], int] = {}
         for i, row in enumerate(rows):
-            if not (isinstance(row, (tuple, list)) and len(row) == 2 and isinstance(row[0], (str, Embed))
-                    and isinstance(row[1], TokenRow)):
+            if not (
+                isinstance(row, (tuple, list))
+                and len(row) == 2
+                and isinstance(row[0], (str, Embed))
+                and isinstance(row[1], TokenRow)
+            ):
                 raise InputError(f"rows[{i}] must be (task, TokenRow from Deployment.encode), got {row!r:.80}")
             names.append(row[0])
             t = row[1]
@@ -361,8 +413,9 @@ class Deployment:
                 raise InputError(_pair_message(n, loaded[n].spec.text_pair, f"rows[{i}]", tokens[source[i]].pair))
         return self._forward(names, tokens, source, loaded, failed, errors)
 
-    def embed(self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean",
-              strict: bool = False) -> np.ndarray:
+    def embed(
+        self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean", strict: bool = False
+    ) -> np.ndarray:
         """L2-normalised embeddings ``[len(inputs), hidden]`` (float32), one row per input.
 
         ``task=None`` embeds with the base model (no adapter: for the embedded all-MiniLM-L6-v2 with
@@ -377,8 +430,7 @@ class Deployment:
         out = self._run([target] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
         return np.stack([e.vector for e in out])  # type: ignore[union-attr]
 
-    def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False
-                ) -> dict[str, list[Prediction]]:
+    def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False) -> dict[str, list[Prediction]]:
         """Every input through every task; the trunk runs once per unique text."""
         if isinstance(tasks, str):
             raise InputError(f"tasks must be a list of task names, got the str {tasks!r}; pass [{tasks!r}]")
@@ -387,10 +439,11 @@ class Deployment:
         if not order:
             raise InputError("fan_out needs at least one task")
         names = [t for t in order for _ in rows]
-        flat = self._run(names, [r for _ in order for r in rows], strict,
-                         [f"inputs[{i}]" for _ in order for i in range(len(rows))])
+        flat = self._run(
+            names, [r for _ in order for r in rows], strict, [f"inputs[{i}]" for _ in order for i in range(len(rows))]
+        )
         n = len(rows)
-        return {t: flat[k * n:(k + 1) * n] for k, t in enumerate(order)}  # type: ignore[misc]
+        return {t: flat[k * n : (k + 1) * n] for k, t in enumerate(order)}  # type: ignore[misc]
 
     # ---- internals ---------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -407,11 +460,19 @@ class Deployment:
         """Every embedding target's pooling is an output of this featurizer."""
         for e in dict.fromkeys(n for n in names if isinstance(n, Embed)):
             if e.feature not in self._engine.output_names:
-                raise InputError(f"pooling {e.pooling!r} needs the featurizer's {e.feature!r} output, which this "
-                                 f"deployment lacks (outputs: {', '.join(self._engine.output_names)}); use mean or cls")
+                raise InputError(
+                    f"pooling {e.pooling!r} needs the featurizer's {e.feature!r} output, which this "
+                    f"deployment lacks (outputs: {', '.join(self._engine.output_names)}); use mean or cls"
+                )
 
-    def _run(self, names: Sequence[str | Embed], texts: list[Row], strict: bool, where: list[str],
-             errors: ErrorMode = "raise") -> list[Result]:
+    def _run(
+        self,
+        names: Sequence[str | Embed],
+        texts: list[Row],
+        strict: bool,
+        where: list[str],
+        errors: ErrorMode = "raise",
+    ) -> list[Result]:
         """Rows (names[r], texts[r]): dedupe texts, tokenize once, bucket when large, run each bucket."""
         if not names:
             return []
@@ -429,8 +490,7 @@ class Deployment:
         tokens = self._encoder.tokenize(uniques, strict=strict, labels=labels)
         return self._forward(names, tokens, source, loaded, failed, errors)
 
-    def _load_tasks(self, names: Sequence[str | Embed]
-                    ) -> tuple[dict[str, LoadedTask], dict[str, TaskFailedError]]:
+    def _load_tasks(self, names: Sequence[str | Embed]) -> tuple[dict[str, LoadedTask], dict[str, TaskFailedError]]:
         """Each distinct task's weights; a failed task is set aside (its rows get the error), not raised."""
         loaded: dict[str, LoadedTask] = {}
         failed: dict[str, TaskFailedError] = {}
@@ -443,9 +503,15 @@ class Deployment:
                 failed[n] = exc
         return loaded, failed
 
-    def _forward(self, names: Sequence[str | Embed], tokens: list[TokenRow], source: list[int],
-                 loaded: dict[str, LoadedTask], failed: dict[str, TaskFailedError], errors: ErrorMode
-                 ) -> list[Result]:
+    def _forward(
+        self,
+        names: Sequence[str | Embed],
+        tokens: list[TokenRow],
+        source: list[int],
+        loaded: dict[str, LoadedTask],
+        failed: dict[str, TaskFailedError],
+        errors: ErrorMode,
+    ) -> list[Result]:
         """Rows ``r`` = (names[r], tokens[source[r]]) of the loaded tasks, length-bucketed when large."""
         if failed and errors == "raise":
             raise next(iter(failed.values()))
@@ -460,8 +526,9 @@ class Deployment:
         if sum(len(rows_of[u]) for u in used) <= self.batch_size:
             chunks = [used] if used else []
         else:
-            buckets = length_buckets([len(tokens[u].ids) for u in used], self.batch_size,
-                                     [len(rows_of[u]) for u in used])
+            buckets = length_buckets(
+                [len(tokens[u].ids) for u in used], self.batch_size, [len(rows_of[u]) for u in used]
+            )
             chunks = [[used[i] for i in b] for b in buckets]
         if self._engine is None:
             self._check_open()
@@ -475,8 +542,15 @@ class Deployment:
                     raise p
         return out  # type: ignore[return-value]
 
-    def _run_isolated(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
-                      source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None) -> list[Result]:
+    def _run_isolated(
+        self,
+        row_ids: list[int],
+        names: Sequence[str | Embed],
+        tokens: list[TokenRow],
+        source: list[int],
+        loaded: dict[str, LoadedTask],
+        base: TaskRows | None,
+    ) -> list[Result]:
         """One bucket; a failing task is marked failed and only its rows get the error.
 
         A head failure is one task's by construction (the engine isolates heads). A failure of the shared
@@ -525,9 +599,17 @@ class Deployment:
                 out.append(p)
         return out
 
-    def _engine_run(self, row_ids: list[int], names: Sequence[str | Embed], tokens: list[TokenRow],
-                    source: list[int], loaded: dict[str, LoadedTask], base: TaskRows | None, *,
-                    resident_ok: bool) -> list[Any]:
+    def _engine_run(
+        self,
+        row_ids: list[int],
+        names: Sequence[str | Embed],
+        tokens: list[TokenRow],
+        source: list[int],
+        loaded: dict[str, LoadedTask],
+        base: TaskRows | None,
+        *,
+        resident_ok: bool,
+    ) -> list[Any]:
         used = list(dict.fromkeys(source[r] for r in row_ids))
         local = {u: j for j, u in enumerate(used)}
         padded = self._encoder.pad([tokens[u] for u in used])
@@ -539,8 +621,15 @@ class Deployment:
         row_tasks = [loaded[t] if t is not None else None for t in task_of]
         row_base = base if any(t is None for t in task_of) else None
         embeds = [names[r] if isinstance(names[r], Embed) else None for r in row_ids]
-        return engine.run(padded, row_source, row_tasks, row_embed=embeds,  # type: ignore[arg-type]
-                          base=row_base, version=version, loaded=all_loaded)
+        return engine.run(
+            padded,
+            row_source,
+            row_tasks,
+            row_embed=embeds,  # type: ignore[arg-type]
+            base=row_base,
+            version=version,
+            loaded=all_loaded,
+        )
 
     def _base_rows(self) -> TaskRows:
         """The all-zero bank rows that run the plain encoder (built once); refused where zero is not the base."""
@@ -572,13 +661,17 @@ class Deployment:
         if rel is not None and source == self.root / safe_relpath(rel):
             entry = self._manifest.task_files.get(name)
             if entry is None:
-                raise ChecksumError(f"{self.root / 'deployment.json'} has no checksum for task {name!r}'s {TASK_FILE}; "
-                                    "the manifest is inconsistent: re-export the deployment")
+                raise ChecksumError(
+                    f"{self.root / 'deployment.json'} has no checksum for task {name!r}'s {TASK_FILE}; "
+                    "the manifest is inconsistent: re-export the deployment"
+                )
             require_files(source, {TASK_FILE: entry})
         spec = TaskSpec.read(source)
         if spec.name != name:
-            raise ArtifactError(f"{source / TASK_FILE} names task {spec.name!r}, the manifest calls it {name!r}; "
-                                "the deployment is inconsistent: re-export it")
+            raise ArtifactError(
+                f"{source / TASK_FILE} names task {spec.name!r}, the manifest calls it {name!r}; "
+                "the deployment is inconsistent: re-export it"
+            )
         self._check_fingerprint(spec, source)
         if TASK_WEIGHTS_FILE not in spec.files:
             raise ArtifactError(f"{source / TASK_FILE} lists no {TASK_WEIGHTS_FILE}; re-export the task")
@@ -595,8 +688,10 @@ class Deployment:
         factory: Callable[[], Any] | None = (lambda: self._factory.session(head_file)) if head_file.is_file() else None
         head = Head.from_tensors(name, spec.head, tensors, fz.hidden_size, session_factory=factory)
         if head.feature not in self._engine.output_names:
-            raise ArtifactError(f"task {name!r} pools with {spec.head.pooling!r}, but the featurizer has no "
-                                f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)})")
+            raise ArtifactError(
+                f"task {name!r} pools with {spec.head.pooling!r}, but the featurizer has no "
+                f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)})"
+            )
         task = LoadedTask(spec=spec, rows=rows, head=head)
         return task, task.nbytes
 
@@ -640,8 +735,10 @@ def _featurizer_files(manifest: Manifest, precision: str) -> list[str]:
         return any("/".join(parts[:i]) in task_dirs for i in range(1, len(parts)))
 
     return [
-        rel for rel in manifest.files
-        if not rel.startswith("standalone/") and not in_task_dir(rel)
+        rel
+        for rel in manifest.files
+        if not rel.startswith("standalone/")
+        and not in_task_dir(rel)
         and not any(rel == o or rel.startswith(o + ".") for o in others)  # graph + its external data
     ]
 
@@ -653,19 +750,26 @@ def _engine_cache(root: Path, fingerprint: str, precision: str) -> Path:
     return Path.home() / ".cache" / "adapterdeploy" / "engine_cache" / fingerprint[:16] / precision
 
 
-def _trt_profiles(manifest: Manifest, trunk: Path, adapted: Path, batch_size: int, max_tasks: int
-                 ) -> dict[str, dict[str, str]]:
+def _trt_profiles(
+    manifest: Manifest, trunk: Path, adapted: Path, batch_size: int, max_tasks: int
+) -> dict[str, dict[str, str]]:
     """TensorRT shape profiles: rows 1..batch_size, sequence 1..max_length, bank 1..max_tasks, bottleneck 1..256."""
     H, S, B = manifest.featurizer.hidden_size, manifest.tokenizer.max_length, batch_size
     opt_s = min(S, 128)
     tok = {n: ((1, 1), (B, opt_s), (B, S)) for n in ("input_ids", "attention_mask", "token_type_ids")}
     tasks, m = max_tasks, 256
-    adapted_shapes: dict[str, Any] = {"hidden": ((1, 1, H), (B, opt_s, H), (B, S, H)),
-                                      "attention_mask": ((1, 1), (B, opt_s), (B, S)),
-                                      "row_source": ((1,), (B,), (B,)), "task_index": ((1,), (B,), (B,))}
+    adapted_shapes: dict[str, Any] = {
+        "hidden": ((1, 1, H), (B, opt_s, H), (B, S, H)),
+        "attention_mask": ((1, 1), (B, opt_s), (B, S)),
+        "row_source": ((1,), (B,), (B,)),
+        "task_index": ((1,), (B,), (B,)),
+    }
     for name in manifest.featurizer.bank_inputs:
         role = name.rsplit(".", 1)[1]
-        lo, opt, hi = {"down_w": ((H, 1), (H, 32), (H, m)), "down_b": ((1,), (32,), (m,)),
-                       "up_w": ((1, H), (32, H), (m, H))}.get(role, ((H,), (H,), (H,)))
+        lo, opt, hi = {
+            "down_w": ((H, 1), (H, 32), (H, m)),
+            "down_b": ((1,), (32,), (m,)),
+            "up_w": ((1, H), (32, H), (m, H)),
+        }.get(role, ((H,), (H,), (H,)))
         adapted_shapes[name] = ((1, *lo), (min(4, tasks), *opt), (tasks, *hi))
     return {trunk.name: trt_profile_options(tok), adapted.name: trt_profile_options(adapted_shapes)}

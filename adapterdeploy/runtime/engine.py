@@ -65,8 +65,9 @@ class _Snapshot:
 class Engine:
     """Runs padded batches through the trunk and adapted sessions and the task heads."""
 
-    def __init__(self, trunk: Any, adapted: Any, layout: BankLayout, *, bank_mode: str = "rows",
-                 device: str | None = None) -> None:
+    def __init__(
+        self, trunk: Any, adapted: Any, layout: BankLayout, *, bank_mode: str = "rows", device: str | None = None
+    ) -> None:
         self.trunk = trunk
         self.adapted = adapted
         self.layout = layout
@@ -92,14 +93,17 @@ class Engine:
             if self.device and feeds:
                 import onnxruntime as ort
 
-                feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0)
-                         for k, v in feeds.items()}
+                feeds = {
+                    k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0)
+                    for k, v in feeds.items()
+                }
             snap = _Snapshot(version, {t.name: i for i, t in enumerate(loaded)}, feeds)
             self._snapshot = snap
             return snap
 
-    def _bank(self, tasks: list[LoadedTask], version: int, loaded: Sequence[LoadedTask] | None,
-              base: TaskRows | None = None) -> tuple[dict[str | None, int], dict[str, Any]]:
+    def _bank(
+        self, tasks: list[LoadedTask], version: int, loaded: Sequence[LoadedTask] | None, base: TaskRows | None = None
+    ) -> tuple[dict[str | None, int], dict[str, Any]]:
         """Slots (task name, or None for the base rows) and bank feeds for this batch."""
         if self.bank_mode == "resident" and loaded is not None and base is None:
             snap = self.snapshot(version, loaded)
@@ -112,10 +116,17 @@ class Engine:
         return slots, self.layout.gather(rows)
 
     # ---- forward -----------------------------------------------------------------------------
-    def run(self, padded: Padded, row_source: np.ndarray, row_tasks: Sequence[LoadedTask | None], *,
-            row_embed: Sequence[Embed | None] | None = None, base: TaskRows | None = None,
-            version: int = 0, loaded: Sequence[LoadedTask] | None = None
-            ) -> list[Prediction | Embedding | Exception]:
+    def run(
+        self,
+        padded: Padded,
+        row_source: np.ndarray,
+        row_tasks: Sequence[LoadedTask | None],
+        *,
+        row_embed: Sequence[Embed | None] | None = None,
+        base: TaskRows | None = None,
+        version: int = 0,
+        loaded: Sequence[LoadedTask] | None = None,
+    ) -> list[Prediction | Embedding | Exception]:
         """Results for rows ``r`` = (``row_tasks[r]``, unique text ``row_source[r]`` of ``padded``).
 
         ``row_embed[r]`` None: the task's head prediction; an :class:`Embed`: the row's L2-normalised pooled
@@ -127,8 +138,15 @@ class Engine:
         slots, bank = self._bank(tasks, version, loaded, base if any(t is None for t in row_tasks) else None)
         task_index = np.array([slots[t.name if t is not None else None] for t in row_tasks], dtype=np.int64)
         row_source = np.ascontiguousarray(row_source, dtype=np.int64)
-        trunk_feeds = {k: v for k, v in (("input_ids", padded.input_ids), ("attention_mask", padded.attention_mask),
-                                         ("token_type_ids", padded.token_type_ids)) if k in self.trunk_inputs}
+        trunk_feeds = {
+            k: v
+            for k, v in (
+                ("input_ids", padded.input_ids),
+                ("attention_mask", padded.attention_mask),
+                ("token_type_ids", padded.token_type_ids),
+            )
+            if k in self.trunk_inputs
+        }
         small = {"attention_mask": padded.attention_mask, "row_source": row_source, "task_index": task_index}
         # Only the pooled features this batch's heads and embeddings read: onnxruntime then skips the nodes
         # of the others (e.g. the pooler's dense + tanh when no task pools with it).
@@ -160,12 +178,12 @@ class Engine:
             idx = np.flatnonzero([e == target for e in embeds])
             vectors = l2_normalize(features[target.feature][idx])
             for i, v in zip(idx, vectors, strict=True):
-                results[i] = Embedding(task=target.task, pooling=target.pooling, vector=v,
-                                       truncated=bool(truncated[i]))
+                results[i] = Embedding(task=target.task, pooling=target.pooling, vector=v, truncated=bool(truncated[i]))
         return results  # type: ignore[return-value]
 
-    def _run_bound(self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any],
-                   names: list[str]) -> list[np.ndarray]:
+    def _run_bound(
+        self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any], names: list[str]
+    ) -> list[np.ndarray]:
         """GPU path: hidden stays on the device between the graphs; resident bank tensors are device OrtValues."""
         import onnxruntime as ort
 

@@ -39,8 +39,27 @@ def erf(x: np.ndarray) -> np.ndarray:
     x64 = np.asarray(x, dtype=np.float64)
     z = np.abs(x64)
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    poly = (
+        -z * z
+        - 1.26551223
+        + t
+        * (
+            1.00002368
+            + t
+            * (
+                0.37409196
+                + t
+                * (
+                    0.09678418
+                    + t
+                    * (
+                        -0.18628806
+                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                    )
+                )
+            )
+        )
+    )
     ans = 1.0 - t * np.exp(poly)
     return np.where(x64 >= 0, ans, -ans).astype(np.asarray(x).dtype)
 
@@ -67,28 +86,40 @@ class Head:
     session: Any = None  # onnxruntime.InferenceSession for head.onnx, when there are no dense weights
 
     @classmethod
-    def from_tensors(cls, task: str, config: HeadConfig, tensors: Mapping[str, np.ndarray], hidden_size: int,
-                     session_factory: Callable[[], Any] | None = None) -> Head:
+    def from_tensors(
+        cls,
+        task: str,
+        config: HeadConfig,
+        tensors: Mapping[str, np.ndarray],
+        hidden_size: int,
+        session_factory: Callable[[], Any] | None = None,
+    ) -> Head:
         """Dense head from ``head.*`` tensors; falls back to ``session_factory()`` (head.onnx) when absent."""
         if "head.out.w" not in tensors:
             if session_factory is None:
                 raise ArtifactError(
-                    f"task {task!r} has neither head weights (head.out.w) nor a head.onnx; re-export it")
+                    f"task {task!r} has neither head weights (head.out.w) nor a head.onnx; re-export it"
+                )
             return cls(config=config, session=session_factory())
         hidden = []
         for i in range(config.hidden_layers):
             w, b = tensors.get(f"head.hidden.{i}.w"), tensors.get(f"head.hidden.{i}.b")
             if w is None or b is None:
-                raise ArtifactError(f"task {task!r} declares {config.hidden_layers} hidden head layers but lacks "
-                                    f"head.hidden.{i}.w/.b; re-export it")
+                raise ArtifactError(
+                    f"task {task!r} declares {config.hidden_layers} hidden head layers but lacks "
+                    f"head.hidden.{i}.w/.b; re-export it"
+                )
             if tuple(w.shape) != (hidden_size, hidden_size) or tuple(b.shape) != (hidden_size,):
-                raise ArtifactError(f"task {task!r}: head.hidden.{i}.w/.b have shapes {list(w.shape)} / "
-                                    f"{list(b.shape)}, expected [{hidden_size}, {hidden_size}] / [{hidden_size}] "
-                                    "(the featurizer's hidden size); the task file is inconsistent: re-export it")
+                raise ArtifactError(
+                    f"task {task!r}: head.hidden.{i}.w/.b have shapes {list(w.shape)} / "
+                    f"{list(b.shape)}, expected [{hidden_size}, {hidden_size}] / [{hidden_size}] "
+                    "(the featurizer's hidden size); the task file is inconsistent: re-export it"
+                )
             hidden.append((_f32(w), _f32(b)))
         if "head.out.b" not in tensors:
-            raise ArtifactError(f"task {task!r} has head.out.w but no head.out.b; the task file is inconsistent: "
-                                "re-export it")
+            raise ArtifactError(
+                f"task {task!r} has head.out.w but no head.out.b; the task file is inconsistent: re-export it"
+            )
         out_w, out_b = _f32(tensors["head.out.w"]), _f32(tensors["head.out.b"])
         if out_w.shape != (hidden_size, config.out_features) or out_b.shape != (config.out_features,):
             raise ArtifactError(
@@ -119,8 +150,9 @@ class Head:
         return z @ self.out_w + self.out_b
 
 
-def predictions_from_logits(task: str, config: HeadConfig, logits: np.ndarray, truncated: np.ndarray
-                            ) -> list[Prediction]:
+def predictions_from_logits(
+    task: str, config: HeadConfig, logits: np.ndarray, truncated: np.ndarray
+) -> list[Prediction]:
     """Prediction rows from one task group's logits (see the module's Semantics)."""
     if config.problem_type == "regression":
         return [
@@ -132,9 +164,15 @@ def predictions_from_logits(task: str, config: HeadConfig, logits: np.ndarray, t
         on = predict_on(scores, config.thresholds)
         names = config.labels
         return [
-            Prediction(task=task, label=names[int(p.argmax())], score=float(p.max()),
-                       probabilities={lab: float(v) for lab, v in zip(names, p, strict=True)}, value=None,
-                       truncated=bool(tr), labels=tuple(n for n, o in zip(names, row, strict=True) if o))
+            Prediction(
+                task=task,
+                label=names[int(p.argmax())],
+                score=float(p.max()),
+                probabilities={lab: float(v) for lab, v in zip(names, p, strict=True)},
+                value=None,
+                truncated=bool(tr),
+                labels=tuple(n for n, o in zip(names, row, strict=True) if o),
+            )
             for p, row, tr in zip(scores, on, truncated, strict=True)
         ]
     x = logits.astype(np.float64)
@@ -143,9 +181,14 @@ def predictions_from_logits(task: str, config: HeadConfig, logits: np.ndarray, t
     best = probs.argmax(axis=1)
     labels = config.labels
     return [
-        Prediction(task=task, label=labels[k], score=float(p[k]),
-                   probabilities={lab: float(v) for lab, v in zip(labels, p, strict=True)},
-                   value=None, truncated=bool(tr))
+        Prediction(
+            task=task,
+            label=labels[k],
+            score=float(p[k]),
+            probabilities={lab: float(v) for lab, v in zip(labels, p, strict=True)},
+            value=None,
+            truncated=bool(tr),
+        )
         for p, k, tr in zip(probs, best, truncated, strict=True)
     ]
 

@@ -61,14 +61,18 @@ def _bounded_lines(stream: IO[str], name: str, max_chars: int) -> Iterator[str]:
         try:
             line = stream.readline(max_chars + 2)  # + room for "\r\n": a longer read means a longer line
         except UnicodeDecodeError as exc:
-            raise DataError(f"{name}:{lineno + 1}: not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk); "
-                            "is it a binary file? pass a UTF-8 text file") from None
+            raise DataError(
+                f"{name}:{lineno + 1}: not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk); "
+                "is it a binary file? pass a UTF-8 text file"
+            ) from None
         if not line:
             return
         lineno += 1
         if len(line.rstrip("\r\n")) > max_chars:
-            raise DataError(f"{name}:{lineno}: the line is longer than {max_chars} characters "
-                            "(--max-chars-per-text); split it, or raise the limit")
+            raise DataError(
+                f"{name}:{lineno}: the line is longer than {max_chars} characters "
+                "(--max-chars-per-text); split it, or raise the limit"
+            )
         if "\x00" in line:
             raise DataError(f"{name}:{lineno}: contains a NUL byte; is it a binary file? pass a UTF-8 text file")
         yield line

@@ -64,8 +64,9 @@ def normalize_providers(providers: Sequence[ProviderSpec] | ProviderSpec | None)
     """Turn the user's ``providers`` argument into ProviderChoices (None -> CPU only)."""
     if providers is None:
         return [ProviderChoice(CPU)]
-    if isinstance(providers, str) or (isinstance(providers, tuple) and len(providers) == 2
-                                      and isinstance(providers[1], dict)):
+    if isinstance(providers, str) or (
+        isinstance(providers, tuple) and len(providers) == 2 and isinstance(providers[1], dict)
+    ):
         providers = [providers]  # type: ignore[list-item]
     out: list[ProviderChoice] = []
     for spec in providers:  # type: ignore[union-attr]
@@ -118,8 +119,14 @@ def provider_problem(name: str, available: Sequence[str]) -> str | None:
     return cuda_device_problem()
 
 
-def session_provider_list(choice: ProviderChoice, available: Sequence[str], *, precision: str,
-                          cache_dir: Path | None, trt_profiles: dict[str, str] | None = None) -> list[Any]:
+def session_provider_list(
+    choice: ProviderChoice,
+    available: Sequence[str],
+    *,
+    precision: str,
+    cache_dir: Path | None,
+    trt_profiles: dict[str, str] | None = None,
+) -> list[Any]:
     """The provider list handed to ``InferenceSession`` for one primary choice (partners and CPU appended)."""
     if choice.name == CPU:
         return [(CPU, dict(choice.options))]
@@ -128,8 +135,12 @@ def session_provider_list(choice: ProviderChoice, available: Sequence[str], *, p
         opts: dict[str, Any] = {"trt_fp16_enable": precision == "fp16"}
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
-                        trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+            opts.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(cache_dir),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(cache_dir),
+            )
         opts.update(trt_profiles or {})
         opts.update(choice.options)
         providers.append((TENSORRT, opts))
@@ -147,6 +158,7 @@ def trt_profile_options(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]
     One profile covering every shape the runtime can send (batch 1..max rows, sequence 1..max_length, bank
     1..max tasks) means no engine rebuild at run time; the opt shape is what TensorRT tunes for.
     """
+
     def fmt(i: int) -> str:
         return ",".join(f"{name}:{'x'.join(str(d) for d in s[i])}" for name, s in shapes.items())
 
@@ -156,6 +168,7 @@ def trt_profile_options(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]
 def raise_unavailable(requested: list[ProviderChoice], problems: list[str]) -> None:
     names = ", ".join(c.name for c in requested)
     raise ProviderError(
-        f"execution provider(s) {names} requested but not usable here: " + "; ".join(problems)
+        f"execution provider(s) {names} requested but not usable here: "
+        + "; ".join(problems)
         + ". Pass providers=[..., 'cpu'] (CLI: --provider cuda --provider cpu) to fall back to CPU explicitly."
     )

@@ -76,8 +76,14 @@ class _Entry:
 class TaskRegistry:
     """Known and loaded tasks with a count / byte budget and LRU + priority eviction (thread-safe)."""
 
-    def __init__(self, loader: Loader, *, max_loaded: int | None = None, max_bytes: int | None = None,
-                 on_evict: EvictCallback | None = None) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_loaded: int | None = None,
+        max_bytes: int | None = None,
+        on_evict: EvictCallback | None = None,
+    ) -> None:
         if max_loaded is not None and max_loaded < 1:
             raise ConfigError(f"max_loaded_tasks must be >= 1 or None (no limit), got {max_loaded}")
         if max_bytes is not None and max_bytes < 1:
@@ -224,16 +230,30 @@ class TaskRegistry:
         if entry is None:
             known = self.known_summary()
             raise UnknownTaskError(
-                f"unknown task {name!r}; known tasks: {known}. Add one with load_task(PATH) "
-                "or 'adapterdeploy add-task'"
+                f"unknown task {name!r}; known tasks: {known}. Add one with load_task(PATH) or 'adapterdeploy add-task'"
             )
         return entry
 
     def _info(self, e: _Entry) -> TaskInfo:
-        state: State = ("failed" if e.error is not None else "pinned" if e.pinned and e.loaded
-                        else "loaded" if e.loaded else "known")
-        return TaskInfo(name=e.name, state=state, size_bytes=e.size, last_used=e.last_used,
-                        use_count=e.use_count, priority=e.priority, source=str(e.source), error=e.error)
+        state: State = (
+            "failed"
+            if e.error is not None
+            else "pinned"
+            if e.pinned and e.loaded
+            else "loaded"
+            if e.loaded
+            else "known"
+        )
+        return TaskInfo(
+            name=e.name,
+            state=state,
+            size_bytes=e.size,
+            last_used=e.last_used,
+            use_count=e.use_count,
+            priority=e.priority,
+            source=str(e.source),
+            error=e.error,
+        )
 
     def _fail(self, entry: _Entry, reason: str) -> None:
         if entry.loaded:
@@ -320,8 +340,11 @@ class TaskRegistry:
         victims = [e for e in loaded if not e.pinned]
         if not victims:
             pins = ", ".join(sorted(e.name for e in loaded))
-            budget = (f"max_loaded_tasks={self.max_loaded}" if over_count
-                      else f"memory_budget_bytes={self.max_bytes} ({used} in use, {size} needed)")
+            budget = (
+                f"max_loaded_tasks={self.max_loaded}"
+                if over_count
+                else f"memory_budget_bytes={self.max_bytes} ({used} in use, {size} needed)"
+            )
             raise RegistryFullError(
                 f"cannot load task {name!r}: the budget ({budget}) is full and every loaded task is pinned "
                 f"({pins}); unpin or unload one (unload_task / load_task(name, pin=False)) or raise the budget"

@@ -74,16 +74,20 @@ def _configure_pool(threads: int | None) -> bool:
     with _POOL_LOCK:
         if _POOL["configured"]:
             if threads != _POOL["threads"]:
-                log.warning("onnxruntime's thread pool is process-wide and already sized for threads=%s; "
-                            "threads=%s is ignored", _POOL["threads"], threads)
+                log.warning(
+                    "onnxruntime's thread pool is process-wide and already sized for threads=%s; threads=%s is ignored",
+                    _POOL["threads"],
+                    threads,
+                )
             return bool(_POOL["usable"])
         setter = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
         usable = setter is not None
         if usable:
             setter(int(threads or 0), 1)
         else:
-            log.warning("this onnxruntime %s has no global thread pool API; each session gets its own pool",
-                        ort.__version__)
+            log.warning(
+                "this onnxruntime %s has no global thread pool API; each session gets its own pool", ort.__version__
+            )
         _POOL.update(configured=True, threads=threads, usable=usable)
         return usable
 
@@ -137,7 +141,10 @@ class SessionFactory:
 
         choice = choice or self.choice or ProviderChoice(CPU)
         providers = session_provider_list(
-            choice, ort.get_available_providers(), precision=self.precision, cache_dir=self.cache_dir,
+            choice,
+            ort.get_available_providers(),
+            precision=self.precision,
+            cache_dir=self.cache_dir,
             trt_profiles=(self.trt_profiles or {}).get(path.name),
         )
         try:
@@ -153,7 +160,8 @@ class SessionFactory:
             raise ArtifactError(
                 f"onnxruntime cannot load {path} on CPU: {exc}. Its checksum matched, so the graph needs kernels "
                 "this onnxruntime lacks (an fp16 variant may need --provider cuda) or comes from an "
-                "incompatible exporter: upgrade onnxruntime or re-export the deployment") from exc
+                "incompatible exporter: upgrade onnxruntime or re-export the deployment"
+            ) from exc
 
     def open_first(self, choices: Sequence[ProviderChoice], paths: Sequence[Path]) -> list[Any]:
         """Sessions for ``paths`` on the first usable provider of ``choices``; ProviderError when none is."""
@@ -172,8 +180,10 @@ class SessionFactory:
                 except Exception as exc:
                     problem = f"{choice.name} failed to start: {exc}"
             if problem is None and any(s.get_providers()[0] != choice.name for s in sessions):
-                problem = (f"onnxruntime could not start {choice.name} (CUDA / cuDNN / TensorRT libraries missing "
-                           "or incompatible; it fell back to CPU on its own)")
+                problem = (
+                    f"onnxruntime could not start {choice.name} (CUDA / cuDNN / TensorRT libraries missing "
+                    "or incompatible; it fell back to CPU on its own)"
+                )
             if problem is None:
                 if i:
                     log.warning("execution provider fallback: using %s because %s", choice.name, "; ".join(problems))

@@ -83,8 +83,9 @@ class Padded:
 class TextEncoder:
     """The deployment's tokenizer with its max_length, pad id and token-type rule."""
 
-    def __init__(self, tokenizer_file: str | Path, max_length: int, *, single_token_type: bool = False,
-                 pad_id: int | None = None) -> None:
+    def __init__(
+        self, tokenizer_file: str | Path, max_length: int, *, single_token_type: bool = False, pad_id: int | None = None
+    ) -> None:
         try:
             self._plain = Tokenizer.from_file(str(tokenizer_file))
             self._trunc = Tokenizer.from_file(str(tokenizer_file))
@@ -110,8 +111,9 @@ class TextEncoder:
         """Untruncated token counts (special tokens included); for servers' limits."""
         return [len(e.ids) for e in self._encode(self._plain, rows)] if rows else []
 
-    def tokenize(self, rows: Sequence[Row], *, strict: bool = False, labels: Sequence[str] | None = None
-                 ) -> list[TokenRow]:
+    def tokenize(
+        self, rows: Sequence[Row], *, strict: bool = False, labels: Sequence[str] | None = None
+    ) -> list[TokenRow]:
         """Tokenize ``rows``; ``labels[i]`` names row i in error messages (default ``inputs[i]``)."""
         if not rows:
             return []
@@ -132,8 +134,15 @@ class TextEncoder:
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)
-            out.append(TokenRow(ids=t.ids, type_ids=t.type_ids, count=len(e.ids), truncated=i in cut,
-                                pair=isinstance(rows[i], tuple)))
+            out.append(
+                TokenRow(
+                    ids=t.ids,
+                    type_ids=t.type_ids,
+                    count=len(e.ids),
+                    truncated=i in cut,
+                    pair=isinstance(rows[i], tuple),
+                )
+            )
         return out
 
     def pad(self, rows: Sequence[TokenRow]) -> Padded:

@@ -64,8 +64,10 @@ def check_token(request: Request, expected: str) -> None:
             reason = "wrong"
     if reason is not None:
         client = request.client.host if request.client else "-"
-        log.warning("admin authentication failed", extra={"request_id": request_id_of(request), "client": client,
-                                                            "reason": reason, "path": request.url.path})
+        log.warning(
+            "admin authentication failed",
+            extra={"request_id": request_id_of(request), "client": client, "reason": reason, "path": request.url.path},
+        )
         raise AuthenticationError(
             f"admin endpoints need 'Authorization: Bearer <token>' ({reason} token); the token is the one given "
             "to the server by --admin-token-file or ADAPTERDEPLOY_ADMIN_TOKEN"
@@ -101,9 +103,12 @@ def admin_router(state: ServingState) -> APIRouter:
     assert token is not None, "admin_router needs a configured token"
     router = APIRouter(prefix="/v2/repository", tags=["admin"])
 
-    @router.post("/index", summary="List tasks with state, size and use counts",
-                 openapi_extra=body_doc(RepositoryIndexRequest),
-                 responses={200: {"model": list[RepositoryModel]}, **ADMIN_ERRORS})
+    @router.post(
+        "/index",
+        summary="List tasks with state, size and use counts",
+        openapi_extra=body_doc(RepositoryIndexRequest),
+        responses={200: {"model": list[RepositoryModel]}, **ADMIN_ERRORS},
+    )
     async def index(request: Request) -> Response:
         check_token(request, token)
         req = validate(RepositoryIndexRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
@@ -114,15 +119,29 @@ def admin_router(state: ServingState) -> APIRouter:
         for info in infos:
             ready = info.state in ("loaded", "pinned")
             reason = "" if ready else info.error or "not loaded; loads on first request"
-            models.append({"name": info.name, "version": "", "state": "READY" if ready else "UNAVAILABLE",
-                           "reason": reason, "load_state": info.state, "size_bytes": info.size_bytes,
-                           "use_count": info.use_count, "last_used": info.last_used, "priority": info.priority})
+            models.append(
+                {
+                    "name": info.name,
+                    "version": "",
+                    "state": "READY" if ready else "UNAVAILABLE",
+                    "reason": reason,
+                    "load_state": info.state,
+                    "size_bytes": info.size_bytes,
+                    "use_count": info.use_count,
+                    "last_used": info.last_used,
+                    "priority": info.priority,
+                }
+            )
         dep = state.deployment
         total = dep.loaded_task_count if req.ready else dep.known_task_count
         return JSONResponse(models, headers={"x-adapterdeploy-total-tasks": str(total)})
 
-    @router.post("/models/{task}/load", summary="Load (and optionally pin) a task",
-                 openapi_extra=body_doc(LoadRequest), responses=ADMIN_ERRORS)
+    @router.post(
+        "/models/{task}/load",
+        summary="Load (and optionally pin) a task",
+        openapi_extra=body_doc(LoadRequest),
+        responses=ADMIN_ERRORS,
+    )
     async def load(task: str, request: Request) -> Response:
         check_token(request, token)
         req = validate(LoadRequest, parse_body(await read_body(request, state.settings), allow_empty=True))
@@ -131,7 +150,8 @@ def admin_router(state: ServingState) -> APIRouter:
         source = task
         if params.path is not None:
             spec_name = await asyncio.get_running_loop().run_in_executor(
-                state.aux_pool, task_name_at, params.path, state.settings.allowed_task_roots)
+                state.aux_pool, task_name_at, params.path, state.settings.allowed_task_roots
+            )
             if spec_name != task:
                 raise InputError(f"parameters.path holds task {spec_name!r}, not {task!r}; load it under its own name")
             source = os.path.realpath(params.path)
@@ -145,13 +165,30 @@ def admin_router(state: ServingState) -> APIRouter:
             # A bad task artifact is what the admin asked to load: a 4xx naming it, never a 500.
             raise TaskArtifactError(f"task {task!r} cannot be loaded: {exc}") from None
         request.app.openapi_schema = None  # a task loaded from a path joins the documented task names
-        log.info("task loaded", extra={"request_id": request_id_of(request), "task": info.name, "pin": params.pin,
-                                       "seconds": round(seconds, 4)})
-        return JSONResponse({"name": info.name, "load_state": info.state, "size_bytes": info.size_bytes,
-                             "priority": info.priority, "load_seconds": round(seconds, 6)})
+        log.info(
+            "task loaded",
+            extra={
+                "request_id": request_id_of(request),
+                "task": info.name,
+                "pin": params.pin,
+                "seconds": round(seconds, 4),
+            },
+        )
+        return JSONResponse(
+            {
+                "name": info.name,
+                "load_state": info.state,
+                "size_bytes": info.size_bytes,
+                "priority": info.priority,
+                "load_seconds": round(seconds, 6),
+            }
+        )
 
-    @router.post("/models/{task}/unload", summary="Unload (evict, unpin) a task; it reloads on its next request",
-                 responses=ADMIN_ERRORS)
+    @router.post(
+        "/models/{task}/unload",
+        summary="Unload (evict, unpin) a task; it reloads on its next request",
+        responses=ADMIN_ERRORS,
+    )
     async def unload(task: str, request: Request) -> Response:
         check_token(request, token)
         await read_body(request, state.settings)

@@ -81,13 +81,24 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 T = TypeVar("T")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUIET_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
-BODY_MODELS = (PredictRequest, FanOutRequest, EmbedRequest, protocol.InferenceRequest, LoadRequest,
-               RepositoryIndexRequest)
+BODY_MODELS = (
+    PredictRequest,
+    FanOutRequest,
+    EmbedRequest,
+    protocol.InferenceRequest,
+    LoadRequest,
+    RepositoryIndexRequest,
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in ((400, "Invalid request (the message names the field)"), (404, "Unknown task"),
-                       (408, "Body sent too slowly"), (413, "Body or rows over the limit"),
-                       (429, "Queue full; see Retry-After"), (503, "Draining, starting, or timed out"))
+    for code, text in (
+        (400, "Invalid request (the message names the field)"),
+        (404, "Unknown task"),
+        (408, "Body sent too slowly"),
+        (413, "Body or rows over the limit"),
+        (429, "Queue full; see Retry-After"),
+        (503, "Draining, starting, or timed out"),
+    )
 }
 
 
@@ -109,8 +120,7 @@ def v2_response(body: dict[str, Any], binary: bytes) -> Response:
     if not binary:
         return JSONResponse(body)
     head = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(head + binary, media_type="application/octet-stream",
-                    headers={v2_binary.HEADER: str(len(head))})
+    return Response(head + binary, media_type="application/octet-stream", headers={v2_binary.HEADER: str(len(head))})
 
 
 def request_id_of(request: Request) -> str:
@@ -252,8 +262,11 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
-                                      (b"x-adapterdeploy-instance", self.instance)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode()),
+                    (b"x-adapterdeploy-instance", self.instance),
+                ]
                 if "cold_tasks" in state["log"]:
                     message["headers"].append((b"x-adapterdeploy-cold-tasks", str(state["log"]["cold_tasks"]).encode()))
             await send(message)
@@ -267,18 +280,34 @@ class RequestContext:
                 raise
             log.warning("request not served before the drain deadline; answered 503", extra={"request_id": rid})
             await JSONResponse(
-                {"error": "the server shut down (--drain elapsed) before this request ran; retry on another "
-                          "replica", "error_type": "unavailable", "request_id": rid},
-                status_code=503, headers={"Retry-After": "1"})(scope, receive, send_with_id)
+                {
+                    "error": "the server shut down (--drain elapsed) before this request ran; retry on another replica",
+                    "error_type": "unavailable",
+                    "request_id": rid,
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             if status == 0:
                 await JSONResponse(
-                    {"error": "internal server error; the server log has the details under this request id",
-                     "error_type": "internal", "request_id": rid}, status_code=500)(scope, receive, send_with_id)
+                    {
+                        "error": "internal server error; the server log has the details under this request id",
+                        "error_type": "internal",
+                        "request_id": rid,
+                    },
+                    status_code=500,
+                )(scope, receive, send_with_id)
         finally:
-            fields = {"request_id": rid, "method": scope["method"], "path": scope["path"],
-                      "status": status or 499, "ms": round((time.perf_counter() - t0) * 1000, 2), **state["log"]}
+            fields = {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status or 499,
+                "ms": round((time.perf_counter() - t0) * 1000, 2),
+                **state["log"],
+            }
             access_log.log(logging.DEBUG if quiet and status == 200 else logging.INFO, "request", extra=fields)
 
 
@@ -310,9 +339,12 @@ def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str |
             await state.stop()
 
     app = FastAPI(
-        title="adapterdeploy", version=__version__, lifespan=lifespan, redoc_url=None,
+        title="adapterdeploy",
+        version=__version__,
+        lifespan=lifespan,
+        redoc_url=None,
         description="Many adapter tasks on one shared ONNX featurizer, batched across tasks. KServe Open "
-                    "Inference Protocol v2 under /v2, a plain JSON API under /v1, Prometheus metrics at /metrics.",
+        "Inference Protocol v2 under /v2, a plain JSON API under /v1, Prometheus metrics at /metrics.",
     )
     app.state.serving = state
     app.add_middleware(RequestContext, instance_id=state.instance_id)
@@ -327,8 +359,11 @@ def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str |
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
-        return JSONResponse({"error": message, "error_type": kind, "request_id": request_id_of(request)},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": message, "error_type": kind, "request_id": request_id_of(request)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -346,10 +381,10 @@ def create_app(settings: Settings, *, deployment: Any = None, metrics_dir: str |
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
-                                         ref_template="#/components/schemas/{model}")
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, defs = models_json_schema(
+                [(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}"
+            )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
             if state.deployment is not None and state.deployment.known_task_count <= DOCUMENTED_TASKS_LIMIT:
                 _document_task_names(schema, sorted(state.deployment.task_names))
@@ -386,17 +421,30 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             raise UnavailableError("the batching loop has stopped; restart the server")
         return JSONResponse({"live": True})
 
-    @app.get("/v2/health/ready", tags=["health"],
-             summary="Readiness: 503 while starting, draining, or when no task can serve; names failed tasks",
-             responses={503: ERRORS[503]})
+    @app.get(
+        "/v2/health/ready",
+        tags=["health"],
+        summary="Readiness: 503 while starting, draining, or when no task can serve; names failed tasks",
+        responses={503: ERRORS[503]},
+    )
     async def ready(request: Request) -> Response:
         ok, not_ready = state.readiness()
         if ok:
             return JSONResponse({"ready": True, "tasks_not_ready": not_ready})
-        why = ("the server is draining" if state.draining else "the server is not ready" if not state.ready
-               else f"none of the {len(not_ready)} tasks can serve (see tasks_not_ready)")
-        body = {"error": why, "error_type": "unavailable", "request_id": request_id_of(request),
-                "ready": False, "tasks_not_ready": not_ready}
+        why = (
+            "the server is draining"
+            if state.draining
+            else "the server is not ready"
+            if not state.ready
+            else f"none of the {len(not_ready)} tasks can serve (see tasks_not_ready)"
+        )
+        body = {
+            "error": why,
+            "error_type": "unavailable",
+            "request_id": request_id_of(request),
+            "ready": False,
+            "tasks_not_ready": not_ready,
+        }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/v2", tags=["v2"], summary="Server metadata")
@@ -407,8 +455,12 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
     async def model_metadata(task: str) -> Response:
         return JSONResponse(protocol.model_metadata(await state.task_meta(task)))
 
-    @app.get("/v2/models/{task}/versions/{version}", tags=["v2"], summary="Model (task) metadata, one version",
-             responses={404: ERRORS[404]})
+    @app.get(
+        "/v2/models/{task}/versions/{version}",
+        tags=["v2"],
+        summary="Model (task) metadata, one version",
+        responses={404: ERRORS[404]},
+    )
     async def model_version_metadata(task: str, version: str) -> Response:
         meta = await state.task_meta(task)
         protocol.check_version(meta, version)
@@ -423,13 +475,21 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
         state.require_serving(task)
         return JSONResponse({"name": task, "ready": True})
 
-    @app.get("/v2/models/{task}/ready", tags=["v2"], summary="Model (task) readiness",
-             responses={404: ERRORS[404], 503: ERRORS[503]})
+    @app.get(
+        "/v2/models/{task}/ready",
+        tags=["v2"],
+        summary="Model (task) readiness",
+        responses={404: ERRORS[404], 503: ERRORS[503]},
+    )
     async def model_ready(task: str) -> Response:
         return await _model_ready(task, None)
 
-    @app.get("/v2/models/{task}/versions/{version}/ready", tags=["v2"], summary="Model (task) readiness, one version",
-             responses={404: ERRORS[404], 503: ERRORS[503]})
+    @app.get(
+        "/v2/models/{task}/versions/{version}/ready",
+        tags=["v2"],
+        summary="Model (task) readiness, one version",
+        responses={404: ERRORS[404], 503: ERRORS[503]},
+    )
     async def model_version_ready(task: str, version: str) -> Response:
         return await _model_ready(task, version)
 
@@ -453,8 +513,10 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             protocol.check_target(meta, req.model_name, req.model_version, version)
             sizes = protocol.binary_sizes(req)
             if json_length is None and any(size is not None for size in sizes):
-                raise InputError(f"an input declares parameters.binary_data_size but the request has no "
-                                 f"{v2_binary.HEADER} header; send it with the JSON part's length")
+                raise InputError(
+                    f"an input declares parameters.binary_data_size but the request has no "
+                    f"{v2_binary.HEADER} header; send it with the JSON part's length"
+                )
             raw = v2_binary.split_raw(blob, sizes) if json_length is not None else None
             rows = protocol.rows_from_request(req, meta, raw)
             check_rows(rows, settings, field="inputs[0].data")
@@ -463,25 +525,40 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             heads, pooling = protocol.embedding_pooling([o.name for o in wanted], [o.parameters for o in wanted])
             targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
             _note(request, task=task, rows=len(rows) * len(targets))
-            results = await until_disconnect(request, state.predict(targets, rows, field="inputs[0].data",
-                                                                           note=_log_fields(request)))
+            results = await until_disconnect(
+                request, state.predict(targets, rows, field="inputs[0].data", note=_log_fields(request))
+            )
             n = len(rows)
             predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
             return v2_response(*protocol.infer_response(req, meta, predictions, embeddings))
 
-    @app.post("/v2/models/{task}/infer", tags=["v2"], summary="Open Inference Protocol v2 inference",
-              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
+    @app.post(
+        "/v2/models/{task}/infer",
+        tags=["v2"],
+        summary="Open Inference Protocol v2 inference",
+        openapi_extra=body_doc(protocol.InferenceRequest),
+        responses=ERRORS,
+    )
     async def v2_infer(task: str, request: Request) -> Response:
         return await _v2_infer(request, task, None)
 
-    @app.post("/v2/models/{task}/versions/{version}/infer", tags=["v2"],
-              summary="Open Inference Protocol v2 inference, one version",
-              openapi_extra=body_doc(protocol.InferenceRequest), responses=ERRORS)
+    @app.post(
+        "/v2/models/{task}/versions/{version}/infer",
+        tags=["v2"],
+        summary="Open Inference Protocol v2 inference, one version",
+        openapi_extra=body_doc(protocol.InferenceRequest),
+        responses=ERRORS,
+    )
     async def v2_version_infer(task: str, version: str, request: Request) -> Response:
         return await _v2_infer(request, task, version)
 
-    @app.post("/v1/predict", tags=["v1"], summary="Predict one task over texts or text pairs",
-              openapi_extra=body_doc(PredictRequest), responses={200: {"model": PredictResponse}, **ERRORS})
+    @app.post(
+        "/v1/predict",
+        tags=["v1"],
+        summary="Predict one task over texts or text pairs",
+        openapi_extra=body_doc(PredictRequest),
+        responses={200: {"model": PredictResponse}, **ERRORS},
+    )
     async def predict(request: Request) -> Response:
         with Tracker(metrics, "predict", "_unknown") as tracker:
             req = validate(PredictRequest, parse_body(await read_body(request, settings)))
@@ -489,12 +566,18 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             state.require_task(req.task)
             check_rows(list(req.inputs), settings)
             _note(request, task=req.task, rows=len(req.inputs))
-            predictions = await until_disconnect(request, state.predict([req.task], list(req.inputs),
-                                                                          note=_log_fields(request)))
+            predictions = await until_disconnect(
+                request, state.predict([req.task], list(req.inputs), note=_log_fields(request))
+            )
             return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
 
-    @app.post("/v1/fan-out", tags=["v1"], summary="Run several tasks over the same texts",
-              openapi_extra=body_doc(FanOutRequest), responses={200: {"model": FanOutResponse}, **ERRORS})
+    @app.post(
+        "/v1/fan-out",
+        tags=["v1"],
+        summary="Run several tasks over the same texts",
+        openapi_extra=body_doc(FanOutRequest),
+        responses={200: {"model": FanOutResponse}, **ERRORS},
+    )
     async def fan_out(request: Request) -> Response:
         with Tracker(metrics, "fan_out", FAN_OUT_TASK):
             req = validate(FanOutRequest, parse_body(await read_body(request, settings)))
@@ -511,11 +594,16 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             _note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
             predictions = await until_disconnect(request, state.predict(tasks, inputs, note=_log_fields(request)))
             n = len(inputs)
-            out = {task: [p.to_dict() for p in predictions[i * n:(i + 1) * n]] for i, task in enumerate(tasks)}
+            out = {task: [p.to_dict() for p in predictions[i * n : (i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})
 
-    @app.post("/v1/embed", tags=["v1"], summary="L2-normalised embeddings (base model or a task's featurizer)",
-              openapi_extra=body_doc(EmbedRequest), responses={200: {"model": EmbedResponse}, **ERRORS})
+    @app.post(
+        "/v1/embed",
+        tags=["v1"],
+        summary="L2-normalised embeddings (base model or a task's featurizer)",
+        openapi_extra=body_doc(EmbedRequest),
+        responses={200: {"model": EmbedResponse}, **ERRORS},
+    )
     async def embed(request: Request) -> Response:
         with Tracker(metrics, "embed", "_unknown") as tracker:
             req = validate(EmbedRequest, parse_body(await read_body(request, settings)))
@@ -526,7 +614,12 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             check_rows(inputs, settings)
             _note(request, task=req.task or BASE_MODEL_TASK, rows=len(inputs))
             rows = await until_disconnect(request, state.predict([Embed(req.task, req.pooling)], inputs))
-            return JSONResponse({"task": req.task, "pooling": req.pooling,
-                                 "dimensions": len(rows[0].vector) if rows else 0,
-                                 "embeddings": [[float(x) for x in e.vector] for e in rows],
-                                 "truncated": [e.truncated for e in rows]})
+            return JSONResponse(
+                {
+                    "task": req.task,
+                    "pooling": req.pooling,
+                    "dimensions": len(rows[0].vector) if rows else 0,
+                    "embeddings": [[float(x) for x in e.vector] for e in rows],
+                    "truncated": [e.truncated for e in rows],
+                }
+            )

@@ -59,7 +59,7 @@ class _Entry:
     queued: bool = True  # its untaken rows still count in the queue totals
 
     def untaken(self) -> tuple[int, int]:
-        return len(self.rows) - self.next_row, sum(self.tokens[self.next_row:])
+        return len(self.rows) - self.next_row, sum(self.tokens[self.next_row :])
 
 
 @dataclass
@@ -135,8 +135,9 @@ class Batcher:
             return []
         n = len(rows)
         loop = asyncio.get_running_loop()
-        entry = _Entry(rows=rows, tokens=tokens, future=loop.create_future(), enqueued_at=self._clock(),
-                       results=[None] * n)
+        entry = _Entry(
+            rows=rows, tokens=tokens, future=loop.create_future(), enqueued_at=self._clock(), results=[None] * n
+        )
         entry.future.add_done_callback(lambda _f, e=entry: self._on_entry_done(e))
         self._queue.append(entry)
         self._queued_rows += n
@@ -177,8 +178,9 @@ class Batcher:
             await asyncio.wait_for(asyncio.shield(self._task), drain_timeout)
         except TimeoutError:
             self._task.cancel()
-            log.warning("batch queue not drained within %.1f s; failing %d queued rows", drain_timeout,
-                        self._queued_rows)
+            log.warning(
+                "batch queue not drained within %.1f s; failing %d queued rows", drain_timeout, self._queued_rows
+            )
         self._fail_all(UnavailableError("the server shut down before this request ran; retry"))
 
     # ------------------------------------------------------------------------------------- the owner
@@ -199,8 +201,12 @@ class Batcher:
 
     async def _wait_for_fill(self) -> None:
         deadline = self._queue[0].enqueued_at + self.max_wait_s
-        while (self._queued_rows < self.max_rows and self._queued_tokens < self.max_tokens
-               and not self._closing and self._queue):
+        while (
+            self._queued_rows < self.max_rows
+            and self._queued_tokens < self.max_tokens
+            and not self._closing
+            and self._queue
+        ):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return
@@ -268,7 +274,7 @@ class Batcher:
         for entry, a, b in batch:
             n = b - a
             if not entry.future.done():
-                entry.results[a:b] = results[i:i + n]
+                entry.results[a:b] = results[i : i + n]
                 entry.done_rows += n
                 if entry.done_rows == len(entry.rows):
                     entry.future.set_result(entry.results)

@@ -148,7 +148,8 @@ class InferenceServicer:
             names = protocol.requested_outputs([o.name for o in wanted], meta)
             heads, pooling = protocol.embedding_pooling(
                 [o.name for o in wanted],
-                [{k: v.string_param for k, v in o.parameters.items() if v.string_param} for o in wanted])
+                [{k: v.string_param for k, v in o.parameters.items() if v.string_param} for o in wanted],
+            )
             targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
             results = await state.predict(targets, rows, field="inputs[0]")
             n = len(rows)

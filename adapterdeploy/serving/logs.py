@@ -40,8 +40,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "info", *, json_lines: bool = True) -> None:
     """Route adapterdeploy's and uvicorn's loggers to stderr in one format (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_adapterdeploy", False):

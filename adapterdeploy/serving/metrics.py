@@ -53,7 +53,14 @@ ROW_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 rows
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 18))  # 16 .. 131072 tokens
 TASK_BUCKETS = tuple(float(2**i) for i in range(7))  # 1 .. 64 distinct tasks in one forward
 REJECT_REASONS = (
-    "queue_full", "too_large", "invalid", "timeout", "unavailable", "unauthorized", "client_gone", "client_slow",
+    "queue_full",
+    "too_large",
+    "invalid",
+    "timeout",
+    "unavailable",
+    "unauthorized",
+    "client_gone",
+    "client_slow",
 )
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable for multiprocess mode
 REFRESH_S = 1.0  # multiprocess mode: how often a worker rewrites its task-count gauges
@@ -77,52 +84,83 @@ class Metrics:
         if multiprocess_dir is None:
             ProcessCollector(registry=r)
         self.requests = Counter(
-            f"{PREFIX}_requests", "Inference requests by endpoint, task and HTTP status.",
-            ("endpoint", "task", "status"), registry=r,
+            f"{PREFIX}_requests",
+            "Inference requests by endpoint, task and HTTP status.",
+            ("endpoint", "task", "status"),
+            registry=r,
         )
         self.request_latency = Histogram(
-            f"{PREFIX}_request_duration_seconds", "Inference request latency, body read to response.",
-            ("endpoint",), buckets=DURATION_BUCKETS, registry=r,
+            f"{PREFIX}_request_duration_seconds",
+            "Inference request latency, body read to response.",
+            ("endpoint",),
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.queue_time = Histogram(
-            f"{PREFIX}_queue_duration_seconds", "Time a request's rows waited in the batch queue.",
-            buckets=DURATION_BUCKETS, registry=r,
+            f"{PREFIX}_queue_duration_seconds",
+            "Time a request's rows waited in the batch queue.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.batch_duration = Histogram(
-            f"{PREFIX}_batch_duration_seconds", "Time of one mixed forward (tokenize + featurizer + heads).",
-            buckets=DURATION_BUCKETS, registry=r,
+            f"{PREFIX}_batch_duration_seconds",
+            "Time of one mixed forward (tokenize + featurizer + heads).",
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.batch_rows = Histogram(
-            f"{PREFIX}_batch_rows", "Rows per mixed forward.", buckets=ROW_BUCKETS, registry=r,
+            f"{PREFIX}_batch_rows",
+            "Rows per mixed forward.",
+            buckets=ROW_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
-            f"{PREFIX}_batch_tokens", "Unpadded tokens per mixed forward.", buckets=TOKEN_BUCKETS, registry=r,
+            f"{PREFIX}_batch_tokens",
+            "Unpadded tokens per mixed forward.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.batch_tasks = Histogram(
-            f"{PREFIX}_batch_tasks", "Distinct tasks per mixed forward (>1 = batched across tasks).",
-            buckets=TASK_BUCKETS, registry=r,
+            f"{PREFIX}_batch_tasks",
+            "Distinct tasks per mixed forward (>1 = batched across tasks).",
+            buckets=TASK_BUCKETS,
+            registry=r,
         )
         # multiprocess_mode only matters under --workers: how the workers' values combine.
-        self.queue_rows = Gauge(f"{PREFIX}_queue_rows", "Rows waiting in the batch queue.", registry=r,
-                                multiprocess_mode="livesum")
-        self.loaded_tasks = Gauge(f"{PREFIX}_loaded_tasks", "Tasks loaded in the adapter bank.", registry=r,
-                                  multiprocess_mode="liveall")
-        self.known_tasks = Gauge(f"{PREFIX}_known_tasks", "Tasks the deployment knows.", registry=r,
-                                 multiprocess_mode="livemax")
+        self.queue_rows = Gauge(
+            f"{PREFIX}_queue_rows", "Rows waiting in the batch queue.", registry=r, multiprocess_mode="livesum"
+        )
+        self.loaded_tasks = Gauge(
+            f"{PREFIX}_loaded_tasks", "Tasks loaded in the adapter bank.", registry=r, multiprocess_mode="liveall"
+        )
+        self.known_tasks = Gauge(
+            f"{PREFIX}_known_tasks", "Tasks the deployment knows.", registry=r, multiprocess_mode="livemax"
+        )
         self.failed_tasks = Gauge(
-            f"{PREFIX}_failed_tasks", "Tasks out of service (unreadable files, or weights / head failed) "
-            "until reloaded; /v2/health/ready names them.", registry=r, multiprocess_mode="liveall",
+            f"{PREFIX}_failed_tasks",
+            "Tasks out of service (unreadable files, or weights / head failed) "
+            "until reloaded; /v2/health/ready names them.",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.task_load_time = Histogram(
             f"{PREFIX}_task_load_duration_seconds",
             "Time to load a task (admin load, preload or a cold task of a request).",
-            buckets=DURATION_BUCKETS, registry=r,
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.rejected = Counter(
-            f"{PREFIX}_rejected_requests", "Requests refused before inference, by reason.", ("reason",), registry=r,
+            f"{PREFIX}_rejected_requests",
+            "Requests refused before inference, by reason.",
+            ("reason",),
+            registry=r,
         )
-        self.ready = Gauge(f"{PREFIX}_ready", "1 while the server reports ready, 0 while starting or draining.",
-                           registry=r, multiprocess_mode="liveall")
+        self.ready = Gauge(
+            f"{PREFIX}_ready",
+            "1 while the server reports ready, 0 while starting or draining.",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
 
@@ -131,8 +169,9 @@ class Metrics:
         """The ``task`` label of a known task: its name, or ``_other`` in a deployment of very many tasks."""
         return task if known_tasks <= TASK_LABEL_LIMIT else OTHER_TASK
 
-    def bind_task_counts(self, loaded: Callable[[], float], known: Callable[[], float],
-                         failed: Callable[[], float]) -> None:
+    def bind_task_counts(
+        self, loaded: Callable[[], float], known: Callable[[], float], failed: Callable[[], float]
+    ) -> None:
         """Read task counts at scrape time (no bookkeeping on the hot path).
 
         Multiprocess mode cannot call another worker's functions, so each worker writes its counts at most

@@ -62,8 +62,15 @@ __all__ = [
 
 INPUT_NAMES = ("text", "text_pair")
 Scalar = str | int | float | bool
-OUTPUT_TYPES = {"label": "BYTES", "score": "FP32", "value": "FP32", "probabilities": "FP32", "truncated": "BOOL",
-                "labels": "BOOL", "embedding": "FP32"}
+OUTPUT_TYPES = {
+    "label": "BYTES",
+    "score": "FP32",
+    "value": "FP32",
+    "probabilities": "FP32",
+    "truncated": "BOOL",
+    "labels": "BOOL",
+    "embedding": "FP32",
+}
 EMBEDDING_OUTPUT = "embedding"  # on request only (see the module docstring)
 EMBED_POOLINGS = ("mean", "cls", "pooler")
 
@@ -121,14 +128,19 @@ class _V2(BaseModel):
 
 class InferInput(_V2):
     # Validated as plain strings (our messages name the field); the enums document the accepted values.
-    name: str = Field(max_length=64, description="'text', or 'text_pair' for the second texts of pairs.",
-                      json_schema_extra={"enum": list(INPUT_NAMES)})
+    name: str = Field(
+        max_length=64,
+        description="'text', or 'text_pair' for the second texts of pairs.",
+        json_schema_extra={"enum": list(INPUT_NAMES)},
+    )
     shape: list[int] = Field(min_length=1, max_length=2, description="[N] or [N, 1].")
     datatype: str = Field(max_length=16, description="Must be BYTES.", json_schema_extra={"enum": ["BYTES"]})
     parameters: dict[str, Scalar] | None = Field(
-        None, description="binary_data_size: the tensor's bytes after the JSON header (binary extension).")
+        None, description="binary_data_size: the tensor's bytes after the JSON header (binary extension)."
+    )
     data: list[Any] | None = Field(
-        None, description="The N texts (flat, or nested as the shape says); absent when sent binary.")
+        None, description="The N texts (flat, or nested as the shape says); absent when sent binary."
+    )
 
 
 class InferOutputRequest(_V2):
@@ -145,7 +157,8 @@ class InferenceRequest(_V2):
     model_name: str | None = Field(None, max_length=256, description="If given, must be the task in the URL.")
     model_version: str | None = Field(None, max_length=64, description="If given, must be the task's version.")
     parameters: dict[str, Scalar] | None = Field(
-        None, description="binary_data_output: true returns every output binary.")
+        None, description="binary_data_output: true returns every output binary."
+    )
     inputs: list[InferInput] = Field(min_length=1, max_length=2)
     outputs: list[InferOutputRequest] | None = Field(None, max_length=8)
 
@@ -241,8 +254,9 @@ def check_input_name(name: str, index: int, seen: Mapping[str, Any], task: TaskM
         raise InputError(f"inputs[{index}]: input {name!r} is given twice")
 
 
-def rows_from_request(req: InferenceRequest, task: TaskMeta,
-                      raw: Sequence[bytes | None] | None = None) -> list[str | tuple[str, str]]:
+def rows_from_request(
+    req: InferenceRequest, task: TaskMeta, raw: Sequence[bytes | None] | None = None
+) -> list[str | tuple[str, str]]:
     """The request's rows; ``raw`` holds each input's binary chunk (None where it came as JSON)."""
     by_name: dict[str, list[str]] = {}
     for i, inp in enumerate(req.inputs):
@@ -268,8 +282,7 @@ def check_outputs(req: InferenceRequest, task: TaskMeta) -> None:
     requested_outputs([o.name for o in req.outputs or ()], task)
 
 
-def embedding_pooling(names: Sequence[str], parameters: Sequence[Mapping[str, Any] | None]
-                      ) -> tuple[bool, str | None]:
+def embedding_pooling(names: Sequence[str], parameters: Sequence[Mapping[str, Any] | None]) -> tuple[bool, str | None]:
     """(whether the requested outputs need the task's head rows, the ``embedding`` output's pooling or None),
     from the requested output names and each one's parameters."""
     pooling = None
@@ -293,8 +306,9 @@ class OutputTensor:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def output_tensors(names: Sequence[str], task: TaskMeta, predictions: Sequence[Any],
-                   embeddings: Sequence[Any] = ()) -> list[OutputTensor]:
+def output_tensors(
+    names: Sequence[str], task: TaskMeta, predictions: Sequence[Any], embeddings: Sequence[Any] = ()
+) -> list[OutputTensor]:
     """The named outputs for ``predictions`` (runtime ``Prediction`` rows, in input order) and, when the
     ``embedding`` output is named, ``embeddings`` (runtime ``Embedding`` rows, same order)."""
     n = max(len(predictions), len(embeddings))
@@ -302,14 +316,26 @@ def output_tensors(names: Sequence[str], task: TaskMeta, predictions: Sequence[A
     for name in names:
         if name == EMBEDDING_OUTPUT:
             dim = len(embeddings[0].vector) if embeddings else max(task.hidden_size, 0)
-            out.append(OutputTensor(name, "FP32", [n, dim], [float(x) for e in embeddings for x in e.vector],
-                                    {"pooling": embeddings[0].pooling if embeddings else "mean"}))
+            out.append(
+                OutputTensor(
+                    name,
+                    "FP32",
+                    [n, dim],
+                    [float(x) for e in embeddings for x in e.vector],
+                    {"pooling": embeddings[0].pooling if embeddings else "mean"},
+                )
+            )
         elif name == "labels":
             labels = list(task.labels)
-            out.append(OutputTensor(name, "BOOL", [n, len(labels)],
-                                    [lab in (p.labels or ()) for p in predictions for lab in labels],
-                                    {"labels": ",".join(labels),
-                                     "thresholds": ",".join(f"{t:g}" for t in task.thresholds)}))
+            out.append(
+                OutputTensor(
+                    name,
+                    "BOOL",
+                    [n, len(labels)],
+                    [lab in (p.labels or ()) for p in predictions for lab in labels],
+                    {"labels": ",".join(labels), "thresholds": ",".join(f"{t:g}" for t in task.thresholds)},
+                )
+            )
         elif name == "label":
             out.append(OutputTensor(name, "BYTES", [n], [p.label for p in predictions]))
         elif name in ("score", "value"):
@@ -332,8 +358,9 @@ def _binary_wanted(req: InferenceRequest) -> dict[str, bool]:
     return wanted
 
 
-def infer_response(req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any], embeddings: Sequence[Any] = ()
-                   ) -> tuple[dict[str, Any], bytes]:
+def infer_response(
+    req: InferenceRequest, task: TaskMeta, predictions: Sequence[Any], embeddings: Sequence[Any] = ()
+) -> tuple[dict[str, Any], bytes]:
     """The protocol's response: the JSON part and the binary part (empty unless outputs were asked binary)."""
     names = requested_outputs([o.name for o in req.outputs or ()], task)
     binary = _binary_wanted(req)
@@ -362,20 +389,35 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
     inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     if task.text_pair:
         inputs.append({"name": "text_pair", "datatype": "BYTES", "shape": [-1]})
-    shapes = {"labels": ("BOOL", [-1, len(task.labels)]), "label": ("BYTES", [-1]), "score": ("FP32", [-1]),
-              "value": ("FP32", [-1]), "probabilities": ("FP32", [-1, len(task.labels)]), "truncated": ("BOOL", [-1])}
+    shapes = {
+        "labels": ("BOOL", [-1, len(task.labels)]),
+        "label": ("BYTES", [-1]),
+        "score": ("FP32", [-1]),
+        "value": ("FP32", [-1]),
+        "probabilities": ("FP32", [-1, len(task.labels)]),
+        "truncated": ("BOOL", [-1]),
+    }
     outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
-    outputs.append({"name": EMBEDDING_OUTPUT, "datatype": "FP32", "shape": [-1, task.hidden_size],
-                    "parameters": {"on_request": True, "poolings": ",".join(EMBED_POOLINGS), "normalized": "l2"}})
+    outputs.append(
+        {
+            "name": EMBEDDING_OUTPUT,
+            "datatype": "FP32",
+            "shape": [-1, task.hidden_size],
+            "parameters": {"on_request": True, "poolings": ",".join(EMBED_POOLINGS), "normalized": "l2"},
+        }
+    )
     return {
         "name": task.name,
         "versions": [task.version],
         "platform": "adapterdeploy_onnxruntime",
         "inputs": inputs,
         "outputs": outputs,
-        "parameters": {"problem_type": task.problem_type, "labels": ",".join(task.labels),
-                       "text_pair": task.text_pair,
-                       **({"thresholds": ",".join(f"{t:g}" for t in task.thresholds)} if task.thresholds else {})},
+        "parameters": {
+            "problem_type": task.problem_type,
+            "labels": ",".join(task.labels),
+            "text_pair": task.text_pair,
+            **({"thresholds": ",".join(f"{t:g}" for t in task.thresholds)} if task.thresholds else {}),
+        },
     }
 
 

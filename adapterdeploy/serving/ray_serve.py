@@ -155,10 +155,14 @@ def run_ray(settings: Settings) -> None:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_ray_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-        log.info("ray serve running", extra={"replicas": settings.replicas, "host": settings.host,
-                                             "port": settings.port})
-        print(f"serving {settings.deploy_dir} with {settings.replicas} Ray Serve replicas on "
-              f"http://{settings.host}:{settings.port}", flush=True)
+        log.info(
+            "ray serve running", extra={"replicas": settings.replicas, "host": settings.host, "port": settings.port}
+        )
+        print(
+            f"serving {settings.deploy_dir} with {settings.replicas} Ray Serve replicas on "
+            f"http://{settings.host}:{settings.port}",
+            flush=True,
+        )
         stop.wait()
     finally:
         log.info("shutting down ray serve")

@@ -60,16 +60,21 @@ def _row(value: Any) -> str | tuple[str, str]:
     if isinstance(value, list) and len(value) == 2 and all(isinstance(x, str) for x in value):
         return (value[0], value[1])
     got = f"a list of {len(value)} items" if isinstance(value, list) else type(value).__name__
-    raise PydanticCustomError("text_or_pair", "must be a text or a [text_a, text_b] pair of two texts, got {got}",
-                              {"got": got})
+    raise PydanticCustomError(
+        "text_or_pair", "must be a text or a [text_a, text_b] pair of two texts, got {got}", {"got": got}
+    )
 
 
 TEXT_SCHEMA = {"type": "string", "minLength": 1}
 TextOrPair = Annotated[
     str | tuple[str, str],
     PlainValidator(_row),
-    WithJsonSchema({"anyOf": [TEXT_SCHEMA, {"type": "array", "items": TEXT_SCHEMA, "minItems": 2, "maxItems": 2}],
-                    "description": "A text, or a [text_a, text_b] pair for pair tasks."}),
+    WithJsonSchema(
+        {
+            "anyOf": [TEXT_SCHEMA, {"type": "array", "items": TEXT_SCHEMA, "minItems": 2, "maxItems": 2}],
+            "description": "A text, or a [text_a, text_b] pair for pair tasks.",
+        }
+    ),
 ]
 TaskName = Annotated[str, Field(min_length=1, max_length=200, description="A task of the deployment.")]
 
@@ -98,8 +103,10 @@ class EmbedRequest(_Strict):
     inputs: list[TextOrPair] = Field(min_length=1, description="Texts (or [text_a, text_b] pairs) to embed.")
     task: TaskName | None = Field(None, description="Embed with this task's adapted featurizer; null: the base model.")
     pooling: Literal["mean", "cls", "pooler"] = Field(
-        "mean", description="mean: masked mean of the last layer (sentence-transformers' default); cls: the first "
-                            "token; pooler: the base's pooler (if it has one).")
+        "mean",
+        description="mean: masked mean of the last layer (sentence-transformers' default); cls: the first "
+        "token; pooler: the base's pooler (if it has one).",
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -142,8 +149,9 @@ class ErrorResponse(BaseModel):
 class LoadParameters(_Strict):
     pin: bool = Field(False, description="Never evict this task (until unloaded).")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher-priority tasks are evicted last.")
-    path: str | None = Field(None, max_length=4096,
-                             description="A task directory (from `adapterdeploy add-task`/export) to load from.")
+    path: str | None = Field(
+        None, max_length=4096, description="A task directory (from `adapterdeploy add-task`/export) to load from."
+    )
 
 
 class LoadRequest(_Strict):
@@ -157,8 +165,13 @@ class RepositoryIndexRequest(_Strict):
 
     ready: bool = Field(False, description="List only tasks that are loaded.")
     offset: int = Field(0, ge=0, le=1_000_000_000, description="Skip this many tasks (sorted by name).")
-    limit: int | None = Field(None, ge=1, le=100_000, description="List at most this many (default: all). "
-                              "The x-adapterdeploy-total-tasks header gives the total to page through.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="List at most this many (default: all). "
+        "The x-adapterdeploy-total-tasks header gives the total to page through.",
+    )
 
 
 class RepositoryModel(BaseModel):
@@ -219,8 +232,9 @@ def validate(model: type[M], data: Any) -> M:
         raise InputError(f"{_path(tuple(first['loc']))}: {first['msg']}{more}") from None
 
 
-def check_rows(inputs: list[str | tuple[str, str]], settings: Settings, *, n_tasks: int = 1,
-               field: str = "inputs") -> None:
+def check_rows(
+    inputs: list[str | tuple[str, str]], settings: Settings, *, n_tasks: int = 1, field: str = "inputs"
+) -> None:
     """The cheap limits, before tokenization: rows per request (413), characters and content per text (400)."""
     rows = len(inputs) * n_tasks
     if rows > settings.max_rows_per_request:

@@ -46,10 +46,13 @@ SETTINGS_FILE_ENV = "ADAPTERDEPLOY_SERVE_SETTINGS_FILE"
 MAX_HEAD_BYTES = 16 * 1024
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 log = logging.getLogger("adapterdeploy.serving")
-_OVER_LIMIT = json.dumps({
-    "error": "the server is at its connection limit (--max-connections); retry after 1 s or add replicas",
-    "error_type": "unavailable", "request_id": "-",
-}).encode()
+_OVER_LIMIT = json.dumps(
+    {
+        "error": "the server is at its connection limit (--max-connections); retry after 1 s or add replicas",
+        "error_type": "unavailable",
+        "request_id": "-",
+    }
+).encode()
 
 
 class ServeConfig(uvicorn.Config):
@@ -76,13 +79,30 @@ class TimedH11Protocol(H11Protocol):
         async def admitted(scope: Any, receive: Any, send: Any) -> None:
             limit = self.max_concurrency
             # self.tasks includes this request's own task (uvicorn counts before creating it, hence >=).
-            if (limit is not None and scope["type"] == "http" and scope["path"] not in PROBE_PATHS
-                    and (len(self.connections) >= limit or len(self.tasks) > limit)):
-                log.warning("refused a request: %d connections, %d requests, --max-connections %d",
-                            len(self.connections), len(self.tasks), limit)
-                await send({"type": "http.response.start", "status": 503, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(_OVER_LIMIT)).encode()),
-                    (b"retry-after", b"1"), (b"connection", b"close")]})
+            if (
+                limit is not None
+                and scope["type"] == "http"
+                and scope["path"] not in PROBE_PATHS
+                and (len(self.connections) >= limit or len(self.tasks) > limit)
+            ):
+                log.warning(
+                    "refused a request: %d connections, %d requests, --max-connections %d",
+                    len(self.connections),
+                    len(self.tasks),
+                    limit,
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 503,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(_OVER_LIMIT)).encode()),
+                            (b"retry-after", b"1"),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": _OVER_LIMIT})
                 return
             await app(scope, receive, send)
@@ -105,8 +125,9 @@ class TimedH11Protocol(H11Protocol):
     def _head_timeout(self) -> None:
         self._head_timer = None
         if self._waiting_for_head() and not self.transport.is_closing():
-            self.logger.debug("closing a connection that sent no complete request head in %.1f s",
-                              self.header_timeout_s)
+            self.logger.debug(
+                "closing a connection that sent no complete request head in %.1f s", self.header_timeout_s
+            )
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -191,8 +212,9 @@ def run_server(settings: Settings) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(settings.to_json())
         os.environ[SETTINGS_FILE_ENV] = name
-        config = uvicorn_config(settings, "adapterdeploy.serving.server:app_from_env", factory=True,
-                                workers=settings.workers)
+        config = uvicorn_config(
+            settings, "adapterdeploy.serving.server:app_from_env", factory=True, workers=settings.workers
+        )
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         Path(name).unlink(missing_ok=True)

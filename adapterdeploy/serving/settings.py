@@ -78,8 +78,18 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = (
-            "port", "max_batch_rows", "max_batch_tokens", "max_queue", "max_body_bytes", "max_rows_per_request",
-            "max_chars_per_text", "max_tasks_per_request", "keep_alive_s", "max_connections", "workers", "replicas",
+            "port",
+            "max_batch_rows",
+            "max_batch_tokens",
+            "max_queue",
+            "max_body_bytes",
+            "max_rows_per_request",
+            "max_chars_per_text",
+            "max_tasks_per_request",
+            "keep_alive_s",
+            "max_connections",
+            "workers",
+            "replicas",
         )
         for name in positive:
             value = getattr(self, name)
@@ -91,8 +101,9 @@ class Settings:
                 raise ConfigError(f"serve setting {name} must be a number >= 0, got {value!r}")
         if self.port > 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
-        if self.grpc_port is not None and (not isinstance(self.grpc_port, int) or not 1 <= self.grpc_port <= 65535
-                                           or self.grpc_port == self.port):
+        if self.grpc_port is not None and (
+            not isinstance(self.grpc_port, int) or not 1 <= self.grpc_port <= 65535 or self.grpc_port == self.port
+        ):
             raise ConfigError(f"--grpc-port {self.grpc_port!r} must be a TCP port (1-65535) other than --port")
         if self.max_rows_per_request > self.max_queue:
             raise ConfigError(

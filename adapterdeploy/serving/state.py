@@ -97,17 +97,31 @@ class ServingState:
         for name in self.settings.preload:
             await self.load_task(name)
         s = self.settings
-        self.batcher = Batcher(self._run_batch, executor=self.forward_pool, max_rows=s.max_batch_rows,
-                               max_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_s, max_queue_rows=s.max_queue,
-                               metrics=self.metrics)
+        self.batcher = Batcher(
+            self._run_batch,
+            executor=self.forward_pool,
+            max_rows=s.max_batch_rows,
+            max_tokens=s.max_batch_tokens,
+            max_wait_s=s.max_wait_s,
+            max_queue_rows=s.max_queue,
+            metrics=self.metrics,
+        )
         await self.batcher.start()
-        self.metrics.bind_task_counts(lambda: float(self.deployment.loaded_task_count),
-                                      lambda: float(self.deployment.known_task_count),
-                                      lambda: float(len(self.deployment.failed_tasks())))
+        self.metrics.bind_task_counts(
+            lambda: float(self.deployment.loaded_task_count),
+            lambda: float(self.deployment.known_task_count),
+            lambda: float(len(self.deployment.failed_tasks())),
+        )
         self.started = True
         self.metrics.ready.set(1)
-        log.info("deployment open", extra={"deploy_dir": str(s.deploy_dir), "tasks": self.deployment.known_task_count,
-                                           "seconds": round(time.perf_counter() - t0, 3)})
+        log.info(
+            "deployment open",
+            extra={
+                "deploy_dir": str(s.deploy_dir),
+                "tasks": self.deployment.known_task_count,
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+        )
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -212,10 +226,15 @@ class ServingState:
         from adapterdeploy.artifacts import TaskSpec
 
         spec = TaskSpec.read(Path(self.deployment.task_info(task).source))
-        return TaskMeta(name=task, problem_type=spec.head.problem_type, labels=tuple(spec.head.labels),
-                        text_pair=spec.text_pair, version=task_version(spec.files),
-                        hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
-                        thresholds=tuple(spec.head.thresholds))
+        return TaskMeta(
+            name=task,
+            problem_type=spec.head.problem_type,
+            labels=tuple(spec.head.labels),
+            text_pair=spec.text_pair,
+            version=task_version(spec.files),
+            hidden_size=int(self.deployment.manifest.featurizer.hidden_size),
+            thresholds=tuple(spec.head.thresholds),
+        )
 
     async def load_task(self, name_or_path: str, *, pin: bool = False, priority: int = 0) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -231,8 +250,7 @@ class ServingState:
         self.require_task(name)
         await asyncio.get_running_loop().run_in_executor(self.aux_pool, self.deployment.unload_task, name)
 
-    async def task_infos(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False
-                         ) -> list[Any]:
+    async def task_infos(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False) -> list[Any]:
         listing = partial(self.deployment.tasks, offset=offset, limit=limit, loaded_only=loaded_only)
         return await asyncio.get_running_loop().run_in_executor(self.aux_pool, listing)
 
@@ -242,8 +260,14 @@ class ServingState:
         self.metrics.refresh()
         return results
 
-    async def predict(self, tasks: Sequence[str | Embed], inputs: Sequence[Any], *, field: str = "inputs",
-                      note: dict[str, Any] | None = None) -> list[Any]:
+    async def predict(
+        self,
+        tasks: Sequence[str | Embed],
+        inputs: Sequence[Any],
+        *,
+        field: str = "inputs",
+        note: dict[str, Any] | None = None,
+    ) -> list[Any]:
         """Every task over every input (task-major order), through the batcher; limits already checked.
 
         Order: the queue's capacity first (429 before any tokenization), then each input is tokenized once
@@ -269,8 +293,10 @@ class ServingState:
             for i, row in enumerate(inputs):
                 if isinstance(row, tuple) != meta.text_pair:
                     want = "[text_a, text_b] pairs" if meta.text_pair else "single texts"
-                    raise InputError(f"{field}[{i}]: task {task!r} takes {want}, this is "
-                                     f"{'a pair' if isinstance(row, tuple) else 'a single text'}")
+                    raise InputError(
+                        f"{field}[{i}]: task {task!r} takes {want}, this is "
+                        f"{'a pair' if isinstance(row, tuple) else 'a single text'}"
+                    )
         cold = 0
         for task in tasks:
             name = task.task if isinstance(task, Embed) else task
@@ -290,8 +316,7 @@ class ServingState:
                     )
         tokens = [len(enc.ids) for enc in encoded]
         rows = [(task, enc) for task in tasks for enc in encoded]
-        results = await self.batcher.submit(rows, tokens * len(tasks),
-                                            timeout=max(0.001, deadline - time.monotonic()))
+        results = await self.batcher.submit(rows, tokens * len(tasks), timeout=max(0.001, deadline - time.monotonic()))
         for r in results:
             if isinstance(r, Exception):
                 raise r

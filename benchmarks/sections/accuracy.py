@@ -50,8 +50,10 @@ def run(ctx: Context) -> SectionResult:
     tasks = find_real_tasks(p, s.ckpt_dir)
     real = bool(tasks)
     if not tasks:
-        result.notes.append(f"no trained checkpoints for {key} under {s.ckpt_dir}: a random task is scored on SST-2 "
-                            "(accuracy meaningless; the agreement with PyTorch is the check)")
+        result.notes.append(
+            f"no trained checkpoints for {key} under {s.ckpt_dir}: a random task is scored on SST-2 "
+            "(accuracy meaningless; the agreement with PyTorch is the check)"
+        )
         eval_file = DATA_DIR / DEV_FILES["sst2"]
         if not eval_file.is_file():  # a bare checkout (CI) has no ../shared/data: use the committed demo sample
             eval_file = Path(__file__).resolve().parents[2] / "examples" / "data" / "sst2" / "dev.tsv"
@@ -79,7 +81,8 @@ def run(ctx: Context) -> SectionResult:
                     if label != "pytorch":
                         kw["task"] = name
                     probs.setdefault(label, {})[name] = np.array(
-                        w.request("call", method="predict_proba", kwargs=kw)["result"])
+                        w.request("call", method="predict_proba", kwargs=kw)["result"]
+                    )
                 w.close()
         finally:
             for w in workers:
@@ -87,37 +90,64 @@ def run(ctx: Context) -> SectionResult:
 
     def evaluate() -> None:
         # The dev sets are scored, not timed; PyTorch gets a fresh process per task.
-        jobs = [("pytorch", ctx.worker(f"acc_torch_{t['name']}", "torch_ours", torch_spec(p, t["ckpt"])), [t["name"]])
-                for t in tasks]
+        jobs = [
+            ("pytorch", ctx.worker(f"acc_torch_{t['name']}", "torch_ours", torch_spec(p, t["ckpt"])), [t["name"]])
+            for t in tasks
+        ]
         for k in [0, *ks]:
             precs = ("fp32", "int8") if k == 0 else ("fp32",)
-            rand_dep, real_dep = drop_deployments(p, k, [t["ckpt"] for t in tasks] if real else [],
-                                                  not ctx.settings.quick)
+            rand_dep, real_dep = drop_deployments(
+                p, k, [t["ckpt"] for t in tasks] if real else [], not ctx.settings.quick
+            )
             dep = real_dep or rand_dep
-            jobs += [(f"{prec} K={k}", ctx.worker(f"acc_{prec}_k{k}", "ours", ours_spec(dep, prec)),
-                      [t["name"] for t in tasks] if k == 0 else sweep) for prec in precs]
+            jobs += [
+                (
+                    f"{prec} K={k}",
+                    ctx.worker(f"acc_{prec}_k{k}", "ours", ours_spec(dep, prec)),
+                    [t["name"] for t in tasks] if k == 0 else sweep,
+                )
+                for prec in precs
+            ]
         for i in range(0, len(jobs), 4):  # at most 4 processes at a time (memory)
-            score(jobs[i:i + 4])
+            score(jobs[i : i + 4])
 
     monitored(result, "accuracy/dev sets", evaluate)
     _report(result, tasks, inputs, probs, key, ks)
     return result
 
 
-def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str, Any],
-            probs: dict[str, dict[str, np.ndarray]], key: str, ks: list[int]) -> None:
+def _report(
+    result: SectionResult,
+    tasks: list[dict[str, Any]],
+    inputs: dict[str, Any],
+    probs: dict[str, dict[str, np.ndarray]],
+    key: str,
+    ks: list[int],
+) -> None:
     variants = list(probs)
     scores = {v: {name: _metrics(inputs[name][1], pr) for name, pr in probs[v].items()} for v in variants}
-    t1 = Table(f"{key}: dev-set score per variant (metric per task: accuracy; F1 for MRPC; MCC for CoLA)",
-               ["task", "rows", "metric", *variants])
+    t1 = Table(
+        f"{key}: dev-set score per variant (metric per task: accuracy; F1 for MRPC; MCC for CoLA)",
+        ["task", "rows", "metric", *variants],
+    )
     for t in tasks:
         metric = MAIN_METRIC[t["dataset"]]
-        t1.rows.append([t["name"], len(inputs[t["name"]][1]), metric,
-                        *[f"{100 * scores[v][t['name']][metric]:.2f}" if t["name"] in scores[v] else "not run"
-                          for v in variants]])
+        t1.rows.append(
+            [
+                t["name"],
+                len(inputs[t["name"]][1]),
+                metric,
+                *[
+                    f"{100 * scores[v][t['name']][metric]:.2f}" if t["name"] in scores[v] else "not run"
+                    for v in variants
+                ],
+            ]
+        )
     result.tables.append(t1)
-    t2 = Table(f"{key}: agreement with the PyTorch model (same predicted label; largest probability difference)",
-               ["task", "variant", "same label %", "max |p - p_torch|"])
+    t2 = Table(
+        f"{key}: agreement with the PyTorch model (same predicted label; largest probability difference)",
+        ["task", "variant", "same label %", "max |p - p_torch|"],
+    )
     targets = []
     for t in tasks:
         ref = probs["pytorch"][t["name"]]
@@ -127,21 +157,48 @@ def _report(result: SectionResult, tasks: list[dict[str, Any]], inputs: dict[str
             t2.rows.append([t["name"], v, f"{100 * same:.2f}", f"{float(np.abs(pr - ref).max()):.2e}"])
         metric = MAIN_METRIC[t["dataset"]]
         loss = 100 * (scores["fp32 K=0"][t["name"]][metric] - scores["int8 K=0"][t["name"]][metric])
-        targets.append({"name": f"{key} {t['name']}: int8 loss vs fp32 ({metric}, points)", "value": loss,
-                        "goal": 1.0, "op": "<=", "fmt": "{:.2f}"})
+        targets.append(
+            {
+                "name": f"{key} {t['name']}: int8 loss vs fp32 ({metric}, points)",
+                "value": loss,
+                "goal": 1.0,
+                "op": "<=",
+                "fmt": "{:.2f}",
+            }
+        )
         base_acc = scores["fp32 K=0"][t["name"]]["accuracy"]
         for k in (k for k in ks if k <= 3 and t["name"] != "t0000" and t["name"] in scores[f"fp32 K={k}"]):
             # The tutorial's claim: "AdapterDrop keeps 95%+ of accuracy dropping the first 1-3 layers".
-            targets.append({"name": f"tutorial claim, {key} {t['name']}: accuracy kept at K={k} (no retraining)",
-                            "value": scores[f"fp32 K={k}"][t["name"]]["accuracy"] / base_acc, "goal": 0.95,
-                            "op": ">=", "fmt": "{:.1%}"})
+            targets.append(
+                {
+                    "name": f"tutorial claim, {key} {t['name']}: accuracy kept at K={k} (no retraining)",
+                    "value": scores[f"fp32 K={k}"][t["name"]]["accuracy"] / base_acc,
+                    "goal": 0.95,
+                    "op": ">=",
+                    "fmt": "{:.1%}",
+                }
+            )
     result.tables.append(t2)
     if ks:
-        series = {t["name"]: [100 * scores[f"fp32 K={k}"][t["name"]][MAIN_METRIC[t["dataset"]]] for k in [0, *ks]]
-                  for t in tasks if all(t["name"] in scores[f"fp32 K={k}"] for k in ks)}
-        result.plots.append({"file": f"adapterdrop-accuracy-{key}.png", "kind": "line",
-                             "title": f"{key}: dev score vs AdapterDrop K "
-                                      "(adapters of layers < K removed, no retraining)",
-                             "x": [0, *ks], "series": series, "xlabel": "K", "ylabel": "score (%)"})
-    result.raw = {"model": key, "tasks": [{**t, "ckpt": str(t["ckpt"]), "eval": str(t["eval"])} for t in tasks],
-                  "scores": scores, "targets": targets}
+        series = {
+            t["name"]: [100 * scores[f"fp32 K={k}"][t["name"]][MAIN_METRIC[t["dataset"]]] for k in [0, *ks]]
+            for t in tasks
+            if all(t["name"] in scores[f"fp32 K={k}"] for k in ks)
+        }
+        result.plots.append(
+            {
+                "file": f"adapterdrop-accuracy-{key}.png",
+                "kind": "line",
+                "title": f"{key}: dev score vs AdapterDrop K (adapters of layers < K removed, no retraining)",
+                "x": [0, *ks],
+                "series": series,
+                "xlabel": "K",
+                "ylabel": "score (%)",
+            }
+        )
+    result.raw = {
+        "model": key,
+        "tasks": [{**t, "ckpt": str(t["ckpt"]), "eval": str(t["eval"])} for t in tasks],
+        "scores": scores,
+        "targets": targets,
+    }

@@ -64,9 +64,17 @@ class SectionResult:
     wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "tables": [t.to_dict() for t in self.tables],
-                "plots": self.plots, "notes": self.notes, "raw": self.raw, "load": self.load,
-                "skipped": self.skipped, "wall_s": self.wall_s}
+        return {
+            "key": self.key,
+            "title": self.title,
+            "tables": [t.to_dict() for t in self.tables],
+            "plots": self.plots,
+            "notes": self.notes,
+            "raw": self.raw,
+            "load": self.load,
+            "skipped": self.skipped,
+            "wall_s": self.wall_s,
+        }
 
 
 def monitored(result: SectionResult, what: str, fn: Callable[[], Any]) -> Any:
@@ -94,15 +102,25 @@ def mib(n: float) -> float:
 
 
 def torch_spec(p: Prepared, task_dir: Path | None = None) -> dict[str, Any]:
-    return {"base_dir": str(p.base_dir), "ckpt_dir": str(task_dir or p.task_dirs(1)[0]),
-            "tokenizer": str(p.tokenizer), "max_length": p.max_length}
+    return {
+        "base_dir": str(p.base_dir),
+        "ckpt_dir": str(task_dir or p.task_dirs(1)[0]),
+        "tokenizer": str(p.tokenizer),
+        "max_length": p.max_length,
+    }
 
 
 def adapterhub_spec(p: Prepared) -> dict[str, Any]:
     from benchmarks.prepare import ADAPTER_STD, REDUCTION_FACTOR
 
-    return {"base_dir": str(p.base_dir), "reduction_factor": REDUCTION_FACTOR, "activation": "relu",
-            "init_std": ADAPTER_STD, "tokenizer": str(p.tokenizer), "max_length": p.max_length}
+    return {
+        "base_dir": str(p.base_dir),
+        "reduction_factor": REDUCTION_FACTOR,
+        "activation": "relu",
+        "init_std": ADAPTER_STD,
+        "tokenizer": str(p.tokenizer),
+        "max_length": p.max_length,
+    }
 
 
 def ort_spec(p: Prepared, model_path: Path) -> dict[str, Any]:

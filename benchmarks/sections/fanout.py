@@ -46,26 +46,57 @@ def run(ctx: Context) -> SectionResult:
             kind, n = case.split("_n")
             return {"kind": kind, "text": text, "tasks": [f"f{i:04d}" for i in range(int(n))]}
 
-        run_ = monitored(result, f"fanout/K={k}", lambda w=w, cases=cases, payload=payload:
-                         ctx.time_cases([w], cases, payload))
+        run_ = monitored(
+            result, f"fanout/K={k}", lambda w=w, cases=cases, payload=payload: ctx.time_cases([w], cases, payload)
+        )
         for n in s.fanout_n:
             fan = run_.timings[f"fanout_n{n}"][w.name].stats
             sep = run_.timings[f"separate_n{n}"][w.name].stats
-            rows.append({"k": k, "n": n, "fanout_ms": fan.median * 1e3, "separate_ms": sep.median * 1e3,
-                         "speedup": sep.median / fan.median, "fanout_p90_ms": fan.p90 * 1e3})
+            rows.append(
+                {
+                    "k": k,
+                    "n": n,
+                    "fanout_ms": fan.median * 1e3,
+                    "separate_ms": sep.median * 1e3,
+                    "speedup": sep.median / fan.median,
+                    "fanout_p90_ms": fan.p90 * 1e3,
+                }
+            )
     result.raw = {"model": key, "text": text, "rows": rows, "ks": list(ks)}
-    t = Table(f"{key}: fan-out of one median-length SST-2 sentence to n tasks vs n separate predict calls (fp32)",
-              ["K (dropped layers)", "n tasks", "fan_out ms", "n separate calls ms", "speed-up", "fan_out ms / task"])
+    t = Table(
+        f"{key}: fan-out of one median-length SST-2 sentence to n tasks vs n separate predict calls (fp32)",
+        ["K (dropped layers)", "n tasks", "fan_out ms", "n separate calls ms", "speed-up", "fan_out ms / task"],
+    )
     for r in rows:
-        t.rows.append([r["k"], r["n"], f"{r['fanout_ms']:.2f}", f"{r['separate_ms']:.2f}", f"{r['speedup']:.2f}x",
-                       f"{r['fanout_ms'] / r['n']:.2f}"])
+        t.rows.append(
+            [
+                r["k"],
+                r["n"],
+                f"{r['fanout_ms']:.2f}",
+                f"{r['separate_ms']:.2f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['fanout_ms'] / r['n']:.2f}",
+            ]
+        )
     result.tables.append(t)
-    result.plots.append({
-        "file": f"fanout-{key}.png", "kind": "line", "title": f"{key}: fan_out time vs n tasks at each K",
-        "x": list(s.fanout_n), "xlabel": "n tasks", "ylabel": "ms per fan-out", "logx": True,
-        "series": {f"K={k}": [next(r["fanout_ms"] for r in rows if r["k"] == k and r["n"] == n) for n in s.fanout_n]
-                   for k in ks} | {"n separate calls (K=0)": [next(r["separate_ms"] for r in rows
-                                                                   if r["k"] == ks[0] and r["n"] == n)
-                                                              for n in s.fanout_n]},
-    })
+    result.plots.append(
+        {
+            "file": f"fanout-{key}.png",
+            "kind": "line",
+            "title": f"{key}: fan_out time vs n tasks at each K",
+            "x": list(s.fanout_n),
+            "xlabel": "n tasks",
+            "ylabel": "ms per fan-out",
+            "logx": True,
+            "series": {
+                f"K={k}": [next(r["fanout_ms"] for r in rows if r["k"] == k and r["n"] == n) for n in s.fanout_n]
+                for k in ks
+            }
+            | {
+                "n separate calls (K=0)": [
+                    next(r["separate_ms"] for r in rows if r["k"] == ks[0] and r["n"] == n) for n in s.fanout_n
+                ]
+            },
+        }
+    )
     return result

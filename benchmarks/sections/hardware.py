@@ -24,8 +24,10 @@ def run(ctx: Context) -> SectionResult:
     peak = monitored(result, "peak", measure)
     ctx.peak = peak
     result.raw = peak
-    t = Table("GEMM throughput per shape (M x K x N), median of repeated calls",
-              ["backend", "precision", "shape", "GFLOP/s (GOP/s for int8)"])
+    t = Table(
+        "GEMM throughput per shape (M x K x N), median of repeated calls",
+        ["backend", "precision", "shape", "GFLOP/s (GOP/s for int8)"],
+    )
     for r in peak["rows"]:
         t.rows.append([r["backend"], r["precision"], " x ".join(map(str, r["shape"])), f"{r['gflops']:.1f}"])
     result.tables.append(t)

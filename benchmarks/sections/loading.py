@@ -34,9 +34,14 @@ COLD_LABELS = {
 def cold_start(system: str, spec: dict[str, Any], threads: int, timeout: float = 300.0) -> float:
     """Seconds from spawning ``python -m benchmarks.coldstart`` to its READY line."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.coldstart", system, json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO_ROOT),
-                            env=thread_env(threads))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.coldstart", system, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO_ROOT),
+        env=thread_env(threads),
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -65,10 +70,12 @@ def _time_loads(ctx: Context, dep: Path, task_model: Path, repeats: int) -> dict
         # Warm the runtime (first predict) so the timing is a swap into a hot process.
         ours.request("case", case="warm", payload={"kind": "batch", "rows": [["t0000", "warm up"]]})
         ours.request("run", case="warm", n=2)
-        task = ours.request("call", method="time_load_unload",
-                            kwargs={"task_path": task_dir, "name": "t0000", "repeats": repeats})["result"]
-        whole = loader.request("call", method="time_loads",
-                               kwargs={"model_path": str(task_model), "repeats": max(5, repeats // 10)})["result"]
+        task = ours.request(
+            "call", method="time_load_unload", kwargs={"task_path": task_dir, "name": "t0000", "repeats": repeats}
+        )["result"]
+        whole = loader.request(
+            "call", method="time_loads", kwargs={"model_path": str(task_model), "repeats": max(5, repeats // 10)}
+        )["result"]
     finally:
         for w in workers:
             w.close()
@@ -87,11 +94,15 @@ def run(ctx: Context) -> SectionResult:
     plain_model = optimum_export(p, "plain")
     loads = monitored(result, "loading/task swap", lambda: _time_loads(ctx, dep, task_model, s.load_repeats))
     st = {k: summarize(v) for k, v in loads.items()}
-    t = Table(f"{key}: load into a hot process (median / p99 over repeats)",
-              ["what", "repeats", "median ms", "p99 ms", "max ms"])
-    for k, label in (("task_load_s", "ours: load_task (adapters.safetensors into the bank)"),
-                     ("task_unload_s", "ours: unload_task"),
-                     ("model_load_s", "onnxruntime InferenceSession of the whole task model (optimum O3)")):
+    t = Table(
+        f"{key}: load into a hot process (median / p99 over repeats)",
+        ["what", "repeats", "median ms", "p99 ms", "max ms"],
+    )
+    for k, label in (
+        ("task_load_s", "ours: load_task (adapters.safetensors into the bank)"),
+        ("task_unload_s", "ours: unload_task"),
+        ("model_load_s", "onnxruntime InferenceSession of the whole task model (optimum O3)"),
+    ):
         t.rows.append([label, st[k].n, f"{st[k].median * 1e3:.2f}", f"{st[k].p99 * 1e3:.2f}", f"{st[k].max * 1e3:.2f}"])
     result.tables.append(t)
     text = "a quietly moving film about loss and love"
@@ -103,11 +114,19 @@ def run(ctx: Context) -> SectionResult:
         cold_dep, cold_task = real_dep or dep, real[0]["name"]
     specs = {
         "ours": {"deployment": str(cold_dep), "task": cold_task, "text": text, "threads": s.threads},
-        "ort_plain": {"model_path": str(plain_model), "tokenizer": str(p.tokenizer), "text": text,
-                      "threads": s.threads},
+        "ort_plain": {
+            "model_path": str(plain_model),
+            "tokenizer": str(p.tokenizer),
+            "text": text,
+            "threads": s.threads,
+        },
         "optimum": {"model_dir": str(task_model.parent), "text": text},
-        "torch_eager": {"base_dir": str(p.base_dir), "ckpt_dir": str(p.task_dirs(1)[0]), "text": text,
-                        "threads": s.threads},
+        "torch_eager": {
+            "base_dir": str(p.base_dir),
+            "ckpt_dir": str(p.task_dirs(1)[0]),
+            "text": text,
+            "threads": s.threads,
+        },
     }
     if s.quick:  # the two that import torch take seconds each; --quick checks the mechanics only
         specs.pop("optimum")
@@ -121,8 +140,10 @@ def run(ctx: Context) -> SectionResult:
         return out
 
     cold = monitored(result, "loading/cold start", colds)
-    t2 = Table(f"{key}: cold start, new process to first prediction ({s.cold_repeats} attempts each, interleaved)",
-               ["system", "median s", "min s", "max s", "x ours"])
+    t2 = Table(
+        f"{key}: cold start, new process to first prediction ({s.cold_repeats} attempts each, interleaved)",
+        ["system", "median s", "min s", "max s", "x ours"],
+    )
     ours_med = statistics.median(cold["ours"])
     for system, xs in cold.items():
         med = statistics.median(xs)
@@ -131,16 +152,37 @@ def run(ctx: Context) -> SectionResult:
     from adapterdeploy.artifacts import Manifest
 
     n_cold = len(Manifest.read(cold_dep).tasks)
-    result.notes.append(f"cold start opens a deployment of {n_cold} tasks and predicts one text of task {cold_task} "
-                        f"({key}); the file cache is warm (the same files were read before), as on a running host. "
-                        "The other systems load one task's whole model.")
-    result.raw = {"model": key, "loads": {k: v.to_dict() for k, v in st.items()}, "cold_s": cold,
-                  "targets": [
-                      {"name": f"{key}: task load median (ms)", "value": st["task_load_s"].median * 1e3, "goal": 5.0,
-                       "op": "<=", "fmt": "{:.2f}"},
-                      {"name": f"{key}: task load p99 (ms)", "value": st["task_load_s"].p99 * 1e3, "goal": 5.0,
-                       "op": "<=", "fmt": "{:.2f}"},
-                      {"name": f"{key}: cold start to first prediction (s)", "value": ours_med, "goal": 0.6,
-                       "op": "<=", "fmt": "{:.3f}"},
-                  ]}
+    result.notes.append(
+        f"cold start opens a deployment of {n_cold} tasks and predicts one text of task {cold_task} "
+        f"({key}); the file cache is warm (the same files were read before), as on a running host. "
+        "The other systems load one task's whole model."
+    )
+    result.raw = {
+        "model": key,
+        "loads": {k: v.to_dict() for k, v in st.items()},
+        "cold_s": cold,
+        "targets": [
+            {
+                "name": f"{key}: task load median (ms)",
+                "value": st["task_load_s"].median * 1e3,
+                "goal": 5.0,
+                "op": "<=",
+                "fmt": "{:.2f}",
+            },
+            {
+                "name": f"{key}: task load p99 (ms)",
+                "value": st["task_load_s"].p99 * 1e3,
+                "goal": 5.0,
+                "op": "<=",
+                "fmt": "{:.2f}",
+            },
+            {
+                "name": f"{key}: cold start to first prediction (s)",
+                "value": ours_med,
+                "goal": 0.6,
+                "op": "<=",
+                "fmt": "{:.3f}",
+            },
+        ],
+    }
     return result

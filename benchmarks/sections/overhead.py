@@ -39,13 +39,19 @@ def run(ctx: Context) -> SectionResult:
             workers.append(ctx.worker(f"ours_{prec}", "ours", ours_spec(dep, prec)))
             spec = {"deployment": str(dep), "graph": str(graph), "precision": prec, "task": "t0000"}
             workers.append(ctx.worker(f"ours_noadapter_{prec}", "ours_noadapter", spec))
+
         def payload(_w: Any, case: str, cases: dict = cases) -> dict[str, Any]:
             return cases[case].payload("p0000" if case == "b1_pair" else "t0000")
 
-        run_ = monitored(result, f"overhead/{key}",
-                         lambda workers=workers, payload=payload: ctx.time_cases(workers, list(CASES), payload))
-        t = Table(f"{key}: median ms with adapters / without (same graphs otherwise); overhead = ratio - 1",
-                  ["case", "fp32 with", "fp32 without", "fp32 overhead", "int8 with", "int8 without", "int8 overhead"])
+        run_ = monitored(
+            result,
+            f"overhead/{key}",
+            lambda workers=workers, payload=payload: ctx.time_cases(workers, list(CASES), payload),
+        )
+        t = Table(
+            f"{key}: median ms with adapters / without (same graphs otherwise); overhead = ratio - 1",
+            ["case", "fp32 with", "fp32 without", "fp32 overhead", "int8 with", "int8 without", "int8 overhead"],
+        )
         rows = []
         for c in CASES:
             tm = run_.timings[c]
@@ -56,16 +62,31 @@ def run(ctx: Context) -> SectionResult:
                 without = tm[f"ours_noadapter_{prec}"].stats.median
                 row[prec] = {"with_ms": with_ * 1e3, "without_ms": without * 1e3, "overhead": with_ / without - 1}
                 cells += [f"{with_ * 1e3:.2f}", f"{without * 1e3:.2f}", f"{100 * (with_ / without - 1):+.1f}%"]
-                targets.append({"name": f"{key} {c}: adapter overhead {prec} (%)", "value": 100 * (with_ / without - 1),
-                                "goal": 5.0, "op": "<=", "fmt": "{:+.1f}"})
+                targets.append(
+                    {
+                        "name": f"{key} {c}: adapter overhead {prec} (%)",
+                        "value": 100 * (with_ / without - 1),
+                        "goal": 5.0,
+                        "op": "<=",
+                        "fmt": "{:+.1f}",
+                    }
+                )
             rows.append(row)
             t.rows.append(cells)
         result.tables.append(t)
         raw[key] = {"rows": rows, "optimization": {k: v.optimization for k, v in variants.items()}}
-        result.plots.append({
-            "file": f"overhead-{key}.png", "kind": "grouped_bar", "title": f"{key}: adapter overhead (%)",
-            "groups": list(CASES), "ylabel": "% slower than without adapters", "hline": 5.0,
-            "series": {LABELS[f"ours_{prec}"]: [100 * r[prec]["overhead"] for r in rows] for prec in ("fp32", "int8")},
-        })
+        result.plots.append(
+            {
+                "file": f"overhead-{key}.png",
+                "kind": "grouped_bar",
+                "title": f"{key}: adapter overhead (%)",
+                "groups": list(CASES),
+                "ylabel": "% slower than without adapters",
+                "hline": 5.0,
+                "series": {
+                    LABELS[f"ours_{prec}"]: [100 * r[prec]["overhead"] for r in rows] for prec in ("fp32", "int8")
+                },
+            }
+        )
     result.raw = {**raw, "targets": targets}
     return result

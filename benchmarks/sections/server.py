@@ -43,12 +43,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batching: bool,
-                  log: Path, *, extra_args: tuple[str, ...] = (), token: str | None = None,
-                  ready_timeout_s: float = 120.0) -> subprocess.Popen:
+def _start_server(
+    dep: Path,
+    tasks: list[Path],
+    port: int,
+    threads: int,
+    batching: bool,
+    log: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    token: str | None = None,
+    ready_timeout_s: float = 120.0,
+) -> subprocess.Popen:
     """Start ``adapterdeploy serve`` and hot-load ``tasks`` through its admin API (load from a path)."""
-    args = [sys.executable, "-m", "adapterdeploy.cli", "serve", str(dep), "--port", str(port),
-            "--threads", str(threads), "--max-queue", "4096", *extra_args]
+    args = [
+        sys.executable,
+        "-m",
+        "adapterdeploy.cli",
+        "serve",
+        str(dep),
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--max-queue",
+        "4096",
+        *extra_args,
+    ]
     if not batching:
         args += ["--max-batch-rows", "1", "--max-wait-ms", "0"]
     for root in sorted({str(t.parent) for t in tasks}):  # the admin API loads only from allowed task roots
@@ -73,17 +94,27 @@ def _start_server(dep: Path, tasks: list[Path], port: int, threads: int, batchin
             time.sleep(0.2)
     for task in tasks:
         body = json.dumps({"parameters": {"path": str(task)}}).encode()
-        req = urllib.request.Request(f"{base}/v2/repository/models/{task.name}/load", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{base}/v2/repository/models/{task.name}/load",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             r.read()
     return proc
 
 
 def _load(url: str, bodies_file: Path, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", url, str(bodies_file), str(clients),
-                          str(seconds), str(warmup)], capture_output=True, text=True, cwd=str(REPO_ROOT),
-                         env=thread_env(1), timeout=seconds + warmup + 120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen", url, str(bodies_file), str(clients), str(seconds), str(warmup)],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO_ROOT),
+        env=thread_env(1),
+        timeout=seconds + warmup + 120,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -111,10 +142,13 @@ def run(ctx: Context) -> SectionResult:
     bodies_file.write_text(json.dumps([{"task": t, "inputs": [x]} for t, x in stream]))
     warmup = 0.2 if s.quick else 2.0
     top = max(s.server_clients)
-    offline_payload = {"kind": "batches", "batches": [stream[i:i + OFFLINE_BATCH]
-                                                     for i in range(0, len(stream), OFFLINE_BATCH)]}
-    workers, failed = start_workers([ctx.worker("offline", "ours", ours_spec(dep, "fp32",
-                                                                            load_tasks=[str(d) for d in task_dirs]))])
+    offline_payload = {
+        "kind": "batches",
+        "batches": [stream[i : i + OFFLINE_BATCH] for i in range(0, len(stream), OFFLINE_BATCH)],
+    }
+    workers, failed = start_workers(
+        [ctx.worker("offline", "ours", ours_spec(dep, "fp32", load_tasks=[str(d) for d in task_dirs]))]
+    )
     if failed:
         result.skipped = f"the offline reference could not start: {failed}"
         return result
@@ -135,8 +169,9 @@ def run(ctx: Context) -> SectionResult:
             port = _free_port()
 
             def serve(batching: bool = batching, port: int = port) -> list[dict[str, Any]]:
-                proc = _start_server(dep, task_dirs, port, s.threads, batching,
-                                     ctx.out / "logs" / f"server-batching-{batching}.log")
+                proc = _start_server(
+                    dep, task_dirs, port, s.threads, batching, ctx.out / "logs" / f"server-batching-{batching}.log"
+                )
                 try:
                     url = f"http://127.0.0.1:{port}/v1/predict"
                     out = []
@@ -167,31 +202,68 @@ def run(ctx: Context) -> SectionResult:
     finally:
         offline_w.close()
     offline = statistics.median(offline_runs)
-    t = Table(f"{key}: POST /v1/predict, one text per request, {N_TASKS} tasks, {s.server_seconds:g} s per point "
-              f"after {warmup:g} s warm-up; offline predict_mixed (batches of {OFFLINE_BATCH}): {offline:.1f} rows/s",
-              ["dynamic batching", "clients", "requests/s", "x offline", "p50 ms", "p95 ms", "p99 ms", "errors"])
+    t = Table(
+        f"{key}: POST /v1/predict, one text per request, {N_TASKS} tasks, {s.server_seconds:g} s per point "
+        f"after {warmup:g} s warm-up; offline predict_mixed (batches of {OFFLINE_BATCH}): {offline:.1f} rows/s",
+        ["dynamic batching", "clients", "requests/s", "x offline", "p50 ms", "p95 ms", "p99 ms", "errors"],
+    )
     for r in rows:
         r["vs_offline"] = r["rows_per_s"] / r.get("offline_rows_per_s", offline)
-        t.rows.append(["on" if r["batching"] else "off", r["clients"], f"{r['rows_per_s']:.1f}",
-                       f"{r['vs_offline']:.2f}",
-                       *[("n/a" if r[k] is None else f"{r[k] * 1e3:.1f}") for k in ("p50_s", "p95_s", "p99_s")],
-                       r["errors"]])
+        t.rows.append(
+            [
+                "on" if r["batching"] else "off",
+                r["clients"],
+                f"{r['rows_per_s']:.1f}",
+                f"{r['vs_offline']:.2f}",
+                *[("n/a" if r[k] is None else f"{r[k] * 1e3:.1f}") for k in ("p50_s", "p95_s", "p99_s")],
+                r["errors"],
+            ]
+        )
     result.tables.append(t)
     best = next((r for r in rows if r["batching"] and r["clients"] == top), None)
-    result.raw = {"model": key, "rows": rows, "offline_rows_per_s": offline, "targets": [] if best is None else [
-        {"name": f"{key}: server throughput at {top} clients / offline", "value": best["vs_offline"], "goal": 0.85,
-         "op": ">=", "fmt": "{:.2f}"}]}
-    result.notes.append(f"the {top}-client point with batching on is the median of {s.server_rounds} rounds, each "
-                        "a load run followed by an offline run (its ratio uses that round's offline rate; "
-                        f"per-round ratios in results.json); offline runs: "
-                        f"{', '.join(f'{x:.1f}' for x in offline_runs)} rows/s.")
-    result.notes.append("the load generator runs on the same cores as the server, so it takes CPU the server "
-                        "would otherwise use; the ratio to offline is a lower bound for a separate client machine.")
-    series = {f"batching {'on' if b else 'off'}": [next(r["rows_per_s"] for r in rows
-                                                        if r["batching"] == b and r["clients"] == c)
-                                                   for c in s.server_clients] for b in (True, False)}
+    result.raw = {
+        "model": key,
+        "rows": rows,
+        "offline_rows_per_s": offline,
+        "targets": []
+        if best is None
+        else [
+            {
+                "name": f"{key}: server throughput at {top} clients / offline",
+                "value": best["vs_offline"],
+                "goal": 0.85,
+                "op": ">=",
+                "fmt": "{:.2f}",
+            }
+        ],
+    }
+    result.notes.append(
+        f"the {top}-client point with batching on is the median of {s.server_rounds} rounds, each "
+        "a load run followed by an offline run (its ratio uses that round's offline rate; "
+        f"per-round ratios in results.json); offline runs: "
+        f"{', '.join(f'{x:.1f}' for x in offline_runs)} rows/s."
+    )
+    result.notes.append(
+        "the load generator runs on the same cores as the server, so it takes CPU the server "
+        "would otherwise use; the ratio to offline is a lower bound for a separate client machine."
+    )
+    series = {
+        f"batching {'on' if b else 'off'}": [
+            next(r["rows_per_s"] for r in rows if r["batching"] == b and r["clients"] == c) for c in s.server_clients
+        ]
+        for b in (True, False)
+    }
     series["offline"] = [offline] * len(s.server_clients)
-    result.plots.append({"file": f"server-{key}.png", "kind": "line", "title": f"{key}: server throughput vs clients",
-                         "x": list(s.server_clients), "series": series, "xlabel": "clients", "ylabel": "requests/s",
-                         "logx": True})
+    result.plots.append(
+        {
+            "file": f"server-{key}.png",
+            "kind": "line",
+            "title": f"{key}: server throughput vs clients",
+            "x": list(s.server_clients),
+            "series": series,
+            "xlabel": "clients",
+            "ylabel": "requests/s",
+            "logx": True,
+        }
+    )
     return result

@@ -43,15 +43,18 @@ def systems_for(ctx: Context, p: Prepared, result: SectionResult) -> list[Worker
     workers.append(ctx.worker("ort_task", "ort_model", ort_spec(p, optimum_export(p, "task"))))
     workers.append(ctx.worker("ort_plain", "ort_model", ort_spec(p, optimum_export(p, "plain"))))
     if not s.quick:  # our runtime turns spinning off; the target reference is the better of the two
-        workers.append(ctx.worker("ort_plain_nospin", "ort_model", {**ort_spec(p, optimum_export(p, "plain")),
-                                                                    "spin": False}))
+        workers.append(
+            ctx.worker("ort_plain_nospin", "ort_model", {**ort_spec(p, optimum_export(p, "plain")), "spin": False})
+        )
     missing = ours_available()
     if missing:
         result.notes.append(f"our runtime was not measured: {missing}")
         return workers
     n_mixed = MIXED_TASKS if not s.quick else 8
-    result.notes.append(f"'many tasks loaded, mixed': {n_mixed} tasks loaded besides the measured one; each "
-                        f"batch-1 call goes to the next of them, each batch-32 row to a random one of them.")
+    result.notes.append(
+        f"'many tasks loaded, mixed': {n_mixed} tasks loaded besides the measured one; each "
+        f"batch-1 call goes to the next of them, each batch-32 row to a random one of them."
+    )
     dep = main_deployment(p, not ctx.settings.quick)
     extra = [str(d) for d in clone_tasks(p, dep, "t0000", "b", n_mixed) + clone_tasks(p, dep, "p0000", "q", n_mixed)]
     for prec in ("fp32", "int8"):
@@ -80,11 +83,15 @@ def run(ctx: Context) -> SectionResult:
         cases = make_cases(ctx.texts, str(p.tokenizer), p.max_length)
         workers = systems_for(ctx, p, result)
         n_mixed = MIXED_TASKS if not ctx.settings.quick else 8
+
         def payload(w: Worker, case: str, cases: dict = cases, n_mixed: int = n_mixed) -> dict[str, Any]:
             return _payload(cases[case], w.name, n_mixed, 0)
 
-        run_ = monitored(result, f"single/{key}",
-                         lambda workers=workers, payload=payload: ctx.time_cases(workers, list(CASES), payload))
+        run_ = monitored(
+            result,
+            f"single/{key}",
+            lambda workers=workers, payload=payload: ctx.time_cases(workers, list(CASES), payload),
+        )
         for name, why in run_.failed.items():
             result.notes.append(f"{key}: {LABELS.get(name, name)} could not run here: {why}")
         rows: list[dict[str, Any]] = []
@@ -100,16 +107,29 @@ def run(ctx: Context) -> SectionResult:
                 flops = encoder_flops(p.shape, case.batch, case.seq, adapters=adapters)
                 precision = "int8" if "int8" in name else "fp32"
                 peak = ctx.peak.get("peak_gflops", {}).get(precision)
-                rows.append({
-                    "model": key, "case": case_name, "system": name, "median_ms": med * 1e3,
-                    "p90_ms": t.stats.p90 * 1e3, "spread": t.stats.spread, "n": t.stats.n,
-                    "rows_per_s": case.batch / med,
-                    "speedup_vs_eager": (ref.stats.median / med) if ref else None,
-                    "vs_ort_plain_o3": (med / plain.stats.median) if plain else None,
-                    "gflops": flops / med / 1e9, "pct_of_peak": (100 * flops / med / 1e9 / peak) if peak else None,
-                })
-        result.raw[key] = {"cases": {c: cases[c].to_dict() for c in CASES}, "rows": rows,
-                           "memory": run_.memory, "failed": run_.failed, "model": p.describe()}
+                rows.append(
+                    {
+                        "model": key,
+                        "case": case_name,
+                        "system": name,
+                        "median_ms": med * 1e3,
+                        "p90_ms": t.stats.p90 * 1e3,
+                        "spread": t.stats.spread,
+                        "n": t.stats.n,
+                        "rows_per_s": case.batch / med,
+                        "speedup_vs_eager": (ref.stats.median / med) if ref else None,
+                        "vs_ort_plain_o3": (med / plain.stats.median) if plain else None,
+                        "gflops": flops / med / 1e9,
+                        "pct_of_peak": (100 * flops / med / 1e9 / peak) if peak else None,
+                    }
+                )
+        result.raw[key] = {
+            "cases": {c: cases[c].to_dict() for c in CASES},
+            "rows": rows,
+            "memory": run_.memory,
+            "failed": run_.failed,
+            "model": p.describe(),
+        }
         _tables(result, key, cases, rows, run_.memory)
     return result
 
@@ -118,32 +138,76 @@ def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def _tables(result: SectionResult, key: str, cases: dict[str, Case], rows: list[dict[str, Any]],
-            memory: dict[str, dict[str, Any]]) -> None:
+def _tables(
+    result: SectionResult,
+    key: str,
+    cases: dict[str, Case],
+    rows: list[dict[str, Any]],
+    memory: dict[str, dict[str, Any]],
+) -> None:
     systems = list(dict.fromkeys(r["system"] for r in rows))
     for case_name in CASES:
         case = cases[case_name]
-        t = Table(f"{key}: {case.description} (padded to {case.seq} tokens)",
-                  ["system", "median ms", "p90 ms", "rows/s", "x eager PyTorch", "time / best ORT-O3 plain",
-                   "GFLOP/s", "% of peak", "calls", "round spread"])
+        t = Table(
+            f"{key}: {case.description} (padded to {case.seq} tokens)",
+            [
+                "system",
+                "median ms",
+                "p90 ms",
+                "rows/s",
+                "x eager PyTorch",
+                "time / best ORT-O3 plain",
+                "GFLOP/s",
+                "% of peak",
+                "calls",
+                "round spread",
+            ],
+        )
         for r in (r for r in rows if r["case"] == case_name):
-            t.rows.append([LABELS.get(r["system"], r["system"]), _fmt(r["median_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"),
-                           _fmt(r["rows_per_s"], ".1f"), _fmt(r["speedup_vs_eager"], ".2f"),
-                           _fmt(r["vs_ort_plain_o3"], ".3f"), _fmt(r["gflops"], ".1f"),
-                           _fmt(r["pct_of_peak"], ".1f"), r["n"], _fmt(100 * r["spread"], ".0f") + "%"])
+            t.rows.append(
+                [
+                    LABELS.get(r["system"], r["system"]),
+                    _fmt(r["median_ms"], ".2f"),
+                    _fmt(r["p90_ms"], ".2f"),
+                    _fmt(r["rows_per_s"], ".1f"),
+                    _fmt(r["speedup_vs_eager"], ".2f"),
+                    _fmt(r["vs_ort_plain_o3"], ".3f"),
+                    _fmt(r["gflops"], ".1f"),
+                    _fmt(r["pct_of_peak"], ".1f"),
+                    r["n"],
+                    _fmt(100 * r["spread"], ".0f") + "%",
+                ]
+            )
         result.tables.append(t)
-    mem = Table(f"{key}: memory of each system's process after the timed runs",
-                ["system", "RSS MiB", "peak RSS MiB", "load s"])
+    mem = Table(
+        f"{key}: memory of each system's process after the timed runs", ["system", "RSS MiB", "peak RSS MiB", "load s"]
+    )
     for name in systems:
         m = memory.get(name, {})
-        mem.rows.append([LABELS.get(name, name), mib(m.get("rss_bytes", 0)), mib(m.get("peak_rss_bytes", 0)),
-                         _fmt(m.get("load_s"), ".2f")])
+        mem.rows.append(
+            [
+                LABELS.get(name, name),
+                mib(m.get("rss_bytes", 0)),
+                mib(m.get("peak_rss_bytes", 0)),
+                _fmt(m.get("load_s"), ".2f"),
+            ]
+        )
     result.tables.append(mem)
-    result.plots.append({
-        "file": f"single-{key}.png", "kind": "grouped_bar",
-        "title": f"{key}: speed-up over eager PyTorch (higher is better)",
-        "groups": list(CASES), "ylabel": "x eager PyTorch (log scale)", "logy": True, "hline": 1.0,
-        "series": {LABELS.get(s, s): [next((r["speedup_vs_eager"] or 0 for r in rows
-                                            if r["system"] == s and r["case"] == c), 0) for c in CASES]
-                   for s in systems},
-    })
+    result.plots.append(
+        {
+            "file": f"single-{key}.png",
+            "kind": "grouped_bar",
+            "title": f"{key}: speed-up over eager PyTorch (higher is better)",
+            "groups": list(CASES),
+            "ylabel": "x eager PyTorch (log scale)",
+            "logy": True,
+            "hline": 1.0,
+            "series": {
+                LABELS.get(s, s): [
+                    next((r["speedup_vs_eager"] or 0 for r in rows if r["system"] == s and r["case"] == c), 0)
+                    for c in CASES
+                ]
+                for s in systems
+            },
+        }
+    )

@@ -37,14 +37,16 @@ def run(ctx: Context) -> SectionResult:
         dep = main_deployment(p, not ctx.settings.quick)
         m = Manifest.read(dep)
         rows: list[tuple[str, int]] = []
-        weights = next((f for f in (p.base_dir / "model.safetensors", p.base_dir / "pytorch_model.bin") if f.is_file()),
-                       None)
+        weights = next(
+            (f for f in (p.base_dir / "model.safetensors", p.base_dir / "pytorch_model.bin") if f.is_file()), None
+        )
         if weights is not None:
             rows.append(("base model weights (PyTorch, safetensors)", _size(weights)))
         rows.append(("whole model + task, ONNX fp32 (optimum O3 export)", _onnx_size(optimum_export(p, "task"))))
         for prec, v in m.featurizer.variants.items():
-            rows.append((f"shared featurizer {prec} (trunk + adapted graphs)",
-                         _size(dep / v.trunk) + _size(dep / v.adapted)))
+            rows.append(
+                (f"shared featurizer {prec} (trunk + adapted graphs)", _size(dep / v.trunk) + _size(dep / v.adapted))
+            )
         task_dir = dep / m.tasks["t0000"]
         rows.append(("one task's piece in a deployment (tasks/<name>/: adapters + head + task.json)", _size(task_dir)))
         rows.append(("one task checkpoint (adapter.safetensors + task.json)", _size(p.task_dirs(1)[0])))
