@@ -31,7 +31,7 @@ from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.multilabel import sigmoid
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.heads import Head
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+from adapterdeploy.runtime.options import RuntimeOptions
 from adapterdeploy.runtime.tokenization import Row
 
 __all__ = ["SAMPLE_PAIRS", "SAMPLE_TEXTS", "CheckItem", "current_rss_bytes", "run_checklist"]
@@ -259,11 +259,8 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
 
 def run_checklist(
     path: str | Path,
+    options: RuntimeOptions | None = None,
     *,
-    precision: str = "fp32",
-    providers: Any = None,
-    threads: int | None = None,
-    spin_us: int | None = DEFAULT_SPIN_US,
     eval_file: str | Path | None = None,
     eval_task: str | None = None,
     tolerance: float = 1e-4,
@@ -294,7 +291,7 @@ def run_checklist(
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
     try:
-        dep = Deployment.open(root, providers=providers, precision=precision, threads=threads, spin_us=spin_us)
+        dep = Deployment.open(root, options)
     except AdapterDeployError as exc:
         items.append(CheckItem("open", "fail", str(exc)))
         return items
@@ -304,7 +301,7 @@ def run_checklist(
             CheckItem(
                 "open",
                 "pass",
-                f"{dep.provider}, {precision}, sessions ready in {open_ms:.0f} ms",
+                f"{dep.provider}, {dep.precision}, sessions ready in {open_ms:.0f} ms",
                 {"ms": open_ms, "provider": dep.provider},
             )
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import ConfigError, ProviderError
+from adapterdeploy.runtime.options import ProviderSpec
 
 __all__ = [
     "CPU",
@@ -44,8 +45,6 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 GPU_PROVIDERS = (CUDA, TENSORRT)
-
-ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)

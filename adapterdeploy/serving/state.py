@@ -77,7 +77,7 @@ class ServingState:
         self.started = False
         self.max_length = 0
         self._meta: OrderedDict[str, TaskMeta] = OrderedDict()
-        self._meta_cap = max(META_CACHE_MIN, settings.max_loaded_tasks or 0)
+        self._meta_cap = max(META_CACHE_MIN, settings.runtime.max_loaded_tasks or 0)
         # Names this process (worker / replica) in the x-adapterdeploy-instance response header.
         self.instance_id = uuid.uuid4().hex[:12]
 
@@ -88,7 +88,7 @@ class ServingState:
         if self.deployment is None:
             from adapterdeploy.runtime import Deployment
 
-            opener = partial(Deployment.open, self.settings.deploy_dir, **self.settings.deployment_kwargs())
+            opener = partial(Deployment.open, self.settings.deploy_dir, self.settings.runtime_options())
             self.deployment = await loop.run_in_executor(self.aux_pool, opener)
         self.max_length = int(self.deployment.max_length)
         failed = await loop.run_in_executor(self.aux_pool, self.deployment.check_tasks)
