@@ -241,12 +241,12 @@ class BankLayout:
             m = fixed_m
         arrays: dict[str, np.ndarray] = {}
         for name, spec in specs.items():
-            row_shape = list(spec.shape[1:])
+            row_shape: list[int | None] = list(spec.shape[1:])
             if spec.m_axis is not None:
                 row_shape[spec.m_axis - 1] = bottleneck
             if spec.rank_axis is not None:
                 row_shape[spec.rank_axis - 1] = rank
-            row_shape = [self.hidden_size if d is None else d for d in row_shape]
+            shape = [self.hidden_size if d is None else d for d in row_shape]
             t = tensors.get(name)
             if t is None:
                 if not self._zero_allowed(spec.role):
@@ -254,11 +254,11 @@ class BankLayout:
                         f"{what} lacks {name}, which cannot be left out (a zero row would not be the "
                         "identity); re-export the task"
                     )
-                arr = np.zeros(row_shape, dtype=spec.dtype)
+                arr: np.ndarray = np.zeros(shape, dtype=spec.dtype)
             else:
-                if list(t.shape) != row_shape:
+                if list(t.shape) != shape:
                     raise ArtifactError(
-                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
+                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {shape} "
                         f"(bottleneck {bottleneck}, LoRA rank {rank}, hidden {self.hidden_size}); the task file is "
                         "inconsistent"
                     )
@@ -290,7 +290,7 @@ class BankLayout:
 
 
 def _fixed_m(inputs: Sequence[BankInput]) -> int | None:
-    fixed = {i.fixed_m for i in inputs if i.m_axis is not None} - {None}
+    fixed = {m for i in inputs if i.m_axis is not None and (m := i.fixed_m) is not None}
     if len(fixed) > 1:
         raise ArtifactError(f"the adapted graph's bank inputs disagree on the bottleneck size: {sorted(fixed)}")
     return fixed.pop() if fixed else None

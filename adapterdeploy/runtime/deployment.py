@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from safetensors import SafetensorError
@@ -339,7 +339,8 @@ class Deployment:
     def predict(self, inputs: Sequence[Row], task: str, strict: bool = False) -> list[Prediction]:
         """One task over ``inputs`` (texts, or (text_a, text_b) pairs for a pair task)."""
         rows = validate_rows(inputs)
-        return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        out = self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        return cast(list[Prediction], out)  # one task, errors="raise": every result is a Prediction
 
     def predict_mixed(
         self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *, errors: ErrorMode = "raise"
@@ -522,13 +523,15 @@ class Deployment:
             self._check_open()
         for chunk in chunks:
             row_ids = [r for u in chunk for r in rows_of[u]]
-            for r, p in zip(row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True):
-                out[r] = p
+            for r, result in zip(
+                row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True
+            ):
+                out[r] = result
         if errors == "raise":
             for p in out:
                 if isinstance(p, TaskFailedError):
                     raise p
-        return out  # type: ignore[return-value]
+        return cast(list[Result], out)  # every row was filled: a failed task's rows, or a bucket's result
 
     def _run_isolated(
         self,

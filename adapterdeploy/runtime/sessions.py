@@ -79,7 +79,7 @@ def _configure_pool(threads: int | None) -> bool:
                     threads,
                 )
             return bool(_POOL["usable"])
-        setter = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
+        setter: Any = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
         usable = setter is not None
         if usable:
             setter(int(threads or 0), 1)

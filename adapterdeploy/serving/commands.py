@@ -181,7 +181,7 @@ def serve(deploy_dir: str, **opts: Any) -> None:
 
     try:
         Manifest.read(deploy_dir)  # fail fast on a wrong directory, before starting a server
-        workers = int(opts["workers"])  # type: ignore[call-overload]
+        workers = int(opts["workers"])
         runtime = RuntimeOptions.from_cli(opts)
         if runtime.threads is None and workers > 1:
             runtime = runtime.with_changes(threads=max(1, (os.cpu_count() or 1) // workers))
@@ -195,7 +195,7 @@ def serve(deploy_dir: str, **opts: Any) -> None:
             max_wait_ms=opts["max_wait_ms"],
             max_queue=opts["max_queue"],
             request_timeout_s=opts["request_timeout"],
-            max_body_bytes=parse_bytes(opts["max_body_bytes"]),
+            max_body_bytes=int(parse_bytes(opts["max_body_bytes"]) or 0),  # 0 is refused by Settings
             max_rows_per_request=opts["max_rows_per_request"],
             max_chars_per_text=opts["max_chars_per_text"],
             max_tasks_per_request=opts["max_tasks_per_request"],
@@ -206,15 +206,15 @@ def serve(deploy_dir: str, **opts: Any) -> None:
             max_connections=opts["max_connections"],
             drain_s=opts["drain_s"],
             runtime=runtime,
-            preload=tuple(opts["preload"]),  # type: ignore[arg-type]
-            task_roots=tuple(os.path.abspath(r) for r in opts["task_roots"]),  # type: ignore[union-attr]
+            preload=tuple(opts["preload"]),
+            task_roots=tuple(os.path.abspath(r) for r in opts["task_roots"]),
             workers=workers,
             ray=bool(opts["ray"]),
             replicas=opts["replicas"],
-            admin_token=read_admin_token(opts["admin_token_file"]),  # type: ignore[arg-type]
+            admin_token=read_admin_token(opts["admin_token_file"]),
             log_level=opts["log_level"],
             access_log_json=opts["log_format"] == "json",
-        )  # type: ignore[arg-type]
+        )
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
     if settings.ray:

@@ -123,7 +123,7 @@ def build_ray_app(settings: Settings) -> Any:
             if state.started and not state.draining and not (state.batcher and state.batcher.alive):
                 raise RuntimeError("the batching loop has stopped")
 
-    return AdapterDeployReplica.bind(replica_settings.to_json())
+    return AdapterDeployReplica.bind(replica_settings.to_json())  # type: ignore[attr-defined]  # added by serve.deployment
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -197,6 +197,9 @@ class ServingState:
             self._meta.move_to_end(task)
         return meta
 
+    def _prefetch_done(self, task: str, _future: object) -> None:
+        self._prefetching.pop(task, None)
+
     async def prefetch(self, task: str) -> bool:
         """Read a cold task on the load thread before its rows are queued; True if it was cold (not loaded).
 
@@ -213,7 +216,7 @@ class ServingState:
             loop = asyncio.get_running_loop()
             pending = loop.run_in_executor(self.load_pool, self.deployment.prefetch, task)
             self._prefetching[task] = pending
-            pending.add_done_callback(lambda _f, t=task: self._prefetching.pop(t, None))
+            pending.add_done_callback(partial(self._prefetch_done, task))
             t0 = time.perf_counter()
             if await asyncio.shield(pending):
                 self.prefetched += 1
