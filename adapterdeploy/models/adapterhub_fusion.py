@@ -69,8 +69,8 @@ def _fusion_weights(
         m = _FUSION_KEY.search(key)
         if m is None:
             raise UnsupportedAdapterError(f"{weights_file}: {key!r} is not an AdapterFusion weight we know")
-        if m.group(3) != name:
-            raise ArtifactError(f"{weights_file}: holds fusion {m.group(3)!r}, its config names {name!r}")
+        if m.group(3) != name:  # adapters 1.3 saves every fusion whose name starts with this one's ("a,b,c")
+            continue
         found.setdefault((int(m.group(1)), _SITES[m.group(2)]), {})[f"{m.group(4)}.{m.group(5)}"] = t.detach()
     if set(found) != sites:
         raise ArtifactError(

@@ -124,7 +124,9 @@ class EncoderWithAdapters(nn.Module):
         self.fusion_w = nn.ModuleDict()
         if fusion is not None:
             if adapter_config.site.ln_after or adapter_config.placement == "after_layer":
-                raise ConfigError("AdapterFusion runs on seq_bn / double_seq_bn sites without an adapter LayerNorm after")
+                raise ConfigError(
+                    "AdapterFusion runs on seq_bn / double_seq_bn sites without an adapter LayerNorm after"
+                )
             for j, cfg in enumerate(fusion.adapters[1:], start=1):
                 m_j = cfg.bottleneck_size(H)
                 self.fused[str(j)] = nn.ModuleDict(
@@ -158,7 +160,9 @@ class EncoderWithAdapters(nn.Module):
         """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
         sd = self.state_dict()
         return {
-            k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower", "fused", "fusion_w")
+            k: v
+            for k, v in sd.items()
+            if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower", "fused", "fusion_w")
         }
 
     def _fill_context(self) -> None:

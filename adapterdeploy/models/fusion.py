@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
-
-from torch import nn
+from torch import Tensor, nn
 
 from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, AdapterConfig
 from adapterdeploy.errors import ConfigError, UnsupportedAdapterError
@@ -50,8 +48,8 @@ __all__ = [
     "FusionSpec",
     "fold_fusion",
     "fused_output",
-    "fusion_params",
     "fusion_options",
+    "fusion_params",
 ]
 
 # Checkpoint weight names: slot j >= 1 under ``fused.{j}.{layer}.{site}.*``, attention ``fusion_w.{layer}.{site}.*``.
@@ -106,7 +104,9 @@ class FusionSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "adapters": [{"name": n, "config": c.to_dict()} for n, c in zip(self.adapter_names, self.adapters)],
+            "adapters": [
+                {"name": n, "config": c.to_dict()} for n, c in zip(self.adapter_names, self.adapters, strict=True)
+            ],
             "options": dict(self.options),
         }
 
