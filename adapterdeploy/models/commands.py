@@ -462,8 +462,8 @@ def import_adapterhub(
 
     Reads what the adapters library's save_adapter(..., with_head=True) or save_adapter + save_head wrote;
     with --stack, a Stack(lang, task) of two such adapters; with --fusion, an AdapterFusion (Fuse) of several,
-    as save_adapter_fusion wrote it (the default 'dynamic' config, or 'static'). LoRA, prefix tuning, Compacter and other methods
-    are refused with the reason.
+    as save_adapter_fusion wrote it (the default 'dynamic' config, or 'static'). LoRA, prefix tuning, Compacter
+    and other methods are refused with the reason.
     """
     import importlib.util
     import sys
