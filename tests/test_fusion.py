@@ -178,3 +178,55 @@ def test_double_seq_bn_fusion_matches_the_library(tiny_base_dir, tiny_base, tmp_
     ckpt = import_adapterhub_fusion(tiny_base, tmp_path / "ab", [tmp_path / "a", tmp_path / "b"])
     assert ckpt.adapter.placement == "houlsby" and sorted(ckpt.adapter.sites) == ["attn", "ffn"]
     assert verify_fusion_import(ckpt, tiny_base, tmp_path / "ab", [tmp_path / "a", tmp_path / "b"], None) <= TOL
+
+
+def test_export_standalone_of_a_fusion_task(fused, tmp_path):
+    """A fusion task's standalone folder (its slots and attention as constants) answers as the library."""
+    from adapterdeploy.exporter.compose import export_standalone_folder
+
+    out = export_standalone_folder(fused["deploy"], "a-b", tmp_path / "ab", precisions=("fp32",))
+    assert out["parity"]["fp32"]["runtime_probabilities_max_abs_diff"] <= TOL
+
+
+@pytest.mark.slow
+def test_fusion_on_minilm_roundtrip(tmp_path):
+    """The round trip on the embedded all-MiniLM-L6-v2: Fuse of 2 seq_bn adapters (dynamic) beside a plain task
+    (noise 0.05 on adapters / heads and 0.02 on the fusion weights: larger noise on 384-wide layers amplifies
+    float32 rounding past the tolerance, as in test_adapterhub's MiniLM case)."""
+    from adapterdeploy.models.base import default_base_dir, load_base
+
+    base_dir = default_base_dir()
+    torch.manual_seed(0)
+    model = ah.AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
+    model.add_adapter("a", config=ah.SeqBnConfig(reduction_factor=16))
+    model.add_adapter("b", config=ah.SeqBnConfig(reduction_factor=8))
+    model.add_adapter_fusion(Fuse("a", "b"))
+    model.add_classification_head("a,b", num_labels=3)
+    model.add_classification_head("a", num_labels=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters." in name or name.startswith("heads."):
+                p.add_(torch.randn_like(p) * 0.05)
+            elif "adapter_fusion_layer" in name:
+                p.add_(torch.randn_like(p) * 0.02)
+    model.eval()
+    base = load_base(base_dir)
+    tok = base.load_tokenizer()
+    ref = _library_probs(model, tok, Fuse("a", "b"), "a,b")
+    plain = _library_probs(model, tok, "a", "a")
+    assert np.abs(ref - _library_probs(model, tok, "a", "a,b")).max() > 1e-3  # the fusion matters
+    for a in ("a", "b"):
+        model.save_adapter(str(tmp_path / a), a, with_head=a == "a")
+    (tmp_path / "ab").mkdir()
+    model.save_adapter_fusion(str(tmp_path / "ab"), "a,b", with_head=True)
+    ckpts = [
+        save_checkpoint(
+            import_adapterhub_fusion(base, tmp_path / "ab", [tmp_path / "a", tmp_path / "b"]), tmp_path / "f"
+        ),
+        save_checkpoint(import_adapterhub(base, tmp_path / "a"), tmp_path / "p"),
+    ]
+    manifest = export_deployment(base_dir, ckpts, tmp_path / "deploy", precisions=("fp32",))
+    assert manifest.parity["tasks"]["a-b"]["fp32"]["logits_max_abs_diff"] <= TOL
+    with Deployment.open(tmp_path / "deploy") as dep:
+        assert np.abs(_probs(dep, "a-b") - ref).max() <= TOL
+        assert np.abs(_probs(dep, "a") - plain).max() <= TOL
