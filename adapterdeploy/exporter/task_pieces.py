@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from adapterdeploy.artifacts import TASK_HEAD_FILE, TASK_WEIGHTS_FILE, TaskSpec, file_entry
 from adapterdeploy.config import AdapterSignature
 from adapterdeploy.exporter.adapter_drop import dropped_layers, without_dropped
-from adapterdeploy.exporter.featurizer import head_rows, task_rows
+from adapterdeploy.exporter.featurizer import head_rows, is_fusion_key, task_rows
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead
@@ -91,6 +91,8 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str, pa
     from adapterdeploy.exporter.stack_pieces import split_lower_rows, write_shared_lower
 
     own, lower = split_lower_rows(task.rows)
+    if task.ckpt.fusion is None:  # a plain task's fusion rows are zeros: the runtime fills them (no bytes on disk)
+        own = {k: v for k, v in own.items() if not is_fusion_key(k)}
     stack_on = None
     if task.ckpt.stack_on is not None:
         stack_on = write_shared_lower(task_dir.parent.parent, task.ckpt.stack_on.name, lower)
@@ -100,7 +102,7 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str, pa
         name=task.name,
         featurizer_fingerprint=fingerprint,
         head=ckpt.head,
-        bottleneck=ckpt.bottleneck(),
+        bottleneck=ckpt.bank_bottleneck(),
         layers=task.layers,
         text_pair=ckpt.text_pair,
         files={},
@@ -113,6 +115,11 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str, pa
             "checkpoint": str(ckpt.path) if ckpt.path else None,
             "max_length": ckpt.max_length,
             **({"stack_on": stack_on} if stack_on is not None else {}),
+            **(
+                {"fusion": {"name": ckpt.fusion.name, "adapters": list(ckpt.fusion.adapter_names)}}
+                if ckpt.fusion is not None
+                else {}
+            ),
         },
     )
     return write_task_files(task_dir, spec, weights)
@@ -140,42 +147,10 @@ def write_task_files(task_dir: Path, spec: TaskSpec, weights: Mapping[str, np.nd
 
 
 def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
-    """The stacked bank of some tasks of a deployment (fp32, padded): for tests and debugging."""
-    from safetensors.numpy import load_file
+    """The stacked fp32 bank of some tasks of a deployment, in the adapted graph's input order: for tests and
+    debugging. The runtime builds it (:meth:`Deployment.bank_feeds`), so the padding rules exist once."""
+    from adapterdeploy.runtime.deployment import Deployment
 
-    from adapterdeploy.artifacts import Manifest
-
-    root = Path(deploy_dir)
-    manifest = Manifest.read(root)
-    from adapterdeploy.exporter.stack_pieces import is_lower_key
-
-    rows = []
-    for n in names:
-        r = load_file(str(root / manifest.tasks[n] / "adapters.safetensors"))
-        stack_on = TaskSpec.read(root / manifest.tasks[n]).adapter.get("stack_on")
-        if stack_on:
-            r.update(load_file(str(root / stack_on["file"])))
-        rows.append(r)
-    out = []
-    rank = max((r[k].shape[-1] for r in rows for k in r if k.endswith(".lora_a")), default=1)
-    for key in manifest.featurizer.bank_inputs:
-        leaf = key.rsplit(".", 1)[1]
-        lower = is_lower_key(key)
-        m = max([r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w") and is_lower_key(k) == lower] or [1])
-        parts = []
-        for r in rows:
-            t = r.get(key)
-            if t is None:  # a plain task in a stacked deployment: zero lower rows
-                like = next(rr[key] for rr in rows if key in rr)
-                t = np.zeros(like.shape, like.dtype)
-            if leaf in ("down_w", "down_b"):
-                t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
-            elif leaf == "up_w":
-                t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
-            elif leaf == "lora_a":
-                t = np.pad(t, [(0, 0), (0, rank - t.shape[1])])
-            elif leaf == "lora_b":
-                t = np.pad(t, [(0, rank - t.shape[0]), (0, 0)])
-            parts.append(t)
-        out.append(np.stack(parts))
-    return out
+    with Deployment.open(deploy_dir) as dep:
+        feeds = dep.bank_feeds(names)
+        return [np.asarray(feeds[key], dtype=np.float32) for key in dep.manifest.featurizer.bank_inputs]
