@@ -1,8 +1,9 @@
 """Parity: the ONNX graphs (plain onnxruntime sessions) against the PyTorch model of every task.
 
 What is compared, per task and per output, on every parity batch:
-- features: each adapted output (cls, mean, pooled) of each row vs the PyTorch encoder of the row's task;
-- logits: ``head.onnx`` on the task's pooled feature vs ``EncoderWithAdapters.forward``;
+- features: each adapted output (cls, mean, pooled, tokens) of each row vs the PyTorch encoder of the row's task;
+- logits: ``head.onnx`` on the task's pooled feature (a tagging head: on every real token's hidden state)
+  vs ``EncoderWithAdapters.forward``;
 - standalone graphs: their logits vs the same reference.
 The batches mix every task in one forward, hold padded rows, an unpadded row at max length, single
 texts and pairs, and fan out every text to every task (row_source), plus an unpadded batch of one
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
 
@@ -37,7 +39,6 @@ __all__ = [
 ]
 
 Item = str | tuple[str, str]
-FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -108,8 +109,8 @@ def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int =
 
 @dataclass
 class _Reference:
-    features: dict[str, np.ndarray]  # output name -> [U, H]
-    logits: np.ndarray  # [U, out]
+    features: dict[str, np.ndarray]  # output name -> [U, H] ([U, S, H] for tokens)
+    logits: np.ndarray  # [U, out] ([U, S, out] for a tagging head)
 
 
 def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -> list[_Reference | None]:
@@ -127,7 +128,8 @@ def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -
             feats = {"cls": h[:, 0], "mean": mean_pool(h, mask)}
             if pooler is not None:
                 feats["pooled"] = pooler(h)
-            logits = model.head(h, mask, pooler)
+            feats[TOKENS_OUTPUT] = h
+            logits = model.head(h, mask, pooler)  # [U, out], or [U, S, out] for a tagging head
             refs.append(_Reference({k: v.float().numpy() for k, v in feats.items()}, logits.float().numpy()))
     return refs
 
@@ -227,13 +229,17 @@ def _fmt(x: float) -> float:
 def run_parity(
     runner: GraphRunner,
     tasks: Sequence[str],
-    poolings: Sequence[str],
+    features: Sequence[str],
     classification: Sequence[bool],
     bank: Sequence[np.ndarray],
     batches: Sequence[ParityBatch],
     refs: Sequence[Sequence[_Reference]],
 ) -> ParityResult:
-    """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``)."""
+    """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``).
+
+    ``features[t]`` is the adapted output task t's head reads (``cls`` / ``mean`` / ``pooled``, or ``tokens``
+    for a tagging head, whose logits are compared at every real token, padding excluded).
+    """
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
         feats = runner.features(batch, bank)
@@ -245,13 +251,20 @@ def run_parity(
             src = batch.row_source[rows]
             ref = batch_refs[t]
             assert ref is not None  # every task with rows in a batch has its reference
+            real = batch.attention_mask[src].astype(bool)  # [rows, S]: tokens that are not padding
             for name, value in feats.items():
-                result.add(task, f"features.{name}", np.abs(value[rows] - ref.features[name][src]).max())
-            logits = runner.head(task, feats[FEATURE_OF_POOLING[poolings[t]]][rows])
-            expected = ref.logits[src]
+                diff = np.abs(value[rows] - ref.features[name][src])
+                result.add(task, f"features.{name}", (diff[real] if name == TOKENS_OUTPUT else diff).max())
+            if features[t] == TOKENS_OUTPUT:
+                tok = feats[TOKENS_OUTPUT][rows]
+                logits = runner.head(task, tok.reshape(-1, tok.shape[-1])).reshape(*tok.shape[:2], -1)[real]
+                expected = ref.logits[src][real]
+            else:
+                logits = runner.head(task, feats[features[t]][rows])
+                expected = ref.logits[src]
             result.add(task, "logits", np.abs(logits - expected).max())
             if classification[t]:
-                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(rows))
+                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))
     return result
 
 

@@ -32,7 +32,7 @@ from adapterdeploy.exporter.quantize import convert_fp16, graph_io_dtypes, quant
 
 __all__ = ["ParityInputs", "build_variants"]
 
-FP32_IO = ("hidden", "cls", "mean", "pooled")
+FP32_IO = ("hidden", "cls", "mean", "pooled", "tokens")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ParityInputs:
     """Everything parity needs besides the graphs: tasks, heads, bank, batches and references."""
 
     tasks: Sequence[str]
-    poolings: Sequence[str]
+    features: Sequence[str]  # the adapted output each task's head reads (HeadConfig.feature)
     classification: Sequence[bool]
     heads: dict[str, Path]
     bank: Sequence[np.ndarray]
@@ -51,7 +51,7 @@ class ParityInputs:
     def run(self, trunk: Path, adapted: Path) -> tuple[ParityResult, GraphRunner]:
         runner = GraphRunner(trunk, adapted, self.heads)
         return run_parity(
-            runner, self.tasks, self.poolings, self.classification, self.bank, self.batches, self.refs
+            runner, self.tasks, self.features, self.classification, self.bank, self.batches, self.refs
         ), runner
 
 

@@ -16,7 +16,7 @@ once and never mutated afterwards, keep this thread-safe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,10 @@ class TokenRow:
     count: int  # untruncated token count
     truncated: bool
     pair: bool = False  # encoded from a (text_a, text_b) pair
+    # For tagging rows: the input text and the tokenizers Encoding (word ids, character offsets). Kept, not
+    # copied out, so sequence-level rows pay nothing for them; not part of equality.
+    text: str | None = field(default=None, compare=False, repr=False)
+    encoding: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class TextEncoder:
                     count=len(e.ids),
                     truncated=i in cut,
                     pair=isinstance(rows[i], tuple),
+                    text=rows[i] if isinstance(rows[i], str) else None,
+                    encoding=t,
                 )
             )
         return out
