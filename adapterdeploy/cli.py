@@ -13,9 +13,9 @@ import click
 
 from adapterdeploy import __version__
 from adapterdeploy.cli_errors import CatchingGroup, CLIError
-from adapterdeploy.exporter.commands import add_task, export, export_standalone, inspect_cmd, remove_task
+from adapterdeploy.exporter.commands import add_task, export, export_standalone, remove_task
 from adapterdeploy.models.commands import import_adapterhub, import_peft, train
-from adapterdeploy.runtime.commands import check, predict
+from adapterdeploy.runtime.commands import check, inspect_cmd, predict
 from adapterdeploy.serving.commands import serve
 
 __all__ = ["export_adapters_main", "main"]

@@ -176,7 +176,7 @@ def read_tagging(
 
 
 def subset_tagging(data: TaggingDataset, max_rows: int | None, seed: int = 0) -> TaggingDataset:
-    """At most ``max_rows`` sentences, the same seeded sample rule as ``models/data.py``'s ``subset``."""
+    """At most ``max_rows`` sentences, the same seeded sample rule as ``datasets.py``'s ``subset``."""
     if max_rows is None or max_rows >= len(data):
         return data
     if max_rows < 1:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.memory import rss_bytes
+
 __all__ = ["SYSTEMS", "BatchEncoder", "create_system", "softmax"]
 
 
@@ -224,8 +226,6 @@ class OrtPerTask:
     def __init__(self, spec: dict[str, Any], threads: int) -> None:
         import onnxruntime as ort
 
-        from benchmarks.worker import rss_bytes
-
         with open(spec["model_path"], "rb") as f:
             model_bytes = f.read()
         budget = int(spec["budget_bytes"])
@@ -247,7 +247,6 @@ class OrtPerTask:
         self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
 
     def status(self) -> dict[str, Any]:
-        from benchmarks.worker import rss_bytes
 
         return {
             "loaded": len(self.sessions),
@@ -327,7 +326,6 @@ class Ours:
         return {"load_s": loads, "unload_s": unloads}
 
     def load_many(self, task_paths: list[str]) -> dict[str, Any]:
-        from benchmarks.worker import rss_bytes
 
         before = rss_bytes()
         t0 = time.perf_counter()

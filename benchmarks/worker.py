@@ -23,24 +23,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.memory import rss_bytes
+
 __all__ = ["main", "rss_bytes"]
 
 PROTOCOL_PREFIX = "@@bench "
-
-
-def rss_bytes() -> dict[str, int]:
-    """Current resident set size (VmRSS) and this process's peak (VmHWM), from /proc/self/status.
-
-    Not ``ru_maxrss``: Linux keeps that across execve, so a worker spawned by a large parent would report
-    the parent's peak.
-    """
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                fields[key] = int(value.split()[0]) * 1024  # kB
-    return {"rss_bytes": fields["VmRSS"], "peak_rss_bytes": fields["VmHWM"]}
 
 
 def prepare(system: Any, payload: dict[str, Any]) -> Callable[[], object]:

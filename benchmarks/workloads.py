@@ -65,10 +65,10 @@ def _synthetic(n: int, seed: int) -> list[str]:
 
 
 def load_texts(data_dir: Path = DATA_DIR) -> Texts:
-    """SST-2 dev sentences and MRPC test pairs (read with adapterdeploy.models.data), or a synthetic stand-in."""
+    """SST-2 dev sentences and MRPC test pairs (read with adapterdeploy.datasets), or a synthetic stand-in."""
     sst2, mrpc = data_dir / "sst2" / "dev.tsv", data_dir / "mrpc" / "test.tsv"
     if sst2.is_file() and mrpc.is_file():
-        from adapterdeploy.models.data import read_dataset
+        from adapterdeploy.datasets import read_dataset
 
         singles = tuple(ex.text for ex in read_dataset(sst2).examples)
         pairs = tuple((ex.text, ex.text_pair or "") for ex in read_dataset(mrpc).examples)

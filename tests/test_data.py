@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from adapterdeploy.datasets import Example, read_dataset, subset
 from adapterdeploy.errors import DataError
-from adapterdeploy.models.data import Example, read_dataset, subset
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "examples" / "data"
@@ -195,7 +195,7 @@ def test_readers_and_metrics_do_not_import_torch():
     """The runtime's ``check --eval`` reuses them on installs without torch."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import adapterdeploy.models.data, adapterdeploy.metrics\n"
+        "import adapterdeploy.datasets, adapterdeploy.metrics\n"
         "assert 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,9 +24,9 @@ from adapterdeploy.errors import (
     UnsupportedArchitectureError,
 )
 from adapterdeploy.exporter.deployment import export_deployment
-from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.models.base import load_base
 from adapterdeploy.models.tiny import build_tiny_base
+from adapterdeploy.runtime.inspection import inspect_deployment
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from adapterdeploy.cli import main
 from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.datasets import read_dataset
 from adapterdeploy.errors import ConfigError, DataError
 from adapterdeploy.models.checkpoint import load_checkpoint
-from adapterdeploy.models.data import read_dataset
 from adapterdeploy.multilabel import multilabel_metrics, sigmoid, tune_thresholds
 
 TOPICS = {"sports": "goal match team coach", "money": "bank price stock cash", "food": "bread soup pizza cheese"}

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from adapterdeploy import metrics as M
 from adapterdeploy.cli import main
 from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.datasets import read_dataset
 from adapterdeploy.errors import DataError
 from adapterdeploy.models.checkpoint import load_checkpoint, save_checkpoint
-from adapterdeploy.models.data import read_dataset
 from adapterdeploy.models.trainer import (
     TrainConfig,
     encode_dataset,
@@ -336,7 +336,7 @@ def test_minilm_trains_a_few_steps(tmp_path):
     base = load_base(None)
     before = _state(base.model)
     train = read_dataset(repo / "examples" / "data" / "sst2" / "train.tsv")
-    from adapterdeploy.models.data import subset
+    from adapterdeploy.datasets import subset
 
     ckpt = train_task(
         base,

@@ -147,7 +147,7 @@ def evaluate_drop(
     max_rows: int | None = None,
 ) -> dict[str, Any]:
     """Score the task on ``path`` with all its adapters and without those below K (PyTorch)."""
-    from adapterdeploy.models.data import read_dataset, subset
+    from adapterdeploy.datasets import read_dataset, subset
 
     data = read_dataset(path, labels=ckpt.head.labels or None, problem_type=ckpt.head.problem_type)
     data = subset(data, max_rows)

@@ -1,13 +1,12 @@
-"""CLI of the exporter: ``export`` (= ``export-adapters``), ``add-task``, ``remove-task``, ``inspect``.
+"""CLI of the exporter: ``export`` (= ``export-adapters``), ``add-task``, ``remove-task``, ``export-standalone``.
 
-Heavy imports (torch, onnx, onnxruntime) happen inside the command bodies; ``inspect`` needs none of them.
+Heavy imports (torch, onnx, onnxruntime) happen inside the command bodies.
 Errors of the package's hierarchy become one-line messages (``error_type: message``) and exit status 1.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +16,7 @@ import click
 from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.errors import AdapterDeployError
 
-__all__ = ["add_task", "export", "export_standalone", "inspect_cmd", "remove_task"]
+__all__ = ["add_task", "export", "export_standalone", "remove_task"]
 
 PRECISION_CHOICES = ("fp32", "int8", "fp16")
 LOCK_TIMEOUT = click.option(
@@ -28,13 +27,6 @@ LOCK_TIMEOUT = click.option(
     help="Seconds to wait while another export --force / add-task / remove-task changes the same deployment "
     "(they take turns through a lock file beside it); 0 fails at once naming the holder, -1 waits forever.",
 )
-_SHORT = {
-    "Attention": "Attn",
-    "MultiHeadAttention": "MHA",
-    "SkipLayerNormalization": "SkipLN",
-    "LayerNormalization": "LN",
-    "EmbedLayerNormalization": "EmbedLN",
-}
 
 
 @contextmanager
@@ -52,142 +44,6 @@ def _logger(quiet: bool):
 
     console = Console(stderr=True)
     return lambda m: console.print(f"[dim]·[/dim] {m}")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
-def _sci(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1e}"
-
-
-def _summary_tables(info: dict[str, Any]) -> list[Any]:
-    from rich.table import Table
-
-    fz = info["featurizer"]
-    head = Table(title=f"deployment {info['path']}", show_header=False)
-    head.add_row(
-        "base",
-        f"{info['base'].get('model_type')} {info['base'].get('path')} "
-        f"({info['base'].get('num_layers')} layers, H={info['base'].get('hidden_size')})",
-    )
-    sig = fz["signature"]
-    head.add_row(
-        "featurizer",
-        f"{fz['fingerprint'][:16]}…  K={fz['adapter_drop']}  adapted layers "
-        f"{fz['adapted_layers']}  {sig['placement']} / {sig['activation']}",
-    )
-    head.add_row("tokenizer", f"{info['tokenizer']['file']} max_length={info['tokenizer']['max_length']}")
-    head.add_row(
-        "size",
-        f"{_mb(info['sizes']['total_bytes'])} total, tasks {_mb(info['sizes']['tasks_bytes'])}"
-        + (f", standalone {_mb(info['sizes']['standalone_bytes'])}" if info["sizes"]["standalone_bytes"] else ""),
-    )
-    checks = info["checksums"]
-    head.add_row(
-        "checksums",
-        f"[green]ok[/green] ({checks['files_checked']} files)"
-        if checks["ok"]
-        else f"[red]{len(checks['problems'])} problem(s)[/red]: " + "; ".join(checks["problems"][:5]),
-    )
-    variants = Table(title="featurizer variants")
-    for col in ("precision", "size", "fused ops (adapted)", "logits max|Δ|", "argmax", "ms: candidates (*kept)"):
-        variants.add_column(col)
-    for p, v in fz["variants"].items():
-        ops = v["op_counts"].get("adapted", {})
-        fused = ", ".join(f"{_SHORT.get(k, k)} {n}" for k, n in ops.items() if n and k not in ("MatMul", "nodes"))
-        t = v.get("timings", {})
-        timing = (
-            " / ".join(
-                f"{k}{'*' if k == t.get('chosen') else ''} {ms:.2f}" for k, ms in t.get("candidates", {}).items()
-            )
-            or "-"
-        )
-        par = v.get("parity", {})
-        diff = par.get("logits_max_abs_diff")
-        variants.add_row(
-            p, _mb(v["size_bytes"]), fused or "none", _sci(diff), str(par.get("argmax_agreement", "-")), timing
-        )
-    tasks = Table(title="tasks")
-    for col in ("task", "type", "labels", "pooling", "m", "layers", "pair", "size", "fp32 logits max|Δ|"):
-        tasks.add_column(col)
-    for t in info["tasks"]:
-        if "error" in t:
-            tasks.add_row(t["name"], f"[red]{t['error']}[/red]", *[""] * 7)
-            continue
-        layers = t["layers"]
-        contiguous = layers and layers == list(range(layers[0], layers[-1] + 1))
-        span = f"{layers[0]}-{layers[-1]}" if contiguous else str(layers)
-        if t["dropped_layers"]:
-            span += f" (dropped {t['dropped_layers']})"
-        tasks.add_row(
-            t["name"],
-            "regression" if t["problem_type"] == "regression" else "classification",
-            ",".join(t["labels"]),
-            t["pooling"],
-            str(t["bottleneck"]),
-            span,
-            "yes" if t["text_pair"] else "no",
-            _mb(t["size_bytes"]),
-            _sci(t["parity"].get("fp32", {}).get("logits_max_abs_diff")),
-        )
-    out = [head, variants, tasks]
-    drop_info = info.get("adapter_drop_eval", {})
-    drop = drop_info.get("tasks", {})
-    if drop and drop_info.get("mode") == "auto":
-        out.append(_auto_drop_table(drop_info))
-    elif drop:
-        ev = Table(title=f"AdapterDrop K={info['adapter_drop_eval'].get('adapter_drop')} (PyTorch, --eval)")
-        for col in ("task", "file", "rows", "metric", "all adapters", "without dropped", "retained"):
-            ev.add_column(col)
-        for name, e in drop.items():
-            ev.add_row(
-                name,
-                e["file"],
-                str(e["rows"]),
-                e["metric"],
-                str(e["all_adapters"]),
-                str(e["without_dropped"]),
-                str(e.get("retained")),
-            )
-        out.append(ev)
-    return out
-
-
-def _auto_drop_table(drop: dict[str, Any]) -> Any:
-    """``--adapter-drop auto``: each task's dev score and loss at every K, the chosen K and the fan-out speed."""
-    from rich.table import Table
-
-    ks = [str(k) for k in drop.get("candidates", [])]
-    speed = drop.get("fanout_speed", {})
-    ms = speed.get("ms", {})
-    title = (
-        f"AdapterDrop auto: chose K={drop.get('chosen')} (largest K with loss <= {drop.get('max_drop')} points "
-        f"for every task)"
-    )
-    if ms:
-        title += "; fan-out CPU ms/call " + ", ".join(f"K={k}: {v}" for k, v in ms.items())
-    ev = Table(title=title, caption=f"{speed.get('batch', '')}; {drop.get('loss_unit', '')}")
-    ev.add_column("task")
-    ev.add_column("metric")
-    for k in ks:
-        ev.add_column(f"K={k}" + (" *" if k == str(drop.get("chosen")) else ""))
-    for name, e in drop.get("tasks", {}).items():
-        ev.add_row(name, f"{e['metric']} ({e['rows']} rows)", *(str(e["scores"].get(k)) for k in ks))
-        ev.add_row("", "loss (points)", *(str(e["loss_points"].get(k)) for k in ks))
-    return ev
-
-
-def _print_info(info: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    from rich.console import Console
-
-    console = Console()
-    for table in _summary_tables(info):
-        console.print(table)
 
 
 class AdapterDropParam(click.ParamType):
@@ -334,7 +190,7 @@ def export(
     """
     with _errors():
         from adapterdeploy.exporter.deployment import export_deployment
-        from adapterdeploy.exporter.report import inspect_deployment
+        from adapterdeploy.runtime.inspection import inspect_deployment, print_inspection
 
         export_deployment(
             base_dir,
@@ -353,7 +209,7 @@ def export(
             lock_timeout=lock_timeout,
             log=_logger(quiet or as_json),
         )
-        _print_info(inspect_deployment(out_dir), as_json)
+        print_inspection(inspect_deployment(out_dir), as_json)
 
 
 @click.command("add-task")
@@ -426,30 +282,6 @@ def remove_task(deploy_dir: str, name: str, lock_timeout: float) -> None:
         click.echo(f"removed task {name!r}; {len(manifest.tasks)} task(s) left: {', '.join(sorted(manifest.tasks))}")
 
 
-@click.command("inspect")
-@click.argument("deploy_dir", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (for scripts and CI).")
-def inspect_cmd(deploy_dir: str, as_json: bool) -> None:
-    """Show a deployment: manifest summary, tasks, sizes, parity; verify every file's sha256.
-
-    Exits with status 1 when a file is missing, truncated or modified.
-    """
-    with _errors():
-        from adapterdeploy.exporter.report import inspect_deployment
-
-        info = inspect_deployment(deploy_dir)
-    _print_info(info, as_json)
-    if info["leftovers"] and not as_json:
-        click.echo(
-            f"note: interrupted runs left {len(info['leftovers'])} hidden temp dir(s) beside the deployment, "
-            f"safe to delete: {', '.join(info['leftovers'])}",
-            err=True,
-        )
-    if not info["checksums"]["ok"]:
-        click.echo(f"checksum verification failed: {'; '.join(info['checksums']['problems'])}", err=True)
-        sys.exit(1)
-
-
 @click.command("export-standalone")
 @click.argument("deploy_dir", type=click.Path(file_okay=False))
 @click.option("--task", "task", required=True, help="The task to write out.")
@@ -511,9 +343,11 @@ def export_standalone(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    from adapterdeploy.runtime.inspection import format_sci
+
     fp32 = result["parity"].get("fp32", {})
     click.echo(
         f"wrote {result['folder']} ({', '.join(result['files'])}); fp32 vs Deployment.predict: max abs "
-        f"probability diff {_sci(fp32.get('runtime_probabilities_max_abs_diff'))}, vs PyTorch logits "
-        f"{_sci(fp32.get('pytorch_logits_max_abs_diff'))}; ONNX op domains {', '.join(result['op_domains'])}"
+        f"probability diff {format_sci(fp32.get('runtime_probabilities_max_abs_diff'))}, vs PyTorch logits "
+        f"{format_sci(fp32.get('pytorch_logits_max_abs_diff'))}; ONNX op domains {', '.join(result['op_domains'])}"
     )

@@ -36,8 +36,8 @@ from adapterdeploy.artifacts import (
 from adapterdeploy.config import AdapterSignature, combine_signatures
 from adapterdeploy.errors import ArtifactError, ConfigError
 from adapterdeploy.exporter.hf_folder import FolderSource
-from adapterdeploy.exporter.report import inspect_deployment
 from adapterdeploy.exporter.task_pieces import bank_of
+from adapterdeploy.runtime.inspection import inspect_deployment
 from adapterdeploy.validation import check_task_name
 from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 

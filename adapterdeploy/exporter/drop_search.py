@@ -55,7 +55,7 @@ def choose_adapter_drop(
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[int, dict[str, Any]]:
     """Score every task at every K; return the chosen K and the table for the manifest."""
-    from adapterdeploy.models.data import read_dataset
+    from adapterdeploy.datasets import read_dataset
 
     if not max_drop >= 0:
         raise ConfigError(f"--max-drop must be >= 0 (points of the dev metric), got {max_drop}")

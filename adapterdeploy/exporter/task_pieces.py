@@ -127,42 +127,10 @@ def write_task_files(task_dir: Path, spec: TaskSpec, weights: Mapping[str, np.nd
 
 
 def bank_of(deploy_dir: str | Path, names: Sequence[str]) -> list[np.ndarray]:
-    """The stacked bank of some tasks of a deployment (fp32, padded): for tests and debugging."""
-    from safetensors.numpy import load_file
+    """The stacked fp32 bank of some tasks of a deployment, in the adapted graph's input order: for tests and
+    debugging. The runtime builds it (:meth:`Deployment.bank_feeds`), so the padding rules exist once."""
+    from adapterdeploy.runtime.deployment import Deployment
 
-    from adapterdeploy.artifacts import Manifest
-
-    root = Path(deploy_dir)
-    manifest = Manifest.read(root)
-    from adapterdeploy.exporter.stack_pieces import is_lower_key
-
-    rows = []
-    for n in names:
-        r = load_file(str(root / manifest.tasks[n] / "adapters.safetensors"))
-        stack_on = TaskSpec.read(root / manifest.tasks[n]).adapter.get("stack_on")
-        if stack_on:
-            r.update(load_file(str(root / stack_on["file"])))
-        rows.append(r)
-    out = []
-    rank = max((r[k].shape[-1] for r in rows for k in r if k.endswith(".lora_a")), default=1)
-    for key in manifest.featurizer.bank_inputs:
-        leaf = key.rsplit(".", 1)[1]
-        lower = is_lower_key(key)
-        m = max([r[k].shape[-1] for r in rows for k in r if k.endswith(".down_w") and is_lower_key(k) == lower] or [1])
-        parts = []
-        for r in rows:
-            t = r.get(key)
-            if t is None:  # a plain task in a stacked deployment: zero lower rows
-                like = next(rr[key] for rr in rows if key in rr)
-                t = np.zeros(like.shape, like.dtype)
-            if leaf in ("down_w", "down_b"):
-                t = np.pad(t, [(0, 0)] * (t.ndim - 1) + [(0, m - t.shape[-1])])
-            elif leaf == "up_w":
-                t = np.pad(t, [(0, m - t.shape[0]), (0, 0)])
-            elif leaf == "lora_a":
-                t = np.pad(t, [(0, 0), (0, rank - t.shape[1])])
-            elif leaf == "lora_b":
-                t = np.pad(t, [(0, rank - t.shape[0]), (0, 0)])
-            parts.append(t)
-        out.append(np.stack(parts))
-    return out
+    with Deployment.open(deploy_dir) as dep:
+        feeds = dep.bank_feeds(names)
+        return [np.asarray(feeds[key], dtype=np.float32) for key in dep.manifest.featurizer.bank_inputs]

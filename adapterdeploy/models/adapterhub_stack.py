@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from adapterdeploy.errors import ConfigError
+from adapterdeploy.errors import ConfigError, UnsupportedAdapterError
 from adapterdeploy.models.adapterhub import AdapterHubImportWarning, _adapter, _head, parity_with_library
 from adapterdeploy.models.base import BaseModel
-from adapterdeploy.models.checkpoint import TaskCheckpoint
+from adapterdeploy.models.checkpoint import TaskCheckpoint, load_checkpoint
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter, check_stackable
 
-__all__ = ["import_adapterhub_stack", "stack_reference_logits", "verify_stack_import"]
+__all__ = ["import_adapterhub_stack", "load_lower", "stack_reference_logits", "verify_stack_import"]
 
 
 def import_adapterhub_stack(
@@ -117,3 +117,32 @@ def verify_stack_import(
         "the imported stack's",
         "both adapter_config.json files",
     )
+
+
+def load_lower(base: BaseModel, path: str | Path) -> tuple[LowerAdapter, dict[str, Tensor]]:
+    """The adapter in ``path`` as a frozen lower adapter: weights keyed ``lower.{layer}.{site}.*``.
+
+    ``path`` is a directory written by the adapters library's ``save_adapter`` (``adapter_config.json``), or
+    a task checkpoint of ours (``task.json``: its own adapter becomes the lower one; its head is not used).
+    """
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        cfg, weights, info = _adapter(base, p)
+        source = {"adapterhub": {k: v for k, v in info.items() if k != "warning"}}
+        name = str(info["adapter_name"])
+    elif (p / "task.json").is_file():
+        ckpt = load_checkpoint(p)
+        ckpt.check_base(base)
+        if ckpt.adapter.per_task_layernorm or ckpt.stack_on is not None:
+            raise UnsupportedAdapterError(
+                f"{p}: a task with its own LayerNorms or itself stacked cannot be the lower adapter of a stack"
+            )
+        cfg, name, source = ckpt.adapter, ckpt.name, {"checkpoint": str(p)}
+        weights = {k: v for k, v in ckpt.weights.items() if k.startswith("adapters.")}
+    else:
+        raise ConfigError(
+            f"--stack-on {p}: expected a directory written by save_adapter (adapter_config.json) or "
+            "a task checkpoint (task.json)"
+        )
+    lower = {LOWER_PREFIX + k.removeprefix("adapters."): v for k, v in weights.items()}
+    return LowerAdapter(name=name, config=cfg, source=source), lower

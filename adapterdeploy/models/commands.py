@@ -10,9 +10,9 @@ import click
 
 from adapterdeploy.cli_errors import CLIError, cli_error
 from adapterdeploy.config import ACTIVATIONS, PLACEMENTS, POOLINGS, AdapterConfig, HeadConfig
+from adapterdeploy.datasets import FORMATS
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.metrics import MAIN_METRICS
-from adapterdeploy.models.data import FORMATS
 from adapterdeploy.validation import is_task_name
 
 
@@ -291,7 +291,7 @@ def train(
       adapterdeploy train --train examples/data/sst2/train.tsv --eval examples/data/sst2/dev.tsv \\
           --task sst2 --out out/sst2
     """
-    from adapterdeploy.models.data import read_dataset, subset
+    from adapterdeploy.datasets import read_dataset, subset
 
     if not is_task_name(task_name):
         raise click.BadParameter(
@@ -375,7 +375,7 @@ def train(
         base_model = load_base(base_dir)
         lower = None
         if stack_on is not None:
-            from adapterdeploy.models.stack import load_lower
+            from adapterdeploy.models.adapterhub_stack import load_lower
 
             lower = load_lower(base_model, stack_on)
         if not quiet:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from torch import Tensor
 from adapterdeploy.config import AdapterConfig
 from adapterdeploy.errors import ConfigError, UnsupportedAdapterError
 
-__all__ = ["LOWER_PREFIX", "LowerAdapter", "check_stackable", "load_lower", "lower_digest"]
+__all__ = ["LOWER_PREFIX", "LowerAdapter", "check_stackable", "lower_digest"]
 
 LOWER_PREFIX = "lower."
 
@@ -67,36 +66,3 @@ def lower_digest(weights: dict[str, Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def load_lower(base: Any, path: str | Path) -> tuple[LowerAdapter, dict[str, Tensor]]:
-    """The adapter in ``path`` as a frozen lower adapter: weights keyed ``lower.{layer}.{site}.*``.
-
-    ``path`` is a directory written by the adapters library's ``save_adapter`` (``adapter_config.json``), or
-    a task checkpoint of ours (``task.json``: its own adapter becomes the lower one; its head is not used).
-    """
-    p = Path(path)
-    if (p / "adapter_config.json").is_file():
-        from adapterdeploy.models.adapterhub import _adapter  # lazy: adapterhub imports checkpoint imports us
-
-        cfg, weights, info = _adapter(base, p)
-        source = {"adapterhub": {k: v for k, v in info.items() if k != "warning"}}
-        name = str(info["adapter_name"])
-    elif (p / "task.json").is_file():
-        from adapterdeploy.models.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(p)
-        ckpt.check_base(base)
-        if ckpt.adapter.per_task_layernorm or ckpt.stack_on is not None:
-            raise UnsupportedAdapterError(
-                f"{p}: a task with its own LayerNorms or itself stacked cannot be the lower adapter of a stack"
-            )
-        cfg, name, source = ckpt.adapter, ckpt.name, {"checkpoint": str(p)}
-        weights = {k: v for k, v in ckpt.weights.items() if k.startswith("adapters.")}
-    else:
-        raise ConfigError(
-            f"--stack-on {p}: expected a directory written by save_adapter (adapter_config.json) or "
-            "a task checkpoint (task.json)"
-        )
-    lower = {LOWER_PREFIX + k.removeprefix("adapters."): v for k, v in weights.items()}
-    return LowerAdapter(name=name, config=cfg, source=source), lower

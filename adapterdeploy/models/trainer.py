@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from adapterdeploy.config import TOKEN_CLASSIFICATION, AdapterConfig, HeadConfig
+from adapterdeploy.datasets import Dataset
 from adapterdeploy.errors import ArtifactError, ConfigError, DataError
 from adapterdeploy.metrics import MAIN_METRICS, compute_metrics, json_safe, main_metric_name
 from adapterdeploy.models.base import BaseModel, load_base
 from adapterdeploy.models.checkpoint import TaskCheckpoint, checkpoint_from_model
-from adapterdeploy.models.data import Dataset
 from adapterdeploy.models.encoder import EncoderWithAdapters
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter
 from adapterdeploy.models.tagging_train import encode_tagging, evaluate_tagging, tagging_loss
@@ -453,7 +453,7 @@ def train_task(
     """Train one task's adapters + head on ``base`` (kept frozen) and return its checkpoint (best epoch).
 
     The head's problem type and labels come from ``train``; pooling and hidden layers from ``head``.
-    ``stack_on``: a frozen lower adapter (:func:`adapterdeploy.models.stack.load_lower`) the task adapter is
+    ``stack_on``: a frozen lower adapter (:func:`adapterdeploy.models.adapterhub_stack.load_lower`) the task adapter is
     stacked on; the task adapter then takes its placement, activation and site options (a stack shares them).
     """
     adapter = adapter or AdapterConfig()

@@ -243,7 +243,7 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
 
 def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> CheckItem:
     from adapterdeploy import metrics
-    from adapterdeploy.models.data import read_dataset
+    from adapterdeploy.datasets import read_dataset
 
     spec = dep.task_spec(task)
     labels = spec.head.labels if spec.head.problem_type != "regression" else None

@@ -19,7 +19,7 @@ from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
 from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
 
-__all__ = ["check", "predict"]
+__all__ = ["check", "inspect_cmd", "predict"]
 
 PROVIDER_HELP = (
     "Execution provider, in preference order; repeat for a fallback list (--provider cuda --provider "
@@ -392,4 +392,30 @@ def check(
         console.print(table)
         console.print("[green]all checks passed[/]" if ok else "[bold red]some checks FAILED[/]")
     if not ok:
+        sys.exit(1)
+
+
+@click.command("inspect")
+@click.argument("deploy_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (for scripts and CI).")
+def inspect_cmd(deploy_dir: str, as_json: bool) -> None:
+    """Show a deployment: manifest summary, tasks, sizes, parity; verify every file's sha256.
+
+    Exits with status 1 when a file is missing, truncated or modified.
+    """
+    from adapterdeploy.runtime.inspection import inspect_deployment, print_inspection
+
+    try:
+        info = inspect_deployment(deploy_dir)
+    except AdapterDeployError as exc:
+        raise cli_error(exc) from exc
+    print_inspection(info, as_json)
+    if info["leftovers"] and not as_json:
+        click.echo(
+            f"note: interrupted runs left {len(info['leftovers'])} hidden temp dir(s) beside the deployment, "
+            f"safe to delete: {', '.join(info['leftovers'])}",
+            err=True,
+        )
+    if not info["checksums"]["ok"]:
+        click.echo(f"checksum verification failed: {'; '.join(info['checksums']['problems'])}", err=True)
         sys.exit(1)

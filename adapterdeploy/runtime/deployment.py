@@ -345,6 +345,10 @@ class Deployment:
         return self._task(name).spec
 
     # ---- predictions -------------------------------------------------------------------------
+    def bank_feeds(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The adapted graph's bank feeds for ``names`` (row t = names[t]), as a forward pass builds them."""
+        return self._engine.layout.gather([self._task(n).rows for n in names])
+
     def token_counts(self, inputs: Sequence[Row]) -> list[int]:
         """Untruncated token counts of ``inputs`` (special tokens included), without running the model."""
         return self._encoder.count(validate_rows(inputs))

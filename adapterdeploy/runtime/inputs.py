@@ -1,7 +1,7 @@
 """Streaming readers of prediction inputs for ``adapterdeploy predict --input FILE`` (no labels needed).
 
 Formats by extension: ``.jsonl``/``.ndjson`` (a JSON string, a [text_a, text_b] list, or an object with a text
-column per models/data.py's names), ``.tsv`` (header; tab-separated, no quoting) and ``.csv`` (header; CSV
+column per datasets.py's names), ``.tsv`` (header; tab-separated, no quoting) and ``.csv`` (header; CSV
 quoting), anything else one text per line. Rows are yielded one at a time, so a file of any size streams
 through in batches; the byte offset travels with each row for a progress bar.
 
@@ -19,16 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from adapterdeploy.datasets import TEXT_COLUMNS
+from adapterdeploy.datasets import TEXT_PAIR_COLUMNS as PAIR_COLUMNS
 from adapterdeploy.errors import DataError
 from adapterdeploy.runtime.tokenization import Row
 
 __all__ = ["MAX_CHARS_PER_TEXT", "PAIR_COLUMNS", "TEXT_COLUMNS", "iter_inputs"]
 
 MAX_CHARS_PER_TEXT = 20000  # per input line of predict --input, and per text in the server (same default)
-
-# The same column names as adapterdeploy.models.data (kept here so the runtime needs no models import).
-TEXT_COLUMNS = ("text", "text_a", "sentence", "sentence1")
-PAIR_COLUMNS = ("text_b", "sentence2")
 
 
 def _from_json(value: Any, where: str) -> Row:

@@ -32,7 +32,7 @@ from adapterdeploy.errors import (
     RegistryFullError,
     TaskArtifactError,
 )
-from adapterdeploy.serving.app import ERRORS, body_doc, read_body, request_id_of
+from adapterdeploy.serving.http_io import ERRORS, body_doc, read_body, request_id_of
 from adapterdeploy.serving.schemas import (
     ErrorResponse,
     LoadRequest,

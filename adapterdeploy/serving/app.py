@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -35,22 +34,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapterdeploy import __version__
 from adapterdeploy.errors import (
     AdapterDeployError,
-    AuthenticationError,
-    ClientTimeoutError,
     InputError,
-    OverloadedError,
     PayloadTooLargeError,
     TaskFailedError,
     UnavailableError,
 )
 from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.serving import protocol, v2_binary
+from adapterdeploy.serving.http_io import (
+    ERRORS,
+    body_doc,
+    error_response,
+    log_fields,
+    note,
+    read_body,
+    request_id_of,
+    until_disconnect,
+    v2_response,
+)
 from adapterdeploy.serving.logs import ACCESS_LOGGER
 from adapterdeploy.serving.metrics import BASE_MODEL_TASK, CONTENT_TYPE_LATEST, FAN_OUT_TASK, Metrics
 from adapterdeploy.serving.schemas import (
     EmbedRequest,
     EmbedResponse,
-    ErrorResponse,
     FanOutRequest,
     FanOutResponse,
     LoadRequest,
@@ -62,19 +68,9 @@ from adapterdeploy.serving.schemas import (
     validate,
 )
 from adapterdeploy.serving.settings import Settings
-from adapterdeploy.serving.state import ClientGone, ServingState, Tracker
+from adapterdeploy.serving.state import ServingState, Tracker
 
-__all__ = [
-    "ERRORS",
-    "body_doc",
-    "create_app",
-    "error_response",
-    "install_drain_signal",
-    "read_body",
-    "request_id_of",
-    "until_disconnect",
-    "v2_response",
-]
+__all__ = ["create_app", "install_drain_signal"]
 
 log = logging.getLogger("adapterdeploy.serving")
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -89,111 +85,6 @@ BODY_MODELS = (
     LoadRequest,
     RepositoryIndexRequest,
 )
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in (
-        (400, "Invalid request (the message names the field)"),
-        (404, "Unknown task"),
-        (408, "Body sent too slowly"),
-        (413, "Body or rows over the limit"),
-        (429, "Queue full; see Retry-After"),
-        (503, "Draining, starting, or timed out"),
-    )
-}
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def error_response(exc: AdapterDeployError, request_id: str) -> JSONResponse:
-    headers = {}
-    if isinstance(exc, OverloadedError):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    elif isinstance(exc, UnavailableError):
-        headers["Retry-After"] = "1"
-    elif isinstance(exc, AuthenticationError):
-        headers["WWW-Authenticate"] = 'Bearer realm="adapterdeploy-admin"'
-    body = {"error": str(exc), "error_type": exc.error_type, "request_id": request_id}
-    return JSONResponse(body, status_code=exc.http_status, headers=headers)
-
-
-def v2_response(body: dict[str, Any], binary: bytes) -> Response:
-    """JSON, or with binary outputs the JSON header then the raw tensors (binary tensor data extension)."""
-    if not binary:
-        return JSONResponse(body)
-    head = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(head + binary, media_type="application/octet-stream", headers={v2_binary.HEADER: str(len(head))})
-
-
-def request_id_of(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", "-"))
-
-
-def _note(request: Request, **fields: Any) -> None:
-    """Fields for this request's access-log line."""
-    _log_fields(request).update(fields)
-
-
-def _log_fields(request: Request) -> dict[str, Any]:
-    """This request's access-log fields (``cold_tasks`` among them also becomes a response header)."""
-    fields: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
-    return fields
-
-
-async def read_body(request: Request, settings: Settings) -> bytes:
-    """The body, refused early when over ``max_body_bytes`` (413) or slower than ``body_timeout_s`` (408)."""
-    limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InputError(f"the Content-Length header {declared[:40]!r} is not a number")
-        if int(declared) > limit:
-            raise PayloadTooLargeError(
-                f"the request body has {int(declared)} bytes, the limit is {limit} (--max-body-bytes); "
-                "send fewer or shorter inputs per request"
-            )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.body_timeout_s
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            message = await asyncio.wait_for(request.receive(), max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            raise ClientTimeoutError(
-                f"the request body did not arrive within {settings.body_timeout_s:g} s (--body-timeout)"
-            ) from None
-        if message["type"] == "http.disconnect":
-            raise ClientGone("the client disconnected while sending its body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the request body exceeds {limit} bytes (--max-body-bytes)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client disconnects first; then cancel it (its rows leave the queue)."""
-    job = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_disconnect(request.receive))
-    try:
-        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        job.cancel()
-        watch.cancel()
-        raise
-    watch.cancel()
-    if job.done():
-        return job.result()
-    job.cancel()
-    with contextlib.suppress(asyncio.CancelledError, AdapterDeployError):
-        await job
-    raise ClientGone("the client disconnected before its result was ready; its rows were dropped")
 
 
 def install_drain_signal(state: ServingState) -> Callable[[], None]:
@@ -224,12 +115,6 @@ def install_drain_signal(state: ServingState) -> Callable[[], None]:
                 signal.signal(sig, prev)
 
     return restore
-
-
-def body_doc(model: type) -> dict[str, Any]:
-    """``openapi_extra`` documenting a JSON body that the handler parses itself."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 # ---------------------------------------------------------------------------------------- middleware
@@ -524,9 +409,9 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             wanted = req.outputs or ()
             heads, pooling = protocol.embedding_pooling([o.name for o in wanted], [o.parameters for o in wanted])
             targets: list[str | Embed] = ([task] if heads else []) + ([Embed(task, pooling)] if pooling else [])
-            _note(request, task=task, rows=len(rows) * len(targets))
+            note(request, task=task, rows=len(rows) * len(targets))
             results = await until_disconnect(
-                request, state.predict(targets, rows, field="inputs[0].data", note=_log_fields(request))
+                request, state.predict(targets, rows, field="inputs[0].data", note=log_fields(request))
             )
             n = len(rows)
             predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
@@ -565,9 +450,9 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             tracker.task = state.task_label(req.task)
             state.require_task(req.task)
             check_rows(list(req.inputs), settings)
-            _note(request, task=req.task, rows=len(req.inputs))
+            note(request, task=req.task, rows=len(req.inputs))
             predictions = await until_disconnect(
-                request, state.predict([req.task], list(req.inputs), note=_log_fields(request))
+                request, state.predict([req.task], list(req.inputs), note=log_fields(request))
             )
             return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
 
@@ -591,8 +476,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
                 state.require_task(task)
             inputs = list(req.inputs)
             check_rows(inputs, settings, n_tasks=len(tasks))
-            _note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
-            predictions = await until_disconnect(request, state.predict(tasks, inputs, note=_log_fields(request)))
+            note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
+            predictions = await until_disconnect(request, state.predict(tasks, inputs, note=log_fields(request)))
             n = len(inputs)
             out = {task: [p.to_dict() for p in predictions[i * n : (i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})
@@ -612,7 +497,7 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
                 state.require_task(req.task)
             inputs = list(req.inputs)
             check_rows(inputs, settings)
-            _note(request, task=req.task or BASE_MODEL_TASK, rows=len(inputs))
+            note(request, task=req.task or BASE_MODEL_TASK, rows=len(inputs))
             rows = await until_disconnect(request, state.predict([Embed(req.task, req.pooling)], inputs))
             return JSONResponse(
                 {

@@ -27,7 +27,7 @@ MAIN_METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "mcc
 
 
 def _examples(path: Path, labels: tuple[str, ...], max_rows: int | None) -> tuple[list[Any], np.ndarray]:
-    from adapterdeploy.models.data import read_dataset, subset
+    from adapterdeploy.datasets import read_dataset, subset
 
     data = subset(read_dataset(path, labels=labels or None), max_rows, seed=0)
     rows = [ex.text if ex.text_pair is None else [ex.text, ex.text_pair] for ex in data.examples]

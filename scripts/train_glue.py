@@ -1,7 +1,7 @@
 """Reproduce benchmarks/results/training.md: adapters on MiniLM for SST-2, MRPC, RTE, CoLA + one full fine-tune.
 
-    python benchmarks/train_glue.py run --tasks sst2,mrpc,rte,cola,full-mrpc --threads 1   # into the JSON
-    python benchmarks/train_glue.py report                                     # JSON -> markdown table
+    python scripts/train_glue.py run --tasks sst2,mrpc,rte,cola,full-mrpc --threads 1   # into the JSON
+    python scripts/train_glue.py report                                     # JSON -> markdown table
 
 Splits (all deterministic; ``../shared/data`` format, see its README):
 
@@ -95,9 +95,9 @@ def run_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
 
     from adapterdeploy.config import AdapterConfig, HeadConfig
+    from adapterdeploy.datasets import read_dataset, subset
     from adapterdeploy.models.base import load_base
     from adapterdeploy.models.checkpoint import save_checkpoint
-    from adapterdeploy.models.data import read_dataset, subset
     from adapterdeploy.models.trainer import (
         TrainConfig,
         evaluate_dataset,
@@ -344,8 +344,8 @@ Measured {date} on this project's build machine: {cores} CPU cores ({cpu}), shar
 {transformers}, tokenizers {tokenizers}. Base: the embedded all-MiniLM-L6-v2 (6 layers, hidden 384,
 {base_params:,} parameters, `model.safetensors` {base_size}).
 
-Reproduce: `nice -n 10 python benchmarks/train_glue.py run --tasks sst2,mrpc,rte,cola,full-mrpc --threads 1`
-then `python benchmarks/train_glue.py report` (data from `../shared/data`; numbers below are from that run's
+Reproduce: `nice -n 10 python scripts/train_glue.py run --tasks sst2,mrpc,rte,cola,full-mrpc --threads 1`
+then `python scripts/train_glue.py report` (data from `../shared/data`; numbers below are from that run's
 log, `benchmarks/results/training.json`).
 
 {table}
