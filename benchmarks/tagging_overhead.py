@@ -8,7 +8,7 @@ a tagging task (same adapter, 9 CoNLL-style labels), random weights (timing does
 "before" graph is a copy of that deployment whose ``adapted.onnx`` has the ``tokens`` graph output removed
 (what the exporter wrote before tagging existed; onnxruntime then treats the last hidden state as an
 intermediate). Systems, timed texts -> predictions (tokenization included), interleaved (every system once
-per round), median CPU time of the calling thread, one intra-op thread, ``spin_us=0``:
+per round, the order rotating), median CPU time of the calling thread, one intra-op thread, ``spin_us=0``:
   seq-before   sequence task on the copy without the tokens output
   seq-after    sequence task on the deployment with the tokens output (not requested by a sequence batch)
   tagging      the tagging task alone (requests tokens; words and offsets in Python)
@@ -108,8 +108,10 @@ def main() -> None:
         for f in systems.values():  # warm-up
             f()
         times: dict[str, list[float]] = {k: [] for k in systems}
-        for _ in range(args.repeats):
-            for name, f in systems.items():
+        names = list(systems)
+        for r in range(args.repeats):  # the order rotates each round: no system is always first
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                f = systems[name]
                 t0 = time.thread_time()
                 f()
                 times[name].append((time.thread_time() - t0) * 1000)

@@ -358,3 +358,120 @@ def test_train_tagging_bad_file_is_one_error_line(tiny_base_dir, tmp_path):
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "line 1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+# ---- AdapterHub tagging heads ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("layers", [1, 2])
+def test_adapterhub_tagging_head_matches_the_library(tiny_base_dir, tmp_path, layers):
+    import adapters as ah
+
+    from adapterdeploy.models.adapterhub import import_adapterhub
+    from adapterdeploy.models.base import load_base
+
+    base = load_base(tiny_base_dir)
+    torch.manual_seed(layers)
+    hub = ah.AutoAdapterModel.from_pretrained(str(tiny_base_dir), attn_implementation="eager")
+    hub.add_adapter("ner", config=ah.SeqBnConfig(reduction_factor=8))
+    hub.add_tagging_head("ner", num_labels=len(TAGS), layers=layers, id2label=dict(enumerate(TAGS)))
+    with torch.no_grad():
+        for name, p in hub.named_parameters():
+            if ".adapters.ner." in name or name.startswith("heads.ner."):
+                p.add_(torch.randn_like(p) * 0.5)
+    hub.set_active_adapters("ner")
+    hub.eval()
+    enc = dict(base.load_tokenizer()(TEXTS, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        ref = hub(**enc).logits
+    assert ref.shape[:2] == enc["input_ids"].shape  # per-token logits
+    hub.save_adapter(str(tmp_path / "ner"), "ner", with_head=True)
+    ckpt = import_adapterhub(base, tmp_path / "ner")
+    assert ckpt.head.token_level and ckpt.head.labels == TAGS and ckpt.head.hidden_layers == layers - 1
+    with torch.no_grad():
+        ours = ckpt.build_model(base)(**enc)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    if layers == 2:  # the CLI's own cross-check (verify_import) against the library, then a deployment
+        from adapterdeploy.exporter.deployment import export_deployment
+        from adapterdeploy.runtime import Deployment
+
+        out = tmp_path / "ckpt"
+        args = ["import-adapterhub", "--base", str(tiny_base_dir), "--adapter", str(tmp_path / "ner")]
+        r = CliRunner().invoke(main, [*args, "--out", str(out)])
+        assert r.exit_code == 0 and "token_classification" in r.output, r.output
+        export_deployment(tiny_base_dir, [out], tmp_path / "deploy")
+        with Deployment.open(tmp_path / "deploy") as dep:
+            p = dep.predict([TEXTS[0]], task="ner")[0]
+        tok = base.load_tokenizer()(TEXTS[0], return_tensors="pt")
+        with torch.no_grad():
+            lib = hub(**dict(tok)).logits[0]
+        firsts = [s for s, w in enumerate(tok.word_ids(0)) if w is not None and w not in tok.word_ids(0)[:s]]
+        assert [w.label for w in p.tokens] == [TAGS[int(k)] for k in lib[firsts].argmax(-1)]
+
+
+# ---- serving: /v1 JSON, KServe v2 (REST, binary, gRPC), model metadata ---------------------------------------
+def test_serving_tagging_outputs(tagging_deploy):
+    import grpc
+    import httpx
+    from serving_fixtures import ThreadedServer, free_port
+
+    from adapterdeploy.runtime import Deployment
+    from adapterdeploy.serving import protocol, v2_binary
+    from adapterdeploy.serving.grpc_v2 import messages, method_path
+    from adapterdeploy.serving.settings import Settings
+
+    out, _ = tagging_deploy
+    texts = TEXTS[:2]
+    with (
+        Deployment.open(out) as d,
+        ThreadedServer(Settings(deploy_dir=str(out), grpc_port=free_port()), deployment=d) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        want = d.predict(texts, task="ner", spans=True)
+        v1 = c.post("/v1/predict", json={"task": "ner", "inputs": texts, "spans": True}).json()["predictions"]
+        assert [[t["label"] for t in p["tokens"]] for p in v1] == [[w.label for w in p.tokens] for p in want]
+        assert [len(p["entities"]) for p in v1] == [len(p.entities) for p in want]
+        plain = c.post("/v1/predict", json={"task": "ner", "inputs": texts}).json()["predictions"]
+        assert "entities" not in plain[0] and plain[0]["tokens"][0]["start"] == 0
+        fan = c.post("/v1/fan-out", json={"tasks": ["sent", "ner"], "inputs": texts, "spans": True}).json()
+        assert "tokens" not in fan["predictions"]["sent"][0] and "entities" in fan["predictions"]["ner"][1]
+
+        meta = c.get("/v2/models/ner").json()
+        names = [o["name"] for o in meta["outputs"]]
+        assert names[:8] == [*protocol.TOKEN_OUTPUTS, "score", "truncated"]
+        assert "entity_label" in names and meta["parameters"]["problem_type"] == "token_classification"
+        body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts}]}
+        outs = {o["name"]: o for o in c.post("/v2/models/ner/infer", json=body).json()["outputs"]}
+        assert list(outs) == names[:8]
+        counts = outs["token_count"]["data"]
+        assert counts == [len(p.tokens) for p in want] and outs["token_word"]["shape"] == [sum(counts)]
+        assert outs["token_label"]["data"] == [w.label for p in want for w in p.tokens]
+        assert outs["token_start"]["datatype"] == "INT64" and outs["token_start"]["data"][counts[0]] == 0
+        body["outputs"] = [{"name": "entity_label"}, {"name": "entity_count", "parameters": {"binary_data": True}}]
+        r = c.post("/v2/models/ner/infer", json=body)
+        n = int(r.headers[v2_binary.HEADER])
+        head = json.loads(r.content[:n])
+        assert head["outputs"][0]["data"] == [e.label for p in want for e in p.entities]
+        assert np.frombuffer(r.content[n:], dtype="<i8").tolist() == [len(p.entities) for p in want]
+
+        pb = messages()
+        request = pb.ModelInferRequest(
+            model_name="ner",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="text",
+                    datatype="BYTES",
+                    shape=[2],
+                    contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in texts]),
+                )
+            ],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("token_word", "entity_count")],
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{srv.settings.grpc_port}") as channel:
+            infer = channel.unary_unary(
+                method_path("ModelInfer"),
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+            resp = infer(request, timeout=30)
+        words = v2_binary.decode_bytes_elements(resp.raw_output_contents[0], "words")
+        assert [w.decode() for w in words] == [w.word for p in want for w in p.tokens]
+        assert np.frombuffer(resp.raw_output_contents[1], dtype="<i8").tolist() == [len(p.entities) for p in want]

@@ -473,7 +473,7 @@ def import_adapterhub(
     force: bool,
     stack_dirs: tuple[str, str] | None = None,
 ) -> None:
-    """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + classification head into a task checkpoint.
+    """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + its head into a task checkpoint.
 
     Reads what the adapters library's save_adapter(..., with_head=True) or save_adapter + save_head wrote;
     with --stack, a Stack(lang, task) of two such adapters. LoRA, prefix tuning, Compacter and other methods
