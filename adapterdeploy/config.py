@@ -32,6 +32,8 @@ from adapterdeploy.validation import MAX_BOTTLENECK, MAX_LABELS
 
 __all__ = [
     "ACTIVATIONS",
+    "FUSION_SLOT",
+    "FUSION_SUFFIX",
     "LORA_MODULES",
     "LOWER_SUFFIX",
     "NO_BOTTLENECK",
@@ -67,6 +69,10 @@ RANK_AXIS = {"lora_a": 2, "lora_b": 1}
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 # A Stack's lower adapter at a site: bank inputs ``bank.{layer}.{site}_lower.*`` (models/stack.py).
 LOWER_SUFFIX = "_lower"
+# AdapterFusion (models/fusion.py): slot j >= 1 of a fused site is ``bank.{layer}.{site}_fuse{j}.*`` (slot 0 is
+# the site's own ``bank.{layer}.{site}.*``); the fusion attention weights are ``bank.{layer}.{site}_fusion.*``.
+FUSION_SLOT = "_fuse"
+FUSION_SUFFIX = "_fusion"
 POOLINGS = ("cls", "mean", "pooler")
 # "token_classification": a tagging head, one label per word (first-subword labelling; runtime/tagging.py).
 TOKEN_CLASSIFICATION = "token_classification"
@@ -263,6 +269,9 @@ class AdapterSignature:
     # Stack: a second (lower) adapter slot before each site's adapter, e.g. a shared language adapter
     # (``models/stack.py``). Left out of the JSON when False, so older fingerprints stay the same.
     stack: bool = False
+    # AdapterFusion: the number of adapter slots per site (0 = no fusion), ``models/fusion.py``. A fusion
+    # featurizer also serves plain tasks (fusion rows zero = the plain site). Left out of the JSON when 0.
+    fusion: int = 0
     # PEFT modules with LoRA / IA3 bank inputs (PeftSpec); left out of the JSON when empty, likewise.
     lora: tuple[str, ...] = ()
     ia3: tuple[str, ...] = ()
@@ -280,13 +289,15 @@ class AdapterSignature:
         return self.placement != NO_BOTTLENECK
 
     def bottleneck_part(self) -> AdapterSignature:
-        """The signature without its PEFT modules (what bottleneck tasks must agree on)."""
-        return replace(self, lora=(), ia3=())
+        """The signature without its PEFT modules and fusion slots (what bottleneck tasks must agree on)."""
+        return replace(self, lora=(), ia3=(), fusion=0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not self.stack:
             del d["stack"]
+        if not self.fusion:
+            del d["fusion"]
         for k in ("lora", "ia3"):  # omitted when empty: bottleneck-only fingerprints stay what they were
             if d[k]:
                 d[k] = list(d[k])
@@ -329,7 +340,7 @@ def combine_signatures(named: list[tuple[str, AdapterSignature]]) -> AdapterSign
             )
     lora = tuple(sorted({m for _, s in named for m in s.lora}))
     ia3 = tuple(sorted({m for _, s in named for m in s.ia3}))
-    return replace(first, lora=lora, ia3=ia3)
+    return replace(first, lora=lora, ia3=ia3, fusion=max(s.fusion for _, s in named))
 
 
 def signature_misfit(task: AdapterSignature, featurizer: AdapterSignature) -> str | None:
@@ -337,6 +348,11 @@ def signature_misfit(task: AdapterSignature, featurizer: AdapterSignature) -> st
     PEFT modules the featurizer graph has no bank input for."""
     if task.has_bottleneck and task.bottleneck_part() != featurizer.bottleneck_part():
         return featurizer.bottleneck_part().describe_difference(task.bottleneck_part())
+    if task.fusion > featurizer.fusion:
+        return (
+            f"the task fuses {task.fusion} adapters, the featurizer has {featurizer.fusion} fusion slots per site"
+            + (" (it was exported without fusion tasks)" if not featurizer.fusion else "")
+        )
     extra = sorted(set(task.lora) - set(featurizer.lora)) + sorted(set(task.ia3) - set(featurizer.ia3))
     if extra:
         return (

@@ -27,6 +27,7 @@ from adapterdeploy.errors import ConfigError
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.models.fusion import FUSED_PREFIX, FUSION_PREFIX
 
 __all__ = ["check_drop", "dropped_layers", "evaluate_drop", "without_dropped"]
 
@@ -73,14 +74,27 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
     weights = {
         k: v
         for k, v in ckpt.weights.items()
-        if not (k.startswith(("adapters.", "layernorms.", "lower.", "lora.")) and int(k.split(".")[1]) in dropped)
+        if not (
+            k.startswith(("adapters.", "layernorms.", "lower.", "lora.", FUSION_PREFIX))
+            and int(k.split(".")[1]) in dropped
+        )
+        and not (k.startswith(FUSED_PREFIX) and int(k.split(".")[2]) in dropped)
     }
+    fusion = ckpt.fusion
+    if fusion is not None:
+        fusion = dataclasses.replace(
+            fusion, adapters=tuple(dataclasses.replace(c, layers=kept) for c in fusion.adapters)
+        )
     stack_on = ckpt.stack_on
     if stack_on is not None:
         low = tuple(i for i in stack_on.config.adapter_layers(ckpt.num_layers) if i not in dropped)
         stack_on = dataclasses.replace(stack_on, config=dataclasses.replace(stack_on.config, layers=low))
     return dataclasses.replace(
-        ckpt, adapter=dataclasses.replace(ckpt.adapter, layers=kept), weights=weights, stack_on=stack_on
+        ckpt,
+        adapter=dataclasses.replace(ckpt.adapter, layers=kept),
+        weights=weights,
+        stack_on=stack_on,
+        fusion=fusion,
     )
 
 

@@ -91,7 +91,15 @@ def _common_signature(ckpts: Sequence[Any]) -> AdapterSignature:
     """The featurizer signature all tasks share: equal bottleneck parts, the union of PEFT modules
     (config.combine_signatures); stacked and plain tasks mix (plain ones get zero lower rows)."""
     sig = combine_signatures([(c.name, dataclasses.replace(c.signature(), stack=False)) for c in ckpts])
-    return dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
+    sig = dataclasses.replace(sig, stack=any(c.stack_on is not None for c in ckpts))
+    if sig.stack and sig.fusion:
+        stacked = next(c.name for c in ckpts if c.stack_on is not None)
+        fused = next(c.name for c in ckpts if c.fusion is not None)
+        raise ConfigError(
+            f"task {stacked!r} is stacked and task {fused!r} is an AdapterFusion; one featurizer has either "
+            "lower-adapter slots or fusion slots: export them into separate deployments (separate --out)"
+        )
+    return sig
 
 
 def _position_limit(base: Any) -> int:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterdeploy.config import TOKENS_OUTPUT, AdapterSignature, SiteOptions
+from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, TOKENS_OUTPUT, AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
 from adapterdeploy.exporter.lora_bank import bank_rank, pad_rank, peft_dynamic_axes, peft_keys, peft_rows
 from adapterdeploy.models.adapters import (
@@ -39,10 +39,12 @@ from adapterdeploy.models.adapters import (
     AdapterContext,
     activation_fn,
     adapter_site,
+    fusion_site,
     site_with_lower,
 )
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead, mean_pool
+from adapterdeploy.models.fusion import FUSION_WEIGHTS, MASKED
 from adapterdeploy.models.lora import LORA_LEAVES, LoraLinear, fold_peft, install_lora_sites, module_dims, slot_modules
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "copy_encoder",
     "fusion_friendly",
     "head_rows",
+    "is_fusion_key",
     "outputs_for",
     "stack_bank",
     "task_rows",
@@ -64,6 +67,8 @@ __all__ = [
 ]
 
 SITE_WEIGHTS = ("down_w", "down_b", "up_w", "up_b")
+# A fusion site's bank inputs besides its slots: folded attention, slot mask [N], gate [1] (models/fusion.py).
+FUSION_BANK = (*FUSION_WEIGHTS, "fuse_mask", "fuse_gate")
 SUBLAYER_SITES = ("attn", "ffn")
 
 
@@ -77,6 +82,10 @@ def bank_keys(signature: AdapterSignature, adapted_layers: Sequence[int]) -> tup
     keys: list[str] = []
     for layer in adapted_layers:
         keys += [f"bank.{layer}.{site}.{n}" for site in signature.sites for n in names]
+        for site in signature.sites if signature.fusion else ():  # AdapterFusion (models/fusion.py)
+            for j in range(1, signature.fusion):
+                keys += [f"bank.{layer}.{site}{FUSION_SLOT}{j}.{n}" for n in names]
+            keys += [f"bank.{layer}.{site}{FUSION_SUFFIX}.{n}" for n in FUSION_BANK]
         if signature.stack:  # the lower adapter of a Stack (models/stack.py), same site options
             keys += [f"bank.{layer}.{site}{LOWER_SUFFIX}.{n}" for site in signature.sites for n in names]
         if signature.per_task_layernorm:
@@ -154,6 +163,17 @@ def zero_adapter_is_identity(signature: AdapterSignature, hidden_size: int = 16)
                 not signature.stack or torch.equal(site_with_lower(h, None, None, p, p, signature.site, act), h)
             )
         plain = torch.equal(adapter_site(h, r, ln, p, signature.site, act), ln(h + r))
+        if signature.fusion:  # a plain task's zero fusion rows (gate 0) leave its site as it was
+            n, zero_hh = signature.fusion, torch.zeros(hidden_size, hidden_size)
+            fused = {"0.ffn": p, **{f"0.ffn{FUSION_SLOT}{j}": p for j in range(1, n)}}
+            fused["0.ffn" + FUSION_SUFFIX] = {
+                "fuse_qk": zero_hh,
+                "fuse_qb": torch.zeros(hidden_size),
+                "fuse_v": zero_hh,
+                "fuse_mask": torch.zeros(n),
+                "fuse_gate": torch.zeros(1),
+            }
+            plain = plain and torch.equal(fusion_site(h, r, ln, "0.ffn", fused, signature.site, act), ln(h + r))
         # A zero lower adapter under a zero upper one must leave the site as it was, too.
         return plain and (
             not signature.stack or torch.equal(site_with_lower(h, r, ln, p, p, signature.site, act), ln(h + r))
@@ -176,6 +196,13 @@ def task_rows(
     if signature.stack:
         low = model.lower_config
         slots.append((LOWER_SUFFIX, model.lower, low.bottleneck_size(H) if low is not None else 1))
+    fusion = model.fusion
+    if fusion is not None:  # every slot of a fusion task padded to its widest adapter: one m per task
+        m = max(c.bottleneck_size(H) for c in fusion.adapters)
+        slots = [("", model.adapters, m)]
+    for j in range(1, signature.fusion):
+        mods = model.fused[str(j)] if fusion is not None and str(j) in model.fused else {}
+        slots.append((f"{FUSION_SLOT}{j}", mods, m if fusion is not None else 1))
     rows: dict[str, Tensor] = {}
     for layer in adapted_layers:
         for suffix, modules, size in slots:
@@ -184,6 +211,7 @@ def task_rows(
                 sites = modules[str(layer)] if str(layer) in modules else None
                 if sites is not None and site in sites:  # PEFT-only tasks have no bottleneck sites
                     params = {k: v.detach().clone().contiguous() for k, v in sites[site].site_params().items()}
+                    params = _pad_site(params, size)
                 else:
                     params = {
                         "down_w": torch.zeros(H, size),
@@ -195,6 +223,8 @@ def task_rows(
                         if getattr(signature.site, which):
                             params[f"{which}_w"], params[f"{which}_b"] = torch.ones(H), torch.zeros(H)
                 rows.update({f"{prefix}.{k}": v.float() for k, v in params.items()})
+        if signature.fusion:
+            rows.update(_fusion_rows(model, signature, layer, H))
         if signature.per_task_layernorm:
             base_layer = model.base.encoder.layer[layer]
             base_lns = {"attn": base_layer.attention.output.LayerNorm, "ffn": base_layer.output.LayerNorm}
@@ -204,6 +234,44 @@ def task_rows(
                 rows[f"bank.{layer}.{s}_ln.b"] = own[s].bias.detach().clone().float()
         rows.update(peft_rows(model, signature, layer, dims))
     return rows
+
+
+def _pad_site(params: dict[str, Tensor], m: int) -> dict[str, Tensor]:
+    """A site's projections zero-padded to bottleneck ``m`` (exact: see the module docstring)."""
+    extra = m - int(params["down_w"].shape[-1])
+    if extra <= 0:
+        return params
+    return {
+        **params,
+        "down_w": F.pad(params["down_w"], (0, extra)),
+        "down_b": F.pad(params["down_b"], (0, extra)),
+        "up_w": F.pad(params["up_w"], (0, 0, 0, extra)),
+    }
+
+
+def _fusion_rows(model: EncoderWithAdapters, signature: AdapterSignature, layer: int, H: int) -> dict[str, Tensor]:
+    """A task's fusion rows at one layer: folded attention, mask over the featurizer's N slots (unused slots
+    ``MASKED``) and gate 1; all zeros (gate 0) for a plain task, which is then its plain site exactly."""
+    rows: dict[str, Tensor] = {}
+    n_task = model.fusion.n if model.fusion is not None else 0
+    for site in signature.sites:
+        prefix = f"bank.{layer}.{site}{FUSION_SUFFIX}"
+        own = model.fusion_w[str(layer)][site] if n_task and str(layer) in model.fusion_w else None
+        for k in FUSION_WEIGHTS:
+            shape = (H, H) if k != "fuse_qb" else (H,)
+            rows[f"{prefix}.{k}"] = own[k].detach().clone().float() if own is not None else torch.zeros(shape)
+        mask = torch.zeros(signature.fusion)
+        if own is not None:
+            mask[n_task:] = MASKED
+        rows[f"{prefix}.fuse_mask"] = mask
+        rows[f"{prefix}.fuse_gate"] = torch.ones(1) if own is not None else torch.zeros(1)
+    return rows
+
+
+def is_fusion_key(key: str) -> bool:
+    """A bank key of a fusion slot >= 1 or of a fusion attention (``bank.3.ffn_fuse2.down_w``, ``..._fusion.*``)."""
+    site = key.split(".")[2]
+    return FUSION_SUFFIX in site or FUSION_SLOT in site
 
 
 def head_rows(head: TaskHead) -> dict[str, Tensor]:
@@ -260,6 +328,10 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
             return site_with_lower(self.dense(hidden_states), input_tensor, ln, p, lower, self._ctx.opts, self._ctx.act)
         if p is None:
             return ln(self.dense(hidden_states) + input_tensor)
+        if self._key + FUSION_SUFFIX in self._ctx.params:  # AdapterFusion: every site of the featurizer
+            return fusion_site(
+                self.dense(hidden_states), input_tensor, ln, self._key, self._ctx.params, self._ctx.opts, self._ctx.act
+            )
         if not fusion_friendly(self._ctx.opts) or _has_peft(self.dense, self._ctx):
             return adapter_site(self.dense(hidden_states), input_tensor, ln, p, self._ctx.opts, self._ctx.act)
         bias = self.dense.bias
@@ -462,8 +534,8 @@ class StandaloneModel(nn.Module):
 def _zero_sites(adapted: Adapted, rows: dict[str, Tensor]) -> set[str]:
     """Bottleneck sites whose rows are all zero, when a zero adapter is exactly no adapter: a standalone graph
     leaves them out (a PEFT-only task's standalone model then has the plain model's nodes)."""
-    if not zero_adapter_is_identity(adapted.signature):
-        return set()
+    if not zero_adapter_is_identity(adapted.signature) or adapted.signature.fusion:
+        return set()  # (a fusion site reads all its slots, zero or not)
     sites: dict[str, bool] = {}
     for key in adapted.keys:
         _, layer, site, leaf = key.split(".")

@@ -133,9 +133,10 @@ def load_lower(base: BaseModel, path: str | Path) -> tuple[LowerAdapter, dict[st
     elif (p / "task.json").is_file():
         ckpt = load_checkpoint(p)
         ckpt.check_base(base)
-        if ckpt.adapter.per_task_layernorm or ckpt.stack_on is not None:
+        if ckpt.adapter.per_task_layernorm or ckpt.stack_on is not None or ckpt.fusion is not None:
             raise UnsupportedAdapterError(
-                f"{p}: a task with its own LayerNorms or itself stacked cannot be the lower adapter of a stack"
+                f"{p}: a task with its own LayerNorms, itself stacked or an AdapterFusion cannot be the lower "
+                "adapter of a stack"
             )
         cfg, name, source = ckpt.adapter, ckpt.name, {"checkpoint": str(p)}
         weights = {k: v for k, v in ckpt.weights.items() if k.startswith("adapters.")}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # A stacked site's lower adapter lives in the context (and the bank) under its site key + LOWER_SUFFIX.
-from adapterdeploy.config import LOWER_SUFFIX, AdapterConfig, SiteOptions
+from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, LOWER_SUFFIX, AdapterConfig, SiteOptions
 from adapterdeploy.models.lora import install_lora_sites
 
 __all__ = [
@@ -31,8 +31,11 @@ __all__ = [
     "BottleneckAdapter",
     "activation_fn",
     "adapter_site",
+    "adapter_up",
+    "fusion_site",
     "install_adapter_sites",
     "layer_norm",
+    "site_input",
     "site_with_lower",
 ]
 
@@ -57,6 +60,31 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, shape, None, None, eps) * weight + bias
 
 
+def site_input(
+    h: Tensor, residual: Tensor | None, ln: Callable[[Tensor], Tensor] | None, opts: SiteOptions
+) -> tuple[Tensor, Tensor]:
+    """The adapter's input ``x`` and the residual ``res`` it is added to (the library's ``pre_forward``)."""
+    res = h
+    x = h
+    if opts.original_ln_before and ln is not None and residual is not None:
+        added = h + residual
+        if opts.residual_before_ln == "post_add":
+            res = added
+        x = ln(added)
+    if opts.residual_before_ln is False:
+        res = x
+    return x, res
+
+
+def adapter_up(x: Tensor, p: dict[str, Tensor], act: Callable[[Tensor], Tensor]) -> Tensor:
+    """``a = up(act(down(ln_before(x))))``: the adapter's output before any residual (the library's ``up``)."""
+    z = x
+    if "ln_before_w" in p:
+        z = layer_norm(z, p["ln_before_w"], p["ln_before_b"], ADAPTER_LN_EPS)
+    a = act(torch.matmul(z, p["down_w"]) + p["down_b"])
+    return torch.matmul(a, p["up_w"]) + p["up_b"]
+
+
 def adapter_site(
     h: Tensor,
     residual: Tensor | None,
@@ -75,20 +103,8 @@ def adapter_site(
         opts: residual / LayerNorm options.
         act: the bottleneck activation.
     """
-    res = h
-    x = h
-    if opts.original_ln_before and ln is not None and residual is not None:
-        added = h + residual
-        if opts.residual_before_ln == "post_add":
-            res = added
-        x = ln(added)
-    if opts.residual_before_ln is False:
-        res = x
-    z = x
-    if "ln_before_w" in p:
-        z = layer_norm(z, p["ln_before_w"], p["ln_before_b"], ADAPTER_LN_EPS)
-    a = act(torch.matmul(z, p["down_w"]) + p["down_b"])
-    a = torch.matmul(a, p["up_w"]) + p["up_b"]
+    x, res = site_input(h, residual, ln, opts)
+    a = adapter_up(x, p, act)
     if opts.adapter_residual_before_ln:
         out = a + res
         if "ln_after_w" in p:
@@ -123,6 +139,31 @@ def site_with_lower(
         return adapter_site(h, residual, ln, lower, opts, act)
     y1 = adapter_site(h, residual, ln, lower, replace(opts, original_ln_after=False), act)
     return adapter_site(y1, residual, ln, p, opts, act)
+
+
+def fusion_site(
+    h: Tensor,
+    residual: Tensor | None,
+    ln: Callable[[Tensor], Tensor] | None,
+    key: str,
+    params: dict[str, dict[str, Tensor]],
+    opts: SiteOptions,
+    act: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """An AdapterFusion site (the adapters library's ``Fuse``); ``params`` holds its N slots and attention.
+
+    Slot 0 is ``params[key]``, slot j >= 1 ``params[key + "_fuse{j}"]``, the attention ``params[key + "_fusion"]``
+    (see :mod:`adapterdeploy.models.fusion` for the semantics and why the weights are folded).
+    """
+    from adapterdeploy.models.fusion import fused_output  # the fusion math lives beside its import
+
+    x, res = site_input(h, residual, ln, opts)
+    f = params[key + FUSION_SUFFIX]
+    slots = [params[key]] + [params[f"{key}{FUSION_SLOT}{j}"] for j in range(1, int(f["fuse_mask"].shape[-1]))]
+    out = fused_output(x, [adapter_up(x, p, act) for p in slots], f) + res
+    if opts.original_ln_after and ln is not None and residual is not None:
+        out = ln(out + residual)
+    return out
 
 
 class BottleneckAdapter(nn.Module):
@@ -219,6 +260,8 @@ class AdaptedSublayerOutput(nn.Module):
             return site_with_lower(h, input_tensor, ln, p, lower, self._ctx.opts, self._ctx.act)
         if p is None:
             return ln(h + input_tensor)
+        if self._key + FUSION_SUFFIX in self._ctx.params:
+            return fusion_site(h, input_tensor, ln, self._key, self._ctx.params, self._ctx.opts, self._ctx.act)
         return adapter_site(h, input_tensor, ln, p, self._ctx.opts, self._ctx.act)
 
 

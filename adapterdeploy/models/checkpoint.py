@@ -27,6 +27,7 @@ from adapterdeploy.errors import (
 )
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.models.fusion import FusionSpec
 from adapterdeploy.models.stack import LowerAdapter
 from adapterdeploy.validation import MAX_HIDDEN, MAX_LAYERS, Fields, check_task_name
 
@@ -64,13 +65,23 @@ class TaskCheckpoint:
     path: Path | None = None
     # Stack: the frozen lower adapter this task's adapter sits on (weights under ``lower.*``); see models/stack.py.
     stack_on: LowerAdapter | None = None
+    # AdapterFusion: the fused adapters (slot 0 = ``adapter``) and the library options; see models/fusion.py.
+    fusion: FusionSpec | None = None
 
     def bottleneck(self) -> int:
         return self.adapter.bottleneck_size(self.hidden_size)
 
+    def bank_bottleneck(self) -> int:
+        """The bottleneck of the task's bank rows: a fusion task's slots are padded to its widest adapter."""
+        if self.fusion is None:
+            return self.bottleneck()
+        return max(c.bottleneck_size(self.hidden_size) for c in self.fusion.adapters)
+
     def signature(self) -> AdapterSignature:
         """The featurizer signature this task needs (a stacked task needs the lower adapter slots)."""
         sig = self.adapter.signature()
+        if self.fusion is not None:
+            sig = replace(sig, fusion=self.fusion.n)
         return replace(sig, stack=True) if self.stack_on is not None else sig
 
     def check_base(self, base: BaseModel) -> None:
@@ -86,7 +97,7 @@ class TaskCheckpoint:
         """An EncoderWithAdapters on ``base`` with this checkpoint's weights loaded (strictly)."""
         self.check_base(base)
         model = EncoderWithAdapters(
-            base, self.adapter, self.head, self.stack_on.config if self.stack_on is not None else None
+            base, self.adapter, self.head, self.stack_on.config if self.stack_on is not None else None, self.fusion
         )
         own = model.trainable_state_dict()
         missing = sorted(set(own) - set(self.weights))
@@ -118,6 +129,7 @@ class TaskCheckpoint:
             "metrics": self.metrics,
             "training": self.training,
             **({"stack_on": self.stack_on.to_dict()} if self.stack_on is not None else {}),
+            **({"fusion": self.fusion.to_dict()} if self.fusion is not None else {}),
         }
 
 
@@ -195,6 +207,7 @@ def _from_meta(meta: dict[str, Any], weights: dict[str, torch.Tensor], p: Path) 
         source=str(meta.get("source", "adapterdeploy")),
         path=p,
         stack_on=f.build("stack_on", LowerAdapter.from_dict) if f.has("stack_on") else None,
+        fusion=f.build("fusion", FusionSpec.from_dict) if f.has("fusion") else None,
     )
     try:
         m = ckpt.bottleneck()

@@ -415,10 +415,20 @@ def train(
 )
 @click.option(
     "--adapter",
-    "adapter_dir",
+    "adapter_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory written by the adapters library's save_adapter (adapter_config.json + weights); with "
+    "--fusion, once per fused adapter.",
+)
+@click.option(
+    "--fusion",
+    "fusion_dir",
     default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Directory written by the adapters library's save_adapter (adapter_config.json + weights).",
+    help="Import an AdapterFusion: the directory written by save_adapter_fusion (with its head, or --head), "
+    "plus one --adapter DIR per fused adapter. It serves beside plain tasks in one deployment; every row "
+    "of a fusion deployment pays the fusion sites (N adapters + 2 HxH products per site and token).",
 )
 @click.option(
     "--stack",
@@ -463,7 +473,7 @@ def train(
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_adapterhub(
     base: str | None,
-    adapter_dir: str,
+    adapter_dirs: tuple[str, ...],
     out_dir: str,
     task_name: str | None,
     head_dir: str | None,
@@ -472,12 +482,14 @@ def import_adapterhub(
     verify: bool | None,
     force: bool,
     stack_dirs: tuple[str, str] | None = None,
+    fusion_dir: str | None = None,
 ) -> None:
     """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + its head into a task checkpoint.
 
     Reads what the adapters library's save_adapter(..., with_head=True) or save_adapter + save_head wrote;
-    with --stack, a Stack(lang, task) of two such adapters. LoRA, prefix tuning, Compacter and other methods
-    are refused with the reason.
+    with --stack, a Stack(lang, task) of two such adapters; with --fusion, an AdapterFusion (Fuse) of several,
+    as save_adapter_fusion wrote it (the default 'dynamic' config, or 'static'). LoRA, prefix tuning, Compacter
+    and other methods are refused with the reason.
     """
     import importlib.util
     import sys
@@ -486,17 +498,36 @@ def import_adapterhub(
     from adapterdeploy.errors import AdapterDeployError
     from adapterdeploy.models.adapterhub import import_adapterhub as convert
     from adapterdeploy.models.adapterhub import verify_import
+    from adapterdeploy.models.adapterhub_fusion import import_adapterhub_fusion, verify_fusion_import
     from adapterdeploy.models.adapterhub_stack import import_adapterhub_stack, verify_stack_import
     from adapterdeploy.models.base import load_base, resolve_base_dir
     from adapterdeploy.models.checkpoint import save_checkpoint
 
-    if (adapter_dir is None) == (not stack_dirs):
-        raise click.UsageError("pass either --adapter DIR or --stack LANG_DIR TASK_DIR")
+    if fusion_dir is not None:
+        if stack_dirs or len(adapter_dirs) < 2:
+            raise click.UsageError(
+                "--fusion FUSION_DIR needs one --adapter DIR per fused adapter (at least 2), no --stack"
+            )
+    elif (len(adapter_dirs) != 1) if not stack_dirs else bool(adapter_dirs):
+        raise click.UsageError(
+            "pass one --adapter DIR, --stack LANG_DIR TASK_DIR, or --fusion FUSION_DIR --adapter DIR --adapter DIR ..."
+        )
+    adapter_dir = adapter_dirs[0] if adapter_dirs else None
     try:
         loaded = load_base(resolve_base_dir(base))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if stack_dirs:
+            if fusion_dir is not None:
+                ckpt = import_adapterhub_fusion(
+                    loaded,
+                    fusion_dir,
+                    adapter_dirs,
+                    head_dir,
+                    task_name,
+                    max_length=max_length,
+                    text_pair=text_pair,
+                )
+            elif stack_dirs:
                 ckpt = import_adapterhub_stack(
                     loaded,
                     stack_dirs[0],
@@ -515,7 +546,10 @@ def import_adapterhub(
                 verify = "adapters" in sys.modules or importlib.util.find_spec("adapters") is not None
             except (ImportError, ValueError):
                 verify = False
-        if verify and stack_dirs:
+        if verify and fusion_dir is not None:
+            diff = verify_fusion_import(ckpt, loaded, fusion_dir, adapter_dirs, head_dir)
+            ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
+        elif verify and stack_dirs:
             diff = verify_stack_import(ckpt, loaded, stack_dirs[0], stack_dirs[1], head_dir)
             ckpt.training["imported_from"]["verified_max_abs_diff"] = diff
         elif verify:
@@ -536,6 +570,12 @@ def import_adapterhub(
             f"\n  stacked on {ckpt.stack_on.name!r} "
             f"(bottleneck {ckpt.stack_on.config.bottleneck_size(ckpt.hidden_size)})"
             if ckpt.stack_on is not None
+            else ""
+        )
+        + (
+            f"\n  fusion {ckpt.fusion.name!r}: fuses {list(ckpt.fusion.adapter_names)} "
+            f"(bottlenecks {[c.bottleneck_size(ckpt.hidden_size) for c in ckpt.fusion.adapters]})"
+            if ckpt.fusion is not None
             else ""
         )
         + (f"\n  verified against the adapters library: max abs logit diff {diff:.2e}" if verify else "")

@@ -13,6 +13,7 @@ from adapterdeploy.config import AdapterConfig, HeadConfig
 from adapterdeploy.errors import ConfigError
 from adapterdeploy.models.adapters import LOWER_SUFFIX, BottleneckAdapter, install_adapter_sites
 from adapterdeploy.models.base import BaseModel
+from adapterdeploy.models.fusion import FusionSpec, fusion_params
 from adapterdeploy.models.lora import module_dims
 
 __all__ = ["EncoderWithAdapters", "TaskHead", "mean_pool"]
@@ -73,6 +74,7 @@ class EncoderWithAdapters(nn.Module):
         adapter_config: AdapterConfig,
         head_config: HeadConfig,
         lower_config: AdapterConfig | None = None,
+        fusion: FusionSpec | None = None,
     ) -> None:
         super().__init__()
         if head_config.pooling == "pooler" and not base.has_pooler:
@@ -117,6 +119,41 @@ class EncoderWithAdapters(nn.Module):
                 )
             for p in self.lower.parameters():
                 p.requires_grad_(False)
+        # AdapterFusion (models/fusion.py): slots 1..N-1 under ``fused.{j}`` (slot 0 is ``adapters``) and the
+        # folded attention weights under ``fusion``; imported only, never trained here.
+        self.fusion = fusion
+        self.fused = nn.ModuleDict()
+        self.fusion_w = nn.ModuleDict()
+        if fusion is not None:
+            if adapter_config.site.ln_after or adapter_config.placement == "after_layer":
+                raise ConfigError(
+                    "AdapterFusion runs on seq_bn / double_seq_bn sites without an adapter LayerNorm after"
+                )
+            for j, cfg in enumerate(fusion.adapters[1:], start=1):
+                m_j = cfg.bottleneck_size(H)
+                self.fused[str(j)] = nn.ModuleDict(
+                    {
+                        str(i): nn.ModuleDict({s: BottleneckAdapter(H, m_j, opts, cfg.init_std) for s in cfg.sites})
+                        for i in self.layer_ids
+                    }
+                )
+            self.fusion_w = nn.ModuleDict(
+                {
+                    str(i): nn.ModuleDict(
+                        {
+                            s: nn.ParameterDict(
+                                {
+                                    "fuse_qk": nn.Parameter(torch.zeros(H, H)),
+                                    "fuse_qb": nn.Parameter(torch.zeros(H)),
+                                    "fuse_v": nn.Parameter(torch.zeros(H, H)),
+                                }
+                            )
+                            for s in adapter_config.sites
+                        }
+                    )
+                    for i in self.layer_ids
+                }
+            )
         self.ctx = install_adapter_sites(self.base)
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -125,7 +162,9 @@ class EncoderWithAdapters(nn.Module):
         """The task's own weights (adapters, own LayerNorms, head): what a task checkpoint stores."""
         sd = self.state_dict()
         return {
-            k: v for k, v in sd.items() if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower")
+            k: v
+            for k, v in sd.items()
+            if k.split(".", 1)[0] in ("adapters", "layernorms", "lora", "head", "lower", "fused", "fusion_w")
         }
 
     def _fill_context(self) -> None:
@@ -142,6 +181,8 @@ class EncoderWithAdapters(nn.Module):
             }
         )
         params.update({f"{i}.{m}": dict(w.items()) for i, mods in self.lora.items() for m, w in mods.items()})
+        if self.fusion is not None:
+            params.update(fusion_params(self.fused, self.fusion_w, self.fusion.n))
         lns = {f"{i}.{k}": (ln.weight, ln.bias) for i, lns in self.layernorms.items() for k, ln in lns.items()}
         self.ctx.activate(self.adapter_config, params, lns)
 

@@ -18,6 +18,10 @@ Layers a task has no adapter on are zero rows (``a = 0``, so the site adds nothi
 not the identity (adapter LayerNorm after a residual-before-LN add, per-task LayerNorms): then the task
 file must carry the row and a missing one is an error.
 
+AdapterFusion: a fusion featurizer's sites have N adapter slots (``bank.{layer}.{site}_fuse{j}.*``) and
+attention rows (``bank.{layer}.{site}_fusion.*``); a plain task's are all zero (its plain site, gate 0), and
+its large zero ``[H, H]`` rows are one shared read-only array, not a copy per task.
+
 Stack: a stacked featurizer also has lower-adapter inputs (``bank.{layer}.{site}_lower.*``, their own
 bottleneck axis). A stacked task's lower rows come from the deployment's ``shared/`` file, built once
 (:meth:`BankLayout.lower_rows`) and referenced, not copied, by every task stacked on it; a plain task gets
@@ -54,7 +58,15 @@ ZERO_IS_IDENTITY = (
     "lora_b",
     "ia3_in",
     "ia3_out",
+    # AdapterFusion (models/fusion.py): zero attention, mask and gate rows are a plain task's site exactly.
+    "fuse_qk",
+    "fuse_qb",
+    "fuse_v",
+    "fuse_mask",
+    "fuse_gate",
 )
+# Zero rows of these are large ([H, H]) and the same for every plain task: one shared read-only array.
+SHARED_ZERO_ROLES = ("fuse_qk", "fuse_v")
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -132,6 +144,7 @@ class BankLayout:
         self.signature = signature
         self.fixed_m: int | None = _fixed_m([i for i in inputs if not i.lower])
         self.fixed_m_lower: int | None = _fixed_m([i for i in inputs if i.lower])
+        self._shared_zeros: dict[tuple[tuple[int, ...], type], np.ndarray] = {}
 
     @classmethod
     def from_session_inputs(
@@ -197,11 +210,11 @@ class BankLayout:
         # The LoRA rank comes from the weights read (every module of a task shares it; absent = no LoRA).
         rank = max((int(t.shape[-1]) for k, t in tensors.items() if k.endswith(".lora_a") and k in own), default=1)
         arrays, m = self._rows(f"task {task!r}", own, tensors, bottleneck, self.fixed_m, rank)
-        shared: frozenset[str] = frozenset()
+        shared = frozenset(k for k, a in arrays.items() if self.is_shared_zero(a))
         m_lower = 1
         if lower is not None:
             arrays.update(lower.arrays)
-            shared, m_lower = frozenset(lower.arrays), lower.m
+            shared, m_lower = shared | frozenset(lower.arrays), lower.m
         elif self.stacked:
             zeros, m_lower = self._rows(
                 f"task {task!r}", {n: s for n, s in self.inputs.items() if s.lower}, {}, 1, self.fixed_m_lower
@@ -241,12 +254,12 @@ class BankLayout:
             m = fixed_m
         arrays: dict[str, np.ndarray] = {}
         for name, spec in specs.items():
-            row_shape = list(spec.shape[1:])
+            row_shape: list[int | None] = list(spec.shape[1:])
             if spec.m_axis is not None:
                 row_shape[spec.m_axis - 1] = bottleneck
             if spec.rank_axis is not None:
                 row_shape[spec.rank_axis - 1] = rank
-            row_shape = [self.hidden_size if d is None else d for d in row_shape]
+            shape = [self.hidden_size if d is None else d for d in row_shape]
             t = tensors.get(name)
             if t is None:
                 if not self._zero_allowed(spec.role):
@@ -254,17 +267,33 @@ class BankLayout:
                         f"{what} lacks {name}, which cannot be left out (a zero row would not be the "
                         "identity); re-export the task"
                     )
-                arr = np.zeros(row_shape, dtype=spec.dtype)
+                if spec.role in SHARED_ZERO_ROLES:  # a plain task in a fusion featurizer: no copy per task
+                    arrays[name] = self._shared_zero((1, *shape), spec.dtype)
+                    continue
+                arr: np.ndarray = np.zeros(shape, dtype=spec.dtype)
             else:
-                if list(t.shape) != row_shape:
+                if list(t.shape) != shape:
                     raise ArtifactError(
-                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
+                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {shape} "
                         f"(bottleneck {bottleneck}, LoRA rank {rank}, hidden {self.hidden_size}); the task file is "
                         "inconsistent"
                     )
                 arr = np.asarray(t, dtype=spec.dtype)
             arrays[name] = _pad_m(arr[None], spec.m_axis, m)
         return arrays, m
+
+    def _shared_zero(self, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        key = (shape, dtype)
+        arr = self._shared_zeros.get(key)
+        if arr is None:
+            arr = np.zeros(shape, dtype=dtype)
+            arr.flags.writeable = False
+            arr = self._shared_zeros.setdefault(key, arr)
+        return arr
+
+    def is_shared_zero(self, arr: np.ndarray) -> bool:
+        """Whether ``arr`` is one of the shared all-zero fusion rows (not counted in a task's bytes)."""
+        return any(arr is z for z in self._shared_zeros.values())
 
     def zero_rows(self, name: str) -> TaskRows:
         """All-zero rows (bottleneck 1, padded to the bank's m): the plain encoder where a zero adapter adds
@@ -290,7 +319,7 @@ class BankLayout:
 
 
 def _fixed_m(inputs: Sequence[BankInput]) -> int | None:
-    fixed = {i.fixed_m for i in inputs if i.m_axis is not None} - {None}
+    fixed = {m for i in inputs if i.m_axis is not None and (m := i.fixed_m) is not None}
     if len(fixed) > 1:
         raise ArtifactError(f"the adapted graph's bank inputs disagree on the bottleneck size: {sorted(fixed)}")
     return fixed.pop() if fixed else None

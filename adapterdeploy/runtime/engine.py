@@ -37,9 +37,7 @@ from adapterdeploy.runtime.prediction import Prediction
 from adapterdeploy.runtime.tagging import tagging_prediction
 from adapterdeploy.runtime.tokenization import Padded, TokenRow
 
-__all__ = ["BANK_MODES", "Engine", "LoadedTask"]
-
-BANK_MODES = ("rows", "resident")
+__all__ = ["Engine", "LoadedTask"]
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     manifest = Manifest.read(root)
     fz = manifest.featurizer
     problems, files_checked = verify_deployment(root, manifest)
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for name, rel in sorted(manifest.tasks.items()):
         task_dir = root / safe_relpath(rel)
         json_entry = manifest.task_files.get(name)

@@ -138,14 +138,15 @@ class TextEncoder:
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)
+            row = rows[i]
             out.append(
                 TokenRow(
                     ids=t.ids,
                     type_ids=t.type_ids,
                     count=len(e.ids),
                     truncated=i in cut,
-                    pair=isinstance(rows[i], tuple),
-                    text=rows[i] if isinstance(rows[i], str) else None,
+                    pair=isinstance(row, tuple),
+                    text=row if isinstance(row, str) else None,
                     encoding=t,
                 )
             )

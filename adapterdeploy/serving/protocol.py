@@ -260,8 +260,9 @@ def _input_texts(inp: InferInput, index: int, raw: bytes | None) -> list[str]:
     return texts_of_tensor(inp.name, inp.datatype, inp.shape, elements, where)
 
 
-def binary_sizes(req: InferenceRequest) -> list[int | None]:
-    """Each input's declared ``binary_data_size`` (None where it is sent as JSON)."""
+def binary_sizes(req: InferenceRequest) -> list[object]:
+    """Each input's declared ``binary_data_size`` as sent (None where it is sent as JSON); ``split_raw``
+    checks that each is a byte count."""
     return [None if not inp.parameters else inp.parameters.get("binary_data_size") for inp in req.inputs]
 
 
@@ -454,7 +455,9 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
         "truncated": ("BOOL", [-1]),
         **{n: (OUTPUT_TYPES[n], [-1]) for n in (*TOKEN_OUTPUTS, *ENTITY_OUTPUTS)},
     }
-    outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
+    outputs: list[dict[str, Any]] = [
+        {"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()
+    ]
     if task.tagging:
         for o in outputs:
             if o["name"] in TOKEN_OUTPUTS[:-1]:
