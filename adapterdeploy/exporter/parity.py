@@ -253,6 +253,8 @@ def run_parity(
             assert ref is not None  # every task with rows in a batch has its reference
             real = batch.attention_mask[src].astype(bool)  # [rows, S]: tokens that are not padding
             for name, value in feats.items():
+                if name == TOKENS_OUTPUT and features[t] != TOKENS_OUTPUT:
+                    continue  # every token's hidden state is judged only for the tasks that read it (tagging)
                 diff = np.abs(value[rows] - ref.features[name][src])
                 result.add(task, f"features.{name}", (diff[real] if name == TOKENS_OUTPUT else diff).max())
             if features[t] == TOKENS_OUTPUT:
