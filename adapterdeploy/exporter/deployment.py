@@ -224,9 +224,15 @@ def _write_tokenizer(base: Any, root: Path) -> None:
 
 
 def _samples(model: Any, tokenizer: Any, text_pair: bool, max_length: int) -> list[dict[str, Any]]:
-    """A few inputs with their PyTorch fp32 logits (TaskSpec.parity["samples"], read by ``check``)."""
+    """A few inputs with their PyTorch fp32 logits (TaskSpec.parity["samples"], read by ``check``).
+
+    None for a tagging task: its token logits are checked at export (run_parity), ``check`` compares its
+    per-word scores between mixed and single-row runs.
+    """
     import torch
 
+    if model.head_config.token_level:
+        return []
     items: list[Any] = (
         [("the company said its shares were up", "shares of the company rose"), ("it is great", "it is terrible")]
         if text_pair
@@ -291,7 +297,7 @@ class _Build:
 
         return ParityInputs(
             tasks=[t.name for t in self.tasks],
-            poolings=[t.ckpt.head.pooling for t in self.tasks],
+            features=[t.ckpt.head.feature for t in self.tasks],
             classification=[t.ckpt.head.problem_type != "regression" for t in self.tasks],
             heads=heads,
             rows=[t.rows for t in self.tasks],

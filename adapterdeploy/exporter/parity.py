@@ -1,8 +1,9 @@
 """Parity: the ONNX graphs (plain onnxruntime sessions) against the PyTorch model of every task.
 
 What is compared, per task and per output, on every parity batch:
-- features: each adapted output (cls, mean, pooled) of each row vs the PyTorch encoder of the row's task;
-- logits: ``head.onnx`` on the task's pooled feature vs ``EncoderWithAdapters.forward``;
+- features: each adapted output (cls, mean, pooled, tokens) of each row vs the PyTorch encoder of the row's task;
+- logits: ``head.onnx`` on the task's pooled feature (a tagging head: on every real token's hidden state)
+  vs ``EncoderWithAdapters.forward``;
 - standalone graphs: their logits vs the same reference.
 The batches mix tasks in one forward (groups of ``PARITY_GROUP`` tasks), hold padded rows, an unpadded row
 at max length, single texts and pairs, and fan out every text to every task of the group (row_source), plus
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
 
@@ -46,7 +48,6 @@ __all__ = [
 ]
 
 Item = str | tuple[str, str]
-FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -144,8 +145,8 @@ def batch_bank(
 
 @dataclass
 class _Reference:
-    features: dict[str, np.ndarray]  # output name -> [U, H]
-    logits: np.ndarray  # [U, out]
+    features: dict[str, np.ndarray]  # output name -> [U, H] ([U, S, H] for tokens)
+    logits: np.ndarray  # [U, out] ([U, S, out] for a tagging head)
 
 
 def torch_reference(models: Mapping[int, EncoderWithAdapters], batch: ParityBatch) -> dict[int, _Reference]:
@@ -163,7 +164,9 @@ def torch_reference(models: Mapping[int, EncoderWithAdapters], batch: ParityBatc
             feats = {"cls": h[:, 0], "mean": mean_pool(h, mask)}
             if pooler is not None:
                 feats["pooled"] = pooler(h)
-            logits = model.head(h, mask, pooler)
+            if model.head_config.feature == TOKENS_OUTPUT:  # [U, S, H]: kept only for the tasks that read it
+                feats[TOKENS_OUTPUT] = h
+            logits = model.head(h, mask, pooler)  # [U, out], or [U, S, out] for a tagging head
             refs[t] = _Reference({k: v.float().numpy() for k, v in feats.items()}, logits.float().numpy())
     return refs
 
@@ -277,7 +280,7 @@ def _fmt(x: float) -> float:
 def run_parity(
     runner: GraphRunner,
     tasks: Sequence[str],
-    poolings: Sequence[str],
+    features: Sequence[str],
     classification: Sequence[bool],
     rows: Sequence[Mapping[str, torch.Tensor]],
     batches: Sequence[ParityBatch],
@@ -286,6 +289,8 @@ def run_parity(
     """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``).
 
     ``rows[t]`` are task t's bank rows; each batch gets the bank of its own tasks only (:func:`batch_bank`).
+    ``features[t]`` is the adapted output task t's head reads (``cls`` / ``mean`` / ``pooled``, or ``tokens``
+    for a tagging head, whose logits are compared at every real token, padding excluded).
     """
     result = ParityResult()
     keys = runner.bank_names
@@ -300,13 +305,22 @@ def run_parity(
             sel = np.nonzero(batch.task_index == t)[0]
             src = batch.row_source[sel]
             ref = batch_refs[t]  # every task with rows in a batch has its reference
+            real = batch.attention_mask[src].astype(bool)  # [rows, S]: tokens that are not padding
             for name, value in feats.items():
-                result.add(task, f"features.{name}", np.abs(value[sel] - ref.features[name][src]).max())
-            logits = runner.head(task, feats[FEATURE_OF_POOLING[poolings[t]]][sel])
-            expected = ref.logits[src]
+                if name == TOKENS_OUTPUT and features[t] != TOKENS_OUTPUT:
+                    continue  # every token's hidden state is judged only for the tasks that read it (tagging)
+                diff = np.abs(value[sel] - ref.features[name][src])
+                result.add(task, f"features.{name}", (diff[real] if name == TOKENS_OUTPUT else diff).max())
+            if features[t] == TOKENS_OUTPUT:
+                tok = feats[TOKENS_OUTPUT][sel]
+                logits = runner.head(task, tok.reshape(-1, tok.shape[-1])).reshape(*tok.shape[:2], -1)[real]
+                expected = ref.logits[src][real]
+            else:
+                logits = runner.head(task, feats[features[t]][sel])
+                expected = ref.logits[src]
             result.add(task, "logits", np.abs(logits - expected).max())
             if classification[t]:
-                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(sel))
+                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))
     runner.keep_heads([])
     return result
 

@@ -39,7 +39,7 @@ from adapterdeploy.exporter.quantize import convert_fp16, graph_io_dtypes, quant
 
 __all__ = ["ParityInputs", "build_variants"]
 
-FP32_IO = ("hidden", "cls", "mean", "pooled")
+FP32_IO = ("hidden", "cls", "mean", "pooled", "tokens")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ParityInputs:
     """Everything parity needs besides the graphs: tasks, heads, bank, batches and references."""
 
     tasks: Sequence[str]
-    poolings: Sequence[str]
+    features: Sequence[str]  # the adapted output each task's head reads (HeadConfig.feature)
     classification: Sequence[bool]
     heads: dict[str, Path]
     rows: Sequence[Mapping[str, Any]]  # each task's bank rows (torch); a batch's bank is stacked from its tasks'
@@ -58,7 +58,7 @@ class ParityInputs:
     def run(self, trunk: Path, adapted: Path) -> tuple[ParityResult, GraphRunner]:
         runner = GraphRunner(trunk, adapted, self.heads)
         return run_parity(
-            runner, self.tasks, self.poolings, self.classification, self.rows, self.batches, self.refs
+            runner, self.tasks, self.features, self.classification, self.rows, self.batches, self.refs
         ), runner
 
 
