@@ -44,7 +44,7 @@ class BenchSettings:
     server_rounds: int = 3  # load / offline pairs at the target point (most clients, batching on)
     scale_n: tuple[int, ...] = (10, 100, 1000, 10000)  # tasks in the deployment (scale section)
     scale_budget: int = 1000  # the server's --max-loaded-tasks
-    scale_export_n: tuple[int, ...] = (1, 4)  # real checkpoints per measured export
+    scale_export_n: tuple[int, ...] = (1, 4, 16)  # real checkpoints per measured export
     scale_clients: int = 16
     scale_seconds: float = 10.0
     scale_cold: int = 20  # cold tasks probed per N

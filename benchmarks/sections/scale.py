@@ -13,10 +13,14 @@ written through the exporter's task writer). Measured, each in a fresh process:
 - disk: bytes per task piece (file sizes, and blocks allocated);
 - cold task, in process: first predict of a never-used task minus its second predict, and the time of
   ``prefetch`` (the server's load thread);
-- server: ``adapterdeploy serve --max-loaded-tasks B`` (B = ``scale_budget``) under ``scale_clients``
+- server: ``adapterdeploy serve --max-loaded-tasks B`` (B = ``scale_budget``). First a fill pass:
+  ``scale_clients`` concurrent clients send one request to each of ``min(N, 1.5 B)`` distinct tasks (a
+  random order), so that at N > B the budget is reached and tasks are evicted whatever the machine's speed
+  (a 10 s random run at ~10 rows/s under load had touched 165 distinct tasks); then ``scale_clients``
   closed-loop clients sending one text of a uniformly random task of N for ``scale_seconds``: rows/s,
-  latency, peak and final RSS (polled every 0.25 s), task loads per request (1 - hit rate); then, idle,
-  ``scale_cold`` tasks unloaded through the admin API and requested twice: first minus second latency.
+  latency, task loads per request (1 - hit rate). RSS is polled every 0.25 s over both (peak, last),
+  with the loaded-task count and task loads from ``/metrics``; then, idle, ``scale_cold`` tasks unloaded
+  through the admin API and requested twice: first minus second latency.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +115,12 @@ def _post(url: str, body: dict[str, Any], token: str | None = None) -> float:
 def _scrape(base: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as r:
         text = r.read().decode()
-    out = {"loads": 0.0, "requests": 0.0}
+    out = {"loads": 0.0, "requests": 0.0, "loaded": 0.0}
     for line in text.splitlines():
         if line.startswith("adapterdeploy_task_load_duration_seconds_count"):
             out["loads"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("adapterdeploy_loaded_tasks"):
+            out["loaded"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("adapterdeploy_requests_total{") and 'status="200"' in line:
             out["requests"] += float(line.rsplit(" ", 1)[1])
     return out
@@ -146,6 +153,23 @@ class _RssPoller:
         self._thread.join()
 
 
+def _fill(base: str, tasks: list[str], text: str, clients: int) -> dict[str, Any]:
+    """One request to each of ``tasks`` from ``clients`` concurrent clients (count-based, not timed)."""
+
+    def one(task: str) -> bool:
+        try:
+            _post(f"{base}/v1/predict", {"task": task, "inputs": [text]})
+        except OSError:  # urllib's HTTPError / URLError: counted, the pass goes on
+            return False
+        return True
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        ok = sum(pool.map(one, tasks))
+    seconds = time.perf_counter() - t0
+    return {"requests": len(tasks), "errors": len(tasks) - ok, "seconds": seconds, "per_s": len(tasks) / seconds}
+
+
 def _server(ctx: Context, dep: Path, n: int, names: list[str], log: Path) -> dict[str, Any]:
     s = ctx.settings
     budget = s.scale_budget
@@ -161,7 +185,10 @@ def _server(ctx: Context, dep: Path, n: int, names: list[str], log: Path) -> dic
         rss_ready = int(psutil.Process(proc.pid).memory_info().rss)
         before = _scrape(base)
         warmup = 0.5 if s.quick else 3.0
+        fill_tasks = random.Random(n).sample(names, min(len(names), budget + budget // 2))
         with _RssPoller(proc.pid) as rss:
+            fill = _fill(base, fill_tasks, stream[0][1], s.scale_clients)
+            filled = _scrape(base)
             load = _load(f"{base}/v1/predict", bodies, s.scale_clients, s.scale_seconds, warmup)
         after = _scrape(base)
         cold = random.Random(n).sample(names, min(len(names), s.scale_cold))
@@ -170,15 +197,18 @@ def _server(ctx: Context, dep: Path, n: int, names: list[str], log: Path) -> dic
             _post(f"{base}/v2/repository/models/{t}/unload", {}, token)
             first.append(_post(f"{base}/v1/predict", {"task": t, "inputs": [stream[0][1]]}))
             second.append(_post(f"{base}/v1/predict", {"task": t, "inputs": [stream[0][1]]}))
-        requests = after["requests"] - before["requests"]
+        requests = after["requests"] - filled["requests"]
         return {
             **load,
+            "fill": {**fill, "loaded_after": filled["loaded"], "loads": filled["loads"] - before["loads"]},
+            "loaded_end": after["loaded"],
+            "evictions": after["loads"] - before["loads"] - after["loaded"],
             "rss_ready_bytes": rss_ready,
             "rss_peak_bytes": rss.peak,
             "rss_last_bytes": rss.last,
-            "task_loads": after["loads"] - before["loads"],
+            "task_loads": after["loads"] - filled["loads"],
             "ok_requests": requests,
-            "loads_per_request": (after["loads"] - before["loads"]) / requests if requests else None,
+            "loads_per_request": (after["loads"] - filled["loads"]) / requests if requests else None,
             "cold_first_s": first,
             "warm_s": second,
             "budget": budget,
@@ -321,15 +351,20 @@ def _tables(result: SectionResult, rows: list[dict[str, Any]], exports: list[dic
         )
     result.tables.append(t)
     srv = Table(
-        f"{key}: server, budget {s.scale_budget} loaded tasks, {s.scale_clients} clients, one text of a "
-        f"random task per request, {s.scale_seconds:g} s",
+        f"{key}: server, budget {s.scale_budget} loaded tasks, {s.scale_clients} clients: a fill pass over "
+        f"min(N, {s.scale_budget + s.scale_budget // 2}) distinct tasks, then one text of a random task per request "
+        f"for {s.scale_seconds:g} s; RSS over both",
         [
             "N",
+            "fill: distinct tasks (req/s)",
+            "loaded after fill",
             "rows/s",
             "p50 ms",
             "p99 ms",
             "errors",
             "task loads / request",
+            "loaded at end",
+            "evictions",
             "RSS ready MiB",
             "RSS peak MiB",
             "RSS end MiB",
@@ -338,14 +373,19 @@ def _tables(result: SectionResult, rows: list[dict[str, Any]], exports: list[dic
     )
     for r in rows:
         v = r["server"]
+        fill = v.get("fill") or {}
         srv.rows.append(
             [
                 r["n"],
+                f"{fill.get('requests', 0)} ({fill.get('per_s', 0):.1f}, {fill.get('errors', 0)} errors)",
+                f"{fill.get('loaded_after', 0):.0f}",
                 f"{v['rows_per_s']:.1f}",
                 f"{(v['p50_s'] or 0) * 1e3:.1f}",
                 f"{(v['p99_s'] or 0) * 1e3:.1f}",
                 v["errors"],
                 "n/a" if v["loads_per_request"] is None else f"{v['loads_per_request']:.2f}",
+                f"{v.get('loaded_end', 0):.0f}",
+                f"{v.get('evictions', 0):.0f}",
                 mib(v["rss_ready_bytes"]),
                 mib(v["rss_peak_bytes"]),
                 mib(v["rss_last_bytes"]),
