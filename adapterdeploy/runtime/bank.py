@@ -254,12 +254,12 @@ class BankLayout:
             m = fixed_m
         arrays: dict[str, np.ndarray] = {}
         for name, spec in specs.items():
-            row_shape = list(spec.shape[1:])
+            dims = list(spec.shape[1:])
             if spec.m_axis is not None:
-                row_shape[spec.m_axis - 1] = bottleneck
+                dims[spec.m_axis - 1] = bottleneck
             if spec.rank_axis is not None:
-                row_shape[spec.rank_axis - 1] = rank
-            row_shape = [self.hidden_size if d is None else d for d in row_shape]
+                dims[spec.rank_axis - 1] = rank
+            row_shape: list[int] = [self.hidden_size if d is None else d for d in dims]
             t = tensors.get(name)
             if t is None:
                 if not self._zero_allowed(spec.role):
@@ -270,7 +270,7 @@ class BankLayout:
                 if spec.role in SHARED_ZERO_ROLES:  # a plain task in a fusion featurizer: no copy per task
                     arrays[name] = self._shared_zero((1, *row_shape), spec.dtype)
                     continue
-                arr = np.zeros(row_shape, dtype=spec.dtype)
+                arr: np.ndarray = np.zeros(row_shape, dtype=spec.dtype)
             else:
                 if list(t.shape) != row_shape:
                     raise ArtifactError(
@@ -319,7 +319,7 @@ class BankLayout:
 
 
 def _fixed_m(inputs: Sequence[BankInput]) -> int | None:
-    fixed = {i.fixed_m for i in inputs if i.m_axis is not None} - {None}
+    fixed = {m for i in inputs if i.m_axis is not None and (m := i.fixed_m) is not None}
     if len(fixed) > 1:
         raise ArtifactError(f"the adapted graph's bank inputs disagree on the bottleneck size: {sorted(fixed)}")
     return fixed.pop() if fixed else None
