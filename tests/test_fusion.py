@@ -131,6 +131,15 @@ def test_fusion_roundtrip_matches_the_adapters_library(fused):
     assert not any("_fuse" in k for k in plain_keys)
     spec = json.loads((fused["deploy"] / "tasks" / "a-b" / "task.json").read_text())
     assert spec["adapter"]["fusion"] == {"name": "a,b", "adapters": ["a", "b"]}
+    shown = CliRunner().invoke(main, ["inspect", str(fused["deploy"]), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert {t["name"]: t["composition"] for t in json.loads(shown.output)["tasks"]} == {
+        "a-b": "Fuse(a, b)",
+        "a-b-c": "Fuse(a, b, c)",
+        "a": None,
+    }
+    checked = CliRunner().invoke(main, ["check", str(fused["deploy"])])
+    assert checked.exit_code == 0, checked.output
 
 
 def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tmp_path):
