@@ -8,6 +8,7 @@ Tolerance: 1e-4 on probabilities after import -> export -> runtime (fp32), again
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,6 +147,11 @@ def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tmp_
     export_deployment(tiny_base_dir, [fused["ckpts"][-1]], tmp_path / "plain", max_length=32)
     with pytest.raises(FingerprintMismatchError, match=r"fuses 2 adapters, the featurizer has 0 fusion slots"):
         add_task(tmp_path / "plain", fused["ckpts"][0])
+    # add-task of a fusion task into a featurizer with enough slots: the same answers as exported with it.
+    ckpt = dataclasses.replace(load_checkpoint(fused["ckpts"][0]), name="ab-again", path=None)
+    add_task(fused["deploy"], save_checkpoint(ckpt, tmp_path / "ab-again"))
+    with Deployment.open(fused["deploy"]) as dep:
+        assert np.abs(_probs(dep, "ab-again") - fused["refs"]["a-b"]).max() <= TOL
 
 
 def test_import_fusion_cli_and_refusals(fused, tiny_base_dir, tiny_base, tmp_path):
