@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adapterdeploy.errors import DataError
 
@@ -187,7 +187,7 @@ def _columns(
 
 
 def _delimited_rows(
-    path: Path, content: str, delimiter: str, quoting: int, cols: dict[str, Any], require_labels: bool
+    path: Path, content: str, delimiter: str, quoting: Literal[0, 1, 2, 3], cols: dict[str, Any], require_labels: bool
 ) -> Iterator[_RawRow]:
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     try:
@@ -413,8 +413,10 @@ def read_dataset(
     if kind == "jsonl":
         rows = list(_jsonl_rows(p, content, cols, require_labels))
     else:
-        delimiter, quoting = ("\t", csv.QUOTE_NONE) if kind == "tsv" else (",", csv.QUOTE_MINIMAL)
-        rows = list(_delimited_rows(p, content, delimiter, quoting, cols, require_labels))
+        if kind == "tsv":
+            rows = list(_delimited_rows(p, content, "\t", csv.QUOTE_NONE, cols, require_labels))
+        else:
+            rows = list(_delimited_rows(p, content, ",", csv.QUOTE_MINIMAL, cols, require_labels))
     if not rows:
         raise DataError(f"{p}:2: no rows after the header; the file needs at least one example")
 

@@ -155,9 +155,12 @@ def test_mixed_and_fan_out_equal_single_task(dep):
 def test_bucketing_and_bank_modes_give_the_same_results(deploy_dir, dep):
     rows = [("sent" if i % 3 else "topic", f"the movie was good {'very ' * (i % 7)}fun {i}") for i in range(23)]
     ref = dep.predict_mixed(rows)
-    with Deployment.open(deploy_dir, batch_size=4, bank_mode="resident") as small:
+    from adapterdeploy.runtime.options import RuntimeOptions
+
+    # The options object, with one option changed by keyword on top of it (both ways in are one path).
+    with Deployment.open(deploy_dir, RuntimeOptions(bank_mode="resident", threads=1), batch_size=4) as small:
         got = small.predict_mixed(rows)
-        assert small.bank_mode == "resident"
+        assert small.bank_mode == "resident" and small.batch_size == 4
         small.unload_task("sent")  # the resident bank is rebuilt for the new loaded set
         again = small.predict_mixed(rows)
     for a, b, c in zip(ref, got, again, strict=True):

@@ -442,3 +442,44 @@ def test_session_spin_policy_refuses_bad_values(bad):
 
     with pytest.raises(ConfigError, match="spin_us"):
         SessionFactory(spin_us=bad)
+
+
+# ---- RuntimeOptions: one object from the CLIs, the server settings and Python callers ----------------------
+def test_runtime_options_validate_and_name_the_problem():
+    from adapterdeploy.errors import ConfigError
+    from adapterdeploy.runtime.options import RuntimeOptions
+
+    assert RuntimeOptions(providers="cuda").providers == ("cuda",)
+    assert RuntimeOptions(providers=[["cuda", {"device_id": 0}], "cpu"]).providers == (
+        ("cuda", {"device_id": 0}),
+        "cpu",
+    )
+    for bad, match in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"threads": True}, "threads"),
+        ({"spin_us": -1}, "spin_us"),
+        ({"bank_mode": "everything"}, "bank_mode"),
+        ({"providers": [42]}, "provider"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            RuntimeOptions(**bad)
+    with pytest.raises(ConfigError, match=r"unknown runtime option.*spin\b.*known: precision"):
+        RuntimeOptions().with_changes(spin=3)
+    opts = RuntimeOptions(precision="int8", threads=2, memory_budget_bytes=1 << 20)
+    assert RuntimeOptions.from_dict(opts.to_dict()) == opts
+
+
+def test_predict_check_and_serve_declare_the_same_runtime_flags():
+    from adapterdeploy.runtime.commands import check, predict
+    from adapterdeploy.serving.commands import serve
+
+    def flags(cmd):
+        return {
+            (o.opts[0], str(o.type), o.default, o.help)
+            for o in cmd.params
+            if o.name
+            in {"precision", "providers", "threads", "spin_us", "max_loaded_tasks", "memory_budget", "bank_mode"}
+        }
+
+    assert len(flags(predict)) == 7
+    assert flags(predict) == flags(check) == flags(serve)

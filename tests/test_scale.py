@@ -18,6 +18,7 @@ from serving_fixtures import ADMIN_TOKEN, ThreadedServer, build_deployment
 
 from adapterdeploy.errors import ChecksumError, TaskFailedError
 from adapterdeploy.runtime import Deployment
+from adapterdeploy.runtime.options import RuntimeOptions
 from adapterdeploy.serving.settings import Settings
 from benchmarks.synthetic import add_synthetic_tasks
 
@@ -113,7 +114,9 @@ def test_listing_pages_and_filters(many):
 
 def test_server_reads_cold_tasks_off_the_forward_thread_and_pages_the_index(many):
     root, names = many
-    settings = Settings(deploy_dir=str(root), admin_token=ADMIN_TOKEN, max_loaded_tasks=60, max_wait_ms=1.0)
+    settings = Settings(
+        deploy_dir=str(root), admin_token=ADMIN_TOKEN, runtime=RuntimeOptions(max_loaded_tasks=60), max_wait_ms=1.0
+    )
     with Deployment.open(root, max_loaded_tasks=60) as dep:
         seen = _load_threads(dep)
         with ThreadedServer(settings, deployment=dep) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:

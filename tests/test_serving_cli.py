@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from serving_fixtures import ADMIN_TOKEN, REPO, build_deployment, metric, scrape, subprocess_server
 
 from adapterdeploy.errors import ConfigError
-from adapterdeploy.serving.commands import parse_bytes, serve
+from adapterdeploy.runtime.options import RuntimeOptions, parse_bytes
+from adapterdeploy.serving.commands import serve
 from adapterdeploy.serving.settings import ADMIN_TOKEN_ENV, Settings, read_admin_token
 
 
@@ -33,10 +34,12 @@ def test_admin_token_file_wins_over_the_environment(tmp_path):
 
 
 def test_settings_validate_and_round_trip_without_printing_the_token(tmp_path):
-    s = Settings(deploy_dir=str(tmp_path), admin_token=ADMIN_TOKEN, providers=["cpu"], preload=["a"])
+    runtime = RuntimeOptions(providers=["cpu", ("cuda", {"device_id": 1})], threads=2, memory_budget_bytes=1 << 20)
+    s = Settings(deploy_dir=str(tmp_path), admin_token=ADMIN_TOKEN, runtime=runtime, preload=["a"], max_batch_rows=8)
     assert ADMIN_TOKEN not in repr(s)
-    assert Settings.from_json(s.to_json()) == s
-    assert s.deployment_kwargs()["providers"] == ["cpu"]
+    assert Settings.from_json(s.to_json()) == s  # JSON turns tuples into lists: they come back as tuples
+    assert s.runtime_options().providers == ("cpu", ("cuda", {"device_id": 1}))
+    assert s.runtime_options().batch_size == 8  # the batcher's batches are never split again
     with pytest.raises(ConfigError, match="16"):
         Settings(deploy_dir=".", admin_token="short")
     with pytest.raises(ConfigError, match="--max-queue"):

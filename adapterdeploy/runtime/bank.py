@@ -254,12 +254,12 @@ class BankLayout:
             m = fixed_m
         arrays: dict[str, np.ndarray] = {}
         for name, spec in specs.items():
-            dims = list(spec.shape[1:])
+            row_shape: list[int | None] = list(spec.shape[1:])
             if spec.m_axis is not None:
-                dims[spec.m_axis - 1] = bottleneck
+                row_shape[spec.m_axis - 1] = bottleneck
             if spec.rank_axis is not None:
-                dims[spec.rank_axis - 1] = rank
-            row_shape: list[int] = [self.hidden_size if d is None else d for d in dims]
+                row_shape[spec.rank_axis - 1] = rank
+            shape = [self.hidden_size if d is None else d for d in row_shape]
             t = tensors.get(name)
             if t is None:
                 if not self._zero_allowed(spec.role):
@@ -268,13 +268,13 @@ class BankLayout:
                         "identity); re-export the task"
                     )
                 if spec.role in SHARED_ZERO_ROLES:  # a plain task in a fusion featurizer: no copy per task
-                    arrays[name] = self._shared_zero((1, *row_shape), spec.dtype)
+                    arrays[name] = self._shared_zero((1, *shape), spec.dtype)
                     continue
-                arr: np.ndarray = np.zeros(row_shape, dtype=spec.dtype)
+                arr: np.ndarray = np.zeros(shape, dtype=spec.dtype)
             else:
-                if list(t.shape) != row_shape:
+                if list(t.shape) != shape:
                     raise ArtifactError(
-                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {row_shape} "
+                        f"{what}: {name} has shape {list(t.shape)}, the bank expects {shape} "
                         f"(bottleneck {bottleneck}, LoRA rank {rank}, hidden {self.hidden_size}); the task file is "
                         "inconsistent"
                     )

@@ -30,8 +30,9 @@ from adapterdeploy.artifacts import (
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.multilabel import sigmoid
 from adapterdeploy.runtime.deployment import Deployment
+from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.runtime.heads import Head
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+from adapterdeploy.runtime.options import RuntimeOptions
 from adapterdeploy.runtime.tokenization import Row
 
 __all__ = ["SAMPLE_PAIRS", "SAMPLE_TEXTS", "CheckItem", "current_rss_bytes", "run_checklist"]
@@ -119,7 +120,7 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
     if stack_on:  # a stacked task: its lower adapter's rows, read straight from the shared file
         tensors.update(load_file(str(dep.root / safe_relpath(stack_on["file"]))))
     H = dep.manifest.featurizer.hidden_size
-    bank = {}
+    bank: dict[str, np.ndarray] = {}
     for k, inp in engine.layout.inputs.items():
         t = tensors.get(k)
         if t is None:  # a plain task in a stacked deployment: zero lower-adapter rows (bottleneck 1)
@@ -156,8 +157,8 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
     meant to match fp32 that closely, the difference and the label agreement are reported, not judged."""
     names = dep.task_names
     specs = {t: dep.task_spec(t) for t in names}
-    inputs = {t: list(SAMPLE_PAIRS if specs[t].text_pair else SAMPLE_TEXTS) for t in names}
-    mixed_rows = [
+    inputs: dict[str, list[Row]] = {t: list(SAMPLE_PAIRS if specs[t].text_pair else SAMPLE_TEXTS) for t in names}
+    mixed_rows: list[tuple[str | Embed, Row]] = [
         (t, r)
         for i in range(max(len(v) for v in inputs.values()))
         for t in names
@@ -234,17 +235,17 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
     data = read_dataset(eval_file, labels=labels, problem_type=spec.head.problem_type)
     rows: list[Row] = [(ex.text, ex.text_pair) if ex.text_pair is not None else ex.text for ex in data.examples]
     preds = dep.predict(rows, task=task)
-    truth = [ex.label for ex in data.examples]
+    truth: Any = [ex.label for ex in data.examples]
     if spec.head.problem_type == "regression":
         got: Any = [p.value for p in preds]
     elif spec.head.multi_label:  # multi-hot rows at the task's stored thresholds
         got = np.array([[lab in (p.labels or ()) for lab in spec.head.labels] for p in preds])
-        truth = np.zeros(got.shape, dtype=bool)  # type: ignore[assignment]
+        truth = np.zeros(got.shape, dtype=bool)
         for i, ex in enumerate(data.examples):
-            truth[i, list(ex.label or ())] = True  # type: ignore[call-overload]
+            truth[i, list(ex.label or ())] = True  # type: ignore[arg-type]
     else:
         index = {name: i for i, name in enumerate(spec.head.labels)}
-        got = [index[p.label] for p in preds]
+        got = [index[str(p.label)] for p in preds]
     found = metrics.json_safe(metrics.compute_metrics(spec.head.problem_type, truth, got, spec.head.num_labels))
     main = metrics.main_metric_name(spec.head.problem_type, data.label_counts() if labels else None)
     value = found.get(main)
@@ -259,11 +260,8 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
 
 def run_checklist(
     path: str | Path,
+    options: RuntimeOptions | None = None,
     *,
-    precision: str = "fp32",
-    providers: Any = None,
-    threads: int | None = None,
-    spin_us: int | None = DEFAULT_SPIN_US,
     eval_file: str | Path | None = None,
     eval_task: str | None = None,
     tolerance: float = 1e-4,
@@ -294,7 +292,7 @@ def run_checklist(
     rss0 = current_rss_bytes()
     t0 = time.perf_counter()
     try:
-        dep = Deployment.open(root, providers=providers, precision=precision, threads=threads, spin_us=spin_us)
+        dep = Deployment.open(root, options)
     except AdapterDeployError as exc:
         items.append(CheckItem("open", "fail", str(exc)))
         return items
@@ -304,7 +302,7 @@ def run_checklist(
             CheckItem(
                 "open",
                 "pass",
-                f"{dep.provider}, {precision}, sessions ready in {open_ms:.0f} ms",
+                f"{dep.provider}, {dep.precision}, sessions ready in {open_ms:.0f} ms",
                 {"ms": open_ms, "provider": dep.provider},
             )
         )
@@ -335,8 +333,8 @@ def run_checklist(
             items.append(CheckItem("parity", "fail", str(exc)))
         task = dep.task_names[0]
         pair = dep.task_spec(task).text_pair
-        texts: list[Row] = latency_texts(32)
-        batch = [(t, t) for t in texts] if pair else texts
+        texts: list[str] = latency_texts(32)
+        batch: list[Row] = [(t, t) for t in texts] if pair else list(texts)
         dep.predict(batch[:1], task=task)  # warm-up
         b1 = statistics.median(_timed(lambda: dep.predict(batch[:1], task=task), reps))
         b32 = statistics.median(_timed(lambda: dep.predict(batch, task=task), max(3, reps // 4)))

@@ -17,41 +17,9 @@ import click
 from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+from adapterdeploy.runtime.options import RuntimeOptions, runtime_options
 
 __all__ = ["check", "inspect_cmd", "predict"]
-
-PROVIDER_HELP = (
-    "Execution provider, in preference order; repeat for a fallback list (--provider cuda --provider "
-    "cpu). A single GPU provider that cannot run here is an error, never a silent CPU run."
-)
-
-
-def _open_options(f: Any) -> Any:
-    f = click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Intra-op threads per onnxruntime session (default: one per core). Fewer threads leave "
-        "cores to other processes at some latency cost.",
-    )(f)
-    f = click.option(
-        "--spin-us",
-        type=click.IntRange(min=0),
-        default=DEFAULT_SPIN_US,
-        show_default=True,
-        help="Microseconds idle onnxruntime workers spin before sleeping: low batch-1 latency on "
-        "dedicated cores; 0 = never spin, best when other busy processes share the cores.",
-    )(f)
-    f = click.option("--provider", "providers", multiple=True, help=PROVIDER_HELP)(f)
-    f = click.option(
-        "--precision",
-        default="fp32",
-        show_default=True,
-        help="Featurizer variant: fp32 (reference), int8 (smaller and faster on CPU, small accuracy "
-        "cost), fp16 (GPU). Only variants the deployment was exported with exist.",
-    )(f)
-    return f
 
 
 def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -158,7 +126,7 @@ class _Writer:
     help="Longest --input line accepted (characters; the server's limit per text). A longer line is an "
     "error after reading only this much, so memory stays bounded; raise it for long documents.",
 )
-@_open_options
+@runtime_options
 def predict(
     deploy_dir: str,
     texts: tuple[str, ...],
@@ -170,10 +138,7 @@ def predict(
     strict: bool,
     batch_size: int,
     max_chars_per_text: int,
-    precision: str,
-    providers: tuple[str, ...],
-    threads: int | None,
-    spin_us: int,
+    **runtime: Any,
 ) -> None:
     """Predict with one task (--task) or fan out to several (--tasks) on TEXT arguments, --pair or --input."""
     from adapterdeploy.runtime import Deployment
@@ -183,14 +148,8 @@ def predict(
     if not (texts or pairs or input_file):
         raise click.UsageError("give inputs: TEXT arguments, --pair TEXT_A TEXT_B, or --input FILE")
     try:
-        with Deployment.open(
-            deploy_dir,
-            providers=list(providers) or None,
-            precision=precision,
-            threads=threads,
-            spin_us=spin_us,
-            batch_size=batch_size,
-        ) as dep:
+        options = RuntimeOptions.from_cli(runtime).with_changes(batch_size=batch_size)
+        with Deployment.open(deploy_dir, options) as dep:
             names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
             if not names and task is None:
                 if len(dep.task_names) != 1:
@@ -315,7 +274,7 @@ def _predict_stream(
     show_default=True,
     help="Timed repetitions for the latency medians (more is steadier, slower).",
 )
-@_open_options
+@runtime_options
 def check(
     deploy_dir: str,
     eval_file: str | None,
@@ -326,10 +285,7 @@ def check(
     max_rss_mb: float | None,
     max_accuracy_drop: float,
     reps: int,
-    precision: str,
-    providers: tuple[str, ...],
-    threads: int | None,
-    spin_us: int,
+    **runtime: Any,
 ) -> None:
     """Production checklist: checksums, task loads, parity, latency, memory (and accuracy with --eval).
 
@@ -342,10 +298,7 @@ def check(
     try:
         items = run_checklist(
             deploy_dir,
-            precision=precision,
-            providers=list(providers) or None,
-            threads=threads,
-            spin_us=spin_us,
+            RuntimeOptions.from_cli(runtime),
             eval_file=eval_file,
             eval_task=eval_task,
             tolerance=tolerance,

@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from safetensors import SafetensorError
@@ -52,12 +52,13 @@ from adapterdeploy.errors import (
 )
 from adapterdeploy.runtime.bank import BankLayout, TaskRows
 from adapterdeploy.runtime.embedding import Embed, Embedding, zero_adapter_is_base
-from adapterdeploy.runtime.engine import BANK_MODES, Engine, LoadedTask
+from adapterdeploy.runtime.engine import Engine, LoadedTask
 from adapterdeploy.runtime.heads import Head
+from adapterdeploy.runtime.options import RuntimeOptions
 from adapterdeploy.runtime.prediction import Prediction
-from adapterdeploy.runtime.providers import ProviderSpec, normalize_providers, trt_profile_options
+from adapterdeploy.runtime.providers import normalize_providers, trt_profile_options
 from adapterdeploy.runtime.registry import EvictCallback, TaskInfo, TaskRegistry
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US, SessionFactory
+from adapterdeploy.runtime.sessions import SessionFactory
 from adapterdeploy.runtime.shared_lowers import SharedLowers
 from adapterdeploy.runtime.tokenization import (
     Row,
@@ -116,74 +117,57 @@ class Deployment:
     def open(
         cls,
         path: str | Path,
-        providers: Sequence[ProviderSpec] | ProviderSpec | None = None,
-        precision: str = "fp32",
-        threads: int | None = None,
-        max_loaded_tasks: int | None = None,
-        memory_budget_bytes: int | None = None,
+        options: RuntimeOptions | None = None,
         *,
-        batch_size: int = 64,
-        bank_mode: str | None = None,
-        shared_thread_pool: bool = False,
-        spin_us: int | None = DEFAULT_SPIN_US,
-        engine_cache_dir: str | Path | None = None,
         on_evict: EvictCallback | None = None,
+        **changes: Any,
     ) -> Deployment:
         """Open ``path`` for inference.
 
         Args:
-            providers: None (CPU), or a fallback list in preference order, e.g. ``["cuda", "cpu"]``;
-                ``["cuda"]`` alone raises ProviderError when CUDA cannot run here.
-            precision: which featurizer variant to run (fp32, int8, fp16: see ``manifest.precisions``).
-            threads: intra-op threads per session (None: one per core).
-            shared_thread_pool: one process-wide onnxruntime pool instead of per-session pools without
-                spinning; slower under load and process-wide in effect (see sessions.py), so opt-in.
-            spin_us: microseconds idle intra-op workers spin before sleeping: a short spin keeps batch-1
-                latency low on dedicated cores; 0 (no spinning) is best on cores shared with other busy
-                processes; None keeps onnxruntime's default (see sessions.py for the measurements).
-            max_loaded_tasks / memory_budget_bytes: the registry's budget (None: unlimited).
-            batch_size: rows per forward pass; larger inputs are split into length-sorted buckets.
-            bank_mode: ``rows`` (stack only the batch's tasks; CPU default) or ``resident`` (whole bank,
-                kept on the device; GPU default). See engine.py.
-            engine_cache_dir: TensorRT engine cache (default ``<deployment>/engine_cache/<precision>``, or
-                ``~/.cache/adapterdeploy/engine_cache/...`` when the deployment is read-only).
+            options: how to run it (precision, providers, threads, spin, batch size, task budget, bank mode,
+                thread pool, engine cache): see :class:`~adapterdeploy.runtime.options.RuntimeOptions`.
             on_evict: called as ``on_evict(task, bytes, reason)`` when a task leaves memory.
+            changes: single options changed on ``options`` (or the defaults), e.g. ``precision="int8",
+                threads=2``; an unknown name is a ConfigError.
         """
+        opts = (options or RuntimeOptions()).with_changes(**changes) if changes else (options or RuntimeOptions())
         root = Path(path).expanduser()
         manifest = Manifest.read(root)
         fz = manifest.featurizer
+        precision = opts.precision
         variant = fz.variants.get(precision)
         if variant is None:
             raise ConfigError(
                 f"precision {precision!r} is not in deployment {root} (it has {', '.join(manifest.precisions)}); "
                 f"re-export with --precision {precision}"
             )
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         require_files(root, manifest.files, only=_featurizer_files(manifest, precision))
-        choices = normalize_providers(providers)
-        if bank_mode is not None and bank_mode not in BANK_MODES:
-            raise ConfigError(f"bank_mode must be one of {', '.join(BANK_MODES)}, got {bank_mode!r}")
-        cache = Path(engine_cache_dir) if engine_cache_dir else _engine_cache(root, fz.fingerprint, precision)
+        choices = normalize_providers(list(opts.providers) if opts.providers else None)
+        cache = Path(opts.engine_cache_dir) if opts.engine_cache_dir else _engine_cache(root, fz.fingerprint, precision)
         trunk_path, adapted_path = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
         # At K = 0 the trunk is only the embeddings: measured 1-2% faster at batch 1 without a pool of its own.
         factory = SessionFactory(
-            threads=threads,
-            shared_pool=shared_thread_pool,
-            spin_us=spin_us,
+            threads=opts.threads,
+            shared_pool=opts.shared_thread_pool,
+            spin_us=opts.spin_us,
             precision=precision,
             cache_dir=cache,
             single_threaded=frozenset({trunk_path.name} if fz.adapter_drop == 0 else ()),
         )
         if any(c.name == "TensorrtExecutionProvider" for c in choices):
             factory.trt_profiles = _trt_profiles(
-                manifest, trunk_path, adapted_path, batch_size, max_loaded_tasks or max(64, len(manifest.tasks))
+                manifest,
+                trunk_path,
+                adapted_path,
+                opts.batch_size,
+                opts.max_loaded_tasks or max(64, len(manifest.tasks)),
             )
         trunk, adapted = factory.open_first(choices, [trunk_path, adapted_path])
         layout = BankLayout.from_session_inputs(adapted.get_inputs(), fz.bank_inputs, fz.hidden_size, fz.signature)
         device = "cuda" if factory.choice is not None and factory.choice.is_gpu else None
         engine = Engine(
-            trunk, adapted, layout, bank_mode=bank_mode or ("resident" if device else "rows"), device=device
+            trunk, adapted, layout, bank_mode=opts.bank_mode or ("resident" if device else "rows"), device=device
         )
         base = manifest.base
         # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
@@ -206,9 +190,9 @@ class Deployment:
             encoder,
             engine,
             factory,
-            batch_size=batch_size,
-            max_loaded_tasks=max_loaded_tasks,
-            memory_budget_bytes=memory_budget_bytes,
+            batch_size=opts.batch_size,
+            max_loaded_tasks=opts.max_loaded_tasks,
+            memory_budget_bytes=opts.memory_budget_bytes,
             on_evict=on_evict,
         )
 
@@ -355,7 +339,8 @@ class Deployment:
     def predict(self, inputs: Sequence[Row], task: str, strict: bool = False) -> list[Prediction]:
         """One task over ``inputs`` (texts, or (text_a, text_b) pairs for a pair task)."""
         rows = validate_rows(inputs)
-        return self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        out = self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
+        return cast(list[Prediction], out)  # one task, errors="raise": every result is a Prediction
 
     def predict_mixed(
         self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *, errors: ErrorMode = "raise"
@@ -538,13 +523,15 @@ class Deployment:
             self._check_open()
         for chunk in chunks:
             row_ids = [r for u in chunk for r in rows_of[u]]
-            for r, p in zip(row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True):
-                out[r] = p
+            for r, result in zip(
+                row_ids, self._run_isolated(row_ids, names, tokens, source, loaded, base), strict=True
+            ):
+                out[r] = result
         if errors == "raise":
             for p in out:
                 if isinstance(p, TaskFailedError):
                     raise p
-        return out  # type: ignore[return-value]
+        return cast(list[Result], out)  # every row was filled: a failed task's rows, or a bucket's result
 
     def _run_isolated(
         self,

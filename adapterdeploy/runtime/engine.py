@@ -33,9 +33,7 @@ from adapterdeploy.runtime.heads import Head, predictions_from_logits
 from adapterdeploy.runtime.prediction import Prediction
 from adapterdeploy.runtime.tokenization import Padded
 
-__all__ = ["BANK_MODES", "Engine", "LoadedTask"]
-
-BANK_MODES = ("rows", "resident")
+__all__ = ["Engine", "LoadedTask"]
 
 
 @dataclass(frozen=True)

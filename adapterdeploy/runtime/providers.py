@@ -17,12 +17,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import ConfigError, ProviderError
+from adapterdeploy.runtime.options import ProviderSpec
 
 __all__ = [
     "CPU",
@@ -45,8 +46,6 @@ TENSORRT = "TensorrtExecutionProvider"
 ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 GPU_PROVIDERS = (CUDA, TENSORRT)
 
-ProviderSpec = str | tuple[str, dict[str, Any]]
-
 
 @dataclass(frozen=True)
 class ProviderChoice:
@@ -67,9 +66,9 @@ def normalize_providers(providers: Sequence[ProviderSpec] | ProviderSpec | None)
     if isinstance(providers, str) or (
         isinstance(providers, tuple) and len(providers) == 2 and isinstance(providers[1], dict)
     ):
-        providers = [providers]  # type: ignore[list-item]
+        providers = [providers]
     out: list[ProviderChoice] = []
-    for spec in providers:  # type: ignore[union-attr]
+    for spec in providers:
         name, options = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
         if not isinstance(name, str):
             raise ConfigError(f"a provider is a name or (name, options), got {spec!r}")
@@ -152,7 +151,9 @@ def session_provider_list(
     return providers
 
 
-def trt_profile_options(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]) -> dict[str, str]:
+def trt_profile_options(
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+) -> dict[str, str]:
     """TensorRT dynamic-shape profile options from ``{input: (min_shape, opt_shape, max_shape)}``.
 
     One profile covering every shape the runtime can send (batch 1..max rows, sequence 1..max_length, bank

@@ -297,9 +297,9 @@ class TaskRegistry:
                 payload, size = self._loader(name, Path(source))  # file I/O outside the registry lock
             except Exception as exc:  # any failure (unreadable file, MemoryError, ...) takes the task out
                 with self._lock:
-                    entry = self._entries.get(name)
-                    if entry is not None and entry.source == source:
-                        self._fail(entry, _describe(exc))
+                    current = self._entries.get(name)
+                    if current is not None and current.source == source:
+                        self._fail(current, _describe(exc))
                 if reload:
                     raise  # an explicit (re)load reports the loader's own typed error
                 raise failed_error(name, _describe(exc)) from exc

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy.errors import ArtifactError, ConfigError
+from adapterdeploy.runtime.options import DEFAULT_SPIN_US
 from adapterdeploy.runtime.providers import (
     CPU,
     ProviderChoice,
@@ -51,12 +52,10 @@ from adapterdeploy.runtime.providers import (
     session_provider_list,
 )
 
-__all__ = ["DEFAULT_SPIN_US", "SessionFactory", "global_pool_threads"]
+__all__ = ["SessionFactory", "global_pool_threads"]
 
 log = logging.getLogger(__name__)
 
-# Idle intra-op workers spin this many microseconds before sleeping (see the module docstring).
-DEFAULT_SPIN_US = 50
 
 _POOL_LOCK = threading.Lock()
 _POOL: dict[str, Any] = {"configured": False, "threads": None, "usable": True}
@@ -80,7 +79,7 @@ def _configure_pool(threads: int | None) -> bool:
                     threads,
                 )
             return bool(_POOL["usable"])
-        setter = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
+        setter: Any = getattr(getattr(ort.capi, "_pybind_state", None), "set_global_thread_pool_sizes", None)
         usable = setter is not None
         if usable:
             setter(int(threads or 0), 1)

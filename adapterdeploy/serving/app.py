@@ -100,7 +100,7 @@ def install_drain_signal(state: ServingState) -> Callable[[], None]:
 
     def handler(sig: int, frame: FrameType | None) -> None:
         state.begin_drain()
-        prev = previous[sig]
+        prev = previous[signal.Signals(sig)]
         if callable(prev):
             prev(sig, frame)
         elif sig == signal.SIGINT:

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from adapterdeploy.errors import AdapterDeployError, OverloadedError, RequestTimeoutError, UnavailableError
@@ -44,7 +45,7 @@ __all__ = ["BatchStats", "Batcher", "Row"]
 
 log = logging.getLogger("adapterdeploy.serving.batcher")
 
-Row = tuple[str, Any]  # (task, text) or (task, (text_a, text_b))
+Row = tuple[Any, Any]  # (task or Embed, text) or (task or Embed, (text_a, text_b))
 
 
 @dataclass(eq=False)
@@ -138,7 +139,7 @@ class Batcher:
         entry = _Entry(
             rows=rows, tokens=tokens, future=loop.create_future(), enqueued_at=self._clock(), results=[None] * n
         )
-        entry.future.add_done_callback(lambda _f, e=entry: self._on_entry_done(e))
+        entry.future.add_done_callback(partial(self._entry_future_done, entry))
         self._queue.append(entry)
         self._queued_rows += n
         self._queued_tokens += sum(tokens)
@@ -308,6 +309,9 @@ class Batcher:
         if self._rows_per_s <= 0:
             return 1
         return int(min(30, max(1, math.ceil(rows / self._rows_per_s))))
+
+    def _entry_future_done(self, entry: _Entry, _future: object) -> None:
+        self._on_entry_done(entry)
 
     def _on_entry_done(self, entry: _Entry) -> None:
         if entry.queued and entry.future.cancelled():

@@ -7,39 +7,15 @@ token from ``--admin-token-file`` or ``ADAPTERDEPLOY_ADMIN_TOKEN``. Heavy import
 from __future__ import annotations
 
 import os
-import re
+from typing import Any
 
 import click
 
 from adapterdeploy.cli_errors import cli_error
 from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+from adapterdeploy.runtime.options import RuntimeOptions, parse_bytes, runtime_options
 
-__all__ = ["parse_bytes", "serve"]
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
-
-def parse_bytes(text: str | None) -> int | None:
-    """``"512MiB"`` -> 536870912; None stays None."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise click.BadParameter(f"{text!r} is not a size; write e.g. 1048576, 512KiB, 256MiB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+__all__ = ["serve"]
 
 
 @click.command("serve")
@@ -152,35 +128,7 @@ def parse_bytes(text: str | None) -> int | None:
     type=float,
     help="On SIGTERM: seconds in-flight requests get to finish (readiness is 503 meanwhile).",
 )
-@click.option(
-    "--precision",
-    default="fp32",
-    show_default=True,
-    type=click.Choice(["fp32", "int8", "fp16"]),
-    help="Featurizer variant: int8 is faster on CPU at a small accuracy cost; fp16 is for GPUs.",
-)
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    help="onnxruntime execution provider(s) in order of preference (default: the best available).",
-)
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="onnxruntime intra-op threads (default: all cores, divided among --workers).",
-)
-@click.option(
-    "--spin-us",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SPIN_US,
-    show_default=True,
-    help="Microseconds idle onnxruntime workers spin before sleeping; 0 = never spin (best when other "
-    "busy processes share the cores).",
-)
-@click.option("--max-loaded-tasks", type=int, default=None, help="Tasks kept loaded; least recently used go first.")
-@click.option("--memory-budget", default=None, help="Bytes of task weights kept loaded, e.g. 256MiB.")
+@runtime_options
 @click.option("--preload", multiple=True, help="Task(s) to load at startup (others load on first request).")
 @click.option(
     "--workers",
@@ -218,7 +166,7 @@ def parse_bytes(text: str | None) -> int | None:
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
 @click.option("--log-format", default="json", show_default=True, type=click.Choice(["json", "text"]))
-def serve(deploy_dir: str, **opts: object) -> None:
+def serve(deploy_dir: str, **opts: Any) -> None:
     """Serve a deployment over HTTP: KServe v2 + JSON API, batched across tasks.
 
     \b
@@ -233,10 +181,10 @@ def serve(deploy_dir: str, **opts: object) -> None:
 
     try:
         Manifest.read(deploy_dir)  # fail fast on a wrong directory, before starting a server
-        workers = int(opts["workers"])  # type: ignore[call-overload]
-        threads = opts["threads"]
-        if threads is None and workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+        workers = int(opts["workers"])
+        runtime = RuntimeOptions.from_cli(opts)
+        if runtime.threads is None and workers > 1:
+            runtime = runtime.with_changes(threads=max(1, (os.cpu_count() or 1) // workers))
         settings = Settings(
             deploy_dir=os.path.abspath(deploy_dir),
             host=opts["host"],
@@ -247,7 +195,7 @@ def serve(deploy_dir: str, **opts: object) -> None:
             max_wait_ms=opts["max_wait_ms"],
             max_queue=opts["max_queue"],
             request_timeout_s=opts["request_timeout"],
-            max_body_bytes=parse_bytes(opts["max_body_bytes"]),
+            max_body_bytes=int(parse_bytes(opts["max_body_bytes"]) or 0),  # 0 is refused by Settings
             max_rows_per_request=opts["max_rows_per_request"],
             max_chars_per_text=opts["max_chars_per_text"],
             max_tasks_per_request=opts["max_tasks_per_request"],
@@ -257,21 +205,16 @@ def serve(deploy_dir: str, **opts: object) -> None:
             keep_alive_s=opts["keep_alive"],
             max_connections=opts["max_connections"],
             drain_s=opts["drain_s"],
-            precision=opts["precision"],
-            providers=tuple(opts["providers"]) or None,  # type: ignore[arg-type]
-            threads=threads,
-            spin_us=opts["spin_us"],
-            max_loaded_tasks=opts["max_loaded_tasks"],
-            memory_budget_bytes=parse_bytes(opts["memory_budget"]),  # type: ignore[arg-type]
-            preload=tuple(opts["preload"]),  # type: ignore[arg-type]
-            task_roots=tuple(os.path.abspath(r) for r in opts["task_roots"]),  # type: ignore[union-attr]
+            runtime=runtime,
+            preload=tuple(opts["preload"]),
+            task_roots=tuple(os.path.abspath(r) for r in opts["task_roots"]),
             workers=workers,
             ray=bool(opts["ray"]),
             replicas=opts["replicas"],
-            admin_token=read_admin_token(opts["admin_token_file"]),  # type: ignore[arg-type]
+            admin_token=read_admin_token(opts["admin_token_file"]),
             log_level=opts["log_level"],
             access_log_json=opts["log_format"] == "json",
-        )  # type: ignore[arg-type]
+        )
     except AdapterDeployError as exc:
         raise cli_error(exc) from exc
     if settings.ray:

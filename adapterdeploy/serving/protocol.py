@@ -226,8 +226,9 @@ def _input_texts(inp: InferInput, index: int, raw: bytes | None) -> list[str]:
     return texts_of_tensor(inp.name, inp.datatype, inp.shape, elements, where)
 
 
-def binary_sizes(req: InferenceRequest) -> list[int | None]:
-    """Each input's declared ``binary_data_size`` (None where it is sent as JSON)."""
+def binary_sizes(req: InferenceRequest) -> list[object]:
+    """Each input's declared ``binary_data_size`` as sent (None where it is sent as JSON); ``split_raw``
+    checks that each is a byte count."""
     return [None if not inp.parameters else inp.parameters.get("binary_data_size") for inp in req.inputs]
 
 
@@ -397,7 +398,9 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
         "probabilities": ("FP32", [-1, len(task.labels)]),
         "truncated": ("BOOL", [-1]),
     }
-    outputs = [{"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()]
+    outputs: list[dict[str, Any]] = [
+        {"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()
+    ]
     outputs.append(
         {
             "name": EMBEDDING_OUTPUT,

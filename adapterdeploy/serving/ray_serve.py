@@ -82,9 +82,11 @@ def build_ray_app(settings: Settings) -> Any:
     """A bound Ray Serve application (``serve.run`` it) with ``settings.replicas`` replicas."""
     from ray import serve
 
-    threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.replicas)
-    replica_settings = settings.with_overrides(threads=threads, workers=1, ray=False)
-    per_replica = settings.max_loaded_tasks or -1  # -1: Ray keeps every task it saw (no budget)
+    threads = settings.runtime.threads or max(1, (os.cpu_count() or 1) // settings.replicas)
+    replica_settings = settings.with_overrides(
+        runtime=settings.runtime.with_changes(threads=threads), workers=1, ray=False
+    )
+    per_replica = settings.runtime.max_loaded_tasks or -1  # -1: Ray keeps every task it saw (no budget)
 
     @serve.deployment(
         name="adapterdeploy",
@@ -121,7 +123,7 @@ def build_ray_app(settings: Settings) -> Any:
             if state.started and not state.draining and not (state.batcher and state.batcher.alive):
                 raise RuntimeError("the batching loop has stopped")
 
-    return AdapterDeployReplica.bind(replica_settings.to_json())
+    return AdapterDeployReplica.bind(replica_settings.to_json())  # type: ignore[attr-defined]  # added by serve.deployment
 
 
 def app_builder(args: dict[str, Any]) -> Any:

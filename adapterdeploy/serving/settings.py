@@ -17,7 +17,7 @@ from typing import Any
 
 from adapterdeploy.errors import ConfigError
 from adapterdeploy.runtime.inputs import MAX_CHARS_PER_TEXT
-from adapterdeploy.runtime.sessions import DEFAULT_SPIN_US
+from adapterdeploy.runtime.options import RuntimeOptions
 
 __all__ = ["ADMIN_TOKEN_ENV", "Settings", "read_admin_token"]
 
@@ -57,13 +57,8 @@ class Settings:
     keep_alive_s: int = 5
     max_connections: int = 1024
     drain_s: float = 20.0
-    # runtime (passed to Deployment.open)
-    precision: str = "fp32"
-    providers: tuple[str, ...] | None = None
-    threads: int | None = None
-    spin_us: int | None = DEFAULT_SPIN_US
-    max_loaded_tasks: int | None = None
-    memory_budget_bytes: int | None = None
+    # how the deployment runs (Deployment.open gets it whole, its batch size set to max_batch_rows)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     preload: tuple[str, ...] = ()
     # directories the admin API may load task directories from (empty: the deployment's own tasks/)
     task_roots: tuple[str, ...] = ()
@@ -115,8 +110,8 @@ class Settings:
                 f"the admin token has {len(self.admin_token)} characters; use at least 16 random characters "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
             )
-        if self.providers is not None:
-            object.__setattr__(self, "providers", tuple(self.providers))
+        if not isinstance(self.runtime, RuntimeOptions):
+            raise ConfigError(f"serve setting runtime must be a RuntimeOptions, got {type(self.runtime).__name__}")
         object.__setattr__(self, "preload", tuple(self.preload))
         object.__setattr__(self, "task_roots", tuple(self.task_roots))
 
@@ -134,17 +129,10 @@ class Settings:
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
 
-    def deployment_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``Deployment.open`` (besides the path)."""
-        return {
-            "providers": list(self.providers) if self.providers else None,
-            "precision": self.precision,
-            "threads": self.threads,
-            "spin_us": self.spin_us,
-            "max_loaded_tasks": self.max_loaded_tasks,
-            "memory_budget_bytes": self.memory_budget_bytes,
-            "batch_size": self.max_batch_rows,  # our batches are never split again by the runtime
-        }
+    def runtime_options(self) -> RuntimeOptions:
+        """What ``Deployment.open`` gets: the runtime options, batch size = ``max_batch_rows`` (the batcher's
+        batches are never split again by the runtime)."""
+        return self.runtime.with_changes(batch_size=self.max_batch_rows)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -156,13 +144,22 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"serve settings must be a JSON object, got {type(data).__name__}")
+        # Runtime options may also be given flat (``precision: int8`` beside ``port``, as a RayService's
+        # ``args`` are written by hand); they go into ``runtime``.
+        flat = {k: data.pop(k) for k in list(data) if k in {f.name for f in fields(RuntimeOptions)}}
+        if flat:
+            data["runtime"] = {**data.get("runtime", {}), **flat}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown serve settings {sorted(unknown)}")
-        for key in ("providers", "preload"):
+        for key in ("preload", "task_roots"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if "runtime" in data:
+            data["runtime"] = RuntimeOptions.from_dict(data["runtime"])
         return cls(**data)
 
 

@@ -77,7 +77,7 @@ class ServingState:
         self.started = False
         self.max_length = 0
         self._meta: OrderedDict[str, TaskMeta] = OrderedDict()
-        self._meta_cap = max(META_CACHE_MIN, settings.max_loaded_tasks or 0)
+        self._meta_cap = max(META_CACHE_MIN, settings.runtime.max_loaded_tasks or 0)
         # Names this process (worker / replica) in the x-adapterdeploy-instance response header.
         self.instance_id = uuid.uuid4().hex[:12]
 
@@ -88,7 +88,7 @@ class ServingState:
         if self.deployment is None:
             from adapterdeploy.runtime import Deployment
 
-            opener = partial(Deployment.open, self.settings.deploy_dir, **self.settings.deployment_kwargs())
+            opener = partial(Deployment.open, self.settings.deploy_dir, self.settings.runtime_options())
             self.deployment = await loop.run_in_executor(self.aux_pool, opener)
         self.max_length = int(self.deployment.max_length)
         failed = await loop.run_in_executor(self.aux_pool, self.deployment.check_tasks)
@@ -197,6 +197,9 @@ class ServingState:
             self._meta.move_to_end(task)
         return meta
 
+    def _prefetch_done(self, task: str, _future: object) -> None:
+        self._prefetching.pop(task, None)
+
     async def prefetch(self, task: str) -> bool:
         """Read a cold task on the load thread before its rows are queued; True if it was cold (not loaded).
 
@@ -213,7 +216,7 @@ class ServingState:
             loop = asyncio.get_running_loop()
             pending = loop.run_in_executor(self.load_pool, self.deployment.prefetch, task)
             self._prefetching[task] = pending
-            pending.add_done_callback(lambda _f, t=task: self._prefetching.pop(t, None))
+            pending.add_done_callback(partial(self._prefetch_done, task))
             t0 = time.perf_counter()
             if await asyncio.shield(pending):
                 self.prefetched += 1

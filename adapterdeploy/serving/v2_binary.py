@@ -63,7 +63,7 @@ def split_body(body: bytes, json_length: int | None) -> tuple[bytes, bytes]:
     return body[:json_length], body[json_length:]
 
 
-def split_raw(blob: bytes, sizes: Sequence[int | None], where: str = "inputs") -> list[bytes | None]:
+def split_raw(blob: bytes, sizes: Sequence[object], where: str = "inputs") -> list[bytes | None]:
     """Cut the binary part into one chunk per tensor that declares ``binary_data_size`` (None for the others).
 
     Every byte must belong to exactly one tensor: a size past the end, or bytes left over, is an error.
