@@ -12,7 +12,9 @@ Systems, each in its own worker process and timed in interleaved rounds (the har
 PyTorch, ``Stack`` / ``Fuse`` / one adapter loaded from the saved directories), ours fp32 on the deployment
 above, ours on the plain task of F8 (what a plain task pays on a fusion featurizer), and fuse8's standalone
 graph (a dedicated single-task graph, weights as constants: the "dedicated featurizer variant" alternative).
-Cases: one text of max_length tokens (batch 1), 32 SST-2 sentences (single-task), and the same 32 rows
+Timed in CPU seconds of the calling thread (run with ``--threads 1``: then a call's whole work is on that
+thread, and other processes' load barely moves the figure). Cases: one text of max_length tokens (batch 1),
+32 SST-2 sentences (single-task), and the same 32 rows
 spread round-robin over the deployment's tasks (mixed: one forward for us; one forward per task for the
 library, which cannot mix compositions in one).
 """
@@ -34,6 +36,9 @@ COMPOSITION_TASKS = ("plain", "stack", "fuse2", "fuse8")
 DEPLOYMENTS = {"P": ("plain",), "S": ("stack", "plain"), "F2": ("fuse2", "plain"), "F8": ("fuse8", "fuse2", "plain")}
 # (worker, system, deployment, task): every measured system; "hub_*" run the library's own composition.
 CASES = ("b1_128", "b32_dyn", "b32_mixed")
+# CPU seconds of the calling thread per call (worker.py): with one thread per system that is all of a call's
+# work, and on a shared machine other processes barely move it (wall time there is mostly waiting).
+CLOCK = {"clock": "thread"}
 
 
 def _build(p: Prepared) -> dict[str, Any]:
@@ -111,16 +116,23 @@ def _build(p: Prepared) -> dict[str, Any]:
 def _workers(ctx: Context, p: Prepared, built: dict[str, Any]) -> list[tuple[Any, str, tuple[str, ...]]]:
     """(worker, measured task, tasks of its mixed case)."""
     out: Path = built["dir"]
-    hub_base = {"base_dir": str(p.base_dir), "tokenizer": str(p.tokenizer), "max_length": p.max_length}
+    hub_base = {"base_dir": str(p.base_dir), "tokenizer": str(p.tokenizer), "max_length": p.max_length, **CLOCK}
     measured = [("plain", "P"), ("stack", "S"), ("fuse2", "F2"), ("fuse8", "F8")]
     workers = []
     for task, dep in measured:
         tasks = DEPLOYMENTS[dep]
         spec = {**hub_base, "tasks": {t: built["setups"][t] for t in tasks}}
         workers.append((ctx.worker(f"hub_{task}", "torch_adapterhub_composed", spec), task, tasks))
-        workers.append((ctx.worker(f"ours_{task}", "ours", ours_spec(out / dep, "fp32")), task, tasks))
-    workers.append((ctx.worker("ours_plain_on_F8", "ours", ours_spec(out / "F8", "fp32")), "plain", ("plain",)))
-    standalone = {"model_path": str(built["standalone"]), "tokenizer": str(p.tokenizer), "max_length": p.max_length}
+        workers.append((ctx.worker(f"ours_{task}", "ours", ours_spec(out / dep, "fp32", **CLOCK)), task, tasks))
+    workers.append(
+        (ctx.worker("ours_plain_on_F8", "ours", ours_spec(out / "F8", "fp32", **CLOCK)), "plain", ("plain",))
+    )
+    standalone = {
+        "model_path": str(built["standalone"]),
+        "tokenizer": str(p.tokenizer),
+        "max_length": p.max_length,
+        **CLOCK,
+    }
     workers.append((ctx.worker("standalone_fuse8", "ort_model", standalone), "fuse8", ("fuse8",)))
     return workers
 
