@@ -130,6 +130,8 @@ def test_fusion_roundtrip_matches_the_adapters_library(fused):
 
     plain_keys = load_file(str(fused["deploy"] / "tasks" / "a" / "adapters.safetensors"))
     assert not any("_fuse" in k for k in plain_keys)
+    ab_keys = load_file(str(fused["deploy"] / "tasks" / "a-b" / "adapters.safetensors"))
+    assert any("_fuse1." in k for k in ab_keys) and not any("_fuse2." in k for k in ab_keys)  # unused slot: not stored
     spec = json.loads((fused["deploy"] / "tasks" / "a-b" / "task.json").read_text())
     assert spec["adapter"]["fusion"] == {"name": "a,b", "adapters": ["a", "b"]}
     shown = CliRunner().invoke(main, ["inspect", str(fused["deploy"]), "--json"])
