@@ -55,7 +55,7 @@ def tagging_deploy(tiny_base, tiny_base_dir, tmp_path_factory) -> tuple[Path, li
         make_tagging_checkpoint(tiny_base, d, "ner2", seed=5),
     ]
     out = d / "deploy"
-    export_deployment(tiny_base_dir, ckpts, out, precisions=("fp32", "int8"))
+    export_deployment(tiny_base_dir, ckpts, out, precisions=("fp32",))
     return out, ckpts
 
 
@@ -475,3 +475,26 @@ def test_serving_tagging_outputs(tagging_deploy):
         words = v2_binary.decode_bytes_elements(resp.raw_output_contents[0], "words")
         assert [w.decode() for w in words] == [w.word for p in want for w in p.tokens]
         assert np.frombuffer(resp.raw_output_contents[1], dtype="<i8").tolist() == [len(p.entities) for p in want]
+
+
+def test_train_tagging_on_roberta(tiny_bases, tmp_path):
+    """Pre-split words on a byte-level BPE tokenizer (needs add_prefix_space), then the runtime's words and
+    offsets. (XLM-R's SentencePiece tokenizer passed the same test once; left out of the suite for time.)"""
+    arch = "roberta"
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.trainer import TrainConfig, train_task
+    from adapterdeploy.runtime import Deployment
+    from adapterdeploy.tagging_data import read_tagging
+
+    base = load_base(tiny_bases[arch])
+    data = read_tagging(_conll(tmp_path / "t.conll", 16, 0))
+    cfg = TrainConfig(epochs=1, max_length=32, progress=False)
+    ckpt = train_task(base, data, data, name="ner", config=cfg)
+    assert ckpt.head.token_level and "entity_f1" in ckpt.metrics
+    from adapterdeploy.models.checkpoint import save_checkpoint
+
+    export_deployment(tiny_bases[arch], [save_checkpoint(ckpt, tmp_path / "ckpt")], tmp_path / "deploy")
+    with Deployment.open(tmp_path / "deploy") as dep:
+        p = dep.predict(["mary smith went to london"], task="ner")[0]
+    assert [w.word for w in p.tokens] == ["mary", "smith", "went", "to", "london"]
