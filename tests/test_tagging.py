@@ -349,6 +349,11 @@ def test_train_tagging_cli_then_export_and_predict(tiny_base_dir, tmp_path):
     with Deployment.open(deploy) as dep:
         p = dep.predict(["mary smith went to london"], task="ner", spans=True)[0]
         assert [w.word for w in p.tokens] == ["mary", "smith", "went", "to", "london"]
+    # check --eval scores the deployment (ONNX) on the dev file: the trainer's entity F1 again
+    r = CliRunner().invoke(main, ["check", str(deploy), "--eval", str(dev), "--task", "ner", "--json"])
+    acc = {i["name"]: i for i in json.loads(r.output)["items"]}["accuracy"]
+    assert acc["status"] == "pass", acc
+    assert abs(acc["data"]["metrics"]["entity_f1"] - ckpt.metrics["entity_f1"]) < 0.02
 
 
 def test_train_tagging_bad_file_is_one_error_line(tiny_base_dir, tmp_path):
