@@ -25,6 +25,9 @@ _SHORT = {
 }
 
 
+_KINDS = {"regression": "regression", "multi_label_classification": "multi-label", "token_classification": "tagging"}
+
+
 def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     """Everything ``adapterdeploy inspect`` shows, as one JSON-able dict.
 
@@ -65,7 +68,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                 "dir": rel,
                 "problem_type": spec.head.problem_type,
                 "labels": list(spec.head.labels),
-                "pooling": spec.head.pooling,
+                "pooling": "tokens" if spec.head.token_level else spec.head.pooling,
                 "bottleneck": spec.bottleneck,
                 "layers": list(spec.layers),
                 "dropped_layers": spec.adapter.get("dropped_layers", []),
@@ -214,7 +217,7 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
             span += f" (dropped {t['dropped_layers']})"
         tasks.add_row(
             t["name"],
-            "regression" if t["problem_type"] == "regression" else "classification",
+            _KINDS.get(t["problem_type"], "classification"),
             ",".join(t["labels"]),
             t["pooling"],
             str(t["bottleneck"]),
