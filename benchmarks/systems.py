@@ -361,12 +361,7 @@ class OursNoAdapter:
             cache_dir=dep / "engine_cache",
         )
         self.session = factory.session(Path(spec["graph"]))
-        self.encoder = TextEncoder(
-            dep / m.tokenizer.file,
-            m.tokenizer.max_length,
-            single_token_type=int(m.base.get("type_vocab_size", 2) or 2) <= 1,
-            pad_id=m.base.get("pad_token_id"),
-        )
+        self.encoder = TextEncoder.of_deployment(dep, m)
         head = load_file(str(dep / m.tasks[spec["task"]] / "adapters.safetensors"))
         self.w, self.b = head["head.out.w"], head["head.out.b"]
 
