@@ -19,7 +19,6 @@ faster eager-mode path a user gets from ``AutoModel.from_pretrained``.
 from __future__ import annotations
 
 import gc
-import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -349,14 +348,14 @@ class OursNoAdapter:
 
         dep = Path(spec["deployment"])
         m = Manifest.read(dep)
-        from adapterdeploy.runtime import Deployment
+        from adapterdeploy.runtime import RuntimeOptions
 
         # The same thread-pool choices as Deployment.open's defaults, whatever the runtime decides they are.
-        params = inspect.signature(Deployment.open).parameters
+        defaults = RuntimeOptions()
         factory = SessionFactory(
             threads=threads,
-            shared_pool=params["shared_thread_pool"].default,
-            spin_us=params["spin_us"].default,
+            shared_pool=defaults.shared_thread_pool,
+            spin_us=defaults.spin_us,
             precision=spec["precision"],
             cache_dir=dep / "engine_cache",
         )
