@@ -266,7 +266,7 @@ def test_options_we_cannot_represent(bases, tiny_bases, tmp_path):
 @pytest.mark.parametrize(
     ("add_head", "match"),
     [
-        (lambda m: m.add_tagging_head("x", num_labels=3), r"head type 'tagging'"),
+        (lambda m: m.add_qa_head("x"), r"head type 'question_answering'"),  # tagging is imported (test_tagging)
         (lambda m: m.add_multiple_choice_head("x", num_choices=2), r"head type 'multiple_choice'"),
         (
             lambda m: m.add_classification_head("x", num_labels=2, activation_function="swish"),

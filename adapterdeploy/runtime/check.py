@@ -33,6 +33,7 @@ from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.runtime.heads import Head
 from adapterdeploy.runtime.options import RuntimeOptions
+from adapterdeploy.runtime.tagging import tagging_prediction
 from adapterdeploy.runtime.tokenization import Row
 
 __all__ = ["SAMPLE_PAIRS", "SAMPLE_TEXTS", "CheckItem", "current_rss_bytes", "run_checklist"]
@@ -106,12 +107,21 @@ def _probs(logits: np.ndarray, regression: bool, multi_label: bool = False) -> n
 
 
 def _pred_vector(p: Any) -> list[float]:
+    """The numbers a row is judged on: probabilities, the value, or a tagging row's per-word scores."""
+    if p.tokens is not None:
+        return [w.score for w in p.tokens]
     return [p.value] if p.probabilities is None else list(p.probabilities.values())
 
 
+def _flat(vectors: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
+    """Rows' vectors end to end (a tagging row's length is its word count)."""
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in vectors]) if vectors else np.zeros(0)
+
+
 def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.ndarray:
-    """Probabilities (or values) by an independent path: one row at a time, the task's own unpadded bank
-    rows read straight from its file, and ``head.onnx`` when the task has one."""
+    """Probabilities (or values; a tagging task's per-word scores, flattened) by an independent path: one row
+    at a time, the task's own unpadded bank rows read straight from its file, and ``head.onnx`` when the task
+    has one."""
     spec = dep.task_spec(task)
     source = Path(dep.task_info(task).source)
     engine = dep._engine
@@ -145,10 +155,16 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
             {"hidden": hidden, "attention_mask": padded.attention_mask, "row_source": one, "task_index": one, **bank},
         )
         feats = dict(zip(engine.output_names, outs, strict=True))
+        if spec.head.token_level:
+            tok = feats[head.feature][0]
+            (enc,) = dep._encoder.tokenize([row])
+            p = tagging_prediction(task, spec.head, head.logits(tok), enc.encoding, str(row), False)
+            out.append(np.array(_pred_vector(p)))
+            continue
         out.append(
             _probs(head.logits(feats[head.feature]), spec.head.problem_type == "regression", spec.head.multi_label)[0]
         )
-    return np.stack(out)
+    return _flat(out)
 
 
 def _parity(dep: Deployment, tolerance: float) -> CheckItem:
@@ -173,10 +189,10 @@ def _parity(dep: Deployment, tolerance: float) -> CheckItem:
     agree: dict[str, float] = {}
     for t in names:
         ref = reference_outputs(dep, t, inputs[t])
-        got = np.array([_pred_vector(p) for (task, _), p in zip(mixed_rows, mixed, strict=True) if task == t])
+        got = _flat([_pred_vector(p) for (task, _), p in zip(mixed_rows, mixed, strict=True) if task == t])
         diffs = [float(np.abs(got - ref).max())]
         if t in fan:
-            diffs.append(float(np.abs(np.array([_pred_vector(p) for p in fan[t]]) - ref).max()))
+            diffs.append(float(np.abs(_flat([_pred_vector(p) for p in fan[t]]) - ref).max()))
         worst[t] = max(diffs)
         samples = specs[t].parity.get(PARITY_SAMPLES) or []
         if samples:

@@ -16,7 +16,7 @@ once and never mutated afterwards, keep this thread-safe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,10 @@ class TokenRow:
     count: int  # untruncated token count
     truncated: bool
     pair: bool = False  # encoded from a (text_a, text_b) pair
+    # For tagging rows: the input text and the tokenizers Encoding (word ids, character offsets). Kept, not
+    # copied out, so sequence-level rows pay nothing for them; not part of equality.
+    text: str | None = field(default=None, compare=False, repr=False)
+    encoding: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -153,13 +157,16 @@ class TextEncoder:
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)
+            row = rows[i]
             out.append(
                 TokenRow(
                     ids=t.ids,
                     type_ids=t.type_ids,
                     count=len(e.ids),
                     truncated=i in cut,
-                    pair=isinstance(rows[i], tuple),
+                    pair=isinstance(row, tuple),
+                    text=row if isinstance(row, str) else None,
+                    encoding=t,
                 )
             )
         return out
