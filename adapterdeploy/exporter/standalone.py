@@ -69,7 +69,7 @@ def export_standalone_graphs(
         fp32 = folder / GRAPH_FILES["fp32"]
         fp32.parent.mkdir(parents=True, exist_ok=True)
         export_standalone(
-            StandaloneModel(trunk, adapted, task.rows, task.model.head), fp32, opset=opset, vocab_size=vocab_size
+            StandaloneModel(trunk, adapted, task.rows, task.head_module), fp32, opset=opset, vocab_size=vocab_size
         )
         result = compare_standalone(fp32, task.name, t, classification, batches, refs)
         raise_on_failures(result, tolerance, f"standalone graph of task {task.name!r}")

@@ -74,7 +74,6 @@ __all__ = ["Deployment"]
 
 log = logging.getLogger(__name__)
 
-ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
 ErrorMode = Literal["raise", "return"]
 Result = Prediction | Embedding | TaskFailedError
 
@@ -170,19 +169,7 @@ class Deployment:
         engine = Engine(
             trunk, adapted, layout, bank_mode=opts.bank_mode or ("resident" if device else "rows"), device=device
         )
-        base = manifest.base
-        # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
-        # past the table, so those models get zeros whatever the tokenizer says.
-        single_type = (
-            int(base.get("type_vocab_size") or 2) <= 1
-            or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS
-        )
-        encoder = TextEncoder(
-            root / safe_relpath(manifest.tokenizer.file),
-            manifest.tokenizer.max_length,
-            single_token_type=single_type,
-            pad_id=base.get("pad_token_id"),
-        )
+        encoder = TextEncoder.of_deployment(root, manifest)
         log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
         return cls(
             root,
@@ -281,12 +268,14 @@ class Deployment:
         """Load a known task ahead of its use (no use counted, pins and priority kept); True if it was read now.
 
         The server calls it off the forward thread for a request's cold task, so the file read and checksum
-        overlap the forward of other requests instead of stalling a batch.
+        overlap the forward of other requests instead of stalling a batch. Like a use, it raises
+        TaskFailedError for a failed task or one whose files fail now (never the loader's own error, and no
+        retry of a failed task: that is :meth:`load_task`).
         """
         self._check_open()
         if self._registry.is_loaded(name):
             return False
-        self._registry.load(name)
+        self._registry.prefetch(name)
         return True
 
     def tasks(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False) -> list[TaskInfo]:
@@ -304,17 +293,35 @@ class Deployment:
     def check_tasks(self) -> dict[str, str]:
         """Mark failed every task whose files this process cannot open or whose sizes differ from task.json.
 
-        Cheap (an open and a stat per file, no checksum, no weights read): a server runs it at startup so
-        that readiness tells the truth about tasks it has not loaded yet, e.g. weights readable only by
-        the user who exported them. Returns :meth:`failed_tasks`.
+        Cheap per task (an open and a stat per file, no checksum, no weights read) but O(known tasks): the
+        server runs :meth:`check_task` task by task on a background thread after it is ready instead
+        (``ServingState``), so start-up does not grow with the number of tasks. Returns :meth:`failed_tasks`.
         """
         self._check_open()
-        for info in self._registry.infos():
-            if info.state in ("known", "loaded", "pinned"):
-                problem = _unreadable(Path(info.source))
-                if problem is not None:
-                    self._registry.mark_failed(info.name, problem)
+        for name in self._registry.names():
+            self.check_task(name)
         return self.failed_tasks()
+
+    def check_task(self, name: str) -> str | None:
+        """Check one task as :meth:`check_tasks` does; mark it failed and return why, or None when it can load.
+
+        A task already failed, or removed meanwhile, is left as it is (None).
+        """
+        self._check_open()
+        try:
+            info = self._registry.info(name)
+        except UnknownTaskError:
+            return None
+        if info.state not in ("known", "loaded", "pinned"):
+            return None
+        problem = _unreadable(Path(info.source))
+        if problem is not None:
+            self._registry.mark_failed(name, problem)
+        return problem
+
+    def failed_task_count(self) -> int:
+        """How many tasks are failed now (O(1): for metrics and readiness)."""
+        return self._registry.failed_count()
 
     def task_info(self, name: str) -> TaskInfo:
         return self._registry.info(name)

@@ -96,7 +96,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "schema_version": manifest.schema_version,
         "tool_version": manifest.tool_version,
         "created": manifest.created,
-        "base": manifest.base,
+        "base": manifest.base.to_dict(),
         "featurizer": {
             "fingerprint": fz.fingerprint,
             "adapter_drop": fz.adapter_drop,

@@ -315,8 +315,9 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
     )
     async def ready(request: Request) -> Response:
         ok, not_ready = state.readiness()
+        check = {"tasks_checked": state.tasks_checked, "tasks_known": state.known_task_count()}
         if ok:
-            return JSONResponse({"ready": True, "tasks_not_ready": not_ready})
+            return JSONResponse({"ready": True, "tasks_not_ready": not_ready, **check})
         why = (
             "the server is draining"
             if state.draining
@@ -330,6 +331,7 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             "request_id": request_id_of(request),
             "ready": False,
             "tasks_not_ready": not_ready,
+            **check,
         }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
