@@ -40,6 +40,8 @@ __all__ = [
     "PLACEMENTS",
     "RANK_AXIS",
     "SITES_BY_PLACEMENT",
+    "TOKENS_OUTPUT",
+    "TOKEN_CLASSIFICATION",
     "AdapterConfig",
     "AdapterSignature",
     "HeadConfig",
@@ -72,7 +74,12 @@ LOWER_SUFFIX = "_lower"
 FUSION_SLOT = "_fuse"
 FUSION_SUFFIX = "_fusion"
 POOLINGS = ("cls", "mean", "pooler")
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# "token_classification": a tagging head, one label per word (first-subword labelling; runtime/tagging.py).
+TOKEN_CLASSIFICATION = "token_classification"
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", TOKEN_CLASSIFICATION)
+# Which output of the adapted graph a head reads: a sequence head its pooling's, a token head every token's.
+FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
+TOKENS_OUTPUT = "tokens"
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 
@@ -374,6 +381,8 @@ class HeadConfig:
     base model's own pooler, ``tanh(W_p h[CLS] + b_p)``, with the base's (frozen) weights.
     Multi-label classification scores each label with ``sigmoid(out)`` and turns it on at
     ``>= thresholds[c]`` (one per label, tuned on the eval file by the trainer; 0.5 by default).
+    Token classification (``--head tagging``) applies the same dense layers to every token's last hidden
+    state instead of a pooled vector (``pooling`` is unused): ``out[s] = head(h[s])``, softmax per token.
     """
 
     problem_type: str = "single_label_classification"
@@ -425,6 +434,16 @@ class HeadConfig:
     @property
     def multi_label(self) -> bool:
         return self.problem_type == "multi_label_classification"
+
+    @property
+    def token_level(self) -> bool:
+        """A tagging head: logits per token, read from the adapted graph's ``tokens`` output."""
+        return self.problem_type == TOKEN_CLASSIFICATION
+
+    @property
+    def feature(self) -> str:
+        """The adapted graph output this head reads (``tokens`` for a tagging head, else its pooling's)."""
+        return TOKENS_OUTPUT if self.token_level else FEATURE_OF_POOLING[self.pooling]
 
     @property
     def out_features(self) -> int:

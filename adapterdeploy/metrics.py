@@ -42,7 +42,7 @@ __all__ = [
     "spearman",
 ]
 
-MAIN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "micro_f1", "macro_f1")
+MAIN_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "micro_f1", "macro_f1", "entity_f1")
 # Above this share of the most frequent label, accuracy rewards always answering that label
 # (CoLA: 70% acceptable, MRPC: 67.5% paraphrase), so the main metric becomes Matthews correlation.
 UNBALANCED_MAJORITY_SHARE = 0.6
@@ -179,6 +179,8 @@ def main_metric_name(problem_type: str, label_counts: Mapping[Any, int] | Sequen
         return "pearson"
     if problem_type == "multi_label_classification":
         return "micro_f1"
+    if problem_type == "token_classification":  # tagging: seqeval-style entity F1 (adapterdeploy/bio.py)
+        return "entity_f1"
     counts = list(label_counts.values()) if isinstance(label_counts, Mapping) else list(label_counts or [])
     total = sum(counts)
     if total and max(counts) / total > UNBALANCED_MAJORITY_SHARE:

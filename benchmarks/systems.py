@@ -20,7 +20,6 @@ faster eager-mode path a user gets from ``AutoModel.from_pretrained``.
 from __future__ import annotations
 
 import gc
-import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -408,24 +407,19 @@ class OursNoAdapter:
 
         dep = Path(spec["deployment"])
         m = Manifest.read(dep)
-        from adapterdeploy.runtime import Deployment
+        from adapterdeploy.runtime import RuntimeOptions
 
         # The same thread-pool choices as Deployment.open's defaults, whatever the runtime decides they are.
-        params = inspect.signature(Deployment.open).parameters
+        defaults = RuntimeOptions()
         factory = SessionFactory(
             threads=threads,
-            shared_pool=params["shared_thread_pool"].default,
-            spin_us=params["spin_us"].default,
+            shared_pool=defaults.shared_thread_pool,
+            spin_us=defaults.spin_us,
             precision=spec["precision"],
             cache_dir=dep / "engine_cache",
         )
         self.session = factory.session(Path(spec["graph"]))
-        self.encoder = TextEncoder(
-            dep / m.tokenizer.file,
-            m.tokenizer.max_length,
-            single_token_type=int(m.base.get("type_vocab_size", 2) or 2) <= 1,
-            pad_id=m.base.get("pad_token_id"),
-        )
+        self.encoder = TextEncoder.of_deployment(dep, m)
         head = load_file(str(dep / m.tasks[spec["task"]] / "adapters.safetensors"))
         self.w, self.b = head["head.out.w"], head["head.out.b"]
 

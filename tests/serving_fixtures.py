@@ -139,6 +139,17 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"{url} was not ready within {timeout} s")
 
 
+def wait_task_check(url: str, timeout: float = 30) -> httpx.Response:
+    """``/v2/health/ready`` once the server's background task check has opened every task (its last answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{url}/v2/health/ready", timeout=5)
+        body = r.json()
+        if body.get("tasks_checked") == body.get("tasks_known") or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families

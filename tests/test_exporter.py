@@ -16,10 +16,10 @@ import pytest
 from exporter_helpers import PAIRS, TEXTS, make_checkpoint, torch_logits
 
 from adapterdeploy.artifacts import Manifest, TaskSpec, verify_files
-from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
+from adapterdeploy.config import FEATURE_OF_POOLING, AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ConfigError, FingerprintMismatchError, UnknownTaskError, UnsupportedAdapterError
 from adapterdeploy.exporter.deployment import bank_of, export_deployment, inspect
-from adapterdeploy.exporter.parity import FEATURE_OF_POOLING, GraphRunner, ParityBatch, encode_items
+from adapterdeploy.exporter.parity import GraphRunner, ParityBatch, encode_items
 from adapterdeploy.exporter.updates import add_task, remove_task
 from adapterdeploy.models.base import load_base
 
@@ -78,7 +78,7 @@ def test_mixed_batch_parity_k0(tiny_base, dep, ckpts):
     assert manifest.parity["fp32"]["logits_max_abs_diff"] <= TOL
     assert manifest.parity["fp32"]["features_max_abs_diff"] <= TOL
     assert set(manifest.tasks) == {"a", "b", "c"}
-    assert manifest.featurizer.outputs == ("cls", "mean", "pooled")
+    assert manifest.featurizer.outputs == ("cls", "mean", "pooled", "tokens")
     assert independent_check(tiny_base, dep, ["a", "b", "c"], [ckpts["a"], ckpts["b"], ckpts["c"]]) <= TOL
     assert verify_files(dep, manifest.files) == []
     # A task file holds every bank key at its own bottleneck (zeros where it has no adapter) and its head.

@@ -143,3 +143,33 @@ def test_server_reads_cold_tasks_off_the_forward_thread_and_pages_the_index(many
             assert all(m["state"] == "READY" for m in ready.json())
             bad = http.post("/v2/repository/index", json={"limit": 0}, headers=AUTH)
             assert bad.status_code == 400
+
+
+def test_server_is_ready_before_its_tasks_are_checked(many, tmp_path, monkeypatch):
+    """Start-up does not walk the tasks (issue 16): the file check runs after readiness, on its own thread."""
+    from serving_fixtures import wait_task_check
+
+    import adapterdeploy.runtime.deployment as runtime_deployment
+
+    root, names = many
+    copy = tmp_path / "deploy"
+    shutil.copytree(root, copy)
+    (copy / "tasks" / names[7] / "adapters.safetensors").unlink()
+    gate = threading.Event()
+    check = runtime_deployment._unreadable
+
+    def held(source):  # the check of every task waits for the gate (old code: start-up waited here)
+        gate.wait(10)
+        return check(source)
+
+    monkeypatch.setattr(runtime_deployment, "_unreadable", held)
+    with ThreadedServer(Settings(deploy_dir=str(copy))) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        r = http.get("/v2/health/ready")
+        assert r.status_code == 200 and r.json()["tasks_checked"] == 0 and r.json()["tasks_known"] == 6 + N_SYNTHETIC
+        assert http.post("/v1/predict", json={"task": names[8], "inputs": ["x"]}).status_code == 200
+        bad = http.post("/v1/predict", json={"task": names[7], "inputs": ["x"]})  # verified on first use
+        assert bad.status_code == 503 and bad.json()["error_type"] == "task_failed"
+        gate.set()
+        r = wait_task_check(srv.url)
+        assert r.status_code == 200 and r.json()["tasks_checked"] == 6 + N_SYNTHETIC
+        assert list(r.json()["tasks_not_ready"]) == [names[7]]

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from serving_fixtures import ADMIN_TOKEN, MAX_LENGTH, ThreadedServer, metric, scrape
+from serving_fixtures import ADMIN_TOKEN, MAX_LENGTH, TASKS, ThreadedServer, metric, scrape
 
 from adapterdeploy.serving.settings import Settings
 
@@ -64,7 +64,8 @@ def check_error(r: httpx.Response, status: int, error_type: str, *fragments: str
 # ---- health and metadata ------------------------------------------------------------------------------
 def test_health_and_server_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
-    assert client.get("/v2/health/ready").json() == {"ready": True, "tasks_not_ready": {}}
+    ready = client.get("/v2/health/ready").json()
+    assert ready["ready"] is True and ready["tasks_not_ready"] == {} and ready["tasks_known"] == len(TASKS)
     meta = client.get("/v2").json()
     assert meta["name"] == "adapterdeploy" and meta["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/models/sentiment/ready").json() == {"name": "sentiment", "ready": True}

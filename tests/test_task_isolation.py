@@ -135,6 +135,20 @@ def test_check_tasks_marks_unreadable_and_truncated_tasks_failed(deploy_dir, tmp
         assert d.predict(["yes"], task="sentiment")[0].label is not None
 
 
+def test_prefetch_of_an_unreadable_task_fails_it_like_a_use(deploy_dir, tmp_path):
+    """The server's load thread prefetches cold tasks: an unreadable one is task_failed (503), not the loader's
+    ChecksumError (500), and is not read again until an explicit reload."""
+    copy = shutil.copytree(deploy_dir, tmp_path / "deploy")
+    (copy / "tasks" / "topic" / "adapters.safetensors").unlink()
+    with Deployment.open(copy) as d:
+        with pytest.raises(TaskFailedError, match="topic"):
+            d.prefetch("topic")
+        assert "adapters.safetensors" in d.failed_tasks()["topic"] and d.failed_task_count() == 1
+        with pytest.raises(TaskFailedError):
+            d.prefetch("topic")
+        assert d.prefetch("sentiment") is True and d.failed_task_count() == 1
+
+
 # ---- through the HTTP server's batcher -------------------------------------------------------------
 def test_server_answers_healthy_tasks_in_a_batch_with_a_poisoned_one(deploy_dir, expected, monkeypatch):
     import asyncio
@@ -184,14 +198,14 @@ def test_server_answers_healthy_tasks_in_a_batch_with_a_poisoned_one(deploy_dir,
 
 def test_readiness_names_tasks_whose_files_cannot_be_read(deploy_dir, tmp_path):
     import httpx
-    from serving_fixtures import ThreadedServer
+    from serving_fixtures import ThreadedServer, wait_task_check
 
     from adapterdeploy.serving.settings import Settings
 
     copy = shutil.copytree(deploy_dir, tmp_path / "deploy")
     (copy / "tasks" / "topic" / "adapters.safetensors").unlink()
     with ThreadedServer(Settings(deploy_dir=str(copy))) as srv:
-        r = httpx.get(f"{srv.url}/v2/health/ready")
+        r = wait_task_check(srv.url)  # the check runs after the server is ready, on its own thread
         assert r.status_code == 200 and list(r.json()["tasks_not_ready"]) == ["topic"]
         assert httpx.get(f"{srv.url}/v2/models/topic/ready").status_code == 503
         assert httpx.post(f"{srv.url}/v1/predict", json={"task": "topic", "inputs": ["x"]}).status_code == 503
@@ -199,6 +213,6 @@ def test_readiness_names_tasks_whose_files_cannot_be_read(deploy_dir, tmp_path):
     for task_dir in (copy / "tasks").iterdir():  # no task can serve: the replica is not ready
         (task_dir / "adapters.safetensors").unlink(missing_ok=True)
     with ThreadedServer(Settings(deploy_dir=str(copy))) as srv:
-        r = httpx.get(f"{srv.url}/v2/health/ready")
+        r = wait_task_check(srv.url)
         assert r.status_code == 503 and len(r.json()["tasks_not_ready"]) == len(list((copy / "tasks").iterdir()))
         assert httpx.get(f"{srv.url}/v2/health/live").status_code == 200

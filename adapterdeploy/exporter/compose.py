@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from adapterdeploy.artifacts import PARITY_SAMPLES, TASK_WEIGHTS_FILE, Manifest, TaskSpec, atomic_directory
+from adapterdeploy.config import FEATURE_OF_POOLING
 from adapterdeploy.errors import ArtifactError, ConfigError, ParityError, UnknownTaskError
 from adapterdeploy.exporter.hf_folder import (
     GRAPH_FILES,
@@ -37,7 +38,6 @@ from adapterdeploy.exporter.hf_folder import (
 
 __all__ = ["compose_standalone", "export_standalone_folder"]
 
-FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 _CHECK_ROWS: list[Any] = [
     "the movie was good",
     "a very bad film and a boring plot",
@@ -89,6 +89,11 @@ def compose_standalone(root: Path, manifest: Manifest, spec: TaskSpec, task_dir:
     graph = helper.make_graph([], f"{spec.name}-standalone", list(trunk.graph.input), [])
     graph.initializer.extend(trunk.graph.initializer)
     graph.node.extend(trunk.graph.node)
+    if spec.head.token_level:
+        raise ConfigError(
+            f"task {spec.name!r} is a tagging (token classification) task; standalone folders are not written "
+            "for tagging tasks yet: serve it from the deployment"
+        )
     feature = FEATURE_OF_POOLING[spec.head.pooling]
     if feature not in fz.outputs:
         raise ArtifactError(

@@ -13,7 +13,6 @@ Order of work, so that bad input and failed parity leave nothing behind:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -185,22 +184,6 @@ def _eval_plan(eval_file: EvalSpec, ckpts: Sequence[Any]) -> dict[str, Path]:
     return plan
 
 
-def _base_info(base: Any) -> dict[str, Any]:
-    return {
-        "path": str(base.path),
-        "model_type": base.model_type,
-        "fingerprint": base.fingerprint,
-        "hidden_size": base.hidden_size,
-        "num_layers": base.num_layers,
-        "num_heads": base.num_heads,
-        "has_pooler": base.has_pooler,
-        "max_position_embeddings": base.max_position_embeddings,
-        "layer_norm_eps": base.layer_norm_eps,
-        # The base's config.json, for the config.json of standalone folders (export-standalone has no base).
-        "config": json.loads(base.model.config.to_json_string(use_diff=True)),
-    }
-
-
 # ------------------------------------------------------------------------------------------------- helpers
 def _collect_files(root: Path) -> dict[str, FileEntry]:
     """Checksums of the deployment-level files; task files are listed (and hashed) by their own task.json."""
@@ -224,9 +207,15 @@ def _write_tokenizer(base: Any, root: Path) -> None:
 
 
 def _samples(model: Any, tokenizer: Any, text_pair: bool, max_length: int) -> list[dict[str, Any]]:
-    """A few inputs with their PyTorch fp32 logits (TaskSpec.parity["samples"], read by ``check``)."""
+    """A few inputs with their PyTorch fp32 logits (TaskSpec.parity["samples"], read by ``check``).
+
+    None for a tagging task: its token logits are checked at export (run_parity), ``check`` compares its
+    per-word scores between mixed and single-row runs.
+    """
     import torch
 
+    if model.head_config.token_level:
+        return []
     items: list[Any] = (
         [("the company said its shares were up", "shares of the company rose"), ("it is great", "it is terrible")]
         if text_pair
@@ -247,36 +236,54 @@ def _samples(model: Any, tokenizer: Any, text_pair: bool, max_length: int) -> li
 
 
 class _Build:
-    """The featurizer modules, task preparations and parity inputs of one export or add-task."""
+    """The featurizer modules, task preparations and parity inputs of one export or add-task.
+
+    Tasks stream through PyTorch one parity group at a time (``parity.PARITY_GROUP``): each group's models are
+    built on the one shared base, give their bank rows, head, PyTorch references and ``task.json`` samples,
+    and are freed before the next group's are built. What stays per task is its own bytes (rows, head, a
+    few reference vectors), so export memory does not grow with N beyond them (issue 16).
+    """
 
     def __init__(
         self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int, max_length: int
     ) -> None:
         from adapterdeploy.exporter.featurizer import Adapted, Trunk, copy_encoder, stack_bank
-        from adapterdeploy.exporter.parity import parity_batches, timing_batches, torch_reference
-        from adapterdeploy.exporter.task_pieces import prepare_task
+        from adapterdeploy.exporter.parity import parity_batches, task_groups, timing_batches, torch_reference
+        from adapterdeploy.exporter.task_pieces import prepare_task, reference_model
 
         hf = copy_encoder(base)
         self.base, self.max_length = base, max_length
         self.trunk = Trunk(base, adapter_drop, hf)
         self.adapted = Adapted(base, adapter_drop, signature, hf)
-        self.tasks = [prepare_task(base, c, signature, adapter_drop, self.adapted.adapted_layers) for c in ckpts]
-        self.bank_torch = stack_bank([t.rows for t in self.tasks], self.adapted.keys)
-        self.bank = [b.numpy() for b in self.bank_torch]
         self.tokenizer = base.load_tokenizer()
-        self.batches = parity_batches(self.tokenizer, len(self.tasks), max_length)
-        self.refs = [torch_reference([t.model for t in self.tasks], b) for b in self.batches]
-        self.timing = timing_batches(self.tokenizer, len(self.tasks), max_length)
+        self.batches = parity_batches(self.tokenizer, len(ckpts), max_length)
+        self.timing = timing_batches(self.tokenizer, len(ckpts), max_length)
+        self.tasks: list[Any] = []
+        self.samples: list[list[dict[str, Any]]] = []
+        self.refs: list[dict[int, Any]] = [{} for _ in self.batches]
+        for group in task_groups(len(ckpts)):
+            models = {}
+            for i in group:
+                model = reference_model(base, ckpts[i], adapter_drop)
+                layers = self.adapted.adapted_layers
+                self.tasks.append(prepare_task(base, ckpts[i], signature, adapter_drop, layers, model))
+                self.samples.append(_samples(model, self.tokenizer, ckpts[i].text_pair, max_length))
+                models[i] = model
+            for refs, batch in zip(self.refs, self.batches, strict=True):
+                refs.update(torch_reference(models, batch))
+            del models, model  # the group's task models go; the next group's are built on the same base
+        # The adapted graph is traced with a bank of a few tasks: its T axis is dynamic.
+        self.example_bank = stack_bank([t.rows for t in self.tasks[:2]], self.adapted.keys)
 
     def parity_inputs(self, heads: dict[str, Path]) -> Any:
         from adapterdeploy.exporter.variants import ParityInputs
 
         return ParityInputs(
             tasks=[t.name for t in self.tasks],
-            poolings=[t.ckpt.head.pooling for t in self.tasks],
+            features=[t.ckpt.head.feature for t in self.tasks],
             classification=[t.ckpt.head.problem_type != "regression" for t in self.tasks],
             heads=heads,
-            bank=self.bank,
+            rows=[t.rows for t in self.tasks],
             batches=self.batches,
             refs=self.refs,
             timing=self.timing,
@@ -292,16 +299,16 @@ class _Build:
             task_dir = root / "tasks" / t.name
             task_dir.mkdir(parents=True, exist_ok=True)
             heads[t.name] = task_dir / TASK_HEAD_FILE
-            export_head(HeadGraph(t.model.head), heads[t.name], opset=opset, hidden_size=self.base.hidden_size)
+            export_head(HeadGraph(t.head_module), heads[t.name], opset=opset, hidden_size=self.base.hidden_size)
         return heads
 
     def write_tasks(self, root: Path, fingerprint: str, parity: Mapping[str, Any], tolerance: float) -> None:
         from adapterdeploy.exporter.task_pieces import write_task_piece
 
-        for t in self.tasks:
+        for t, samples in zip(self.tasks, self.samples, strict=True):
             figures: dict[str, Any] = {"tolerance": tolerance}
             figures.update({p: r.summary(t.name) for p, r in parity.items()})
-            figures[PARITY_SAMPLES] = _samples(t.model, self.tokenizer, t.ckpt.text_pair, self.max_length)
+            figures[PARITY_SAMPLES] = samples
             write_task_piece(root / "tasks" / t.name, t, fingerprint=fingerprint, parity=figures)
 
 
@@ -452,7 +459,7 @@ def _export(
             tmp / ".work",
             build.trunk,
             build.adapted,
-            bank_torch=build.bank_torch,
+            example_bank=build.example_bank,
             precisions=precisions,
             opset=opset,
             tolerance=tolerance,
@@ -468,10 +475,10 @@ def _export(
         if standalone:
             source = FolderSource(
                 tokenizer=tmp / "tokenizer.json",
-                base_config=_base_info(base)["config"],
+                base_config=base.spec.config,
                 max_length=max_length,
                 model_type=base.model_type,
-                pad_id=base.model.config.pad_token_id,
+                pad_id=base.spec.pad_token_id,
                 fingerprint=fingerprint,
             )
             standalone_paths, standalone_parity = export_standalone_graphs(
@@ -501,7 +508,7 @@ def _export(
         if standalone_parity:
             parity["standalone"] = standalone_parity
         manifest = Manifest(
-            base=_base_info(base),
+            base=base.spec,
             featurizer=FeaturizerSpec(
                 fingerprint=fingerprint,
                 adapter_drop=adapter_drop,

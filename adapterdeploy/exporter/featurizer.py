@@ -10,6 +10,7 @@ Semantics (per row ``r`` of the adapted batch, ``t = task_index[r]``, ``u = row_
     W[r]    = bank[t]                        (Gather; biases / LayerNorm rows become [B, 1, *])
     h[r]    = layers [K, L) of h0[r], each adapter site reading W[r] (config.py's site semantics)
     cls[r]  = h[r, 0];  mean[r] = sum_s h[r, s] m[u, s] / max(sum_s m[u, s], 1);  pooled[r] = pooler(h[r])
+    tokens[r] = h[r]                         (every token, for tagging heads)
 
 For the native sub-layer sites (``y = LN(d + a(d) + res)`` with ``d = x W + b``) the graph is written as
 ``LN((x W + (up(act(down(d))) + up_b + b)) + res)``: the same value, but the LayerNorm's input is an
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, AdapterSignature, SiteOptions
+from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, TOKENS_OUTPUT, AdapterSignature, SiteOptions
 from adapterdeploy.errors import ExportError
 from adapterdeploy.exporter.lora_bank import bank_rank, pad_rank, peft_dynamic_axes, peft_keys, peft_rows
 from adapterdeploy.models.adapters import (
@@ -111,7 +112,14 @@ def bank_dynamic_axes(key: str) -> dict[int, str]:
 
 
 def outputs_for(base: BaseModel) -> tuple[str, ...]:
-    return ("cls", "mean", "pooled") if base.has_pooler else ("cls", "mean")
+    """The adapted graph's outputs: pooled features, then ``tokens`` (every token's last hidden state).
+
+    ``tokens`` is last so that existing index-based readers keep their positions. Its value is computed for
+    the pooled outputs anyway; the runtime requests it only for batches holding a tagging task, so sequence
+    batches never copy ``[rows, S, H]`` out of the session.
+    """
+    pooled = ("cls", "mean", "pooled") if base.has_pooler else ("cls", "mean")
+    return (*pooled, TOKENS_OUTPUT)
 
 
 def fusion_friendly(opts: SiteOptions) -> bool:
@@ -457,7 +465,8 @@ class Adapted(nn.Module):
 
     def features(self, h: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         out = (h[:, 0], mean_pool(h, mask))
-        return (*out, self.pooler(h)) if self.pooler is not None else out
+        out = (*out, self.pooler(h)) if self.pooler is not None else out
+        return (*out, h)  # tokens
 
     def forward(
         self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor, *bank: Tensor

@@ -194,28 +194,31 @@ class FolderSource:
     def of_deployment(cls, root: Path, manifest: Any) -> FolderSource:
         """From a deployment's manifest; the base config is the one recorded at export (``base.config``),
         else the base directory's config.json when it is still there, else the fields the manifest keeps."""
-        base = dict(manifest.base)
-        config = base.get("config")
+        base = manifest.base
+        config = dict(base.config)
         if not config:
-            path = Path(str(base.get("path", ""))) / "config.json"
+            path = Path(base.path) / "config.json"
             config = (
                 json.loads(path.read_text(encoding="utf-8"))
-                if path.is_file()
+                if base.path and path.is_file()
                 else {
-                    "model_type": base.get("model_type", manifest.tokenizer.model_type),
-                    "hidden_size": base.get("hidden_size"),
-                    "num_hidden_layers": base.get("num_layers"),
-                    "num_attention_heads": base.get("num_heads"),
-                    "max_position_embeddings": base.get("max_position_embeddings"),
-                    "layer_norm_eps": base.get("layer_norm_eps"),
+                    "model_type": base.model_type,
+                    "hidden_size": base.hidden_size,
+                    "num_hidden_layers": base.num_layers,
+                    "num_attention_heads": base.num_heads,
+                    "max_position_embeddings": base.max_position_embeddings,
+                    "layer_norm_eps": base.layer_norm_eps,
+                    "type_vocab_size": base.type_vocab_size,
+                    "pad_token_id": base.pad_token_id,
+                    **({"vocab_size": base.vocab_size} if base.vocab_size else {}),
                 }
             )
         return cls(
             tokenizer=root / manifest.tokenizer.file,
             base_config=config,
             max_length=int(manifest.tokenizer.max_length),
-            model_type=str(base.get("model_type", manifest.tokenizer.model_type)),
-            pad_id=base.get("pad_token_id", config.get("pad_token_id")),
+            model_type=base.model_type,
+            pad_id=base.pad_token_id,
             fingerprint=manifest.featurizer.fingerprint,
         )
 

@@ -17,6 +17,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import Tensor, nn
 
+from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.errors import ExportError
 from adapterdeploy.exporter.featurizer import Adapted, HeadGraph, StandaloneModel, Trunk, bank_dynamic_axes
 
@@ -128,7 +129,7 @@ def export_trunk(trunk: Trunk, path: str | Path, *, opset: int, vocab_size: int)
 def export_adapted(
     adapted: Adapted, path: str | Path, *, opset: int, hidden_size: int, bank: Sequence[Tensor]
 ) -> onnx.ModelProto:
-    """``adapted.onnx``: hidden, attention_mask, row_source, task_index, bank inputs -> cls, mean (, pooled)."""
+    """``adapted.onnx``: hidden, attention_mask, row_source, task_index, bank inputs -> cls, mean (, pooled), tokens."""
     hidden = torch.randn(2, 7, hidden_size)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
@@ -143,6 +144,7 @@ def export_adapted(
     }
     axes.update({k: bank_dynamic_axes(k) for k in adapted.keys})
     axes.update({o: {0: "rows"} for o in adapted.output_names})
+    axes[TOKENS_OUTPUT] = {0: "rows", 1: "sequence"}
     return export_module(
         adapted,
         (hidden, mask, row_source, task_index, *bank),

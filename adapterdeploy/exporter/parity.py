@@ -1,17 +1,24 @@
 """Parity: the ONNX graphs (plain onnxruntime sessions) against the PyTorch model of every task.
 
 What is compared, per task and per output, on every parity batch:
-- features: each adapted output (cls, mean, pooled) of each row vs the PyTorch encoder of the row's task;
-- logits: ``head.onnx`` on the task's pooled feature vs ``EncoderWithAdapters.forward``;
+- features: each adapted output (cls, mean, pooled, tokens) of each row vs the PyTorch encoder of the row's task;
+- logits: ``head.onnx`` on the task's pooled feature (a tagging head: on every real token's hidden state)
+  vs ``EncoderWithAdapters.forward``;
 - standalone graphs: their logits vs the same reference.
-The batches mix every task in one forward, hold padded rows, an unpadded row at max length, single
-texts and pairs, and fan out every text to every task (row_source), plus an unpadded batch of one
-short text fanned out to all tasks. fp32 refuses beyond the tolerance (ParityError listing every
-failing output); int8 / fp16 record max abs diff and argmax agreement instead.
+The batches mix tasks in one forward (groups of ``PARITY_GROUP`` tasks), hold padded rows, an unpadded row
+at max length, single texts and pairs, and fan out every text to every task of the group (row_source), plus
+an unpadded batch of one short text fanned out to the group's tasks. fp32 refuses beyond the tolerance
+(ParityError listing every failing output); int8 / fp16 record max abs diff and argmax agreement instead.
+
+Memory is bounded by the group, not by the number of tasks N (issue 16): each batch is given only its own
+tasks' bank rows (:func:`batch_bank`), head sessions live while their group's batches run
+(:meth:`GraphRunner.keep_heads`), and the PyTorch references are computed one group of task models at a time
+by the caller (``torch_reference`` takes the models of the tasks it should cover).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,24 +27,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
 
 __all__ = [
+    "PARITY_GROUP",
     "GraphRunner",
     "ParityBatch",
     "ParityResult",
+    "batch_bank",
     "compare_standalone",
     "encode_items",
     "parity_batches",
     "raise_on_failures",
     "run_parity",
+    "task_groups",
     "timing_batches",
     "torch_reference",
 ]
 
 Item = str | tuple[str, str]
-FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -71,15 +81,23 @@ def encode_items(tokenizer: Any, items: Sequence[Item], max_length: int) -> tupl
     return ids, mask, tt
 
 
-PARITY_GROUP = 8  # tasks per mixed parity batch: bounds the rows of one onnxruntime call whatever N is
+PARITY_GROUP = 8  # tasks per parity batch: bounds the rows of one onnxruntime call (and the models alive)
 
 
-def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int = PARITY_GROUP) -> list[ParityBatch]:
-    """Mixed batches (max-length row, padded rows, singles, pairs, every task in a fan-out) and an unpadded one.
+def task_groups(num_tasks: int, group: int | None = None) -> list[range]:
+    """Task indices in consecutive groups of ``group`` (default ``PARITY_GROUP``, read at call time): the unit
+    in which references and parity stream."""
+    size = group or PARITY_GROUP
+    return [range(g, min(g + size, num_tasks)) for g in range(0, num_tasks, size)]
 
-    The mixed rows are split into one batch per group of ``group`` tasks: every task still sees every text,
-    while one batch holds at most ``6 * group`` rows (at N = 64 one batch of all 384 rows padded to
-    max_length was most of the export's memory, and it grew with N).
+
+def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int | None = None) -> list[ParityBatch]:
+    """Per group of ``group`` tasks: a mixed batch (max-length row, padded rows, singles, pairs, every text of
+    the group fanned out to every task of the group) and an unpadded batch of one short text fanned out to
+    the group's tasks, in that order (a group's batches are adjacent, so its head sessions live once).
+
+    One batch holds at most ``6 * group`` rows whatever N is (at N = 64 one batch of all 384 rows padded to
+    max_length was most of the export's memory, and it grew with N); every task still sees every text.
     """
     long_text = " ".join(["the movie was a great story and the actor was very good"] * max_length)
     items: list[Item] = [
@@ -91,44 +109,65 @@ def parity_batches(tokenizer: Any, num_tasks: int, max_length: int, group: int =
         "yes",
     ]
     ids, mask, tt = encode_items(tokenizer, items, max_length)
+    ids1, mask1, tt1 = encode_items(tokenizer, ["a good film"], max_length)
+    groups = task_groups(max(num_tasks, 1), group)
     batches = []
-    starts = range(0, max(num_tasks, 1), group)
-    for g in starts:
-        pairs = [(u, t) for t in range(g, min(g + group, num_tasks)) for u in range(len(items))]
+    for tasks in groups:
+        g = tasks.start
+        tag = "" if len(groups) == 1 else f"[{g}:{tasks.stop}]"
+        pairs = [(u, t) for t in tasks for u in range(len(items))]
         order = np.random.default_rng(g).permutation(len(pairs))  # interleave tasks and texts
         rs = np.array([pairs[i][0] for i in order], dtype=np.int64)
         ti = np.array([pairs[i][1] for i in order], dtype=np.int64)
-        batches.append(ParityBatch("mixed" if len(starts) == 1 else f"mixed[{g}:{g + group}]", ids, mask, tt, rs, ti))
-    ids1, mask1, tt1 = encode_items(tokenizer, ["a good film"], max_length)
-    fan = ParityBatch(
-        "fan_out_unpadded", ids1, mask1, tt1, np.zeros(num_tasks, dtype=np.int64), np.arange(num_tasks, dtype=np.int64)
-    )
-    return [*batches, fan]
+        batches.append(ParityBatch(f"mixed{tag}", ids, mask, tt, rs, ti))
+        fan_ti = np.arange(tasks.start, min(tasks.stop, num_tasks), dtype=np.int64)
+        batches.append(
+            ParityBatch(f"fan_out_unpadded{tag}", ids1, mask1, tt1, np.zeros(len(fan_ti), dtype=np.int64), fan_ti)
+        )
+    return batches
+
+
+def batch_bank(
+    rows: Sequence[Mapping[str, torch.Tensor]], keys: Sequence[str], batch: ParityBatch
+) -> tuple[ParityBatch, list[np.ndarray]]:
+    """The batch with ``task_index`` renumbered over its own tasks, and the bank of only those tasks.
+
+    What the runtime does too (only the batch's rows reach onnxruntime): the bank of one batch is at most
+    a group's rows, never all N tasks'. Zero-padding to the batch's largest bottleneck / rank is exact.
+    """
+    from adapterdeploy.exporter.featurizer import stack_bank
+
+    present = np.unique(batch.task_index)
+    local = np.searchsorted(present, batch.task_index).astype(np.int64)
+    bank = [b.numpy() for b in stack_bank([rows[int(t)] for t in present], keys)]
+    return dataclasses.replace(batch, task_index=local), bank
 
 
 @dataclass
 class _Reference:
-    features: dict[str, np.ndarray]  # output name -> [U, H]
-    logits: np.ndarray  # [U, out]
+    features: dict[str, np.ndarray]  # output name -> [U, H] ([U, S, H] for tokens)
+    logits: np.ndarray  # [U, out] ([U, S, out] for a tagging head)
 
 
-def torch_reference(models: Sequence[EncoderWithAdapters], batch: ParityBatch) -> list[_Reference | None]:
-    """Each task's PyTorch features and logits on every unique text of the batch (None: no row of it here)."""
+def torch_reference(models: Mapping[int, EncoderWithAdapters], batch: ParityBatch) -> dict[int, _Reference]:
+    """PyTorch features and logits on every unique text of the batch, for each task ``t`` of ``models`` with rows
+    in it (``{t: reference}``); tasks of other groups are the caller's next call."""
     ids, mask, tt = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
     present = set(batch.task_index.tolist())
-    refs: list[_Reference | None] = []
+    refs: dict[int, _Reference] = {}
     with torch.no_grad():
-        for t, model in enumerate(models):
+        for t, model in models.items():
             if t not in present:
-                refs.append(None)
                 continue
             h = model.encode(ids, mask, tt)
             pooler = getattr(model.base, "pooler", None) if model.base_info.has_pooler else None
             feats = {"cls": h[:, 0], "mean": mean_pool(h, mask)}
             if pooler is not None:
                 feats["pooled"] = pooler(h)
-            logits = model.head(h, mask, pooler)
-            refs.append(_Reference({k: v.float().numpy() for k, v in feats.items()}, logits.float().numpy()))
+            if model.head_config.feature == TOKENS_OUTPUT:  # [U, S, H]: kept only for the tasks that read it
+                feats[TOKENS_OUTPUT] = h
+            logits = model.head(h, mask, pooler)  # [U, out], or [U, S, out] for a tagging head
+            refs[t] = _Reference({k: v.float().numpy() for k, v in feats.items()}, logits.float().numpy())
     return refs
 
 
@@ -149,13 +188,19 @@ def _feed(session: Any, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 class GraphRunner:
-    """trunk -> adapted (with a bank) -> head.onnx per task, on plain onnxruntime CPU sessions."""
+    """trunk -> adapted (with a bank) -> head.onnx per task, on plain onnxruntime CPU sessions.
+
+    Head sessions open on first use and close when :meth:`keep_heads` no longer names them, so at most a
+    group's heads are open at once (one session per task of N was memory that grew with N).
+    """
 
     def __init__(
         self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path], threads: int | None = None
     ) -> None:
         self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
-        self.heads = {name: _session(p, threads) for name, p in heads.items()}
+        self.threads = threads
+        self.head_paths = dict(heads)
+        self.heads: dict[str, Any] = {}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
 
     def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -175,8 +220,16 @@ class GraphRunner:
         outs = self.adapted.run(None, _feed(self.adapted, values))
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
 
+    def keep_heads(self, tasks: Sequence[str]) -> None:
+        """Close the head sessions of tasks not in ``tasks``."""
+        keep = set(tasks)
+        for name in [n for n in self.heads if n not in keep]:
+            del self.heads[name]
+
     def head(self, task: str, features: np.ndarray) -> np.ndarray:
-        session = self.heads[task]
+        session = self.heads.get(task)
+        if session is None:
+            session = self.heads[task] = _session(self.head_paths[task], self.threads)
         return session.run(None, _feed(session, {"features": features}))[0].astype(np.float32)
 
 
@@ -227,31 +280,48 @@ def _fmt(x: float) -> float:
 def run_parity(
     runner: GraphRunner,
     tasks: Sequence[str],
-    poolings: Sequence[str],
+    features: Sequence[str],
     classification: Sequence[bool],
-    bank: Sequence[np.ndarray],
+    rows: Sequence[Mapping[str, torch.Tensor]],
     batches: Sequence[ParityBatch],
-    refs: Sequence[Sequence[_Reference]],
+    refs: Sequence[Mapping[int, _Reference]],
 ) -> ParityResult:
-    """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``)."""
+    """Run the graphs on every batch and compare with the PyTorch references (``refs[batch][task]``).
+
+    ``rows[t]`` are task t's bank rows; each batch gets the bank of its own tasks only (:func:`batch_bank`).
+    ``features[t]`` is the adapted output task t's head reads (``cls`` / ``mean`` / ``pooled``, or ``tokens``
+    for a tagging head, whose logits are compared at every real token, padding excluded).
+    """
     result = ParityResult()
+    keys = runner.bank_names
     for batch, batch_refs in zip(batches, refs, strict=True):
-        feats = runner.features(batch, bank)
+        local, bank = batch_bank(rows, keys, batch)
+        runner.keep_heads([tasks[int(t)] for t in np.unique(batch.task_index)])
+        feats = runner.features(local, bank)
+        del bank
         result.rows += len(batch.row_source)
-        for t, task in enumerate(tasks):
-            rows = np.nonzero(batch.task_index == t)[0]
-            if not len(rows):
-                continue
-            src = batch.row_source[rows]
-            ref = batch_refs[t]
-            assert ref is not None  # every task with rows in a batch has its reference
+        for t in np.unique(batch.task_index).tolist():
+            task = tasks[t]
+            sel = np.nonzero(batch.task_index == t)[0]
+            src = batch.row_source[sel]
+            ref = batch_refs[t]  # every task with rows in a batch has its reference
+            real = batch.attention_mask[src].astype(bool)  # [rows, S]: tokens that are not padding
             for name, value in feats.items():
-                result.add(task, f"features.{name}", np.abs(value[rows] - ref.features[name][src]).max())
-            logits = runner.head(task, feats[FEATURE_OF_POOLING[poolings[t]]][rows])
-            expected = ref.logits[src]
+                if name == TOKENS_OUTPUT and features[t] != TOKENS_OUTPUT:
+                    continue  # every token's hidden state is judged only for the tasks that read it (tagging)
+                diff = np.abs(value[sel] - ref.features[name][src])
+                result.add(task, f"features.{name}", (diff[real] if name == TOKENS_OUTPUT else diff).max())
+            if features[t] == TOKENS_OUTPUT:
+                tok = feats[TOKENS_OUTPUT][sel]
+                logits = runner.head(task, tok.reshape(-1, tok.shape[-1])).reshape(*tok.shape[:2], -1)[real]
+                expected = ref.logits[src][real]
+            else:
+                logits = runner.head(task, feats[features[t]][sel])
+                expected = ref.logits[src]
             result.add(task, "logits", np.abs(logits - expected).max())
             if classification[t]:
-                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(rows))
+                result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))
+    runner.keep_heads([])
     return result
 
 
@@ -261,13 +331,14 @@ def compare_standalone(
     t: int,
     classification: bool,
     batches: Sequence[ParityBatch],
-    refs: Sequence[Sequence[_Reference]],
+    refs: Sequence[Mapping[int, _Reference]],
 ) -> ParityResult:
     """A standalone graph's logits on every unique text vs the task's PyTorch logits."""
     session = _session(path)
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
-        if batch_refs[t] is None:  # a mixed batch of another task group
+        ref = batch_refs.get(t)
+        if ref is None:  # a batch of another task group
             continue
         text = {
             "input_ids": batch.input_ids,
@@ -275,7 +346,7 @@ def compare_standalone(
             "token_type_ids": batch.token_type_ids,
         }
         logits = session.run(None, _feed(session, text))[0].astype(np.float32)
-        expected = batch_refs[t].logits
+        expected = ref.logits
         result.rows += len(logits)
         result.add(task, "logits", np.abs(logits - expected).max())
         if classification:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from adapterdeploy.errors import ConfigError
 from adapterdeploy.exporter.featurizer import Adapted, StandaloneModel, Trunk
 from adapterdeploy.exporter.hf_folder import (
     GRAPH_FILES,
@@ -49,6 +50,13 @@ def export_standalone_graphs(
 
     ``refs[batch][ref_index[i]]`` is the PyTorch reference of ``tasks[i]``. fp32 refuses beyond the tolerance.
     """
+    tagging = [t.name for t in tasks if t.ckpt.head.token_level]
+    if tagging:
+        raise ConfigError(
+            f"standalone folders are not written for tagging (token classification) tasks yet: {tagging}; "
+            "export without --standalone (the deployment itself serves them), or put them in a deployment "
+            "exported without --standalone"
+        )
     paths: dict[str, dict[str, str]] = {}
     parity: dict[str, dict[str, Any]] = {}
     for i, task in enumerate(tasks):
@@ -61,7 +69,7 @@ def export_standalone_graphs(
         fp32 = folder / GRAPH_FILES["fp32"]
         fp32.parent.mkdir(parents=True, exist_ok=True)
         export_standalone(
-            StandaloneModel(trunk, adapted, task.rows, task.model.head), fp32, opset=opset, vocab_size=vocab_size
+            StandaloneModel(trunk, adapted, task.rows, task.head_module), fp32, opset=opset, vocab_size=vocab_size
         )
         result = compare_standalone(fp32, task.name, t, classification, batches, refs)
         raise_on_failures(result, tolerance, f"standalone graph of task {task.name!r}")

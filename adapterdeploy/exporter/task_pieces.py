@@ -23,13 +23,14 @@ from adapterdeploy.exporter.adapter_drop import dropped_layers, without_dropped
 from adapterdeploy.exporter.featurizer import fusion_slot, head_rows, is_fusion_key, task_rows
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
-from adapterdeploy.models.encoder import EncoderWithAdapters
+from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead
 
 __all__ = [
     "TASK_PIECE_FORMAT",
     "PreparedTask",
     "bank_of",
     "prepare_task",
+    "reference_model",
     "write_task_files",
     "write_task_piece",
 ]
@@ -39,33 +40,45 @@ TASK_PIECE_FORMAT = "adapterdeploy.task-piece"
 
 @dataclass
 class PreparedTask:
-    """A checkpoint made ready to export: its reference model (without dropped adapters) and its rows."""
+    """A checkpoint made ready to export: its bank rows, head (weights and module) and adapted layers.
+
+    It holds no PyTorch model: a task's :class:`EncoderWithAdapters` is built (:func:`reference_model`) while
+    its references are computed and freed afterwards, so an export of N tasks never has N models alive.
+    """
 
     ckpt: TaskCheckpoint
-    model: EncoderWithAdapters
     rows: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor]
+    head_module: TaskHead
+    layers: tuple[int, ...]
     dropped: tuple[int, ...]
 
     @property
     def name(self) -> str:
         return self.ckpt.name
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return tuple(self.model.layer_ids)
+
+def reference_model(base: BaseModel, ckpt: TaskCheckpoint, adapter_drop: int) -> EncoderWithAdapters:
+    """The task's PyTorch model as deployed (adapters below K removed) on the shared ``base``."""
+    return without_dropped(ckpt, adapter_drop).build_model(base)
 
 
 def prepare_task(
-    base: BaseModel, ckpt: TaskCheckpoint, signature: AdapterSignature, adapter_drop: int, adapted_layers: Sequence[int]
+    base: BaseModel,
+    ckpt: TaskCheckpoint,
+    signature: AdapterSignature,
+    adapter_drop: int,
+    adapted_layers: Sequence[int],
+    model: EncoderWithAdapters | None = None,
 ) -> PreparedTask:
-    """Build the task's PyTorch model as deployed (adapters below K removed) and its bank rows."""
-    model = without_dropped(ckpt, adapter_drop).build_model(base)
+    """The task's bank rows and head, read from ``model`` (built here and dropped when not given)."""
+    model = model if model is not None else reference_model(base, ckpt, adapter_drop)
     return PreparedTask(
         ckpt=ckpt,
-        model=model,
         rows=task_rows(model, signature, adapted_layers),
         head=head_rows(model.head),
+        head_module=model.head,
+        layers=tuple(model.layer_ids),
         dropped=dropped_layers(ckpt, adapter_drop),
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,19 @@ from adapterdeploy.errors import ParityError
 from adapterdeploy.exporter.featurizer import Adapted, Trunk
 from adapterdeploy.exporter.onnx_graphs import export_adapted, export_trunk
 from adapterdeploy.exporter.optimize import interleaved_medians, op_counts, optimize_graph
-from adapterdeploy.exporter.parity import GraphRunner, ParityBatch, ParityResult, raise_on_failures, run_parity
+from adapterdeploy.exporter.parity import (
+    GraphRunner,
+    ParityBatch,
+    ParityResult,
+    batch_bank,
+    raise_on_failures,
+    run_parity,
+)
 from adapterdeploy.exporter.quantize import convert_fp16, graph_io_dtypes, quantize_int8
 
 __all__ = ["ParityInputs", "build_variants"]
 
-FP32_IO = ("hidden", "cls", "mean", "pooled")
+FP32_IO = ("hidden", "cls", "mean", "pooled", "tokens")
 
 
 @dataclass
@@ -40,18 +47,18 @@ class ParityInputs:
     """Everything parity needs besides the graphs: tasks, heads, bank, batches and references."""
 
     tasks: Sequence[str]
-    poolings: Sequence[str]
+    features: Sequence[str]  # the adapted output each task's head reads (HeadConfig.feature)
     classification: Sequence[bool]
     heads: dict[str, Path]
-    bank: Sequence[np.ndarray]
+    rows: Sequence[Mapping[str, Any]]  # each task's bank rows (torch); a batch's bank is stacked from its tasks'
     batches: Sequence[ParityBatch]
-    refs: Sequence[Sequence[Any]]
+    refs: Sequence[Mapping[int, Any]]
     timing: Sequence[ParityBatch]
 
     def run(self, trunk: Path, adapted: Path) -> tuple[ParityResult, GraphRunner]:
         runner = GraphRunner(trunk, adapted, self.heads)
         return run_parity(
-            runner, self.tasks, self.poolings, self.classification, self.bank, self.batches, self.refs
+            runner, self.tasks, self.features, self.classification, self.rows, self.batches, self.refs
         ), runner
 
 
@@ -61,10 +68,12 @@ def _timer(runner: GraphRunner, batch: ParityBatch, bank: Sequence[np.ndarray]) 
 
 def _time_candidates(candidates: dict[str, tuple[Path, Path]], parity: ParityInputs) -> dict[str, Any]:
     runners = {n: GraphRunner(t, a, {}, threads=1) for n, (t, a) in candidates.items()}
-    per_batch = {
-        b.name: interleaved_medians({n: _timer(r, b, parity.bank) for n, r in runners.items()}, clock=time.thread_time)
-        for b in parity.timing
-    }
+    keys = next(iter(runners.values())).bank_names
+    per_batch = {}
+    for b in parity.timing:
+        local, bank = batch_bank(parity.rows, keys, b)
+        fns = {n: _timer(r, local, bank) for n, r in runners.items()}
+        per_batch[b.name] = interleaved_medians(fns, clock=time.thread_time)
     totals = {n: round(sum(ms[n] for ms in per_batch.values()), 3) for n in candidates}
     return {"batches": per_batch, "candidates": totals}
 
@@ -81,7 +90,7 @@ def build_variants(
     trunk: Trunk,
     adapted: Adapted,
     *,
-    bank_torch: Sequence[Any],
+    example_bank: Sequence[Any],
     precisions: Sequence[str],
     opset: int,
     tolerance: float,
@@ -91,14 +100,17 @@ def build_variants(
     parity: ParityInputs,
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[dict[str, VariantSpec], dict[str, ParityResult]]:
-    """Write ``featurizer/trunk[.p].onnx`` / ``adapted[.p].onnx`` under ``root``; return variants and parity."""
+    """Write ``featurizer/trunk[.p].onnx`` / ``adapted[.p].onnx`` under ``root``; return variants and parity.
+
+    ``example_bank`` is the bank the adapted graph is traced with (a few tasks: its T axis is dynamic).
+    """
     fz = root / "featurizer"
     fz.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     log(f"exporting trunk and adapted graphs (TorchScript, opset {opset})")
     plain = (work / "trunk.plain.onnx", work / "adapted.plain.onnx")
     export_trunk(trunk, plain[0], opset=opset, vocab_size=vocab_size)
-    export_adapted(adapted, plain[1], opset=opset, hidden_size=hidden_size, bank=bank_torch)
+    export_adapted(adapted, plain[1], opset=opset, hidden_size=hidden_size, bank=example_bank)
     log("fusing with onnxruntime's transformer optimizer")
     fused = (work / "trunk.fused.onnx", work / "adapted.fused.onnx")
     counts = {"plain": {"trunk": op_counts(_onnx_load(plain[0])), "adapted": op_counts(_onnx_load(plain[1]))}}

@@ -1,4 +1,7 @@
-"""Import a bottleneck adapter + classification head saved by the AdapterHub ``adapters`` library.
+"""Import a bottleneck adapter + classification, multi-label or tagging head saved by AdapterHub's ``adapters``.
+
+A ``tagging`` head (``add_tagging_head``) is the same stack of layers applied to every token's hidden state; it
+becomes a ``token_classification`` head (runtime: one label per word, runtime/tagging.py).
 
 Reads what ``model.save_adapter(dir, name, with_head=True)`` (or ``save_adapter`` + ``save_head``) writes:
 ``adapter_config.json`` + ``pytorch_adapter.bin`` / ``adapter.safetensors`` and ``head_config.json`` +
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
+from adapterdeploy.config import TOKEN_CLASSIFICATION, AdapterConfig, HeadConfig, SiteOptions
 from adapterdeploy.errors import ArtifactError, ConfigError, FingerprintMismatchError, UnsupportedAdapterError
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
@@ -389,10 +392,11 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
             "with an AdapterModel's add_classification_head and save that"
         )
     head_type = cfg.get("head_type")
-    if head_type not in ("classification", "multilabel_classification"):
+    if head_type not in ("classification", "multilabel_classification", "tagging"):
         raise UnsupportedAdapterError(
             f"{cfg_file}: head type {head_type!r} is not supported; adapterdeploy imports 'classification' heads "
-            "(single-label classification, or regression with num_labels=1) and 'multilabel_classification' heads"
+            "(single-label classification, or regression with num_labels=1), 'multilabel_classification' and "
+            "'tagging' (token classification) heads"
         )
     if meta.get("hidden_size") is not None and int(meta["hidden_size"]) != base.hidden_size:
         raise FingerprintMismatchError(
@@ -440,7 +444,10 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
     labels: tuple[str, ...] = ()
     if num_labels > 1 and sorted(label2id.values()) == list(range(num_labels)):
         labels = tuple(str(k) for k, _ in sorted(label2id.items(), key=lambda kv: kv[1]))
-    use_pooler = bool(cfg.get("use_pooler", False))
+    tagging = head_type == "tagging"  # the same layers on every token's hidden state (no pooling)
+    if tagging and num_labels < 2:
+        raise ArtifactError(f"{cfg_file}: a tagging head needs num_labels >= 2, got {num_labels}")
+    use_pooler = bool(cfg.get("use_pooler", False)) and not tagging
     if use_pooler and not base.has_pooler:
         raise ConfigError(
             f"{cfg_file}: the head reads the base model's pooler (use_pooler=True), but {base.path} has no pooler "
@@ -453,6 +460,8 @@ def _head(base: BaseModel, head_dir: Path) -> tuple[HeadConfig, dict[str, Tensor
         # The library's multi-label head is trained with BCE on independent sigmoids; thresholds start at 0.5.
         problem_type="multi_label_classification"
         if multi
+        else TOKEN_CLASSIFICATION
+        if tagging
         else "regression"
         if num_labels == 1
         else "single_label_classification",
@@ -492,10 +501,7 @@ def import_adapterhub(
     check_task_name(name, f"{adapter_dir}: the adapter's name (pass --task NAME to choose another)")
     ckpt = TaskCheckpoint(
         name=name,
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=base.spec,
         adapter=adapter_cfg,
         head=head_cfg,
         max_length=max_length,

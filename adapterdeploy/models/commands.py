@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -129,6 +130,16 @@ def _parse_layers(value: str | None) -> tuple[int, ...] | None:
     help="Hidden dense layers in the head (0-2): more capacity, H*H more weights each.",
 )
 @click.option(
+    "--head",
+    "head_kind",
+    type=click.Choice(["sequence", "tagging"]),
+    default="sequence",
+    show_default=True,
+    help="sequence: one prediction per text (classification, multi-label, regression). tagging: one label "
+    "per word (NER, PII): --train / --eval are CoNLL-style (word<TAB>label lines, a blank line between "
+    'sentences) or JSONL {"tokens": [...], "labels": [...]}; the best epoch is picked by entity F1.',
+)
+@click.option(
     "--epochs",
     type=click.IntRange(min=1),
     default=1,
@@ -249,6 +260,7 @@ def train(
     per_task_layernorm: bool,
     pooling: str,
     head_layers: int,
+    head_kind: str,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -303,16 +315,30 @@ def train(
         # Base directory and data first: a bad --base or file fails in a second, before the model is loaded
         # and before anything is written.
         base_dir = resolve_base_dir(base)
-        train_data = subset(
-            read_dataset(train_file, labels=label_list, problem_type=ptype, **cols), max_train_rows, seed
-        )
-        eval_data = None
-        if eval_file is not None:
-            eval_data = subset(
-                read_dataset(eval_file, labels=train_data.labels or None, problem_type=train_data.problem_type, **cols),
-                max_eval_rows,
-                seed,
+        train_data: Any
+        eval_data: Any = None
+        if head_kind == "tagging":
+            from adapterdeploy.tagging_data import read_tagging, subset_tagging
+
+            tfmt = "jsonl" if fmt == "jsonl" else None
+            labels_t = tuple(label_list) if label_list else None
+            train_data = subset_tagging(read_tagging(train_file, fmt=tfmt, labels=labels_t), max_train_rows, seed)
+            if eval_file is not None:
+                eval_data = subset_tagging(
+                    read_tagging(eval_file, fmt=tfmt, labels=train_data.labels), max_eval_rows, seed
+                )
+        else:
+            train_data = subset(
+                read_dataset(train_file, labels=label_list, problem_type=ptype, **cols), max_train_rows, seed
             )
+            if eval_file is not None:
+                eval_data = subset(
+                    read_dataset(
+                        eval_file, labels=train_data.labels or None, problem_type=train_data.problem_type, **cols
+                    ),
+                    max_eval_rows,
+                    seed,
+                )
         adapter_cfg = AdapterConfig(
             placement=placement,
             reduction_factor=reduction_factor,
@@ -458,7 +484,7 @@ def import_adapterhub(
     stack_dirs: tuple[str, str] | None = None,
     fusion_dir: str | None = None,
 ) -> None:
-    """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + classification head into a task checkpoint.
+    """Convert an AdapterHub bottleneck adapter (seq_bn / double_seq_bn) + its head into a task checkpoint.
 
     Reads what the adapters library's save_adapter(..., with_head=True) or save_adapter + save_head wrote;
     with --stack, a Stack(lang, task) of two such adapters; with --fusion, an AdapterFusion (Fuse) of several,

@@ -53,6 +53,8 @@ class TaskHead(nn.Module):
         return self.out(self.dropout(z))
 
     def forward(self, hidden: Tensor, attention_mask: Tensor, pooler: nn.Module | None = None) -> Tensor:
+        if self.config.token_level:  # tagging: the same dense layers on every token, [B, S, out]
+            return self.forward_pooled(hidden)
         return self.forward_pooled(self.pool(hidden, attention_mask, pooler))
 
 
@@ -196,7 +198,7 @@ class EncoderWithAdapters(nn.Module):
             self.ctx.clear()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        """Logits ``[B, num_labels]`` (``[B, 1]`` for regression)."""
+        """Logits ``[B, num_labels]`` (``[B, 1]`` for regression, ``[B, S, num_labels]`` for a tagging head)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         return self.head(hidden, attention_mask, getattr(self.base, "pooler", None))
 

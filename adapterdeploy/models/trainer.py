@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adapterdeploy.config import AdapterConfig, HeadConfig
+from adapterdeploy.config import TOKEN_CLASSIFICATION, AdapterConfig, HeadConfig
 from adapterdeploy.datasets import Dataset
 from adapterdeploy.errors import ArtifactError, ConfigError, DataError
 from adapterdeploy.metrics import MAIN_METRICS, compute_metrics, json_safe, main_metric_name
@@ -43,6 +43,8 @@ from adapterdeploy.models.base import BaseModel, load_base
 from adapterdeploy.models.checkpoint import TaskCheckpoint, checkpoint_from_model
 from adapterdeploy.models.encoder import EncoderWithAdapters
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter
+from adapterdeploy.models.tagging_train import encode_tagging, evaluate_tagging, tagging_loss, tagging_tokenizer
+from adapterdeploy.tagging_data import TaggingDataset
 
 __all__ = [
     "EncodedData",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 TRAINABLE_PREFIXES = ("adapters", "layernorms", "head")
+AnyDataset = Dataset | TaggingDataset  # sequence rows, or word-tagged sentences (--head tagging)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class EncodedData:
     labels: Tensor
     truncated: int
     pad_id: int
+    # Tagging (models/tagging_train.py): labels [N, max_length] at first subwords, each sentence's gold tags.
+    token_level: bool = False
+    gold_tags: tuple[tuple[int, ...], ...] = ()
+    label_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -118,12 +125,16 @@ class EncodedData:
         inputs = {"input_ids": ids, "attention_mask": mask}
         if types is not None:
             inputs["token_type_ids"] = types
-        return inputs, self.labels[list(rows)]
+        labels = self.labels[list(rows)]
+        return inputs, labels[:, :width] if self.token_level else labels
 
 
-def encode_dataset(tokenizer: Any, data: Dataset, max_length: int) -> EncodedData:
+def encode_dataset(tokenizer: Any, data: Dataset | TaggingDataset, max_length: int) -> EncodedData:
     """Tokenize every row once (truncating to max_length, longest-first for pairs) and count truncations."""
     from transformers.utils import logging as hf_logging
+
+    if isinstance(data, TaggingDataset):
+        return encode_tagging(tokenizer, data, max_length)  # type: ignore[no-any-return]
 
     texts = [ex.text for ex in data.examples]
     pairs = [ex.text_pair or "" for ex in data.examples] if data.text_pair else None
@@ -152,6 +163,8 @@ def encode_dataset(tokenizer: Any, data: Dataset, max_length: int) -> EncodedDat
 
 
 def _loss(logits: Tensor, labels: Tensor, problem_type: str) -> Tensor:
+    if problem_type == TOKEN_CLASSIFICATION:
+        return tagging_loss(logits, labels)
     if problem_type == "regression":
         return nn.functional.mse_loss(logits[:, 0], labels)
     if problem_type == "multi_label_classification":
@@ -187,7 +200,10 @@ def evaluate(
     thresholds: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on encoded rows: accuracy / f1 / mcc, pearson / spearman / mse, or (multi-label,
-    at ``thresholds``, default 0.5) micro / macro F1 and subset accuracy; plus eval_loss."""
+    at ``thresholds``, default 0.5) micro / macro F1 and subset accuracy, or (tagging) entity F1 / precision /
+    recall and word accuracy; plus eval_loss."""
+    if problem_type == TOKEN_CLASSIFICATION:
+        return evaluate_tagging(model, enc, batch_size)
     logits = _predict(model, enc, batch_size)
     loss = float(_loss(logits, enc.labels, problem_type))
     gold = enc.labels.numpy()
@@ -283,7 +299,7 @@ class _FitResult:
     truncated_train_rows: int = 0
 
 
-def _check_pair(train: Dataset, eval_data: Dataset | None) -> None:
+def _check_pair(train: AnyDataset, eval_data: AnyDataset | None) -> None:
     if eval_data is None:
         return
     if eval_data.text_pair != train.text_pair:
@@ -303,8 +319,8 @@ def _fit(
     model: EncoderWithAdapters,
     params: list[nn.Parameter],
     tokenizer: Any,
-    train: Dataset,
-    eval_data: Dataset | None,
+    train: AnyDataset,
+    eval_data: AnyDataset | None,
     cfg: TrainConfig,
     snapshot: Callable[[], dict[str, Tensor]],
 ) -> _FitResult:
@@ -372,8 +388,8 @@ def _fit(
 def _training_info(
     cfg: TrainConfig,
     fit: _FitResult,
-    train: Dataset,
-    eval_data: Dataset | None,
+    train: AnyDataset,
+    eval_data: AnyDataset | None,
     trainable: int,
     total: int,
     seconds: float,
@@ -416,7 +432,7 @@ def _training_info(
     )
 
 
-def _head_for(train: Dataset, head: HeadConfig) -> HeadConfig:
+def _head_for(train: AnyDataset, head: HeadConfig) -> HeadConfig:
     """The head options the caller chose, with problem type and labels taken from the training data."""
     if train.problem_type == "regression":
         return replace(head, problem_type="regression", num_labels=1, labels=())
@@ -425,8 +441,8 @@ def _head_for(train: Dataset, head: HeadConfig) -> HeadConfig:
 
 def train_task(
     base: BaseModel,
-    train: Dataset,
-    eval_data: Dataset | None,
+    train: AnyDataset,
+    eval_data: AnyDataset | None,
     *,
     name: str,
     adapter: AdapterConfig | None = None,
@@ -463,7 +479,7 @@ def train_task(
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
-    tokenizer = base.load_tokenizer()
+    tokenizer = tagging_tokenizer(base) if isinstance(train, TaggingDataset) else base.load_tokenizer()
     fit = _fit(model, params, tokenizer, train, eval_data, cfg, snapshot)
     if train.problem_type == "multi_label_classification" and eval_data is not None:
         _tune_thresholds(model, tokenizer, eval_data, cfg, fit)

@@ -48,10 +48,14 @@ class _Writer:
         elif self.fmt == "json":
             click.echo(("[\n  " if self.first else ",\n  ") + json.dumps(obj), nl=False)
         else:
-            label = f"{pred.value:.4f}" if pred.probabilities is None else pred.label
+            label = f"{pred.value:.4f}" if pred.value is not None else pred.label
             if pred.labels is not None:  # multi-label: every label that is on
                 label = ",".join(pred.labels) or "(none)"
-            score = "" if pred.probabilities is None else f"{pred.score:.4f}"
+            if pred.tokens is not None:  # tagging: word/LABEL per word, entities when --spans
+                label = " ".join(f"{w.word}/{w.label}" for w in pred.tokens)
+                if pred.entities is not None:
+                    label += "\n" + "; ".join(f"[{e.word}]{e.label}" for e in pred.entities)
+            score = "" if pred.value is not None else f"{pred.score:.4f}"
             self.table_rows.append(
                 (str(index), pred.task, _short(row), str(label), score, "yes" if pred.truncated else "")
             )
@@ -103,7 +107,15 @@ class _Writer:
     default="table",
     show_default=True,
     help="table for people; json = one array of objects (row, task, label, score, probabilities, value, "
-    "truncated); jsonl = one object per line, best for large files and pipes.",
+    "truncated; a tagging task's rows add tokens: word, start, end, label, score); jsonl = one object per "
+    "line, best for large files and pipes.",
+)
+@click.option(
+    "--spans",
+    is_flag=True,
+    default=False,
+    help="Tagging tasks: also merge the words' BIO / IOB tags into entities (word, start, end, label, score), "
+    "as transformers' token-classification pipeline aggregates.",
 )
 @click.option(
     "--strict",
@@ -135,6 +147,7 @@ def predict(
     pairs: tuple[tuple[str, str], ...],
     input_file: str | None,
     fmt: str,
+    spans: bool,
     strict: bool,
     batch_size: int,
     max_chars_per_text: int,
@@ -166,6 +179,7 @@ def predict(
                 names,
                 strict,
                 writer,
+                spans,
                 batch_size * 4,
                 input_file,
             )
@@ -196,6 +210,7 @@ def _predict_stream(
     names: list[str] | None,
     strict: bool,
     writer: _Writer,
+    spans: bool,
     chunk: int,
     input_file: str | None,
 ) -> None:
@@ -216,13 +231,13 @@ def _predict_stream(
         for batch in _chunks(rows, chunk):
             inputs = [r for r, _ in batch]
             if names:
-                fanned = dep.fan_out(inputs, tasks=names, strict=strict)
+                fanned = dep.fan_out(inputs, tasks=names, strict=strict, spans=spans)
                 for i, row in enumerate(inputs):
                     for name in names:
                         writer.add(index + i, row, fanned[name][i])
             else:
                 for i, (row, pred) in enumerate(
-                    zip(inputs, dep.predict(inputs, task=task, strict=strict), strict=True)
+                    zip(inputs, dep.predict(inputs, task=task, strict=strict, spans=spans), strict=True)
                 ):
                     writer.add(index + i, row, pred)
             index += len(inputs)

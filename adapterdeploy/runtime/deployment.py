@@ -60,6 +60,7 @@ from adapterdeploy.runtime.providers import normalize_providers, trt_profile_opt
 from adapterdeploy.runtime.registry import EvictCallback, TaskInfo, TaskRegistry
 from adapterdeploy.runtime.sessions import SessionFactory
 from adapterdeploy.runtime.shared_lowers import SharedLowers
+from adapterdeploy.runtime.tagging import with_entities
 from adapterdeploy.runtime.tokenization import (
     Row,
     TextEncoder,
@@ -73,7 +74,6 @@ __all__ = ["Deployment"]
 
 log = logging.getLogger(__name__)
 
-ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
 ErrorMode = Literal["raise", "return"]
 Result = Prediction | Embedding | TaskFailedError
 
@@ -169,19 +169,7 @@ class Deployment:
         engine = Engine(
             trunk, adapted, layout, bank_mode=opts.bank_mode or ("resident" if device else "rows"), device=device
         )
-        base = manifest.base
-        # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
-        # past the table, so those models get zeros whatever the tokenizer says.
-        single_type = (
-            int(base.get("type_vocab_size") or 2) <= 1
-            or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS
-        )
-        encoder = TextEncoder(
-            root / safe_relpath(manifest.tokenizer.file),
-            manifest.tokenizer.max_length,
-            single_token_type=single_type,
-            pad_id=base.get("pad_token_id"),
-        )
+        encoder = TextEncoder.of_deployment(root, manifest)
         log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
         return cls(
             root,
@@ -280,12 +268,14 @@ class Deployment:
         """Load a known task ahead of its use (no use counted, pins and priority kept); True if it was read now.
 
         The server calls it off the forward thread for a request's cold task, so the file read and checksum
-        overlap the forward of other requests instead of stalling a batch.
+        overlap the forward of other requests instead of stalling a batch. Like a use, it raises
+        TaskFailedError for a failed task or one whose files fail now (never the loader's own error, and no
+        retry of a failed task: that is :meth:`load_task`).
         """
         self._check_open()
         if self._registry.is_loaded(name):
             return False
-        self._registry.load(name)
+        self._registry.prefetch(name)
         return True
 
     def tasks(self, *, offset: int = 0, limit: int | None = None, loaded_only: bool = False) -> list[TaskInfo]:
@@ -303,17 +293,35 @@ class Deployment:
     def check_tasks(self) -> dict[str, str]:
         """Mark failed every task whose files this process cannot open or whose sizes differ from task.json.
 
-        Cheap (an open and a stat per file, no checksum, no weights read): a server runs it at startup so
-        that readiness tells the truth about tasks it has not loaded yet, e.g. weights readable only by
-        the user who exported them. Returns :meth:`failed_tasks`.
+        Cheap per task (an open and a stat per file, no checksum, no weights read) but O(known tasks): the
+        server runs :meth:`check_task` task by task on a background thread after it is ready instead
+        (``ServingState``), so start-up does not grow with the number of tasks. Returns :meth:`failed_tasks`.
         """
         self._check_open()
-        for info in self._registry.infos():
-            if info.state in ("known", "loaded", "pinned"):
-                problem = _unreadable(Path(info.source))
-                if problem is not None:
-                    self._registry.mark_failed(info.name, problem)
+        for name in self._registry.names():
+            self.check_task(name)
         return self.failed_tasks()
+
+    def check_task(self, name: str) -> str | None:
+        """Check one task as :meth:`check_tasks` does; mark it failed and return why, or None when it can load.
+
+        A task already failed, or removed meanwhile, is left as it is (None).
+        """
+        self._check_open()
+        try:
+            info = self._registry.info(name)
+        except UnknownTaskError:
+            return None
+        if info.state not in ("known", "loaded", "pinned"):
+            return None
+        problem = _unreadable(Path(info.source))
+        if problem is not None:
+            self._registry.mark_failed(name, problem)
+        return problem
+
+    def failed_task_count(self) -> int:
+        """How many tasks are failed now (O(1): for metrics and readiness)."""
+        return self._registry.failed_count()
 
     def task_info(self, name: str) -> TaskInfo:
         return self._registry.info(name)
@@ -336,21 +344,32 @@ class Deployment:
         """Untruncated token counts of ``inputs`` (special tokens included), without running the model."""
         return self._encoder.count(validate_rows(inputs))
 
-    def predict(self, inputs: Sequence[Row], task: str, strict: bool = False) -> list[Prediction]:
-        """One task over ``inputs`` (texts, or (text_a, text_b) pairs for a pair task)."""
+    def predict(
+        self, inputs: Sequence[Row], task: str, strict: bool = False, *, spans: bool = False
+    ) -> list[Prediction]:
+        """One task over ``inputs`` (texts, or (text_a, text_b) pairs for a pair task).
+
+        A tagging task's predictions carry ``tokens`` (one label per word, with character offsets); with
+        ``spans=True`` also ``entities`` (its BIO / IOB tags merged into spans, runtime/tagging.py).
+        """
         rows = validate_rows(inputs)
         out = self._run([task] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
-        return cast(list[Prediction], out)  # one task, errors="raise": every result is a Prediction
+        return cast(list[Prediction], _spans(out, rows, spans))  # one task, errors="raise": all Predictions
 
     def predict_mixed(
-        self, rows: Sequence[tuple[str | Embed, Row]], strict: bool = False, *, errors: ErrorMode = "raise"
+        self,
+        rows: Sequence[tuple[str | Embed, Row]],
+        strict: bool = False,
+        *,
+        errors: ErrorMode = "raise",
+        spans: bool = False,
     ) -> list[Result]:
         """Rows of ``(task, text)`` or ``(task, (text_a, text_b))``: one featurizer pass, results in row order.
 
         A row whose first item is an :class:`Embed` (instead of a task name) answers an :class:`Embedding`,
         in the same forward as the predictions. ``errors="return"``: a row whose task failed holds its
         TaskFailedError and the other rows are still answered; ``"raise"`` (default) raises it once every
-        row has run.
+        row has run. Tagging rows run in the same forward; ``spans=True`` adds their ``entities``.
         """
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
             raise InputError(f"rows must be a list of (task, text) pairs, got {type(rows).__name__}")
@@ -361,14 +380,15 @@ class Deployment:
                 raise InputError(f"rows[{i}] must be (task, text) or (task, (text_a, text_b)), got {row!r:.80}")
             names.append(row[0])
             texts.append(validate_row(row[1], f"rows[{i}]"))
-        return self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))], errors)
+        out = self._run(names, texts, strict, [f"rows[{i}]" for i in range(len(rows))], errors)
+        return _spans(out, texts, spans)
 
     def encode(self, inputs: Sequence[Row]) -> list[TokenRow]:
         """Tokenize ``inputs`` once (untruncated count, truncation flag, ids) for :meth:`predict_encoded`."""
         return self._encoder.tokenize(validate_rows(inputs))
 
     def predict_encoded(
-        self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise"
+        self, rows: Sequence[tuple[str | Embed, TokenRow]], *, errors: ErrorMode = "raise", spans: bool = False
     ) -> list[Result]:
         """Like :meth:`predict_mixed` for rows already tokenized by :meth:`encode` (a server tokenizes once).
 
@@ -388,7 +408,7 @@ class Deployment:
                 raise InputError(f"rows[{i}] must be (task, TokenRow from Deployment.encode), got {row!r:.80}")
             names.append(row[0])
             t = row[1]
-            key = (tuple(t.ids), tuple(t.type_ids), t.truncated)
+            key = (tuple(t.ids), tuple(t.type_ids), t.truncated, t.text)  # text: a tagging row's words
             if key not in keys:
                 keys[key] = len(tokens)
                 tokens.append(t)
@@ -400,7 +420,14 @@ class Deployment:
         for i, n in enumerate(names):
             if isinstance(n, str) and n in loaded and tokens[source[i]].pair != loaded[n].spec.text_pair:
                 raise InputError(_pair_message(n, loaded[n].spec.text_pair, f"rows[{i}]", tokens[source[i]].pair))
-        return self._forward(names, tokens, source, loaded, failed, errors)
+            t = tokens[source[i]]
+            if isinstance(n, str) and n in loaded and loaded[n].spec.head.token_level and t.encoding is None:
+                raise InputError(
+                    f"rows[{i}]: task {n!r} tags words, which needs the text and offsets a TokenRow from "
+                    "Deployment.encode carries; this TokenRow has none"
+                )
+        out = self._forward(names, tokens, source, loaded, failed, errors)
+        return _spans(out, [r[1].text for r in rows], spans)
 
     def embed(
         self, inputs: Sequence[Row], task: str | None = None, pooling: str = "mean", strict: bool = False
@@ -419,8 +446,10 @@ class Deployment:
         out = self._run([target] * len(rows), rows, strict, [f"inputs[{i}]" for i in range(len(rows))])
         return np.stack([e.vector for e in out])  # type: ignore[union-attr]
 
-    def fan_out(self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False) -> dict[str, list[Prediction]]:
-        """Every input through every task; the trunk runs once per unique text."""
+    def fan_out(
+        self, inputs: Sequence[Row], tasks: Sequence[str], strict: bool = False, *, spans: bool = False
+    ) -> dict[str, list[Prediction]]:
+        """Every input through every task; the trunk runs once per unique text (``spans``: as :meth:`predict`)."""
         if isinstance(tasks, str):
             raise InputError(f"tasks must be a list of task names, got the str {tasks!r}; pass [{tasks!r}]")
         rows = validate_rows(inputs)
@@ -432,6 +461,7 @@ class Deployment:
             names, [r for _ in order for r in rows], strict, [f"inputs[{i}]" for _ in order for i in range(len(rows))]
         )
         n = len(rows)
+        flat = _spans(flat, [r for _ in order for r in rows], spans)
         return {t: flat[k * n : (k + 1) * n] for k, t in enumerate(order)}  # type: ignore[misc]
 
     # ---- internals ---------------------------------------------------------------------------
@@ -617,6 +647,7 @@ class Deployment:
             row_source,
             row_tasks,
             row_embed=embeds,  # type: ignore[arg-type]
+            row_tokens=[tokens[source[r]] for r in row_ids],
             base=row_base,
             version=version,
             loaded=all_loaded,
@@ -678,6 +709,12 @@ class Deployment:
         head_file = source / TASK_HEAD_FILE
         factory: Callable[[], Any] | None = (lambda: self._factory.session(head_file)) if head_file.is_file() else None
         head = Head.from_tensors(name, spec.head, tensors, fz.hidden_size, session_factory=factory)
+        if head.feature not in self._engine.output_names and spec.head.token_level:
+            raise ArtifactError(
+                f"task {name!r} is a tagging task, but this deployment's featurizer has no per-token "
+                f"{head.feature!r} output (outputs: {', '.join(self._engine.output_names)}: it was exported "
+                "before tagging existed); re-export the deployment with this task among its --task checkpoints"
+            )
         if head.feature not in self._engine.output_names:
             raise ArtifactError(
                 f"task {name!r} pools with {spec.head.pooling!r}, but the featurizer has no "
@@ -685,6 +722,13 @@ class Deployment:
             )
         task = LoadedTask(spec=spec, rows=rows, head=head)
         return task, task.nbytes
+
+
+def _spans(results: list[Any], texts: Sequence[Any], spans: bool) -> list[Any]:
+    """Tagging predictions with their merged entities when ``spans`` (others unchanged)."""
+    if not spans:
+        return results
+    return [with_entities(p, t) for p, t in zip(results, texts, strict=True)]
 
 
 def _task_of(name: str | Embed) -> str | None:

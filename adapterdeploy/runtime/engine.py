@@ -4,6 +4,8 @@ Semantics (U unique texts, B rows, row r = (task t_r, text u_r)):
     hidden[U, S, H]  = trunk(input_ids, attention_mask, token_type_ids)
     feats[B, H]      = adapted(hidden, attention_mask, row_source = u, task_index = slot(t), bank)
     logits[r]        = head_{t_r}(feats[feature of t_r][r])       (one numpy pass per task group)
+    tokens[r, s]     = head_{t_r}(feats["tokens"][r, s])          (tagging tasks: every token, then words,
+                       runtime/tagging.py; "tokens" is requested only when the batch holds a tagging task)
     embedding[r]     = feats[pooling][r] / ||feats[pooling][r]||    (rows that ask for an embedding;
                        t_r = None is the all-zero "base" bank row: the plain encoder)
 
@@ -27,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from adapterdeploy.artifacts import TaskSpec
+from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.runtime.bank import BankLayout, TaskRows
 from adapterdeploy.runtime.embedding import Embed, Embedding, l2_normalize
 from adapterdeploy.runtime.heads import Head, predictions_from_logits
 from adapterdeploy.runtime.prediction import Prediction
-from adapterdeploy.runtime.tokenization import Padded
+from adapterdeploy.runtime.tagging import tagging_prediction
+from adapterdeploy.runtime.tokenization import Padded, TokenRow
 
 __all__ = ["Engine", "LoadedTask"]
 
@@ -121,6 +125,7 @@ class Engine:
         row_tasks: Sequence[LoadedTask | None],
         *,
         row_embed: Sequence[Embed | None] | None = None,
+        row_tokens: Sequence[TokenRow] | None = None,
         base: TaskRows | None = None,
         version: int = 0,
         loaded: Sequence[LoadedTask] | None = None,
@@ -130,6 +135,8 @@ class Engine:
         ``row_embed[r]`` None: the task's head prediction; an :class:`Embed`: the row's L2-normalised pooled
         features instead. ``row_tasks[r]`` None (embedding rows only) runs the ``base`` rows (all zero).
         A row whose task's head raised holds that exception instead (the other tasks' rows are unaffected).
+        Rows of a tagging task need ``row_tokens[r]`` (its text and encoding, for words and offsets); only
+        batches holding one request the adapted graph's ``tokens`` output.
         """
         embeds = list(row_embed) if row_embed is not None else [None] * len(row_tasks)
         tasks = list({t.name: t for t in row_tasks if t is not None}.values())
@@ -166,8 +173,11 @@ class Engine:
                 continue
             group: Sequence[Prediction | Exception]
             try:
-                logits = task.head.logits(features[task.head.feature][idx])
-                group = predictions_from_logits(task.name, task.spec.head, logits, truncated[idx])
+                if task.spec.head.token_level:
+                    group = self._tagging(task, features[TOKENS_OUTPUT][idx], idx, row_tokens, truncated)
+                else:
+                    logits = task.head.logits(features[task.head.feature][idx])
+                    group = predictions_from_logits(task.name, task.spec.head, logits, truncated[idx])
             except Exception as exc:  # one task's head must not fail the other tasks' rows
                 group = [exc] * len(idx)
             for i, p in zip(idx, group, strict=True):
@@ -178,6 +188,30 @@ class Engine:
             for i, v in zip(idx, vectors, strict=True):
                 results[i] = Embedding(task=target.task, pooling=target.pooling, vector=v, truncated=bool(truncated[i]))
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _tagging(
+        task: LoadedTask,
+        tokens: np.ndarray,
+        idx: np.ndarray,
+        row_tokens: Sequence[TokenRow] | None,
+        truncated: np.ndarray,
+    ) -> list[Prediction]:
+        """A tagging task's rows: the head on every token ``[n, S, H] -> [n, S, labels]``, then words."""
+        assert row_tokens is not None, "tagging rows need their TokenRows (Deployment passes them)"
+        n, S, H = tokens.shape
+        logits = task.head.logits(tokens.reshape(n * S, H)).reshape(n, S, -1)
+        return [
+            tagging_prediction(
+                task.name,
+                task.spec.head,
+                logits[j],
+                row_tokens[i].encoding,
+                row_tokens[i].text or "",
+                bool(truncated[i]),
+            )
+            for j, i in enumerate(idx)
+        ]
 
     def _run_bound(
         self, trunk_feeds: dict[str, np.ndarray], small: dict[str, np.ndarray], bank: dict[str, Any], names: list[str]

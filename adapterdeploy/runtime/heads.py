@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from adapterdeploy.config import HeadConfig
+from adapterdeploy.config import FEATURE_OF_POOLING, HeadConfig
 from adapterdeploy.errors import ArtifactError
 from adapterdeploy.multilabel import predict_on, sigmoid
 from adapterdeploy.runtime.prediction import Prediction
 
 __all__ = ["FEATURE_OF_POOLING", "Head", "erf", "predictions_from_logits"]
-
-FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -135,11 +133,11 @@ class Head:
 
     @property
     def feature(self) -> str:
-        """Which output of the adapted graph this head reads."""
-        return FEATURE_OF_POOLING[self.config.pooling]
+        """Which output of the adapted graph this head reads (``tokens`` for a tagging head)."""
+        return self.config.feature
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        """``[rows, H]`` pooled features -> ``[rows, out]`` float32 logits."""
+        """``[rows, H]`` pooled features -> ``[rows, out]`` float32 logits (a tagging head: ``[tokens, H]``)."""
         z = np.asarray(features, dtype=np.float32)
         if self.session is not None:
             return np.asarray(self.session.run(None, {self.session.get_inputs()[0].name: z})[0], dtype=np.float32)

@@ -25,6 +25,9 @@ _SHORT = {
 }
 
 
+_KINDS = {"regression": "regression", "multi_label_classification": "multi-label", "token_classification": "tagging"}
+
+
 def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     """Everything ``adapterdeploy inspect`` shows, as one JSON-able dict.
 
@@ -65,7 +68,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                 "dir": rel,
                 "problem_type": spec.head.problem_type,
                 "labels": list(spec.head.labels),
-                "pooling": spec.head.pooling,
+                "pooling": "tokens" if spec.head.token_level else spec.head.pooling,
                 "bottleneck": spec.bottleneck,
                 "layers": list(spec.layers),
                 "dropped_layers": spec.adapter.get("dropped_layers", []),
@@ -94,7 +97,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "schema_version": manifest.schema_version,
         "tool_version": manifest.tool_version,
         "created": manifest.created,
-        "base": manifest.base,
+        "base": manifest.base.to_dict(),
         "featurizer": {
             "fingerprint": fz.fingerprint,
             "adapter_drop": fz.adapter_drop,
@@ -225,7 +228,7 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
             span += f" (dropped {t['dropped_layers']})"
         tasks.add_row(
             t["name"],
-            ("regression" if t["problem_type"] == "regression" else "classification")
+            _KINDS.get(t["problem_type"], "classification")
             + (f", {t['composition']}" if t.get("composition") else ""),
             ",".join(t["labels"]),
             t["pooling"],

@@ -95,6 +95,7 @@ class TaskRegistry:
         self._entries: dict[str, _Entry] = {}
         self._loaded: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._loaded_bytes = 0
+        self._failed: set[str] = set()  # names whose entry has an error: failed() is O(failed), not O(known)
         self._lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._tick = 0
@@ -110,6 +111,7 @@ class TaskRegistry:
             if old is not None and old.loaded:
                 self._drop(old, "replaced")
             self._entries[name] = _Entry(name=name, source=str(source), priority=priority)
+            self._failed.discard(name)
 
     def remove(self, name: str) -> None:
         """Forget a task entirely (unload it first if loaded)."""
@@ -118,6 +120,7 @@ class TaskRegistry:
             if entry.loaded:
                 self._drop(entry, "unloaded")
             del self._entries[name]
+            self._failed.discard(name)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -156,6 +159,11 @@ class TaskRegistry:
         self._ensure(name, touch=False, pin=pin, reload=True)
         return self.info(name)
 
+    def prefetch(self, name: str) -> None:
+        """Load ahead of use, as a use would (no use counted): a failed task, or one whose read fails now,
+        raises TaskFailedError (not retried: only :meth:`load` reloads a failed task)."""
+        self._ensure(name, touch=False)
+
     def unload(self, name: str) -> None:
         """Drop the task's weights (it stays known) and unpin it; a no-op when it is not loaded."""
         with self._lock:
@@ -183,9 +191,12 @@ class TaskRegistry:
             return entry.error if entry is not None else None
 
     def failed(self) -> dict[str, str]:
-        """Failed tasks and why."""
+        """Failed tasks and why, sorted by name (O(failed): a readiness probe or a scrape never walks every task)."""
         with self._lock:
-            return {e.name: e.error for _, e in sorted(self._entries.items()) if e.error is not None}
+            return {n: str(self._entries[n].error) for n in sorted(self._failed)}
+
+    def failed_count(self) -> int:
+        return len(self._failed)
 
     def pin(self, name: str, pinned: bool = True) -> None:
         """Pin (never evicted) or unpin a task; pinning loads it."""
@@ -259,6 +270,7 @@ class TaskRegistry:
         if entry.loaded:
             self._drop(entry, "failed")
         entry.error = reason
+        self._failed.add(entry.name)
 
     def _touch(self, entry: _Entry, use: bool) -> None:
         self._tick += 1
@@ -309,6 +321,7 @@ class TaskRegistry:
                     return self._ensure(name, touch=touch, pin=pin, reload=reload)
                 self._make_room(name, size)
                 entry.payload, entry.size, entry.error = payload, size, None
+                self._failed.discard(name)
                 self._loaded[name] = entry
                 self._loaded_bytes += size
                 if pin is not None:

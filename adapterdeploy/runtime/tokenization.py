@@ -16,13 +16,14 @@ once and never mutated afterwards, keep this thread-safe.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from adapterdeploy.artifacts import Manifest, safe_relpath
 from adapterdeploy.errors import ArtifactError, InputError
 
 __all__ = ["Padded", "Row", "TextEncoder", "TokenRow", "length_buckets", "validate_row", "validate_rows"]
@@ -68,6 +69,10 @@ class TokenRow:
     count: int  # untruncated token count
     truncated: bool
     pair: bool = False  # encoded from a (text_a, text_b) pair
+    # For tagging rows: the input text and the tokenizers Encoding (word ids, character offsets). Kept, not
+    # copied out, so sequence-level rows pay nothing for them; not part of equality.
+    text: str | None = field(default=None, compare=False, repr=False)
+    encoding: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class Padded:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
     truncated: np.ndarray  # bool [rows]
+
+
+ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")  # their embeddings have one token type
 
 
 class TextEncoder:
@@ -103,6 +111,21 @@ class TextEncoder:
         if pad_id is None:
             pad_id = next((i for t in PAD_TOKENS if (i := self._plain.token_to_id(t)) is not None), 0)
         self.pad_id = int(pad_id)
+
+    @classmethod
+    def of_deployment(cls, root: str | Path, manifest: Manifest) -> TextEncoder:
+        """The deployment's tokenizer with the base's pad id and token-type rule (from ``manifest.base``).
+
+        RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index past
+        the table, so those bases get zeros whatever the tokenizer says.
+        """
+        base = manifest.base
+        return cls(
+            Path(root) / safe_relpath(manifest.tokenizer.file),
+            manifest.tokenizer.max_length,
+            single_token_type=base.type_vocab_size <= 1 or base.model_type in ONE_TOKEN_TYPE_MODELS,
+            pad_id=base.pad_token_id,
+        )
 
     def _encode(self, tok: Tokenizer, rows: Sequence[Row]) -> list[Encoding]:
         return tok.encode_batch(list(rows), add_special_tokens=True)
@@ -134,13 +157,16 @@ class TextEncoder:
         out = []
         for i, e in enumerate(encs):
             t = cut.get(i, e)
+            row = rows[i]
             out.append(
                 TokenRow(
                     ids=t.ids,
                     type_ids=t.type_ids,
                     count=len(e.ids),
                     truncated=i in cut,
-                    pair=isinstance(rows[i], tuple),
+                    pair=isinstance(row, tuple),
+                    text=row if isinstance(row, str) else None,
+                    encoding=t,
                 )
             )
         return out

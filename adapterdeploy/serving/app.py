@@ -40,6 +40,7 @@ from adapterdeploy.errors import (
     UnavailableError,
 )
 from adapterdeploy.runtime.embedding import Embed
+from adapterdeploy.runtime.tagging import with_entities
 from adapterdeploy.serving import protocol, v2_binary
 from adapterdeploy.serving.http_io import (
     ERRORS,
@@ -314,8 +315,9 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
     )
     async def ready(request: Request) -> Response:
         ok, not_ready = state.readiness()
+        check = {"tasks_checked": state.tasks_checked, "tasks_known": state.known_task_count()}
         if ok:
-            return JSONResponse({"ready": True, "tasks_not_ready": not_ready})
+            return JSONResponse({"ready": True, "tasks_not_ready": not_ready, **check})
         why = (
             "the server is draining"
             if state.draining
@@ -329,6 +331,7 @@ def _add_health_routes(app: FastAPI, state: ServingState) -> None:
             "request_id": request_id_of(request),
             "ready": False,
             "tasks_not_ready": not_ready,
+            **check,
         }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
@@ -415,6 +418,7 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             )
             n = len(rows)
             predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
+            predictions = protocol.with_spans([o.name for o in wanted], predictions, rows)
             return v2_response(*protocol.infer_response(req, meta, predictions, embeddings))
 
     @app.post(
@@ -454,6 +458,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             predictions = await until_disconnect(
                 request, state.predict([req.task], list(req.inputs), note=log_fields(request))
             )
+            if req.spans:
+                predictions = [with_entities(p, r) for p, r in zip(predictions, req.inputs, strict=True)]
             return JSONResponse({"predictions": [p.to_dict() for p in predictions]})
 
     @app.post(
@@ -479,6 +485,8 @@ def _add_inference_routes(app: FastAPI, state: ServingState, metrics: Metrics) -
             note(request, task=",".join(tasks)[:200], rows=len(inputs) * len(tasks))
             predictions = await until_disconnect(request, state.predict(tasks, inputs, note=log_fields(request)))
             n = len(inputs)
+            if req.spans:
+                predictions = [with_entities(p, inputs[i % n]) for i, p in enumerate(predictions)]
             out = {task: [p.to_dict() for p in predictions[i * n : (i + 1) * n]] for i, task in enumerate(tasks)}
             return JSONResponse({"predictions": out})
 

@@ -154,6 +154,7 @@ class InferenceServicer:
             results = await state.predict(targets, rows, field="inputs[0]")
             n = len(rows)
             predictions, embeddings = (results[:n], results[n:]) if heads else ([], results)
+            predictions = protocol.with_spans(names, predictions, rows)
             return self._response(request, meta, protocol.output_tensors(names, meta, predictions, embeddings))
 
     def _rows(self, request: Any, meta: protocol.TaskMeta) -> list[str | tuple[str, str]]:

@@ -11,9 +11,14 @@ order of the output's ``parameters.labels``); regression ``value`` and ``score``
 ``parameters.labels``, thresholds in ``parameters.thresholds``) and its ``probabilities`` are independent
 sigmoids; every task ``truncated`` (BOOL). ``embedding`` (FP32 ``[N, H]``, the task's adapted featurizer,
 L2-normalised; output parameter ``pooling``: mean | cls | pooler, default mean) is sent only when a
-request names it, and runs in the same batch as the rest. A request may name the outputs it wants and
-ask for them binary (``parameters.binary_data_output`` for all, an output's ``parameters.binary_data``
-for one).
+request names it, and runs in the same batch as the rest. A tagging task's rows have a variable number of
+words, so its word outputs are flat over the request's words, row after row, with ``token_count`` (INT64
+``[N]``) words per row: ``token_word`` / ``token_label`` (BYTES ``[W]``), ``token_start`` / ``token_end``
+(INT64 ``[W]``, character offsets into the row's text), ``token_score`` (FP32 ``[W]``), plus ``score``
+(the row's mean word score) and ``truncated``; the merged BIO entities come the same way as ``entity_*``
+outputs (``entity_count`` per row), sent only when a request names one of them. A request may name the
+outputs it wants and ask for them binary (``parameters.binary_data_output`` for all, an output's
+``parameters.binary_data`` for one).
 
 The request's optional fields (``id``, echoed back; ``parameters``; ``model_name`` / ``model_version``,
 checked against the URL) are accepted, and unknown top-level fields (other extensions) are ignored; the
@@ -32,12 +37,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapterdeploy.config import TOKEN_CLASSIFICATION
 from adapterdeploy.errors import InputError, UnknownTaskError
+from adapterdeploy.runtime.tagging import with_entities
 from adapterdeploy.serving import v2_binary
 
 __all__ = [
     "EMBEDDING_OUTPUT",
+    "ENTITY_OUTPUTS",
     "INPUT_NAMES",
+    "TOKEN_OUTPUTS",
     "InferInput",
     "InferOutputRequest",
     "InferenceRequest",
@@ -58,6 +67,7 @@ __all__ = [
     "server_metadata",
     "task_version",
     "texts_of_tensor",
+    "with_spans",
 ]
 
 INPUT_NAMES = ("text", "text_pair")
@@ -70,7 +80,21 @@ OUTPUT_TYPES = {
     "truncated": "BOOL",
     "labels": "BOOL",
     "embedding": "FP32",
+    "token_word": "BYTES",
+    "token_start": "INT64",
+    "token_end": "INT64",
+    "token_label": "BYTES",
+    "token_score": "FP32",
+    "token_count": "INT64",
+    "entity_word": "BYTES",
+    "entity_start": "INT64",
+    "entity_end": "INT64",
+    "entity_label": "BYTES",
+    "entity_score": "FP32",
+    "entity_count": "INT64",
 }
+TOKEN_OUTPUTS = ("token_word", "token_start", "token_end", "token_label", "token_score", "token_count")
+ENTITY_OUTPUTS = ("entity_word", "entity_start", "entity_end", "entity_label", "entity_score", "entity_count")
 EMBEDDING_OUTPUT = "embedding"  # on request only (see the module docstring)
 EMBED_POOLINGS = ("mean", "cls", "pooler")
 
@@ -104,8 +128,18 @@ class TaskMeta:
     def multi_label(self) -> bool:
         return self.problem_type == "multi_label_classification"
 
+    @property
+    def tagging(self) -> bool:
+        return self.problem_type == TOKEN_CLASSIFICATION
+
+    def on_request(self) -> tuple[str, ...]:
+        """Outputs sent only when a request names them."""
+        return (EMBEDDING_OUTPUT, *ENTITY_OUTPUTS) if self.tagging else (EMBEDDING_OUTPUT,)
+
     def output_names(self) -> tuple[str, ...]:
-        """The default outputs (``embedding`` is sent only when asked for)."""
+        """The default outputs (``embedding`` and ``entity_*`` are sent only when asked for)."""
+        if self.tagging:
+            return (*TOKEN_OUTPUTS, "score", "truncated")
         if self.regression:
             return ("value", "score", "truncated")
         if self.multi_label:
@@ -271,7 +305,7 @@ def requested_outputs(names: Sequence[str], task: TaskMeta) -> tuple[str, ...]:
     known = task.output_names()
     if not names:
         return known
-    known = (*known, EMBEDDING_OUTPUT)
+    known = (*known, *task.on_request())
     for i, name in enumerate(names):
         if name not in known:
             raise InputError(f"outputs[{i}].name is {name[:64]!r}; task {task.name!r} has outputs {list(known)}")
@@ -315,7 +349,9 @@ def output_tensors(
     n = max(len(predictions), len(embeddings))
     out = []
     for name in names:
-        if name == EMBEDDING_OUTPUT:
+        if name in TOKEN_OUTPUTS or name in ENTITY_OUTPUTS:
+            out.append(_word_tensor(name, predictions))
+        elif name == EMBEDDING_OUTPUT:
             dim = len(embeddings[0].vector) if embeddings else max(task.hidden_size, 0)
             out.append(
                 OutputTensor(
@@ -348,6 +384,26 @@ def output_tensors(
         else:
             out.append(OutputTensor(name, "BOOL", [n], [bool(p.truncated) for p in predictions]))
     return out
+
+
+def _word_tensor(name: str, predictions: Sequence[Any]) -> OutputTensor:
+    """A tagging output, flat over every row's words (or entities) in row order; ``*_count`` per row."""
+    kind, field_name = name.split("_", 1)
+    rows = [(p.tokens if kind == "token" else p.entities) or () for p in predictions]
+    if field_name == "count":
+        return OutputTensor(name, "INT64", [len(rows)], [len(r) for r in rows])
+    attr = "label" if field_name == "label" else field_name
+    data = [getattr(w, attr) for r in rows for w in r]
+    if field_name == "score":
+        data = [float(x) for x in data]
+    return OutputTensor(name, OUTPUT_TYPES[name], [len(data)], data)
+
+
+def with_spans(names: Sequence[str], predictions: Sequence[Any], rows: Sequence[Any]) -> list[Any]:
+    """Tagging predictions with their merged entities when an ``entity_*`` output is requested."""
+    if not any(n in ENTITY_OUTPUTS for n in names):
+        return list(predictions)
+    return [with_entities(p, r) for p, r in zip(predictions, rows, strict=True)]
 
 
 def _binary_wanted(req: InferenceRequest) -> dict[str, bool]:
@@ -397,10 +453,24 @@ def model_metadata(task: TaskMeta) -> dict[str, Any]:
         "value": ("FP32", [-1]),
         "probabilities": ("FP32", [-1, len(task.labels)]),
         "truncated": ("BOOL", [-1]),
+        **{n: (OUTPUT_TYPES[n], [-1]) for n in (*TOKEN_OUTPUTS, *ENTITY_OUTPUTS)},
     }
     outputs: list[dict[str, Any]] = [
         {"name": n, "datatype": shapes[n][0], "shape": shapes[n][1]} for n in task.output_names()
     ]
+    if task.tagging:
+        for o in outputs:
+            if o["name"] in TOKEN_OUTPUTS[:-1]:
+                o["parameters"] = {"per": "word", "rows_from": "token_count"}
+        outputs += [
+            {
+                "name": n,
+                "datatype": shapes[n][0],
+                "shape": shapes[n][1],
+                "parameters": {"on_request": True, "per": "entity", "rows_from": "entity_count"},
+            }
+            for n in ENTITY_OUTPUTS
+        ]
     outputs.append(
         {
             "name": EMBEDDING_OUTPUT,

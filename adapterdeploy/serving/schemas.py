@@ -88,6 +88,11 @@ class PredictRequest(_Strict):
 
     task: TaskName
     inputs: list[TextOrPair] = Field(min_length=1, description="Texts or [text_a, text_b] pairs.")
+    spans: bool = Field(
+        False,
+        description="Tagging tasks: also merge the words' BIO / IOB tags into 'entities' (word, start, end, "
+        "label, score).",
+    )
 
 
 class FanOutRequest(_Strict):
@@ -95,6 +100,11 @@ class FanOutRequest(_Strict):
 
     tasks: list[TaskName] = Field(min_length=1)
     inputs: list[TextOrPair] = Field(min_length=1)
+    spans: bool = Field(
+        False,
+        description="Tagging tasks: also merge the words' BIO / IOB tags into 'entities' (word, start, end, "
+        "label, score).",
+    )
 
 
 class EmbedRequest(_Strict):
@@ -117,9 +127,20 @@ class EmbedResponse(BaseModel):
     truncated: list[bool]
 
 
+class WordOut(BaseModel):
+    """A tagging task's label for one word: ``text[start:end] == word``."""
+
+    word: str
+    start: int
+    end: int
+    label: str
+    score: float
+
+
 class PredictionOut(BaseModel):
     """``Prediction.to_dict()``: classification fills label/score/probabilities, regression value/score;
-    multi-label adds ``labels`` (every label at or over its threshold) and its probabilities are sigmoids."""
+    multi-label adds ``labels`` (every label at or over its threshold) and its probabilities are sigmoids;
+    tagging has ``label`` null, ``score`` the mean word score, ``tokens`` (and ``entities`` with ``spans``)."""
 
     task: str
     label: str | None
@@ -128,6 +149,12 @@ class PredictionOut(BaseModel):
     value: float | None
     truncated: bool
     labels: list[str] | None = Field(None, description="Multi-label tasks only: the labels that are on.")
+    tokens: list[WordOut] | None = Field(
+        None, description="Tagging tasks only: one label per word (its first subword's), with character offsets."
+    )
+    entities: list[WordOut] | None = Field(
+        None, description="Tagging tasks with spans=true: the words' BIO tags merged (label without B-/I-)."
+    )
 
 
 class PredictResponse(BaseModel):

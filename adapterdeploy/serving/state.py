@@ -8,8 +8,14 @@ request's cold task (task.json, checksums, weights) before the request is queued
 overlaps other requests' forwards instead of stalling the batch it lands in. The runtime is thread-safe
 (its registry has a lock; its tokenizers are never mutated after open).
 
-A task that fails (unreadable files at startup, or its weights / head failing in a batch) is answered 503
+A task that fails (unreadable files, or its weights / head failing in a batch) is answered 503
 ``task_failed`` for its own rows only; readiness lists it (:meth:`ServingState.readiness`).
+
+Start-up does not walk the tasks: the server is ready once the featurizer is open (its files verified) and
+the batcher runs, whatever the number of tasks. A ``task-check`` thread then opens every task's files (an
+open and a stat each, as ``Deployment.check_task``) and marks the unreadable ones failed as it goes, so
+``tasks_not_ready`` fills in within seconds at 10,000 tasks; until it reaches a task, that task is verified
+on its first use (checksums, as always) and fails then if it must. Readiness reports the check's progress.
 
 Per-request work never walks the whole task list: known / loaded checks are dict lookups and the task
 metadata cache is a bounded LRU, so a deployment of 10,000 tasks serves like one of 10.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -78,6 +85,10 @@ class ServingState:
         self.max_length = 0
         self._meta: OrderedDict[str, TaskMeta] = OrderedDict()
         self._meta_cap = max(META_CACHE_MIN, settings.runtime.max_loaded_tasks or 0)
+        self.tasks_checked = 0  # tasks the background check has opened so far (see check_all_tasks)
+        self.task_check_done = False
+        self._stop_check = threading.Event()
+        self._check_thread: threading.Thread | None = None
         # Names this process (worker / replica) in the x-adapterdeploy-instance response header.
         self.instance_id = uuid.uuid4().hex[:12]
 
@@ -91,9 +102,6 @@ class ServingState:
             opener = partial(Deployment.open, self.settings.deploy_dir, self.settings.runtime_options())
             self.deployment = await loop.run_in_executor(self.aux_pool, opener)
         self.max_length = int(self.deployment.max_length)
-        failed = await loop.run_in_executor(self.aux_pool, self.deployment.check_tasks)
-        for name, reason in failed.items():
-            log.error("task %s is not ready: %s", name, reason)
         for name in self.settings.preload:
             await self.load_task(name)
         s = self.settings
@@ -110,10 +118,12 @@ class ServingState:
         self.metrics.bind_task_counts(
             lambda: float(self.deployment.loaded_task_count),
             lambda: float(self.deployment.known_task_count),
-            lambda: float(len(self.deployment.failed_tasks())),
+            lambda: float(self.deployment.failed_task_count()),
         )
         self.started = True
         self.metrics.ready.set(1)
+        self._check_thread = threading.Thread(target=self.check_all_tasks, name="adapterdeploy-task-check", daemon=True)
+        self._check_thread.start()
         log.info(
             "deployment open",
             extra={
@@ -123,13 +133,36 @@ class ServingState:
             },
         )
 
+    def check_all_tasks(self) -> None:
+        """Open every known task's files once (background thread), marking unreadable tasks failed.
+
+        O(known tasks) in total but off the start-up path and off the request path: one task at a time, at
+        the pace of the disk. Stops early when the server stops.
+        """
+        try:
+            for name in self.deployment.task_names:
+                if self._stop_check.is_set():
+                    return
+                problem = self.deployment.check_task(name)
+                if problem is not None:
+                    log.error("task %s is not ready: %s", name, problem)
+                self.tasks_checked += 1
+            self.task_check_done = True
+            log.info("task check done", extra={"tasks": self.tasks_checked})
+        except Exception:  # e.g. the deployment closed under us at shutdown: the check is advisory
+            if not self._stop_check.is_set():
+                log.exception("the background task check stopped")
+
     async def stop(self) -> None:
+        self._stop_check.set()
         self.begin_drain()
         if self.batcher is not None:
             await self.batcher.close(self.settings.drain_s)
         self.forward_pool.shutdown(wait=True, cancel_futures=True)
         self.aux_pool.shutdown(wait=True, cancel_futures=True)
         self.load_pool.shutdown(wait=True, cancel_futures=True)
+        if self._check_thread is not None:
+            self._check_thread.join(timeout=10)
         if self._owns_deployment and self.deployment is not None:
             self.deployment.close()
         self.metrics.close()
@@ -149,13 +182,19 @@ class ServingState:
         """(ready, not-ready tasks and why). Ready: started, not draining, and at least one task can serve.
 
         One failed task does not take the replica out of service (its own requests get 503 task_failed and
-        every replica would fail the same way); a replica none of whose tasks can serve is not ready.
+        every replica would fail the same way); a replica none of whose tasks can serve is not ready. Tasks
+        are known failed once the background check (or a first use) reached them: ``tasks_checked`` says
+        how far the check is. O(failed tasks), never O(known).
         """
         if self.deployment is None or not self.started:
             return False, {}
         failed = self.deployment.failed_tasks()
-        servable = len(self.deployment.task_names) > len(failed) or not self.deployment.task_names
+        known = self.deployment.known_task_count
+        servable = known > len(failed) or known == 0
         return self.ready and servable, failed
+
+    def known_task_count(self) -> int:
+        return 0 if self.deployment is None else int(self.deployment.known_task_count)
 
     def require_ready(self) -> None:
         if not self.started or self.batcher is None:

@@ -4,7 +4,8 @@ A request with the ``Inference-Header-Content-Length: N`` header carries N bytes
 raw tensors, in the order of the inputs that declare ``parameters.binary_data_size``. A BYTES tensor's raw
 form is each element as a 4-byte little-endian length and then its bytes; the same framing is the raw form
 of BYTES in gRPC's ``raw_input_contents`` / ``raw_output_contents``. FP32 is little-endian IEEE float,
-BOOL one byte per element. Responses use the same layout for the outputs the client asks to get binary.
+BOOL one byte per element, INT64 little-endian. Responses use the same layout for the outputs the client
+asks to get binary.
 
 Hand-written (about 60 lines) because the only libraries that implement the framing are client libraries
 (tritonclient, kserve) with heavy dependencies the server must not need; numpy does the number packing.
@@ -117,11 +118,13 @@ def encode_bytes_elements(values: Sequence[bytes]) -> bytes:
 
 
 def encode_tensor(datatype: str, data: Sequence[Any]) -> bytes:
-    """The raw form of a flat output tensor of type BYTES (str elements), FP32 or BOOL."""
+    """The raw form of a flat output tensor of type BYTES (str elements), FP32, BOOL or INT64."""
     if datatype == "BYTES":
         return encode_bytes_elements([str(v).encode("utf-8") for v in data])
     if datatype == "FP32":
         return np.asarray(data, dtype="<f4").tobytes()
     if datatype == "BOOL":
         return np.asarray(data, dtype=np.bool_).tobytes()
+    if datatype == "INT64":
+        return np.asarray(data, dtype="<i8").tobytes()
     raise ValueError(f"no raw form for datatype {datatype!r}")
