@@ -228,8 +228,7 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
             span += f" (dropped {t['dropped_layers']})"
         tasks.add_row(
             t["name"],
-            _KINDS.get(t["problem_type"], "classification")
-            + (f", {t['composition']}" if t.get("composition") else ""),
+            _KINDS.get(t["problem_type"], "classification") + (f", {t['composition']}" if t.get("composition") else ""),
             ",".join(t["labels"]),
             t["pooling"],
             str(t["bottleneck"]),
