@@ -58,6 +58,7 @@ __all__ = [
     "bank_keys",
     "copy_encoder",
     "fusion_friendly",
+    "fusion_slot",
     "head_rows",
     "is_fusion_key",
     "outputs_for",
@@ -272,6 +273,12 @@ def is_fusion_key(key: str) -> bool:
     """A bank key of a fusion slot >= 1 or of a fusion attention (``bank.3.ffn_fuse2.down_w``, ``..._fusion.*``)."""
     site = key.split(".")[2]
     return FUSION_SUFFIX in site or FUSION_SLOT in site
+
+
+def fusion_slot(key: str) -> int:
+    """The fusion slot of a fusion bank key: j for ``bank.3.ffn_fuse{j}.*``, 0 for the attention rows."""
+    site = key.split(".")[2]
+    return int(site.rsplit(FUSION_SLOT, 1)[1]) if FUSION_SLOT in site and FUSION_SUFFIX not in site else 0
 
 
 def head_rows(head: TaskHead) -> dict[str, Tensor]:

@@ -77,6 +77,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                 "parity": {k: v for k, v in spec.parity.items() if k != "samples"},
                 "metrics": spec.metrics,
                 "standalone": manifest.standalone.get(name, {}),
+                "composition": _composition(spec.adapter),
             }
         )
     variants = {}
@@ -125,6 +126,16 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "checksums": {"ok": not problems, "files_checked": files_checked, "problems": problems},
         "leftovers": [str(p) for p in [*leftovers, *_inner_leftovers(root, manifest)]],
     }
+
+
+def _composition(adapter: dict[str, Any]) -> str | None:
+    """``Fuse(a, b)`` / ``Stack(lang, task)`` for a fusion or stacked task (issue 19), None for a plain one."""
+    fusion, stack_on = adapter.get("fusion"), adapter.get("stack_on")
+    if isinstance(fusion, dict) and isinstance(fusion.get("adapters"), list):
+        return f"Fuse({', '.join(map(str, fusion['adapters']))})"
+    if isinstance(stack_on, dict) and stack_on.get("name"):
+        return f"Stack({stack_on['name']}, task)"
+    return None
 
 
 def _inner_leftovers(root: Path, manifest: Manifest) -> list[Path]:
@@ -217,7 +228,7 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
             span += f" (dropped {t['dropped_layers']})"
         tasks.add_row(
             t["name"],
-            _KINDS.get(t["problem_type"], "classification"),
+            _KINDS.get(t["problem_type"], "classification") + (f", {t['composition']}" if t.get("composition") else ""),
             ",".join(t["labels"]),
             t["pooling"],
             str(t["bottleneck"]),
