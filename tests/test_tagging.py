@@ -209,10 +209,34 @@ def test_predict_cli_json_and_spans(tagging_deploy):
     assert r.exit_code == 0 and "john/" in r.output.replace(" ", "")
 
 
-def test_standalone_refused_for_tagging(tagging_deploy, tmp_path):
-    from adapterdeploy.exporter.compose import export_standalone_folder
+def test_standalone_folder_of_a_tagging_task_is_a_token_classification_model(tiny_base, tiny_base_dir, tmp_path):
+    """export --standalone: optimum's ORTModelForTokenClassification + transformers' pipeline (aggregation
+    "first") find the entities our runtime finds; export-standalone (from a deployment) still refuses."""
+    from optimum.onnxruntime import ORTModelForTokenClassification
+    from transformers import AutoTokenizer, pipeline
 
-    out, _ = tagging_deploy
+    from adapterdeploy.exporter.compose import export_standalone_folder
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.runtime import Deployment
+
+    out = tmp_path / "deploy"
+    export_deployment(tiny_base_dir, [make_tagging_checkpoint(tiny_base, tmp_path, seed=7)], out, standalone=True)
+    folder = out / "standalone" / "ner"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"] and config["id2label"]["1"] == "B-PER"
+    model = ORTModelForTokenClassification.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first")
+    texts = ["john smith lives in paris, unbelievably", "mary went to london and paris with peter"]
+    with Deployment.open(out) as dep:
+        ours = dep.predict(texts, task="ner", spans=True)
+    for text, p in zip(texts, ours, strict=True):
+        theirs = pipe(text)  # first-subword word labels, grouped, "O" left out: our entities
+        assert [(e.word, e.start, e.end, e.label) for e in p.entities] == [
+            (g["word"], g["start"], g["end"], g["entity_group"]) for g in theirs
+        ]
+        assert np.allclose([e.score for e in p.entities], [g["score"] for g in theirs], atol=1e-4)
+    assert sum(len(p.entities) for p in ours) >= 2  # the comparison is not vacuous
     with pytest.raises(ConfigError, match="tagging"):
         export_standalone_folder(out, "ner", tmp_path / "x")
 

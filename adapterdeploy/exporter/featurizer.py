@@ -499,7 +499,7 @@ class StandaloneModel(nn.Module):
         super().__init__()
         self.trunk, self.adapted = trunk, adapted
         self.head = HeadGraph(head)
-        self.feature = outputs_feature_index(head.config.pooling, adapted.output_names)
+        self.feature = outputs_feature_index(head.config.feature, adapted.output_names)
         self._names = []
         peft: dict[str, dict[str, Tensor]] = {}
         skip = _zero_sites(adapted, rows)
@@ -551,9 +551,8 @@ def _zero_sites(adapted: Adapted, rows: dict[str, Tensor]) -> set[str]:
     return {s for s, zero in sites.items() if zero}
 
 
-def outputs_feature_index(pooling: str, output_names: Sequence[str]) -> int:
-    """Which adapted output a head reads: cls -> ``cls``, mean -> ``mean``, pooler -> ``pooled``."""
-    name = {"cls": "cls", "mean": "mean", "pooler": "pooled"}[pooling]
+def outputs_feature_index(name: str, output_names: Sequence[str]) -> int:
+    """The index of the adapted output a head reads (``HeadConfig.feature``: cls, mean, pooled or tokens)."""
     if name not in output_names:
-        raise ExportError(f"pooling {pooling!r} needs the adapted output {name!r}, which this base does not have")
+        raise ExportError(f"the head reads the adapted output {name!r}, which this base does not have")
     return list(output_names).index(name)

@@ -9,6 +9,8 @@ Layout (what optimum's ``ORTModelForSequenceClassification``, transformers.js an
     tokenizer_config.json     tokenizer class, special tokens, model_max_length = max_length
     special_tokens_map.json
     onnx/model.onnx           fp32: input_ids, attention_mask, token_type_ids -> logits
+                              (a tagging task: logits per token, ``*ForTokenClassification`` in config.json,
+                              what ``ORTModelForTokenClassification`` and the token-classification pipeline load)
     onnx/model_quantized.onnx int8 (dynamic), the name transformers.js loads for ``dtype: "q8"``
 
 Each ONNX file carries metadata props (``task``, ``labels``, ``max_length``, ``featurizer_fingerprint``,
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy import __version__
+from adapterdeploy.config import TOKEN_CLASSIFICATION
 from adapterdeploy.errors import ArtifactError
 
 __all__ = [
@@ -74,11 +77,14 @@ def hf_config(base_config: Mapping[str, Any], labels: Sequence[str], problem_typ
             id2label={str(i): str(label) for i, label in enumerate(labels)},
             label2id={str(label): i for i, label in enumerate(labels)},
         )
-    cfg["architectures"] = [_architecture(str(cfg.get("model_type", "bert")))]
+    token = problem_type == TOKEN_CLASSIFICATION
+    if token:  # transformers has no problem_type for token classification; the architecture says it
+        cfg.pop("problem_type", None)
+    cfg["architectures"] = [_architecture(str(cfg.get("model_type", "bert")), token)]
     return cfg
 
 
-def _architecture(model_type: str) -> str:
+def _architecture(model_type: str, token: bool = False) -> str:
     name = {
         "bert": "Bert",
         "roberta": "Roberta",
@@ -86,7 +92,7 @@ def _architecture(model_type: str) -> str:
         "electra": "Electra",
         "distilbert": "DistilBert",
     }.get(model_type, "Bert")
-    return f"{name}ForSequenceClassification"
+    return f"{name}ForTokenClassification" if token else f"{name}ForSequenceClassification"
 
 
 def write_tokenizer_files(
