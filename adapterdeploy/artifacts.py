@@ -65,6 +65,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STAGING_PREFIX",
     "TASK_FILE",
+    "BaseSpec",
     "FeaturizerSpec",
     "FileEntry",
     "Manifest",
@@ -255,6 +256,87 @@ def featurizer_fingerprint(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+# Per architecture: (pad token id, token type vocabulary size) of transformers' config classes. An older
+# manifest has only the config's diff from these defaults, so a value absent there is the default.
+_BASE_DEFAULTS = {"roberta": (1, 2), "xlm-roberta": (1, 2)}
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """What the rest of the tool needs to know about a base encoder, built once from the loaded model.
+
+    Held by manifests (``deployment.json``'s ``base``) and task checkpoints (their ``task.json``'s ``base``).
+    ``config`` is the base's ``config.json`` as a diff from its architecture's defaults: the config.json
+    of standalone folders is rebuilt from it (``export-standalone`` has no base directory). Files written
+    before this record existed lack some fields: :meth:`from_dict` fills them from ``config`` or from the
+    architecture's defaults (``_BASE_DEFAULTS``); those it cannot know are None.
+    """
+
+    model_type: str
+    fingerprint: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int | None = None
+    max_position_embeddings: int | None = None
+    layer_norm_eps: float = 1e-12
+    vocab_size: int | None = None
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    has_pooler: bool = False
+    path: str = ""
+    config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str | Path = MANIFEST_FILE, *, fix: str = "") -> BaseSpec:
+        """Validate every field (types and sane ranges) before anything is sized from it."""
+        f = Fields(d, where, fix=fix or "re-export the deployment (export-adapters ... --force)", prefix="base.")
+        model_type = f.text("model_type")
+        config = f.mapping("config", {})
+        pad_default, types_default = _BASE_DEFAULTS.get(model_type, (0, 2))
+
+        def known(key: str, config_key: str, default: Any) -> Any:  # the field, else config.json's, else default
+            return d[key] if d.get(key) is not None else config.get(config_key, default)
+
+        probe = Fields(
+            {
+                "num_heads": known("num_heads", "num_attention_heads", None),
+                "max_position_embeddings": known("max_position_embeddings", "max_position_embeddings", None),
+                "layer_norm_eps": known("layer_norm_eps", "layer_norm_eps", 1e-12),
+                "vocab_size": known("vocab_size", "vocab_size", None),
+                "type_vocab_size": known("type_vocab_size", "type_vocab_size", types_default),
+                "pad_token_id": known("pad_token_id", "pad_token_id", pad_default),
+            },
+            where,
+            fix=f.fix,
+            prefix="base.",
+        )
+        eps = probe.raw("layer_norm_eps")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            probe.fail("layer_norm_eps", f"is {eps!r:.40}, not a small positive number")
+        optional = {
+            key: probe.integer(key, None, lo=1, hi=hi) if probe.has(key) else None
+            for key, hi in (("num_heads", 1024), ("max_position_embeddings", 1 << 20), ("vocab_size", 1 << 24))
+        }
+        return cls(
+            model_type=model_type,
+            fingerprint=f.text("fingerprint"),
+            hidden_size=f.integer("hidden_size", lo=1, hi=MAX_HIDDEN),
+            num_layers=f.integer("num_layers", lo=1, hi=MAX_LAYERS),
+            num_heads=optional["num_heads"],
+            max_position_embeddings=optional["max_position_embeddings"],
+            layer_norm_eps=float(eps),
+            vocab_size=optional["vocab_size"],
+            type_vocab_size=probe.integer("type_vocab_size", lo=1, hi=1 << 16),
+            pad_token_id=probe.integer("pad_token_id", lo=0, hi=1 << 24),
+            has_pooler=f.flag("has_pooler", False),
+            path=f.text("path", ""),
+            config=config,
+        )
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One precision of the featurizer graphs."""
@@ -386,7 +468,7 @@ class TaskSpec:
 class Manifest:
     """``deployment.json``."""
 
-    base: dict[str, Any]
+    base: BaseSpec
     featurizer: FeaturizerSpec
     tokenizer: TokenizerSpec
     tasks: dict[str, str]  # task name -> task dir relative to the deployment root
@@ -411,7 +493,7 @@ class Manifest:
             "schema_version": self.schema_version,
             "tool_version": self.tool_version,
             "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "base": self.base,
+            "base": self.base.to_dict(),
             "featurizer": self.featurizer.to_dict(),
             "tokenizer": asdict(self.tokenizer),
             "tasks": dict(sorted(self.tasks.items())),
@@ -453,7 +535,7 @@ class Manifest:
         if not isinstance(tokenizer.max_length, int) or not 2 <= tokenizer.max_length <= 1 << 20:
             f.fail("tokenizer.max_length", f"is {tokenizer.max_length!r}, not a usable length")
         return cls(
-            base=f.mapping("base"),
+            base=BaseSpec.from_dict(f.mapping("base"), where),
             featurizer=featurizer,
             tokenizer=tokenizer,
             tasks=tasks,

@@ -39,7 +39,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     "--section",
     "sections",
     default=None,
-    help=f"Comma-separated subset of: {', '.join(SECTIONS)} (default: all).",
+    help=f"Comma-separated subset of: {', '.join(SECTIONS)} (default: all; --quick leaves out composition).",
 )
 @click.option(
     "--threads",

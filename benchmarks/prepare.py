@@ -168,6 +168,55 @@ def make_random_tasks(p: Prepared, n: int) -> None:
     _log(f"{p.key}: {len(missing)} random task checkpoints in {time.perf_counter() - t0:.1f}s")
 
 
+# The AdapterHub configs users bring (issue 15): Pfeiffer (one adapter per layer, after the FFN) and Houlsby
+# (one after attention and one after the FFN). Our own default placement is ``after_layer``.
+ADAPTERHUB_SIGNATURES = ("seq_bn", "double_seq_bn")
+
+
+def adapterhub_checkpoints(p: Prepared, kind: str) -> list[Path]:
+    """``t0000`` (single texts) and ``p0000`` (pairs) of one AdapterHub signature, made the way a user's are:
+    the adapters library's own config (reduction factor 16, relu, random weights), ``save_adapter`` with
+    its classification head, then our ``import_adapterhub``. Timing does not depend on the weights' values."""
+    out = p.work / f"ckpt-adapterhub-{kind}"
+    dirs = [out / "t0000", out / "p0000"]
+    if all((d / "task.json").is_file() for d in dirs):
+        return dirs
+    import tempfile
+
+    import adapters
+    import torch
+
+    from adapterdeploy.models.adapterhub import import_adapterhub
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.checkpoint import save_checkpoint
+
+    t0 = time.perf_counter()
+    configs = {"seq_bn": adapters.SeqBnConfig, "double_seq_bn": adapters.DoubleSeqBnConfig}
+    model = adapters.AutoAdapterModel.from_pretrained(str(p.base_dir), local_files_only=True)
+    model.add_adapter("t0000", config=configs[kind](reduction_factor=REDUCTION_FACTOR, non_linearity="relu"))
+    model.add_classification_head("t0000", num_labels=2, layers=1)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ("adapters.t0000" in name and param.dim() == 2) or ("heads.t0000" in name and name.endswith("weight")):
+                param.normal_(0.0, ADAPTER_STD)
+    base = load_base(p.base_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_adapter(tmp, "t0000", with_head=True)
+        for d, pair in zip(dirs, (False, True), strict=True):
+            ckpt = import_adapterhub(base, tmp, task_name=d.name, max_length=p.max_length, text_pair=pair)
+            save_checkpoint(ckpt, d, force=True)
+    _log(f"{p.key}: AdapterHub {kind} checkpoints (adapters library -> import) in {time.perf_counter() - t0:.1f}s")
+    return dirs
+
+
+def signature_deployment(p: Prepared, kind: str) -> Path:
+    """The main deployment's shape (t0000 + p0000, fp32 + int8) for an AdapterHub signature."""
+    return deployment(
+        p, 0, checkpoints=adapterhub_checkpoints(p, kind), name=f"sig-{kind}", precisions=("fp32", "int8")
+    )
+
+
 def make_pair_tasks(p: Prepared, n: int) -> None:
     """``p0000 ..``: copies of ``t0000 ..`` marked ``text_pair`` (same weights, pair inputs)."""
     import dataclasses

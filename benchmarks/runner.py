@@ -26,6 +26,7 @@ SECTION_MODULES = {
     "accuracy": "benchmarks.sections.accuracy",
     "server": "benchmarks.sections.server",
     "scale": "benchmarks.sections.scale",
+    "composition": "benchmarks.sections.composition",
 }
 assert set(SECTION_MODULES) == set(SECTIONS)
 

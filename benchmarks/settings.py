@@ -11,9 +11,24 @@ from benchmarks.harness import Timing, Worker, interleave, start_workers
 from benchmarks.prepare import Prepared, prepare_model
 from benchmarks.workloads import Texts
 
-__all__ = ["SECTIONS", "BenchSettings", "Context", "TimedRun", "full_settings", "quick_settings"]
+__all__ = ["QUICK_SECTIONS", "SECTIONS", "BenchSettings", "Context", "TimedRun", "full_settings", "quick_settings"]
 
-SECTIONS = ("peak", "single", "overhead", "many_tasks", "fanout", "loading", "sizes", "accuracy", "server", "scale")
+SECTIONS = (
+    "peak",
+    "single",
+    "overhead",
+    "many_tasks",
+    "fanout",
+    "loading",
+    "sizes",
+    "accuracy",
+    "server",
+    "scale",
+    "composition",
+)
+# ``--quick`` (CI) leaves out the composition section: its library models, four exports and ten worker
+# processes take ~2 min even on the tiny model; run it with ``--sections composition``.
+QUICK_SECTIONS = tuple(s for s in SECTIONS if s != "composition")
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,7 @@ def quick_settings(**overrides: Any) -> BenchSettings:
     base = BenchSettings(
         quick=True,
         models=("tiny",),
-        sections=SECTIONS,
+        sections=QUICK_SECTIONS,
         threads=1,
         rounds=3,
         block_s=0.02,

@@ -7,6 +7,7 @@ batch's longest row), the forward pass, and a softmax. Systems:
     torch_ours        eager PyTorch: adapterdeploy.models.encoder.EncoderWithAdapters from a task checkpoint
     torch_compile     the same model under torch.compile (compiled during warm-up)
     torch_adapterhub  eager PyTorch: the AdapterHub ``adapters`` library, seq_bn adapter + 1-layer head
+    torch_adapterhub_composed  the same library running saved Stack / Fuse compositions (composition section)
     ort_model         one onnxruntime session over one exported ONNX file (optimum's export, O3 or not)
     ort_per_task      one onnxruntime session per task ("the common way" for many tasks), up to a memory budget
     ours              adapterdeploy.runtime.Deployment (fp32 or int8)
@@ -19,7 +20,6 @@ faster eager-mode path a user gets from ``AutoModel.from_pretrained``.
 from __future__ import annotations
 
 import gc
-import inspect
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -191,6 +191,64 @@ class TorchAdapterHub:
 # -------------------------------------------------------------------------------------- onnxruntime
 
 
+class TorchAdapterHubComposed:
+    """The adapters library's own composition (``Stack`` / ``Fuse`` / one adapter), loaded from saved directories.
+
+    ``spec["tasks"]``: task -> {"adapters": [save_adapter dirs], "fusion": save_adapter_fusion dir or None,
+    "stack": bool, "head": save_head dir}. A batch whose rows belong to several tasks runs one forward per task
+    (the library switches its active composition between forwards; it cannot mix them in one).
+    """
+
+    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+        _set_torch_threads(threads)
+        import adapters
+        import torch
+
+        self.torch, self.composition = torch, adapters.composition
+        model = adapters.AutoAdapterModel.from_pretrained(spec["base_dir"], local_files_only=True)
+        self.setups: dict[str, Any] = {}
+        loaded: set[str] = set()
+        for task, t in spec["tasks"].items():
+            names = []
+            for d in t["adapters"]:
+                name = os.path.basename(d.rstrip("/"))
+                if name not in loaded:
+                    model.load_adapter(d, load_as=name, with_head=False)
+                    loaded.add(name)
+                names.append(name)
+            if t.get("fusion"):
+                model.load_adapter_fusion(t["fusion"], with_head=False)
+                setup: Any = adapters.composition.Fuse(*names)
+            elif t.get("stack"):
+                setup = adapters.composition.Stack(*names)
+            else:
+                setup = names[0]
+            model.load_head(t["head"], load_as=task)
+            self.setups[task] = setup
+        self.model = model.eval()
+        self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
+
+    def prepare(self, payload: dict[str, Any]) -> Callable[[], object]:
+        groups: dict[str, list[int]] = {}
+        for i, (task, _) in enumerate(payload["rows"]):
+            groups.setdefault(task, []).append(i)
+        rows = [r[1] for r in payload["rows"]]
+        torch = self.torch
+
+        def run() -> list[np.ndarray]:
+            out = []
+            for task, idx in groups.items():
+                self.model.set_active_adapters(self.setups[task])
+                self.model.active_head = task
+                enc = self.encode([rows[i] for i in idx])
+                with torch.inference_mode():
+                    logits = self.model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits
+                out.append(softmax(logits.numpy()))
+            return out
+
+        return run
+
+
 class OrtModel:
     """One onnxruntime session over one whole-model ONNX file (e.g. optimum's export)."""
 
@@ -349,24 +407,19 @@ class OursNoAdapter:
 
         dep = Path(spec["deployment"])
         m = Manifest.read(dep)
-        from adapterdeploy.runtime import Deployment
+        from adapterdeploy.runtime import RuntimeOptions
 
         # The same thread-pool choices as Deployment.open's defaults, whatever the runtime decides they are.
-        params = inspect.signature(Deployment.open).parameters
+        defaults = RuntimeOptions()
         factory = SessionFactory(
             threads=threads,
-            shared_pool=params["shared_thread_pool"].default,
-            spin_us=params["spin_us"].default,
+            shared_pool=defaults.shared_thread_pool,
+            spin_us=defaults.spin_us,
             precision=spec["precision"],
             cache_dir=dep / "engine_cache",
         )
         self.session = factory.session(Path(spec["graph"]))
-        self.encoder = TextEncoder(
-            dep / m.tokenizer.file,
-            m.tokenizer.max_length,
-            single_token_type=int(m.base.get("type_vocab_size", 2) or 2) <= 1,
-            pad_id=m.base.get("pad_token_id"),
-        )
+        self.encoder = TextEncoder.of_deployment(dep, m)
         head = load_file(str(dep / m.tasks[spec["task"]] / "adapters.safetensors"))
         self.w, self.b = head["head.out.w"], head["head.out.b"]
 
@@ -423,6 +476,7 @@ SYSTEMS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "torch_ours": TorchOurs,
     "torch_compile": lambda spec, threads: TorchOurs({**spec, "compile": True}, threads),
     "torch_adapterhub": TorchAdapterHub,
+    "torch_adapterhub_composed": TorchAdapterHubComposed,
     "ort_model": OrtModel,
     "ort_per_task": OrtPerTask,
     "ort_loader": OrtLoader,

@@ -46,6 +46,18 @@ def _single(raw: dict[str, Any], out: list[dict[str, Any]]) -> None:
                         "{:.2f}x",
                     )
                 )
+            for kind in ("seq_bn", "double_seq_bn"):  # issue 15: every signature within 5% of the plain model
+                r = _row(rows, case, f"ours_{kind}_fp32")
+                if r is not None and r["vs_ort_plain_o3"] is not None:
+                    out.append(
+                        _check(
+                            f"{model} {case}: ours fp32, AdapterHub {kind}, time / best optimum O3 plain",
+                            r["vs_ort_plain_o3"],
+                            1.05,
+                            "<=",
+                            "{:.3f}",
+                        )
+                    )
             r = _row(rows, case, "ours_fp32_mixed")
             if r is not None and r["vs_ort_plain_o3"] is not None:
                 out.append(

@@ -156,7 +156,7 @@ def test_import_matches_adapters_library(bases, tiny_bases, tmp_path, model_type
         assert (adapter_dir / "adapter.safetensors").is_file() and not (adapter_dir / "pytorch_adapter.bin").exists()
 
     ckpt = import_adapterhub(base, adapter_dir, head_dir)
-    assert ckpt.source == "adapterhub" and ckpt.name == "task_a" and ckpt.base_fingerprint == base.fingerprint
+    assert ckpt.source == "adapterhub" and ckpt.name == "task_a" and ckpt.base.fingerprint == base.fingerprint
     assert ckpt.adapter.placement == ("houlsby" if isinstance(config, ah.DoubleSeqBnConfig) else "pfeiffer")
     leave_out = set(config.leave_out)
     expected_layers = tuple(i for i in range(base.num_layers) if i not in leave_out)
@@ -304,7 +304,7 @@ def test_other_base_is_refused_or_warned(bases, tiny_bases, tmp_path):
     renamed = load_base(shutil.copytree(tiny_bases["bert"], tmp_path / "another-model"))
     with pytest.warns(AdapterHubImportWarning, match=r"saved from model .*only works on the base model it was trained"):
         ckpt = import_adapterhub(renamed, tmp_path / "t")
-    assert ckpt.base_fingerprint == renamed.fingerprint
+    assert ckpt.base.fingerprint == renamed.fingerprint
 
 
 def test_pickles_are_never_executed(bases, tiny_bases, tmp_path):
@@ -394,7 +394,7 @@ def test_cli_default_base_is_the_embedded_minilm(tmp_path):
     assert "verified against the adapters library" in result.output
     base = load_base(None)
     ckpt = load_checkpoint(tmp_path / "ck")
-    assert ckpt.base_fingerprint == base.fingerprint and ckpt.bottleneck() == base.hidden_size // 16
+    assert ckpt.base.fingerprint == base.fingerprint and ckpt.bottleneck() == base.hidden_size // 16
     model = ckpt.build_model(base)
     for batch in _batches(base):
         with torch.no_grad():

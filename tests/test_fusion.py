@@ -8,6 +8,7 @@ Tolerance: 1e-4 on probabilities after import -> export -> runtime (fp32), again
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from adapterdeploy.exporter.deployment import export_deployment
 from adapterdeploy.exporter.updates import add_task
 from adapterdeploy.models.adapterhub import import_adapterhub
 from adapterdeploy.models.adapterhub_fusion import import_adapterhub_fusion, verify_fusion_import
+from adapterdeploy.models.adapterhub_stack import import_adapterhub_stack
 from adapterdeploy.models.checkpoint import load_checkpoint, save_checkpoint
 from adapterdeploy.runtime.deployment import Deployment
 
@@ -129,14 +131,40 @@ def test_fusion_roundtrip_matches_the_adapters_library(fused):
 
     plain_keys = load_file(str(fused["deploy"] / "tasks" / "a" / "adapters.safetensors"))
     assert not any("_fuse" in k for k in plain_keys)
+    ab_keys = load_file(str(fused["deploy"] / "tasks" / "a-b" / "adapters.safetensors"))
+    assert any("_fuse1." in k for k in ab_keys) and not any("_fuse2." in k for k in ab_keys)  # unused slot: not stored
     spec = json.loads((fused["deploy"] / "tasks" / "a-b" / "task.json").read_text())
     assert spec["adapter"]["fusion"] == {"name": "a,b", "adapters": ["a", "b"]}
+    shown = CliRunner().invoke(main, ["inspect", str(fused["deploy"]), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert {t["name"]: t["composition"] for t in json.loads(shown.output)["tasks"]} == {
+        "a-b": "Fuse(a, b)",
+        "a-b-c": "Fuse(a, b, c)",
+        "a": None,
+    }
+    checked = CliRunner().invoke(main, ["check", str(fused["deploy"])])
+    assert checked.exit_code == 0, checked.output
 
 
-def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tmp_path):
+def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tiny_base, tmp_path):
     export_deployment(tiny_base_dir, [fused["ckpts"][-1]], tmp_path / "plain", max_length=32)
     with pytest.raises(FingerprintMismatchError, match=r"fuses 2 adapters, the featurizer has 0 fusion slots"):
         add_task(tmp_path / "plain", fused["ckpts"][0])
+    # The base model's embeddings (task None: all-zero rows, gate 0) are the same on the fusion featurizer.
+    with Deployment.open(tmp_path / "plain") as plain, Deployment.open(fused["deploy"]) as dep:
+        assert np.abs(plain.embed(TEXTS) - dep.embed(TEXTS)).max() <= 1e-5
+    # A stacked task and a fusion task cannot share one featurizer: a clear message, nothing written.
+    stacked = import_adapterhub_stack(tiny_base, fused["root"] / "b", fused["root"] / "a")
+    with pytest.raises(ConfigError, match="either lower-adapter slots or fusion slots"):
+        export_deployment(
+            tiny_base_dir, [save_checkpoint(stacked, tmp_path / "st"), fused["ckpts"][0]], tmp_path / "mix"
+        )
+    assert not (tmp_path / "mix").exists()
+    # add-task of a fusion task into a featurizer with enough slots: the same answers as exported with it.
+    ckpt = dataclasses.replace(load_checkpoint(fused["ckpts"][0]), name="ab-again", path=None)
+    add_task(fused["deploy"], save_checkpoint(ckpt, tmp_path / "ab-again"))
+    with Deployment.open(fused["deploy"]) as dep:
+        assert np.abs(_probs(dep, "ab-again") - fused["refs"]["a-b"]).max() <= TOL
 
 
 def test_import_fusion_cli_and_refusals(fused, tiny_base_dir, tiny_base, tmp_path):

@@ -55,7 +55,7 @@ def tagging_deploy(tiny_base, tiny_base_dir, tmp_path_factory) -> tuple[Path, li
         make_tagging_checkpoint(tiny_base, d, "ner2", seed=5),
     ]
     out = d / "deploy"
-    export_deployment(tiny_base_dir, ckpts, out, precisions=("fp32", "int8"))
+    export_deployment(tiny_base_dir, ckpts, out, precisions=("fp32",))
     return out, ckpts
 
 
@@ -209,10 +209,34 @@ def test_predict_cli_json_and_spans(tagging_deploy):
     assert r.exit_code == 0 and "john/" in r.output.replace(" ", "")
 
 
-def test_standalone_refused_for_tagging(tagging_deploy, tmp_path):
-    from adapterdeploy.exporter.compose import export_standalone_folder
+def test_standalone_folder_of_a_tagging_task_is_a_token_classification_model(tiny_base, tiny_base_dir, tmp_path):
+    """export --standalone: optimum's ORTModelForTokenClassification + transformers' pipeline (aggregation
+    "first") find the entities our runtime finds; export-standalone (from a deployment) still refuses."""
+    from optimum.onnxruntime import ORTModelForTokenClassification
+    from transformers import AutoTokenizer, pipeline
 
-    out, _ = tagging_deploy
+    from adapterdeploy.exporter.compose import export_standalone_folder
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.runtime import Deployment
+
+    out = tmp_path / "deploy"
+    export_deployment(tiny_base_dir, [make_tagging_checkpoint(tiny_base, tmp_path, seed=7)], out, standalone=True)
+    folder = out / "standalone" / "ner"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"] and config["id2label"]["1"] == "B-PER"
+    model = ORTModelForTokenClassification.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first")
+    texts = ["john smith lives in paris, unbelievably", "mary went to london and paris with peter"]
+    with Deployment.open(out) as dep:
+        ours = dep.predict(texts, task="ner", spans=True)
+    for text, p in zip(texts, ours, strict=True):
+        theirs = pipe(text)  # first-subword word labels, grouped, "O" left out: our entities
+        assert [(e.word, e.start, e.end, e.label) for e in p.entities] == [
+            (g["word"], g["start"], g["end"], g["entity_group"]) for g in theirs
+        ]
+        assert np.allclose([e.score for e in p.entities], [g["score"] for g in theirs], atol=1e-4)
+    assert sum(len(p.entities) for p in ours) >= 2  # the comparison is not vacuous
     with pytest.raises(ConfigError, match="tagging"):
         export_standalone_folder(out, "ner", tmp_path / "x")
 
@@ -349,6 +373,11 @@ def test_train_tagging_cli_then_export_and_predict(tiny_base_dir, tmp_path):
     with Deployment.open(deploy) as dep:
         p = dep.predict(["mary smith went to london"], task="ner", spans=True)[0]
         assert [w.word for w in p.tokens] == ["mary", "smith", "went", "to", "london"]
+    # check --eval scores the deployment (ONNX) on the dev file: the trainer's entity F1 again
+    r = CliRunner().invoke(main, ["check", str(deploy), "--eval", str(dev), "--task", "ner", "--json"])
+    acc = {i["name"]: i for i in json.loads(r.output)["items"]}["accuracy"]
+    assert acc["status"] == "pass", acc
+    assert abs(acc["data"]["metrics"]["entity_f1"] - ckpt.metrics["entity_f1"]) < 0.02
 
 
 def test_train_tagging_bad_file_is_one_error_line(tiny_base_dir, tmp_path):
@@ -475,3 +504,26 @@ def test_serving_tagging_outputs(tagging_deploy):
         words = v2_binary.decode_bytes_elements(resp.raw_output_contents[0], "words")
         assert [w.decode() for w in words] == [w.word for p in want for w in p.tokens]
         assert np.frombuffer(resp.raw_output_contents[1], dtype="<i8").tolist() == [len(p.entities) for p in want]
+
+
+def test_train_tagging_on_roberta(tiny_bases, tmp_path):
+    """Pre-split words on a byte-level BPE tokenizer (needs add_prefix_space), then the runtime's words and
+    offsets. (XLM-R's SentencePiece tokenizer passed the same test once; left out of the suite for time.)"""
+    arch = "roberta"
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.trainer import TrainConfig, train_task
+    from adapterdeploy.runtime import Deployment
+    from adapterdeploy.tagging_data import read_tagging
+
+    base = load_base(tiny_bases[arch])
+    data = read_tagging(_conll(tmp_path / "t.conll", 16, 0))
+    cfg = TrainConfig(epochs=1, max_length=32, progress=False)
+    ckpt = train_task(base, data, data, name="ner", config=cfg)
+    assert ckpt.head.token_level and "entity_f1" in ckpt.metrics
+    from adapterdeploy.models.checkpoint import save_checkpoint
+
+    export_deployment(tiny_bases[arch], [save_checkpoint(ckpt, tmp_path / "ckpt")], tmp_path / "deploy")
+    with Deployment.open(tmp_path / "deploy") as dep:
+        p = dep.predict(["mary smith went to london"], task="ner")[0]
+    assert [w.word for w in p.tokens] == ["mary", "smith", "went", "to", "london"]

@@ -123,6 +123,9 @@ MANIFEST_CASES = [
     ("wrong type", _set("task_files", []), r"field 'task_files' must be a JSON object"),
     ("bad tokenizer", _set("tokenizer.max_length", 0), r"field 'tokenizer\.max_length' is 0"),
     ("absurd hidden size", _set("featurizer.hidden_size", 10**9), r"field 'featurizer' has hidden_size 1000000000"),
+    ("negative pad id", _set("base.pad_token_id", -1), r"field 'base\.pad_token_id' is -1"),
+    ("pad id as text", _set("base.pad_token_id", "1"), r"field 'base\.pad_token_id' must be an integer"),
+    ("zero eps", _set("base.layer_norm_eps", 0), r"field 'base\.layer_norm_eps' is 0"),
 ]
 
 
@@ -160,6 +163,35 @@ def test_bad_checkpoint_is_refused_before_a_model_is_built(ckpt, tmp_path, case,
     (copy / "task.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=match):
         load_checkpoint(copy)
+
+
+def test_base_spec_is_written_whole_and_older_manifests_get_the_architectures_defaults(deployed, tiny_base):
+    """The exporter writes pad id and token types (it did not before, so the runtime always fell back);
+    a manifest without them reads the config diff, else the architecture's transformers defaults."""
+    data = json.loads((deployed / "deployment.json").read_text())
+    base = Manifest.from_dict(data).base
+    assert base == tiny_base.spec and base.pad_token_id == tiny_base.model.config.pad_token_id
+    assert base.type_vocab_size == tiny_base.model.config.type_vocab_size
+    old = {k: v for k, v in data["base"].items() if k not in ("pad_token_id", "type_vocab_size", "vocab_size")}
+    for model_type, config, pad, types in (
+        ("bert", {}, 0, 2),
+        ("roberta", {}, 1, 2),  # RobertaConfig's defaults: absent from the diff means these
+        ("roberta", {"pad_token_id": 1, "type_vocab_size": 1}, 1, 1),
+    ):
+        got = Manifest.from_dict({**data, "base": {**old, "model_type": model_type, "config": config}}).base
+        assert (got.pad_token_id, got.type_vocab_size, got.vocab_size) == (pad, types, None)
+
+
+def test_the_runtime_tokenizes_with_the_manifests_pad_id(deployed, tmp_path):
+    from adapterdeploy.runtime import Deployment
+
+    copy = tmp_path / "d"
+    shutil.copytree(deployed, copy)
+    data = json.loads((copy / "deployment.json").read_text())
+    data["base"]["pad_token_id"] = 3  # a RoBERTa-like pad id: the runtime must pad with it, not the tokenizer's
+    (copy / "deployment.json").write_text(json.dumps(data))
+    with Deployment.open(copy) as d:
+        assert d._encoder.pad_id == 3
 
 
 def test_a_valid_task_json_still_round_trips(deployed):

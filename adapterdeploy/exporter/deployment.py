@@ -13,7 +13,6 @@ Order of work, so that bad input and failed parity leave nothing behind:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -183,22 +182,6 @@ def _eval_plan(eval_file: EvalSpec, ckpts: Sequence[Any]) -> dict[str, Path]:
             raise ConfigError(f"--eval file {path} does not exist")
         plan[name] = path.expanduser()
     return plan
-
-
-def _base_info(base: Any) -> dict[str, Any]:
-    return {
-        "path": str(base.path),
-        "model_type": base.model_type,
-        "fingerprint": base.fingerprint,
-        "hidden_size": base.hidden_size,
-        "num_layers": base.num_layers,
-        "num_heads": base.num_heads,
-        "has_pooler": base.has_pooler,
-        "max_position_embeddings": base.max_position_embeddings,
-        "layer_norm_eps": base.layer_norm_eps,
-        # The base's config.json, for the config.json of standalone folders (export-standalone has no base).
-        "config": json.loads(base.model.config.to_json_string(use_diff=True)),
-    }
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -492,10 +475,10 @@ def _export(
         if standalone:
             source = FolderSource(
                 tokenizer=tmp / "tokenizer.json",
-                base_config=_base_info(base)["config"],
+                base_config=base.spec.config,
                 max_length=max_length,
                 model_type=base.model_type,
-                pad_id=base.model.config.pad_token_id,
+                pad_id=base.spec.pad_token_id,
                 fingerprint=fingerprint,
             )
             standalone_paths, standalone_parity = export_standalone_graphs(
@@ -525,7 +508,7 @@ def _export(
         if standalone_parity:
             parity["standalone"] = standalone_parity
         manifest = Manifest(
-            base=_base_info(base),
+            base=base.spec,
             featurizer=FeaturizerSpec(
                 fingerprint=fingerprint,
                 adapter_drop=adapter_drop,

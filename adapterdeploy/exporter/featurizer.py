@@ -58,6 +58,7 @@ __all__ = [
     "bank_keys",
     "copy_encoder",
     "fusion_friendly",
+    "fusion_slot",
     "head_rows",
     "is_fusion_key",
     "outputs_for",
@@ -272,6 +273,12 @@ def is_fusion_key(key: str) -> bool:
     """A bank key of a fusion slot >= 1 or of a fusion attention (``bank.3.ffn_fuse2.down_w``, ``..._fusion.*``)."""
     site = key.split(".")[2]
     return FUSION_SUFFIX in site or FUSION_SLOT in site
+
+
+def fusion_slot(key: str) -> int:
+    """The fusion slot of a fusion bank key: j for ``bank.3.ffn_fuse{j}.*``, 0 for the attention rows."""
+    site = key.split(".")[2]
+    return int(site.rsplit(FUSION_SLOT, 1)[1]) if FUSION_SLOT in site and FUSION_SUFFIX not in site else 0
 
 
 def head_rows(head: TaskHead) -> dict[str, Tensor]:
@@ -492,7 +499,7 @@ class StandaloneModel(nn.Module):
         super().__init__()
         self.trunk, self.adapted = trunk, adapted
         self.head = HeadGraph(head)
-        self.feature = outputs_feature_index(head.config.pooling, adapted.output_names)
+        self.feature = outputs_feature_index(head.config.feature, adapted.output_names)
         self._names = []
         peft: dict[str, dict[str, Tensor]] = {}
         skip = _zero_sites(adapted, rows)
@@ -544,9 +551,8 @@ def _zero_sites(adapted: Adapted, rows: dict[str, Tensor]) -> set[str]:
     return {s for s, zero in sites.items() if zero}
 
 
-def outputs_feature_index(pooling: str, output_names: Sequence[str]) -> int:
-    """Which adapted output a head reads: cls -> ``cls``, mean -> ``mean``, pooler -> ``pooled``."""
-    name = {"cls": "cls", "mean": "mean", "pooler": "pooled"}[pooling]
+def outputs_feature_index(name: str, output_names: Sequence[str]) -> int:
+    """The index of the adapted output a head reads (``HeadConfig.feature``: cls, mean, pooled or tokens)."""
     if name not in output_names:
-        raise ExportError(f"pooling {pooling!r} needs the adapted output {name!r}, which this base does not have")
+        raise ExportError(f"the head reads the adapted output {name!r}, which this base does not have")
     return list(output_names).index(name)

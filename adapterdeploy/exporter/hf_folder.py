@@ -9,6 +9,8 @@ Layout (what optimum's ``ORTModelForSequenceClassification``, transformers.js an
     tokenizer_config.json     tokenizer class, special tokens, model_max_length = max_length
     special_tokens_map.json
     onnx/model.onnx           fp32: input_ids, attention_mask, token_type_ids -> logits
+                              (a tagging task: logits per token, ``*ForTokenClassification`` in config.json,
+                              what ``ORTModelForTokenClassification`` and the token-classification pipeline load)
     onnx/model_quantized.onnx int8 (dynamic), the name transformers.js loads for ``dtype: "q8"``
 
 Each ONNX file carries metadata props (``task``, ``labels``, ``max_length``, ``featurizer_fingerprint``,
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterdeploy import __version__
+from adapterdeploy.config import TOKEN_CLASSIFICATION
 from adapterdeploy.errors import ArtifactError
 
 __all__ = [
@@ -74,11 +77,14 @@ def hf_config(base_config: Mapping[str, Any], labels: Sequence[str], problem_typ
             id2label={str(i): str(label) for i, label in enumerate(labels)},
             label2id={str(label): i for i, label in enumerate(labels)},
         )
-    cfg["architectures"] = [_architecture(str(cfg.get("model_type", "bert")))]
+    token = problem_type == TOKEN_CLASSIFICATION
+    if token:  # transformers has no problem_type for token classification; the architecture says it
+        cfg.pop("problem_type", None)
+    cfg["architectures"] = [_architecture(str(cfg.get("model_type", "bert")), token)]
     return cfg
 
 
-def _architecture(model_type: str) -> str:
+def _architecture(model_type: str, token: bool = False) -> str:
     name = {
         "bert": "Bert",
         "roberta": "Roberta",
@@ -86,7 +92,7 @@ def _architecture(model_type: str) -> str:
         "electra": "Electra",
         "distilbert": "DistilBert",
     }.get(model_type, "Bert")
-    return f"{name}ForSequenceClassification"
+    return f"{name}ForTokenClassification" if token else f"{name}ForSequenceClassification"
 
 
 def write_tokenizer_files(
@@ -194,28 +200,31 @@ class FolderSource:
     def of_deployment(cls, root: Path, manifest: Any) -> FolderSource:
         """From a deployment's manifest; the base config is the one recorded at export (``base.config``),
         else the base directory's config.json when it is still there, else the fields the manifest keeps."""
-        base = dict(manifest.base)
-        config = base.get("config")
+        base = manifest.base
+        config = dict(base.config)
         if not config:
-            path = Path(str(base.get("path", ""))) / "config.json"
+            path = Path(base.path) / "config.json"
             config = (
                 json.loads(path.read_text(encoding="utf-8"))
-                if path.is_file()
+                if base.path and path.is_file()
                 else {
-                    "model_type": base.get("model_type", manifest.tokenizer.model_type),
-                    "hidden_size": base.get("hidden_size"),
-                    "num_hidden_layers": base.get("num_layers"),
-                    "num_attention_heads": base.get("num_heads"),
-                    "max_position_embeddings": base.get("max_position_embeddings"),
-                    "layer_norm_eps": base.get("layer_norm_eps"),
+                    "model_type": base.model_type,
+                    "hidden_size": base.hidden_size,
+                    "num_hidden_layers": base.num_layers,
+                    "num_attention_heads": base.num_heads,
+                    "max_position_embeddings": base.max_position_embeddings,
+                    "layer_norm_eps": base.layer_norm_eps,
+                    "type_vocab_size": base.type_vocab_size,
+                    "pad_token_id": base.pad_token_id,
+                    **({"vocab_size": base.vocab_size} if base.vocab_size else {}),
                 }
             )
         return cls(
             tokenizer=root / manifest.tokenizer.file,
             base_config=config,
             max_length=int(manifest.tokenizer.max_length),
-            model_type=str(base.get("model_type", manifest.tokenizer.model_type)),
-            pad_id=base.get("pad_token_id", config.get("pad_token_id")),
+            model_type=base.model_type,
+            pad_id=base.pad_token_id,
             fingerprint=manifest.featurizer.fingerprint,
         )
 

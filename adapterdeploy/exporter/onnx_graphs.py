@@ -171,9 +171,10 @@ def export_head(head: HeadGraph, path: str | Path, *, opset: int, hidden_size: i
 
 
 def export_standalone(model: StandaloneModel, path: str | Path, *, opset: int, vocab_size: int) -> onnx.ModelProto:
-    """``standalone/<task>.onnx``: input_ids, attention_mask, token_type_ids -> logits, no other input."""
+    """``standalone/<task>.onnx``: input_ids, attention_mask, token_type_ids -> logits, no other input
+    (logits ``[batch, labels]``; a tagging task's ``[batch, sequence, labels]``)."""
     axes = {name: dict(_TEXT_AXES) for name in TEXT_INPUTS}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = dict(_TEXT_AXES) if model.head.head.config.token_level else {0: "batch"}
     return export_module(
         model,
         _text_sample(vocab_size),

@@ -195,9 +195,20 @@ class GraphRunner:
     """
 
     def __init__(
-        self, trunk: str | Path, adapted: str | Path, heads: Mapping[str, str | Path], threads: int | None = None
+        self,
+        trunk: str | Path,
+        adapted: str | Path,
+        heads: Mapping[str, str | Path],
+        threads: int | None = None,
+        *,
+        factory: Any = None,
     ) -> None:
-        self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
+        """``factory``: a runtime ``SessionFactory`` to open the two graphs exactly as ``Deployment.open``
+        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads."""
+        if factory is not None:
+            self.trunk, self.adapted = factory.session(Path(trunk)), factory.session(Path(adapted))
+        else:
+            self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
         self.threads = threads
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
@@ -348,6 +359,9 @@ def compare_standalone(
         logits = session.run(None, _feed(session, text))[0].astype(np.float32)
         expected = ref.logits
         result.rows += len(logits)
+        if logits.ndim == 3:  # a tagging task: every real token (padding excluded)
+            real = batch.attention_mask.astype(bool)
+            logits, expected = logits[real], expected[real]
         result.add(task, "logits", np.abs(logits - expected).max())
         if classification:
             result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapterdeploy.errors import ConfigError
 from adapterdeploy.exporter.featurizer import Adapted, StandaloneModel, Trunk
 from adapterdeploy.exporter.hf_folder import (
     GRAPH_FILES,
@@ -50,13 +49,6 @@ def export_standalone_graphs(
 
     ``refs[batch][ref_index[i]]`` is the PyTorch reference of ``tasks[i]``. fp32 refuses beyond the tolerance.
     """
-    tagging = [t.name for t in tasks if t.ckpt.head.token_level]
-    if tagging:
-        raise ConfigError(
-            f"standalone folders are not written for tagging (token classification) tasks yet: {tagging}; "
-            "export without --standalone (the deployment itself serves them), or put them in a deployment "
-            "exported without --standalone"
-        )
     paths: dict[str, dict[str, str]] = {}
     parity: dict[str, dict[str, Any]] = {}
     for i, task in enumerate(tasks):

@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from adapterdeploy.artifacts import TASK_HEAD_FILE, TASK_WEIGHTS_FILE, TaskSpec, file_entry
 from adapterdeploy.config import AdapterSignature
 from adapterdeploy.exporter.adapter_drop import dropped_layers, without_dropped
-from adapterdeploy.exporter.featurizer import head_rows, is_fusion_key, task_rows
+from adapterdeploy.exporter.featurizer import fusion_slot, head_rows, is_fusion_key, task_rows
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters, TaskHead
@@ -91,8 +91,9 @@ def write_task_piece(task_dir: Path, task: PreparedTask, *, fingerprint: str, pa
     from adapterdeploy.exporter.stack_pieces import split_lower_rows, write_shared_lower
 
     own, lower = split_lower_rows(task.rows)
-    if task.ckpt.fusion is None:  # a plain task's fusion rows are zeros: the runtime fills them (no bytes on disk)
-        own = {k: v for k, v in own.items() if not is_fusion_key(k)}
+    # Zero rows the runtime fills itself are not written: a plain task's fusion rows, a fusion task's unused slots.
+    n = task.ckpt.fusion.n if task.ckpt.fusion is not None else 0
+    own = {k: v for k, v in own.items() if not is_fusion_key(k) or (n and fusion_slot(k) < n)}
     stack_on = None
     if task.ckpt.stack_on is not None:
         stack_on = write_shared_lower(task_dir.parent.parent, task.ckpt.stack_on.name, lower)

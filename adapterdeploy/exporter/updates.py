@@ -85,11 +85,11 @@ def add_tasks(
             [p for v in fz.variants.values() for p in (v.trunk, v.adapted)]
             + ([manifest.tokenizer.file] if manifest.standalone else []),
         )  # standalone folders copy it
-        base, ckpts = _load_inputs(base_dir or manifest.base.get("path"), ckpt_dirs)
-        if base.fingerprint != manifest.base.get("fingerprint"):
+        base, ckpts = _load_inputs(base_dir or manifest.base.path or None, ckpt_dirs)
+        if base.fingerprint != manifest.base.fingerprint:
             raise FingerprintMismatchError(
                 f"the base at {base.path} is not the base {root} was exported from (fingerprint "
-                f"{base.fingerprint[:12]}… vs {str(manifest.base.get('fingerprint'))[:12]}…); "
+                f"{base.fingerprint[:12]}… vs {manifest.base.fingerprint[:12]}…); "
                 "pass --base with that model"
             )
         for ckpt in ckpts:

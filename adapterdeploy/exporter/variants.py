@@ -2,11 +2,11 @@
 
 For each precision the candidates are the plain graphs and the fused ones (onnxruntime's BERT fusions);
 the kept variant is the fastest candidate that passes parity (fp32) or simply the fastest (int8, whose
-parity is recorded, not enforced). Speed is the CPU time of trunk + adapted per call on one intra-op
-thread (``time.thread_time``), median of interleaved runs, summed over two small batches (1 x 32 and
-8 mixed rows x 32 tokens): on a shared 2-core machine wall times varied 2x between runs while CPU time
-ranked the candidates the same way every time (on MiniLM the plain graph, with onnxruntime's own
-session-level fusions, beat the Python-fused one: 228 vs 255 ms at 32 x 53). fp16 is converted from the
+parity is recorded, not enforced). Speed is the wall time of trunk + adapted per call with sessions opened
+as the runtime opens them (its default thread count and spin), median of interleaved runs, summed over two
+small batches (1 x 32 and 8 mixed rows x 32 tokens). Earlier exports timed the CPU time of one intra-op
+thread, steadier on a shared machine but blind to how each graph gains from a second thread (see
+``_time_candidates``). fp16 is converted from the
 kept fp32 graphs; its parity is measured where onnxruntime can run it (CPU kernels permitting), and it
 is not timed on CPU.
 """
@@ -66,16 +66,32 @@ def _timer(runner: GraphRunner, batch: ParityBatch, bank: Sequence[np.ndarray]) 
     return lambda: runner.features(batch, bank)
 
 
+TIMING_REPEATS = 15
+
+
 def _time_candidates(candidates: dict[str, tuple[Path, Path]], parity: ParityInputs) -> dict[str, Any]:
-    runners = {n: GraphRunner(t, a, {}, threads=1) for n, (t, a) in candidates.items()}
+    """Wall time per call with the sessions the runtime will open (its default threads and spin), interleaved.
+
+    Not the CPU time of one thread: a fused graph's Attention / SkipLayerNormalization kernels gain more
+    from a second thread than the unfused graph's many small nodes, so one thread can rank them the other
+    way round from what the runtime then runs (issue 15: AdapterHub seq_bn kept the unfused graph).
+    """
+    from adapterdeploy.runtime.options import RuntimeOptions
+    from adapterdeploy.runtime.sessions import SessionFactory
+
+    options = RuntimeOptions()
+    runners = {
+        n: GraphRunner(t, a, {}, factory=SessionFactory(threads=options.threads, spin_us=options.spin_us))
+        for n, (t, a) in candidates.items()
+    }
     keys = next(iter(runners.values())).bank_names
     per_batch = {}
     for b in parity.timing:
         local, bank = batch_bank(parity.rows, keys, b)
         fns = {n: _timer(r, local, bank) for n, r in runners.items()}
-        per_batch[b.name] = interleaved_medians(fns, clock=time.thread_time)
+        per_batch[b.name] = interleaved_medians(fns, repeats=TIMING_REPEATS, clock=time.perf_counter)
     totals = {n: round(sum(ms[n] for ms in per_batch.values()), 3) for n in candidates}
-    return {"batches": per_batch, "candidates": totals}
+    return {"batches": per_batch, "candidates": totals, "threads": options.threads, "spin_us": options.spin_us}
 
 
 def _onnx_load(path: Path):
@@ -188,8 +204,12 @@ def _choose(
             "passed": not results[chosen].failures(tolerance) if enforce else None,
         },
         "timings": {
-            "unit": "ms of CPU time per call of trunk + adapted on 1 intra-op thread (time.thread_time), "
-            "median of 9 interleaved runs; candidates = sum over the batches",
+            "unit": "ms of wall time per call of trunk + adapted, sessions opened as the runtime opens them "
+            f"(threads {measured['threads'] or 'one per core'}, spin {measured['spin_us']} us), median of "
+            f"{TIMING_REPEATS} interleaved runs; candidates = sum over the batches",
+            "clock": "wall",
+            "threads": measured["threads"],
+            "spin_us": measured["spin_us"],
             "batches": measured["batches"],
             "candidates": timings,
             "candidate_parity": {n: results[n].summary() for n in candidates},

@@ -501,10 +501,7 @@ def import_adapterhub(
     check_task_name(name, f"{adapter_dir}: the adapter's name (pass --task NAME to choose another)")
     ckpt = TaskCheckpoint(
         name=name,
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=base.spec,
         adapter=adapter_cfg,
         head=head_cfg,
         max_length=max_length,

@@ -165,10 +165,7 @@ def import_adapterhub_fusion(
     sources = {n: {k: v for k, v in loaded[n][2].items() if k != "warning"} for n in names}
     ckpt = TaskCheckpoint(
         name=task,
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=base.spec,
         adapter=first,
         head=head_cfg,
         max_length=max_length,

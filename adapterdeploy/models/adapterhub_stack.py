@@ -47,10 +47,7 @@ def import_adapterhub_stack(
     low_source = {k: v for k, v in low_info.items() if k != "warning"}
     ckpt = TaskCheckpoint(
         name=task_name or info["adapter_name"],
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=base.spec,
         adapter=cfg,
         head=head_cfg,
         max_length=max_length,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adapterdeploy.artifacts import BaseSpec
 from adapterdeploy.errors import ArtifactError, UnsupportedArchitectureError
 
 __all__ = [
@@ -86,18 +87,46 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 @dataclass
 class BaseModel:
-    """A loaded, frozen base encoder with what the rest of the tool needs to know about it."""
+    """A loaded, frozen base encoder and its :class:`~adapterdeploy.artifacts.BaseSpec` (built once, here).
+
+    The spec is what manifests and checkpoints record; the properties below read it, so there is one copy.
+    """
 
     path: Path
     model: nn.Module
-    model_type: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    max_position_embeddings: int
-    layer_norm_eps: float
-    fingerprint: str
-    has_pooler: bool
+    spec: BaseSpec
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.model_type
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.spec.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    @property
+    def layer_norm_eps(self) -> float:
+        return self.spec.layer_norm_eps
+
+    @property
+    def has_pooler(self) -> bool:
+        return self.spec.has_pooler
 
     @property
     def tokenizer_file(self) -> Path:
@@ -130,15 +159,20 @@ def load_base(base: str | Path | None = None) -> BaseModel:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return BaseModel(
-        path=path,
-        model=model,
+    spec = BaseSpec(
         model_type=config.model_type,
+        fingerprint=weights_fingerprint(model),
         hidden_size=config.hidden_size,
         num_layers=config.num_hidden_layers,
         num_heads=config.num_attention_heads,
         max_position_embeddings=config.max_position_embeddings,
-        layer_norm_eps=config.layer_norm_eps,
-        fingerprint=weights_fingerprint(model),
+        layer_norm_eps=float(config.layer_norm_eps),
+        vocab_size=config.vocab_size,
+        type_vocab_size=int(getattr(config, "type_vocab_size", 2) or 1),
+        pad_token_id=int(config.pad_token_id or 0),
         has_pooler=getattr(model, "pooler", None) is not None and not missing_pooler,
+        path=str(path),
+        # The config as a diff from its class's defaults: standalone folders rebuild config.json from it.
+        config=json.loads(config.to_json_string(use_diff=True)),
     )
+    return BaseModel(path=path, model=model, spec=spec)

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from adapterdeploy.artifacts import atomic_directory, sha256_file
+from adapterdeploy.artifacts import BaseSpec, atomic_directory, sha256_file
 from adapterdeploy.config import AdapterConfig, AdapterSignature, HeadConfig
 from adapterdeploy.errors import (
     ArtifactError,
@@ -29,7 +29,7 @@ from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.encoder import EncoderWithAdapters
 from adapterdeploy.models.fusion import FusionSpec
 from adapterdeploy.models.stack import LowerAdapter
-from adapterdeploy.validation import MAX_HIDDEN, MAX_LAYERS, Fields, check_task_name
+from adapterdeploy.validation import Fields, check_task_name
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -50,10 +50,7 @@ class TaskCheckpoint:
     """A task's adapters + head, independent of any deployment."""
 
     name: str
-    base_fingerprint: str
-    base_model_type: str
-    hidden_size: int
-    num_layers: int
+    base: BaseSpec  # the base it was trained on (older checkpoints record only some fields: see BaseSpec)
     adapter: AdapterConfig
     head: HeadConfig
     max_length: int = 128
@@ -67,6 +64,14 @@ class TaskCheckpoint:
     stack_on: LowerAdapter | None = None
     # AdapterFusion: the fused adapters (slot 0 = ``adapter``) and the library options; see models/fusion.py.
     fusion: FusionSpec | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.base.num_layers
 
     def bottleneck(self) -> int:
         return self.adapter.bottleneck_size(self.hidden_size)
@@ -86,10 +91,10 @@ class TaskCheckpoint:
 
     def check_base(self, base: BaseModel) -> None:
         """Refuse a checkpoint trained on another base model."""
-        if self.base_fingerprint != base.fingerprint:
+        if self.base.fingerprint != base.fingerprint:
             raise FingerprintMismatchError(
                 f"task {self.name!r} ({self.path or 'in memory'}) was trained on a different base model "
-                f"(fingerprint {self.base_fingerprint[:12]}…) than {base.path} ({base.fingerprint[:12]}…); "
+                f"(fingerprint {self.base.fingerprint[:12]}…) than {base.path} ({base.fingerprint[:12]}…); "
                 "pass the --base it was trained on, or retrain it on this base"
             )
 
@@ -117,12 +122,7 @@ class TaskCheckpoint:
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "name": self.name,
             "source": self.source,
-            "base": {
-                "fingerprint": self.base_fingerprint,
-                "model_type": self.base_model_type,
-                "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers,
-            },
+            "base": {k: v for k, v in self.base.to_dict().items() if k != "config"},
             "adapter": self.adapter.to_dict(),
             "head": self.head.to_dict(),
             "tokenizer": {"max_length": self.max_length, "text_pair": self.text_pair},
@@ -187,16 +187,13 @@ def _from_meta(meta: dict[str, Any], weights: dict[str, torch.Tensor], p: Path) 
     f = Fields(meta, p / META_FILE, fix="re-create the checkpoint with 'adapterdeploy train' or 'import-adapterhub'")
     name = f.text("name")
     check_task_name(name, f"{p / META_FILE}: field 'name'", ArtifactError)
-    base, tok = f.obj("base"), f.obj("tokenizer", {})
-    hidden = base.integer("hidden_size", lo=1, hi=MAX_HIDDEN)
-    layers = base.integer("num_layers", lo=1, hi=MAX_LAYERS)
+    base = BaseSpec.from_dict(f.mapping("base"), p / META_FILE, fix=f.fix)
+    tok = f.obj("tokenizer", {})
+    layers = base.num_layers
     adapter = f.build("adapter", AdapterConfig.from_dict)
     ckpt = TaskCheckpoint(
         name=name,
-        base_fingerprint=base.text("fingerprint"),
-        base_model_type=base.text("model_type"),
-        hidden_size=hidden,
-        num_layers=layers,
+        base=base,
         adapter=adapter,
         head=f.build("head", HeadConfig.from_dict),
         max_length=tok.integer("max_length", 128, lo=2, hi=1 << 20),
@@ -258,13 +255,9 @@ def checkpoint_from_model(
     stack_on: LowerAdapter | None = None,
 ) -> TaskCheckpoint:
     """Snapshot a model's own weights into a TaskCheckpoint (copies, so later training does not alter it)."""
-    base = model.base_info
     return TaskCheckpoint(
         name=name,
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=model.base_info.spec,
         adapter=model.adapter_config,
         head=model.head_config,
         max_length=max_length,

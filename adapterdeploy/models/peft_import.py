@@ -389,10 +389,7 @@ def import_peft(
     adapter = AdapterConfig(placement="none", bottleneck=1, reduction_factor=None, layers=layers, peft=spec)
     return TaskCheckpoint(
         name=name,
-        base_fingerprint=base.fingerprint,
-        base_model_type=base.model_type,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
+        base=base.spec,
         adapter=adapter,
         head=head_config,
         max_length=max_length,

@@ -21,9 +21,21 @@ from adapterdeploy.bio import entity_metrics
 from adapterdeploy.errors import ConfigError
 from adapterdeploy.tagging_data import TaggingDataset
 
-__all__ = ["IGNORE_INDEX", "encode_tagging", "evaluate_tagging", "tagging_loss"]
+__all__ = ["IGNORE_INDEX", "encode_tagging", "evaluate_tagging", "tagging_loss", "tagging_tokenizer"]
 
 IGNORE_INDEX = -100
+# Byte-level BPE bases: a word's first subword carries the space marker only with add_prefix_space, which
+# transformers requires for pre-split words (the runtime's words after a space carry it too).
+PREFIX_SPACE_MODELS = ("roberta", "xlm-roberta")
+
+
+def tagging_tokenizer(base: Any) -> Any:
+    """The base's tokenizer set up for pre-split words (``add_prefix_space`` on byte-level BPE bases)."""
+    if base.model_type not in PREFIX_SPACE_MODELS:
+        return base.load_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base.path), local_files_only=True, add_prefix_space=True)
 
 
 def encode_tagging(tokenizer: Any, data: TaggingDataset, max_length: int) -> Any:

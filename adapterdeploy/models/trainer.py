@@ -43,7 +43,7 @@ from adapterdeploy.models.base import BaseModel, load_base
 from adapterdeploy.models.checkpoint import TaskCheckpoint, checkpoint_from_model
 from adapterdeploy.models.encoder import EncoderWithAdapters
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter
-from adapterdeploy.models.tagging_train import encode_tagging, evaluate_tagging, tagging_loss
+from adapterdeploy.models.tagging_train import encode_tagging, evaluate_tagging, tagging_loss, tagging_tokenizer
 from adapterdeploy.tagging_data import TaggingDataset
 
 __all__ = [
@@ -479,7 +479,7 @@ def train_task(
     def snapshot() -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
-    tokenizer = base.load_tokenizer()
+    tokenizer = tagging_tokenizer(base) if isinstance(train, TaggingDataset) else base.load_tokenizer()
     fit = _fit(model, params, tokenizer, train, eval_data, cfg, snapshot)
     if train.problem_type == "multi_label_classification" and eval_data is not None:
         _tune_thresholds(model, tokenizer, eval_data, cfg, fit)

@@ -247,6 +247,10 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
     from adapterdeploy.datasets import read_dataset
 
     spec = dep.task_spec(task)
+    if spec.head.token_level:
+        found, n = tagging_scores(dep, eval_file, task)
+        main = "entity_f1"
+        return _judged(found, main, spec.metrics, f"{n} sentences of {eval_file.name}", task, max_drop)
     labels = spec.head.labels if spec.head.problem_type != "regression" else None
     data = read_dataset(eval_file, labels=labels, problem_type=spec.head.problem_type)
     rows: list[Row] = [(ex.text, ex.text_pair) if ex.text_pair is not None else ex.text for ex in data.examples]
@@ -264,14 +268,50 @@ def _accuracy(dep: Deployment, eval_file: Path, task: str, max_drop: float) -> C
         got = [index[str(p.label)] for p in preds]
     found = metrics.json_safe(metrics.compute_metrics(spec.head.problem_type, truth, got, spec.head.num_labels))
     main = metrics.main_metric_name(spec.head.problem_type, data.label_counts() if labels else None)
+    return _judged(found, main, spec.metrics, f"{len(rows)} rows of {eval_file.name}", task, max_drop)
+
+
+def _judged(
+    found: dict[str, Any], main: str, stored_metrics: dict[str, Any], what: str, task: str, max_drop: float
+) -> CheckItem:
     value = found.get(main)
-    stored = spec.metrics.get(main)
-    detail = f"{main} {value:.4f} on {len(rows)} rows of {eval_file.name}" if value is not None else f"{main} n/a"
+    stored = stored_metrics.get(main)
+    detail = f"{main} {value:.4f} on {what}" if value is not None else f"{main} n/a"
     status = "info"
     if isinstance(stored, (int, float)) and value is not None:
         status = "pass" if value >= stored - max_drop else "fail"
         detail += f" (stored at export: {stored:.4f}, allowed drop {max_drop:g})"
-    return CheckItem("accuracy", status, detail, {"task": task, "metrics": found, "stored": spec.metrics})
+    return CheckItem("accuracy", status, detail, {"task": task, "metrics": found, "stored": stored_metrics})
+
+
+def tagging_scores(dep: Deployment, eval_file: Path, task: str) -> tuple[dict[str, Any], int]:
+    """Entity F1 (adapterdeploy/bio.py) of a tagging task on a CoNLL / JSONL file, from the deployment.
+
+    Each sentence's words are joined with spaces and predicted; a gold word's tag is the runtime's label of
+    the word starting at the gold word's first character (the runtime's words refine whitespace-split words,
+    so that is the gold word's first subword, as in training); words cut by truncation count as ``O``.
+    """
+    from adapterdeploy.bio import entity_metrics
+    from adapterdeploy.metrics import json_safe
+    from adapterdeploy.tagging_data import read_tagging
+
+    spec = dep.task_spec(task)
+    data = read_tagging(eval_file, labels=spec.head.labels)
+    texts, starts = [], []
+    for sentence in data.sentences:
+        offsets, pos = [], 0
+        for w in sentence.words:
+            offsets.append(pos)
+            pos += len(w) + 1
+        texts.append(" ".join(sentence.words))
+        starts.append(offsets)
+    preds = dep.predict(texts, task=task)
+    gold, got = [], []
+    for sentence, offsets, p in zip(data.sentences, starts, preds, strict=True):
+        at = {w.start: w.label for w in p.tokens or ()}
+        gold.append(data.label_names(sentence))
+        got.append([at.get(a, "O") for a in offsets])
+    return json_safe(entity_metrics(gold, got)), len(texts)
 
 
 def run_checklist(

@@ -74,7 +74,6 @@ __all__ = ["Deployment"]
 
 log = logging.getLogger(__name__)
 
-ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")
 ErrorMode = Literal["raise", "return"]
 Result = Prediction | Embedding | TaskFailedError
 
@@ -170,19 +169,7 @@ class Deployment:
         engine = Engine(
             trunk, adapted, layout, bank_mode=opts.bank_mode or ("resident" if device else "rows"), device=device
         )
-        base = manifest.base
-        # RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index
-        # past the table, so those models get zeros whatever the tokenizer says.
-        single_type = (
-            int(base.get("type_vocab_size") or 2) <= 1
-            or str(base.get("model_type", manifest.tokenizer.model_type)) in ONE_TOKEN_TYPE_MODELS
-        )
-        encoder = TextEncoder(
-            root / safe_relpath(manifest.tokenizer.file),
-            manifest.tokenizer.max_length,
-            single_token_type=single_type,
-            pad_id=base.get("pad_token_id"),
-        )
+        encoder = TextEncoder.of_deployment(root, manifest)
         log.info("opened %s (%s, %s, %d tasks)", root, precision, factory.choice, len(manifest.tasks))
         return cls(
             root,

@@ -25,6 +25,9 @@ _SHORT = {
 }
 
 
+_KINDS = {"regression": "regression", "multi_label_classification": "multi-label", "token_classification": "tagging"}
+
+
 def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
     """Everything ``adapterdeploy inspect`` shows, as one JSON-able dict.
 
@@ -65,7 +68,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                 "dir": rel,
                 "problem_type": spec.head.problem_type,
                 "labels": list(spec.head.labels),
-                "pooling": spec.head.pooling,
+                "pooling": "tokens" if spec.head.token_level else spec.head.pooling,
                 "bottleneck": spec.bottleneck,
                 "layers": list(spec.layers),
                 "dropped_layers": spec.adapter.get("dropped_layers", []),
@@ -74,6 +77,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
                 "parity": {k: v for k, v in spec.parity.items() if k != "samples"},
                 "metrics": spec.metrics,
                 "standalone": manifest.standalone.get(name, {}),
+                "composition": _composition(spec.adapter),
             }
         )
     variants = {}
@@ -93,7 +97,7 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "schema_version": manifest.schema_version,
         "tool_version": manifest.tool_version,
         "created": manifest.created,
-        "base": manifest.base,
+        "base": manifest.base.to_dict(),
         "featurizer": {
             "fingerprint": fz.fingerprint,
             "adapter_drop": fz.adapter_drop,
@@ -122,6 +126,16 @@ def inspect_deployment(deploy_dir: str | Path) -> dict[str, Any]:
         "checksums": {"ok": not problems, "files_checked": files_checked, "problems": problems},
         "leftovers": [str(p) for p in [*leftovers, *_inner_leftovers(root, manifest)]],
     }
+
+
+def _composition(adapter: dict[str, Any]) -> str | None:
+    """``Fuse(a, b)`` / ``Stack(lang, task)`` for a fusion or stacked task (issue 19), None for a plain one."""
+    fusion, stack_on = adapter.get("fusion"), adapter.get("stack_on")
+    if isinstance(fusion, dict) and isinstance(fusion.get("adapters"), list):
+        return f"Fuse({', '.join(map(str, fusion['adapters']))})"
+    if isinstance(stack_on, dict) and stack_on.get("name"):
+        return f"Stack({stack_on['name']}, task)"
+    return None
 
 
 def _inner_leftovers(root: Path, manifest: Manifest) -> list[Path]:
@@ -214,7 +228,7 @@ def _summary_tables(info: dict[str, Any]) -> list[Any]:
             span += f" (dropped {t['dropped_layers']})"
         tasks.add_row(
             t["name"],
-            "regression" if t["problem_type"] == "regression" else "classification",
+            _KINDS.get(t["problem_type"], "classification") + (f", {t['composition']}" if t.get("composition") else ""),
             ",".join(t["labels"]),
             t["pooling"],
             str(t["bottleneck"]),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from adapterdeploy.artifacts import Manifest, safe_relpath
 from adapterdeploy.errors import ArtifactError, InputError
 
 __all__ = ["Padded", "Row", "TextEncoder", "TokenRow", "length_buckets", "validate_row", "validate_rows"]
@@ -84,6 +85,9 @@ class Padded:
     truncated: np.ndarray  # bool [rows]
 
 
+ONE_TOKEN_TYPE_MODELS = ("roberta", "xlm-roberta")  # their embeddings have one token type
+
+
 class TextEncoder:
     """The deployment's tokenizer with its max_length, pad id and token-type rule."""
 
@@ -107,6 +111,21 @@ class TextEncoder:
         if pad_id is None:
             pad_id = next((i for t in PAD_TOKENS if (i := self._plain.token_to_id(t)) is not None), 0)
         self.pad_id = int(pad_id)
+
+    @classmethod
+    def of_deployment(cls, root: str | Path, manifest: Manifest) -> TextEncoder:
+        """The deployment's tokenizer with the base's pad id and token-type rule (from ``manifest.base``).
+
+        RoBERTa-family embeddings have one token type: a tokenizer emitting type 1 for pairs would index past
+        the table, so those bases get zeros whatever the tokenizer says.
+        """
+        base = manifest.base
+        return cls(
+            Path(root) / safe_relpath(manifest.tokenizer.file),
+            manifest.tokenizer.max_length,
+            single_token_type=base.type_vocab_size <= 1 or base.model_type in ONE_TOKEN_TYPE_MODELS,
+            pad_id=base.pad_token_id,
+        )
 
     def _encode(self, tok: Tokenizer, rows: Sequence[Row]) -> list[Encoding]:
         return tok.encode_batch(list(rows), add_special_tokens=True)

@@ -36,6 +36,10 @@ LABELS = {
     "ours_int8_mixed": "ours int8, many tasks loaded, mixed",
     "ours_noadapter_fp32": "our featurizer without adapters, fp32",
     "ours_noadapter_int8": "our featurizer without adapters, int8",
+    "ours_seq_bn_fp32": "ours fp32, AdapterHub seq_bn (Pfeiffer) imported",
+    "ours_seq_bn_int8": "ours int8, AdapterHub seq_bn (Pfeiffer) imported",
+    "ours_double_seq_bn_fp32": "ours fp32, AdapterHub double_seq_bn (Houlsby) imported",
+    "ours_double_seq_bn_int8": "ours int8, AdapterHub double_seq_bn (Houlsby) imported",
 }
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.prepare import main_deployment, noadapter_featurizer, ours_available
+from benchmarks.prepare import main_deployment, noadapter_featurizer, ours_available, signature_deployment
 from benchmarks.sections.common import LABELS, SectionResult, Table, monitored, ours_spec
+from benchmarks.sections.single import signature_workers
 from benchmarks.settings import Context
 from benchmarks.workloads import CASES, make_cases
 
@@ -39,6 +40,8 @@ def run(ctx: Context) -> SectionResult:
             workers.append(ctx.worker(f"ours_{prec}", "ours", ours_spec(dep, prec)))
             spec = {"deployment": str(dep), "graph": str(graph), "precision": prec, "task": "t0000"}
             workers.append(ctx.worker(f"ours_noadapter_{prec}", "ours_noadapter", spec))
+        signatures = signature_workers(ctx, p)  # the AdapterHub seq_bn / double_seq_bn imports (issue 15)
+        workers += signatures
 
         def payload(_w: Any, case: str, cases: dict = cases) -> dict[str, Any]:
             return cases[case].payload("p0000" if case == "b1_pair" else "t0000")
@@ -74,7 +77,31 @@ def run(ctx: Context) -> SectionResult:
             rows.append(row)
             t.rows.append(cells)
         result.tables.append(t)
-        raw[key] = {"rows": rows, "optimization": {k: v.optimization for k, v in variants.items()}}
+        sig_rows = _signature_rows(key, run_.timings, [w.name for w in signatures], targets)
+        if sig_rows:
+            s = Table(
+                f"{key}: AdapterHub signatures imported, median ms with adapters / our featurizer without adapters",
+                ["case", "system", "with", "without", "overhead", "featurizer variant"],
+            )
+            for r in sig_rows:
+                opt = Manifest.read(signature_deployment(p, r["kind"])).featurizer.variants[r["precision"]].optimization
+                r["optimization"] = opt
+                s.rows.append(
+                    [
+                        cases[r["case"]].description,
+                        LABELS.get(r["system"], r["system"]),
+                        f"{r['with_ms']:.2f}",
+                        f"{r['without_ms']:.2f}",
+                        f"{100 * r['overhead']:+.1f}%",
+                        opt,
+                    ]
+                )
+            result.tables.append(s)
+        raw[key] = {
+            "rows": rows,
+            "signatures": sig_rows,
+            "optimization": {k: v.optimization for k, v in variants.items()},
+        }
         result.plots.append(
             {
                 "file": f"overhead-{key}.png",
@@ -90,3 +117,42 @@ def run(ctx: Context) -> SectionResult:
         )
     result.raw = {**raw, "targets": targets}
     return result
+
+
+def _signature_rows(
+    key: str, timings: dict[str, Any], names: list[str], targets: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Overhead of each AdapterHub signature worker against the no-adapter featurizer of its precision.
+
+    The no-adapter graph has the main deployment's optimization (fused or not); the table names the variant
+    each signature's export chose, since a different choice is itself part of the gap."""
+    rows = []
+    for c in CASES:
+        tm = timings[c]
+        for name in names:
+            if name not in tm:
+                continue
+            prec = name.rsplit("_", 1)[1]
+            kind = name.removeprefix("ours_").removesuffix(f"_{prec}")
+            with_, without = tm[name].stats.median, tm[f"ours_noadapter_{prec}"].stats.median
+            rows.append(
+                {
+                    "case": c,
+                    "system": name,
+                    "kind": kind,
+                    "precision": prec,
+                    "with_ms": with_ * 1e3,
+                    "without_ms": without * 1e3,
+                    "overhead": with_ / without - 1,
+                }
+            )
+            targets.append(
+                {
+                    "name": f"{key} {c}: AdapterHub {kind} overhead {prec} (%)",
+                    "value": 100 * (with_ / without - 1),
+                    "goal": 5.0,
+                    "op": "<=",
+                    "fmt": "{:+.1f}",
+                }
+            )
+    return rows

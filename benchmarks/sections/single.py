@@ -7,11 +7,20 @@ interleaved rounds, so its ratio to ``ours`` is not disturbed by drift between s
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from benchmarks.harness import Worker
 from benchmarks.peak import encoder_flops
-from benchmarks.prepare import Prepared, clone_tasks, main_deployment, optimum_export, ours_available
+from benchmarks.prepare import (
+    ADAPTERHUB_SIGNATURES,
+    Prepared,
+    clone_tasks,
+    main_deployment,
+    optimum_export,
+    ours_available,
+    signature_deployment,
+)
 from benchmarks.sections.common import (
     LABELS,
     SectionResult,
@@ -61,7 +70,19 @@ def systems_for(ctx: Context, p: Prepared, result: SectionResult) -> list[Worker
         workers.append(ctx.worker(f"ours_{prec}", "ours", ours_spec(dep, prec)))
         if prec == "fp32":  # the target is about fp32 (int8 mixed was within a few % of int8 in trial runs)
             workers.append(ctx.worker(f"ours_{prec}_mixed", "ours", ours_spec(dep, prec, load_tasks=extra)))
+    workers += signature_workers(ctx, p)
     return workers
+
+
+def signature_workers(ctx: Context, p: Prepared) -> list[Worker]:
+    """Our runtime on the AdapterHub signatures users import (``--quick``: seq_bn fp32 only, to run the path)."""
+    kinds = ADAPTERHUB_SIGNATURES if not ctx.settings.quick else ADAPTERHUB_SIGNATURES[:1]
+    precisions = ("fp32", "int8") if not ctx.settings.quick else ("fp32",)
+    return [
+        ctx.worker(f"ours_{kind}_{prec}", "ours", ours_spec(signature_deployment(p, kind), prec))
+        for kind in kinds
+        for prec in precisions
+    ]
 
 
 def _payload(case: Case, worker: str, n_tasks: int, seed: int) -> dict[str, Any]:
@@ -104,7 +125,8 @@ def run(ctx: Context) -> SectionResult:
             for name, t in timings.items():
                 med = t.stats.median
                 adapters = name not in NO_ADAPTER_SYSTEMS
-                flops = encoder_flops(p.shape, case.batch, case.seq, adapters=adapters)
+                shape = replace(p.shape, adapter_sites=2) if "double_seq_bn" in name else p.shape  # Houlsby: 2/layer
+                flops = encoder_flops(shape, case.batch, case.seq, adapters=adapters)
                 precision = "int8" if "int8" in name else "fp32"
                 peak = ctx.peak.get("peak_gflops", {}).get(precision)
                 rows.append(
