@@ -25,6 +25,7 @@ from adapterdeploy.exporter.deployment import export_deployment
 from adapterdeploy.exporter.updates import add_task
 from adapterdeploy.models.adapterhub import import_adapterhub
 from adapterdeploy.models.adapterhub_fusion import import_adapterhub_fusion, verify_fusion_import
+from adapterdeploy.models.adapterhub_stack import import_adapterhub_stack
 from adapterdeploy.models.checkpoint import load_checkpoint, save_checkpoint
 from adapterdeploy.runtime.deployment import Deployment
 
@@ -145,10 +146,20 @@ def test_fusion_roundtrip_matches_the_adapters_library(fused):
     assert checked.exit_code == 0, checked.output
 
 
-def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tmp_path):
+def test_fusion_task_is_refused_by_a_plain_featurizer(fused, tiny_base_dir, tiny_base, tmp_path):
     export_deployment(tiny_base_dir, [fused["ckpts"][-1]], tmp_path / "plain", max_length=32)
     with pytest.raises(FingerprintMismatchError, match=r"fuses 2 adapters, the featurizer has 0 fusion slots"):
         add_task(tmp_path / "plain", fused["ckpts"][0])
+    # The base model's embeddings (task None: all-zero rows, gate 0) are the same on the fusion featurizer.
+    with Deployment.open(tmp_path / "plain") as plain, Deployment.open(fused["deploy"]) as dep:
+        assert np.abs(plain.embed(TEXTS) - dep.embed(TEXTS)).max() <= 1e-5
+    # A stacked task and a fusion task cannot share one featurizer: a clear message, nothing written.
+    stacked = import_adapterhub_stack(tiny_base, fused["root"] / "b", fused["root"] / "a")
+    with pytest.raises(ConfigError, match="either lower-adapter slots or fusion slots"):
+        export_deployment(
+            tiny_base_dir, [save_checkpoint(stacked, tmp_path / "st"), fused["ckpts"][0]], tmp_path / "mix"
+        )
+    assert not (tmp_path / "mix").exists()
     # add-task of a fusion task into a featurizer with enough slots: the same answers as exported with it.
     ckpt = dataclasses.replace(load_checkpoint(fused["ckpts"][0]), name="ab-again", path=None)
     add_task(fused["deploy"], save_checkpoint(ckpt, tmp_path / "ab-again"))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 # A stacked site's lower adapter lives in the context (and the bank) under its site key + LOWER_SUFFIX.
 from adapterdeploy.config import FUSION_SLOT, FUSION_SUFFIX, LOWER_SUFFIX, AdapterConfig, SiteOptions
+from adapterdeploy.models.fusion import fused_output
 from adapterdeploy.models.lora import install_lora_sites
 
 __all__ = [
@@ -155,8 +156,6 @@ def fusion_site(
     Slot 0 is ``params[key]``, slot j >= 1 ``params[key + "_fuse{j}"]``, the attention ``params[key + "_fusion"]``
     (see :mod:`adapterdeploy.models.fusion` for the semantics and why the weights are folded).
     """
-    from adapterdeploy.models.fusion import fused_output  # the fusion math lives beside its import
-
     x, res = site_input(h, residual, ln, opts)
     f = params[key + FUSION_SUFFIX]
     slots = [params[key]] + [params[f"{key}{FUSION_SLOT}{j}"] for j in range(1, int(f["fuse_mask"].shape[-1]))]
