@@ -38,6 +38,7 @@ def prepare_everything(settings: BenchSettings, work: Path | None = None) -> Non
     only moves that work out of the measured run.
     """
     from benchmarks.prepare import (
+        ADAPTERHUB_SIGNATURES,
         clone_tasks,
         drop_deployments,
         find_real_tasks,
@@ -45,6 +46,7 @@ def prepare_everything(settings: BenchSettings, work: Path | None = None) -> Non
         noadapter_featurizer,
         optimum_export,
         ours_available,
+        signature_deployment,
     )
     from benchmarks.sections.single import MIXED_TASKS
 
@@ -69,6 +71,8 @@ def prepare_everything(settings: BenchSettings, work: Path | None = None) -> Non
         for prec, variant in Manifest.read(dep).featurizer.variants.items():
             if prec in ("fp32", "int8"):
                 noadapter_featurizer(p, variant.optimization, prec)
+        for kind in ADAPTERHUB_SIGNATURES if not s.quick else ADAPTERHUB_SIGNATURES[:1]:
+            signature_deployment(p, kind)
         if i == 0:
             real = [t["ckpt"] for t in find_real_tasks(p, s.ckpt_dir)]
             for k in s.fanout_k if s.fanout_k is not None else range(p.num_layers):
