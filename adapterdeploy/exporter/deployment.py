@@ -449,6 +449,10 @@ def _export(
         auto_table["adapter_drop"] = adapter_drop
     log("building the PyTorch references")
     build = _Build(base, ckpts, signature, adapter_drop, max_length)
+    # From here on only the prepared tasks (rows, heads, checkpoints without weights) are used: let the
+    # checkpoints' own weight copies go (issue 16: export memory beyond the tasks' own bytes).
+    ckpts = [t.ckpt for t in build.tasks]
+    by_name.clear()
     fingerprint = featurizer_fingerprint(base.fingerprint, adapter_drop, signature, base.num_layers)
     vocab = int(base.model.config.vocab_size)
     with atomic_directory(out, force=force) as tmp:

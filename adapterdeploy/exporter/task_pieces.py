@@ -74,7 +74,8 @@ def prepare_task(
     """The task's bank rows and head, read from ``model`` (built here and dropped when not given)."""
     model = model if model is not None else reference_model(base, ckpt, adapter_drop)
     return PreparedTask(
-        ckpt=ckpt,
+        # Its weights now live in ``rows`` / ``head``: kept twice, they were most of a task's export memory.
+        ckpt=dataclasses.replace(ckpt, weights={}),
         rows=task_rows(model, signature, adapted_layers),
         head=head_rows(model.head),
         head_module=model.head,

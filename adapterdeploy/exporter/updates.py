@@ -122,6 +122,7 @@ def add_tasks(
         tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
         log(f"building the PyTorch reference of {len(ckpts)} task(s)")
         build = _Build(base, ckpts, fz.signature, fz.adapter_drop, manifest.tokenizer.max_length)
+        ckpts = [t.ckpt for t in build.tasks]  # without their weights: the prepared rows hold them now
         if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
             raise FingerprintMismatchError(
                 f"{root}'s bank inputs differ from what this featurizer layout needs; re-export"
