@@ -12,6 +12,7 @@ Order of work, so that bad input and failed parity leave nothing behind:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -360,40 +361,28 @@ def export_deployment(
     ``lock_timeout`` seconds for another writer), so no add-task / remove-task is lost in between.
     """
     out = _preflight(out_dir, force)
-    if force and out.exists():
-        with writer_lock(out, timeout=lock_timeout, command=f"export --force {out}", log=log):
-            return _export(
-                base_dir,
-                checkpoint_dirs,
-                out,
-                adapter_drop=adapter_drop,
-                max_drop=max_drop,
-                precisions=precisions,
-                max_length=max_length,
-                opset=opset,
-                tolerance=tolerance,
-                standalone=standalone,
-                force=force,
-                allow_drop=allow_drop,
-                eval_file=eval_file,
-                log=log,
-            )
-    return _export(
-        base_dir,
-        checkpoint_dirs,
-        out,
-        adapter_drop=adapter_drop,
-        max_drop=max_drop,
-        precisions=precisions,
-        max_length=max_length,
-        opset=opset,
-        tolerance=tolerance,
-        standalone=standalone,
-        force=force,
-        allow_drop=allow_drop,
-        eval_file=eval_file,
-        log=log,
+    lock = (
+        writer_lock(out, timeout=lock_timeout, command=f"export --force {out}", log=log)
+        if force and out.exists()
+        else contextlib.nullcontext()
     )
+    with lock:
+        return _export(
+            base_dir,
+            checkpoint_dirs,
+            out,
+            adapter_drop=adapter_drop,
+            max_drop=max_drop,
+            precisions=precisions,
+            max_length=max_length,
+            opset=opset,
+            tolerance=tolerance,
+            standalone=standalone,
+            force=force,
+            allow_drop=allow_drop,
+            eval_file=eval_file,
+            log=log,
+        )
 
 
 def _export(

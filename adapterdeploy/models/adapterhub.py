@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "AdapterHubImportWarning",
     "adapterhub_reference_logits",
     "import_adapterhub",
+    "library_logits",
     "verify_import",
 ]
 
@@ -516,13 +517,15 @@ def import_adapterhub(
     return ckpt
 
 
-def adapterhub_reference_logits(
-    base_dir: str | Path, adapter_dir: str | Path, head_dir: str | Path | None, batches: list[dict[str, Tensor]]
+def library_logits(
+    base_dir: str | Path, load: Callable[[Any], tuple[Any, str]], batches: list[dict[str, Tensor]]
 ) -> list[Tensor]:
-    """Logits of the same adapter run by the ``adapters`` library itself (the ``adapterhub`` extra), per batch.
+    """Logits of a model the ``adapters`` library builds itself (the ``adapterhub`` extra), per batch.
 
-    Used to cross-check an import: the library loads the files its own way (``load_adapter`` /
-    ``load_head``, which also read pickles only with ``weights_only=True``).
+    ``load(model)`` loads the adapters and head into the library's ``AutoAdapterModel`` of ``base_dir`` (with
+    transformers' logging quiet) and returns (the adapter setup to activate, the head's name). Used to
+    cross-check imports: the library loads the files its own way (``load_adapter`` / ``load_head``, which
+    read pickles only with ``weights_only=True``; ``use_safetensors`` prefers the safetensors files).
     """
     try:
         from adapters import AutoAdapterModel
@@ -536,17 +539,28 @@ def adapterhub_reference_logits(
     hf_logging.set_verbosity_error()
     try:
         model = AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
-        # use_safetensors: prefer the safetensors files, falling back to torch.load(weights_only=True).
-        name = model.load_adapter(str(adapter_dir), with_head=head_dir is None, use_safetensors=True)
-        if head_dir is not None:
-            model.load_head(str(head_dir), load_as=name, use_safetensors=True)
+        setup, head = load(model)
     finally:
         hf_logging.set_verbosity(verbosity)
-    model.set_active_adapters(name)
-    model.active_head = name
+    model.set_active_adapters(setup)
+    model.active_head = head
     model.eval()
     with torch.no_grad():
         return [model(**batch).logits for batch in batches]
+
+
+def adapterhub_reference_logits(
+    base_dir: str | Path, adapter_dir: str | Path, head_dir: str | Path | None, batches: list[dict[str, Tensor]]
+) -> list[Tensor]:
+    """Logits of the same adapter run by the ``adapters`` library itself, per batch."""
+
+    def load(model: Any) -> tuple[Any, str]:
+        name = model.load_adapter(str(adapter_dir), with_head=head_dir is None, use_safetensors=True)
+        if head_dir is not None:
+            model.load_head(str(head_dir), load_as=name, use_safetensors=True)
+        return name, name
+
+    return library_logits(base_dir, load, batches)
 
 
 # Cross-check inputs: padded rows of different lengths, single texts and pairs (token types matter).

@@ -14,6 +14,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from adapterdeploy.models.adapterhub import (
     _check_base,
     _head,
     _load_tensors,
+    library_logits,
     parity_with_library,
 )
 from adapterdeploy.models.base import BaseModel
@@ -196,19 +198,10 @@ def fusion_reference_logits(
     batches: list[dict[str, Tensor]],
 ) -> list[Tensor]:
     """Logits of the fusion run by the adapters library itself (its own loaders), per batch."""
-    try:
-        import adapters
-        from adapters import AutoAdapterModel
-    except ImportError as exc:
-        raise ConfigError(
-            "the cross-check needs the adapters library: pip install 'adapterdeploy[adapterhub]'; or pass --no-verify"
-        ) from exc
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
+    def load(model: Any) -> tuple[Any, str]:
+        from adapters.composition import Fuse
+
         for d in adapter_dirs:
             model.load_adapter(str(d), with_head=False, use_safetensors=True)
         # (AdapterModel.load_adapter_fusion returns None in adapters 1.3: the name comes from the config file.)
@@ -216,13 +209,9 @@ def fusion_reference_logits(
         name, names, _ = _fusion_meta(Path(fusion_dir))
         if head_dir is not None:
             model.load_head(str(head_dir), load_as=name, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.set_active_adapters(adapters.composition.Fuse(*names))
-    model.active_head = name
-    model.eval()
-    with torch.no_grad():
-        return [model(**batch).logits for batch in batches]
+        return Fuse(*names), name
+
+    return library_logits(base_dir, load, batches)
 
 
 def verify_fusion_import(

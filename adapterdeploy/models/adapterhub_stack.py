@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from adapterdeploy.errors import ConfigError, UnsupportedAdapterError
-from adapterdeploy.models.adapterhub import AdapterHubImportWarning, _adapter, _head, parity_with_library
+from adapterdeploy.models.adapterhub import (
+    AdapterHubImportWarning,
+    _adapter,
+    _head,
+    library_logits,
+    parity_with_library,
+)
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import TaskCheckpoint, load_checkpoint
 from adapterdeploy.models.stack import LOWER_PREFIX, LowerAdapter, check_stackable
@@ -71,30 +77,17 @@ def stack_reference_logits(
     batches: list[dict[str, Tensor]],
 ) -> list[Tensor]:
     """Logits of ``Stack(lower, task)`` run by the adapters library itself (its own loaders), per batch."""
-    try:
-        import adapters
-        from adapters import AutoAdapterModel
-    except ImportError as exc:
-        raise ConfigError(
-            "the cross-check needs the adapters library: pip install 'adapterdeploy[adapterhub]'; or pass --no-verify"
-        ) from exc
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoAdapterModel.from_pretrained(str(base_dir), attn_implementation="eager")
+    def load(model: Any) -> tuple[Any, str]:
+        from adapters.composition import Stack
+
         low = model.load_adapter(str(lower_dir), with_head=False, use_safetensors=True)
         name = model.load_adapter(str(task_dir), with_head=head_dir is None, use_safetensors=True)
         if head_dir is not None:
             model.load_head(str(head_dir), load_as=name, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.set_active_adapters(adapters.composition.Stack(low, name))
-    model.active_head = name
-    model.eval()
-    with torch.no_grad():
-        return [model(**batch).logits for batch in batches]
+        return Stack(low, name), name
+
+    return library_logits(base_dir, load, batches)
 
 
 def verify_stack_import(
