@@ -16,7 +16,7 @@ model on the file's rows, with all its adapters and with those of layers < K rem
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,26 @@ def without_dropped(ckpt: TaskCheckpoint, adapter_drop: int) -> TaskCheckpoint:
     )
 
 
+def _logits(
+    model: EncoderWithAdapters, tokenizer: Any, examples: Sequence[Any], max_length: int, batch_size: int
+) -> Iterator[tuple[Sequence[Any], torch.Tensor]]:
+    """(chunk of examples, the model's logits for it), ``batch_size`` examples at a time, without gradients."""
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
+            enc = tokenizer(
+                [ex.text for ex in chunk],
+                pairs,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+                return_token_type_ids=True,
+            )
+            yield chunk, model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+
+
 def _score(
     model: EncoderWithAdapters,
     tokenizer: Any,
@@ -107,48 +127,22 @@ def _score(
     batch_size: int = 32,
 ) -> float:
     head = model.head_config
+    batches = _logits(model, tokenizer, examples, max_length, batch_size)
     if head.multi_label:  # micro F1 at the task's thresholds (adapterdeploy/multilabel.py)
         from adapterdeploy.multilabel import multilabel_metrics, predict_on, sigmoid
 
         gold, on = [], []
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                chunk = examples[start : start + batch_size]
-                pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
-                enc = tokenizer(
-                    [ex.text for ex in chunk],
-                    pairs,
-                    truncation=True,
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
-                    return_token_type_ids=True,
-                )
-                logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy()
-                on.extend(predict_on(sigmoid(logits), head.thresholds))
-                gold.extend([c in (ex.label or ()) for c in range(head.num_labels)] for ex in chunk)
+        for chunk, logits in batches:
+            on.extend(predict_on(sigmoid(logits.numpy()), head.thresholds))
+            gold.extend([c in (ex.label or ()) for c in range(head.num_labels)] for ex in chunk)
         return multilabel_metrics(np.array(gold), np.array(on))["micro_f1"]
     correct, abs_err = 0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            texts = [ex.text for ex in chunk]
-            pairs = [ex.text_pair for ex in chunk] if chunk[0].text_pair is not None else None
-            enc = tokenizer(
-                texts,
-                pairs,
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-                return_token_type_ids=True,
-            )
-            logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
-            labels = torch.tensor([ex.label for ex in chunk])
-            if regression:
-                abs_err += float((logits[:, 0] - labels.float()).abs().sum())
-            else:
-                correct += int((logits.argmax(-1) == labels).sum())
+    for chunk, logits in batches:
+        labels = torch.tensor([ex.label for ex in chunk])
+        if regression:
+            abs_err += float((logits[:, 0] - labels.float()).abs().sum())
+        else:
+            correct += int((logits.argmax(-1) == labels).sum())
     return (abs_err if regression else correct) / max(len(examples), 1)
 
 
