@@ -178,31 +178,19 @@ def _start_server(dep: Path, port: int, grpc_port: int, threads: int, log: Path)
 
 
 def _load(proto: str, target: str, texts_file: Path, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    from benchmarks.harness import REPO_ROOT, thread_env
+    from benchmarks.harness import run_load_generator
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.grpc_vs_rest",
-            "--load",
-            proto,
-            target,
-            str(texts_file),
-            str(clients),
-            str(seconds),
-            str(warmup),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(REPO_ROOT),
-        env=thread_env(1),
-        timeout=seconds + warmup + 120,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{proto} load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = [
+        "benchmarks.grpc_vs_rest",
+        "--load",
+        proto,
+        target,
+        str(texts_file),
+        str(clients),
+        str(seconds),
+        str(warmup),
+    ]
+    return run_load_generator(args, timeout=seconds + warmup + 120)
 
 
 def _machine() -> dict[str, Any]:

@@ -116,6 +116,23 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
+def run_load_generator(module_args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run ``python -m MODULE ARGS`` (a closed-loop load generator) in its own single-threaded process, so
+    that it does not share the measured server's interpreter; return the JSON object of its last line."""
+    out = subprocess.run(
+        [sys.executable, "-m", *module_args],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO_ROOT),
+        env=thread_env(1),
+        timeout=timeout,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator {module_args[0]} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------------------------- load
 
 

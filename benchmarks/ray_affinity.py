@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from benchmarks.harness import thread_env
+from benchmarks.harness import run_load_generator
 from benchmarks.report import machine_info
 from benchmarks.sections.server import _free_port, _start_server
 from benchmarks.workloads import load_texts, task_stream
@@ -36,18 +35,16 @@ CONFIGS = (
 
 
 def _loadgen(url: str, bodies: Path, clients: int, seconds: float, warmup: float, route: bool) -> dict[str, Any]:
-    args = [sys.executable, "-m", "benchmarks.loadgen", url, str(bodies), str(clients), str(seconds), str(warmup)]
-    out = subprocess.run(
-        [*args, *(["route"] if route else [])],
-        capture_output=True,
-        text=True,
-        env=thread_env(1),
-        timeout=seconds + warmup + 300,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = [
+        "benchmarks.loadgen",
+        url,
+        str(bodies),
+        str(clients),
+        str(seconds),
+        str(warmup),
+        *(["route"] if route else []),
+    ]
+    return run_load_generator(args, timeout=seconds + warmup + 300)
 
 
 @click.command()

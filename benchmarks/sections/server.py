@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPO_ROOT, start_workers, thread_env
+from benchmarks.harness import REPO_ROOT, run_load_generator, start_workers, thread_env
 from benchmarks.prepare import clone_tasks, main_deployment, ours_available
 from benchmarks.sections.common import SectionResult, Table, first_model, monitored, ours_spec
 from benchmarks.settings import Context
@@ -106,18 +106,8 @@ def _start_server(
 
 
 def _load(url: str, bodies_file: Path, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", url, str(bodies_file), str(clients), str(seconds), str(warmup)],
-        capture_output=True,
-        text=True,
-        cwd=str(REPO_ROOT),
-        env=thread_env(1),
-        timeout=seconds + warmup + 120,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["benchmarks.loadgen", url, str(bodies_file), str(clients), str(seconds), str(warmup)]
+    return run_load_generator(args, timeout=seconds + warmup + 120)
 
 
 def run(ctx: Context) -> SectionResult:
