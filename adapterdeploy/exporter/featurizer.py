@@ -24,6 +24,7 @@ the padded units compute ``act(0)`` and meet zero rows of ``up``, so the padding
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,6 +63,7 @@ __all__ = [
     "head_rows",
     "is_fusion_key",
     "outputs_for",
+    "shared_until",
     "stack_bank",
     "task_rows",
     "zero_adapter_is_identity",
@@ -318,9 +320,17 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
     its key it is the original sub-layer; with adapters of a non-native form it is ``adapter_site``.
     """
 
+    # Set by :class:`Adapted` for one call when this sub-layer is where layer K's per-task part begins: the
+    # dense output and the residual arrive per unique text and are gathered to the batch's rows here.
+    rows: Tensor | None = None
+
+    def _rows(self, x: Tensor) -> Tensor:
+        return x if self.rows is None else torch.index_select(x, 0, self.rows)
+
     def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
         own = self._ctx.layernorms.get(self._key)
         shape, eps = tuple(self.LayerNorm.normalized_shape), self.LayerNorm.eps
+        take = self._rows
 
         def ln(x: Tensor) -> Tensor:  # static normalized_shape: the tracer would make x.shape[-1] dynamic
             if own is None:
@@ -332,20 +342,30 @@ class BankedSublayerOutput(AdaptedSublayerOutput):
         p = self._ctx.params.get(self._key)
         lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
         if lower is not None:  # Stack: the generic site order (the fusion-order rewrite covers one adapter)
-            return site_with_lower(self.dense(hidden_states), input_tensor, ln, p, lower, self._ctx.opts, self._ctx.act)
+            return site_with_lower(
+                take(self.dense(hidden_states)), take(input_tensor), ln, p, lower, self._ctx.opts, self._ctx.act
+            )
         if p is None:
-            return ln(self.dense(hidden_states) + input_tensor)
+            return ln(take(self.dense(hidden_states)) + take(input_tensor))
         if self._key + FUSION_SUFFIX in self._ctx.params:  # AdapterFusion: every site of the featurizer
             return fusion_site(
-                self.dense(hidden_states), input_tensor, ln, self._key, self._ctx.params, self._ctx.opts, self._ctx.act
+                take(self.dense(hidden_states)),
+                take(input_tensor),
+                ln,
+                self._key,
+                self._ctx.params,
+                self._ctx.opts,
+                self._ctx.act,
             )
         if not fusion_friendly(self._ctx.opts) or _has_peft(self.dense, self._ctx):
-            return adapter_site(self.dense(hidden_states), input_tensor, ln, p, self._ctx.opts, self._ctx.act)
+            return adapter_site(
+                take(self.dense(hidden_states)), take(input_tensor), ln, p, self._ctx.opts, self._ctx.act
+            )
         bias = self.dense.bias
-        h_raw = torch.matmul(hidden_states, self.dense.weight.t())
+        h_raw = take(torch.matmul(hidden_states, self.dense.weight.t()))
         a = self._ctx.act(torch.matmul(h_raw + bias, p["down_w"]) + p["down_b"])
         a = torch.matmul(a, p["up_w"]) + (p["up_b"] + bias)
-        return ln((h_raw + a) + input_tensor)
+        return ln((h_raw + a) + take(input_tensor))
 
 
 def _has_peft(dense: nn.Module, ctx: AdapterContext) -> bool:
@@ -379,13 +399,54 @@ class AdaptedLayer(nn.Module):
         self._key = key
         self._ctx = ctx
 
-    def forward(self, h: Tensor, ext: Tensor) -> Tensor:
-        h = self.layer(h, attention_mask=ext)[0]
+    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None, first_only: bool = False) -> Tensor:
+        """``rows``: gather the layer's output to the batch's rows before the adapter (the layer itself ran once
+        per unique text). ``first_only``: the output at the first token (CLS) only, ``[B, 1, H]``: its query
+        attends to every token's key and value; everything after attention is per token, so the rest runs
+        on one token instead of S (what the cls / pooled outputs read of the last layer)."""
+        if first_only:
+            h = self.layer.feed_forward_chunk(_first_token_attention(self.layer.attention, h, ext))
+        else:
+            h = self.layer(h, attention_mask=ext)[0]
+        if rows is not None:
+            h = torch.index_select(h, 0, rows)
         p = self._ctx.params.get(self._key)
         lower = self._ctx.params.get(self._key + LOWER_SUFFIX)
         if lower is not None:
             return site_with_lower(h, None, None, p, lower, self._ctx.opts, self._ctx.act)
         return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
+
+
+def _first_token_attention(attention: nn.Module, h: Tensor, ext: Tensor) -> Tensor:
+    """A BERT attention block's output at the first token only, ``[B, 1, H]``: its query against every token.
+
+    Written with elementwise products and sums rather than HF's matmul form, and with key / value projections
+    of its own (:func:`_projection`), so that onnxruntime's Attention fusion of the full last layer neither
+    matches nor consumes this branch (with shared nodes it wrote a graph with a cycle, onnxruntime 1.32).
+    Relative position scores (``position_embedding_type`` other than absolute) are not written here: that
+    attention runs whole and its first token is kept.
+    """
+    sa = attention.self
+    if getattr(sa, "position_embedding_type", "absolute") != "absolute":
+        return attention(h, attention_mask=ext)[0][:, :1]
+    B, nh, d = h.shape[0], sa.num_attention_heads, sa.attention_head_size
+    first = h[:, :1]
+    q = sa.query(first).reshape(B, nh, 1, d)
+    k = _projection(sa.key, h).reshape(B, -1, nh, d).transpose(1, 2)
+    v = _projection(sa.value, h).reshape(B, -1, nh, d).transpose(1, 2)
+    scores = (q * k).sum(-1) / math.sqrt(d) + ext[:, :, 0]  # [B, nh, S]; ext is [B, 1, 1, S]
+    probs = torch.softmax(scores, dim=-1)
+    context = (probs.unsqueeze(-1) * v).sum(-2).reshape(B, 1, nh * d)
+    return attention.output(context, first)
+
+
+def _projection(linear: nn.Module, h: Tensor) -> Tensor:
+    """``linear(h)`` as its own MatMul node: the exporter merges two identical ``linear`` calls into one node,
+    and onnxruntime's transformer optimizer then folds that node into the full layer's Attention and leaves
+    this branch reading a removed output. (A PEFT-wrapped projection is called as it is.)"""
+    if isinstance(linear, LoraLinear) and linear._key in linear._ctx.params:  # type: ignore[attr-defined]
+        return linear(h)
+    return torch.matmul(h, linear.weight.t()) + linear.bias
 
 
 class Trunk(nn.Module):
@@ -438,6 +499,7 @@ class Adapted(nn.Module):
         )
         self.pooler = hf.pooler if base.has_pooler else None
         self.output_names = outputs_for(base)
+        self.shared_until = shared_until(self.keys, adapter_drop)
 
     def gather(self, bank: Sequence[Tensor], task_index: Tensor) -> tuple[dict, dict]:
         """Per-row weights: ``bank[task_index]``; 2-D bank inputs come out as ``[B, 1, X]``."""
@@ -454,14 +516,53 @@ class Adapted(nn.Module):
         return params, {k: (v[0], v[1]) for k, v in lns.items()}
 
     def encode(self, h: Tensor, mask: Tensor, params: dict, lns: dict) -> Tensor:
+        """Layers [K, L) over ``h`` (one row per row of ``params``), every token (standalone graphs)."""
+        return self._layers(h, mask, params, lns)[0]
+
+    def _layers(
+        self,
+        h: Tensor,
+        mask: Tensor,
+        params: dict,
+        lns: dict,
+        rows: Tensor | None = None,
+        unique_mask: Tensor | None = None,
+        first: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """(every token's last hidden state, and with ``first`` the last layer's CLS token alone ``[B, 1, H]``).
+
+        With ``rows`` (row_source), ``h`` and ``unique_mask`` are per unique text and ``mask`` per row: layer K
+        runs once per text up to :attr:`shared_until` and the gather to the rows happens there (fan-out: one
+        text, n tasks, computes that part once instead of n times). The CLS-only last layer is a second branch
+        of the graph: onnxruntime runs only the nodes the requested outputs need, so a batch whose heads read
+        cls / pooled skips the full last layer's per-token attention output and feed-forward.
+        """
+        if rows is not None and self.shared_until is None:
+            h, rows, unique_mask = torch.index_select(h, 0, rows), None, None
         ext = _extended_mask(self.hf, mask, h.dtype)
+        ext_k = _extended_mask(self.hf, unique_mask, h.dtype) if unique_mask is not None and rows is not None else ext
+        layers = list(self.layers.values())
         self.ctx.params, self.ctx.layernorms = params, lns
         try:
-            for layer in self.layers.values():
-                h = layer(h, ext)
+            for i, layer in enumerate(layers[:-1]):
+                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None, False)
+            last_rows, last_ext = (rows, ext_k) if len(layers) == 1 else (None, ext)
+            cls = self._layer(layers[-1], h, last_ext, last_rows, True) if first else None
+            return self._layer(layers[-1], h, last_ext, last_rows, False), cls
         finally:
             self.ctx.clear()
-        return h
+
+    def _layer(self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None, first: bool) -> Tensor:
+        """One adapted layer; ``rows`` gathers to the batch's rows where :attr:`shared_until` says."""
+        site = self.shared_until if rows is not None else None
+        module = {"attn": layer.layer.attention.output, "ffn": layer.layer.output}.get(site or "")
+        if module is not None:
+            module.rows = rows
+        try:
+            return layer(h, ext, rows if site == "layer" else None, first)
+        finally:
+            if module is not None:
+                module.rows = None
 
     def features(self, h: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         out = (h[:, 0], mean_pool(h, mask))
@@ -471,10 +572,31 @@ class Adapted(nn.Module):
     def forward(
         self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor, *bank: Tensor
     ) -> tuple[Tensor, ...]:
-        h = torch.index_select(hidden, 0, row_source)
         mask = torch.index_select(attention_mask, 0, row_source)
         params, lns = self.gather(bank, task_index)
-        return self.features(self.encode(h, mask, params, lns), mask)
+        h, first = self._layers(hidden, mask, params, lns, row_source, attention_mask, first=True)
+        first = h if first is None else first
+        out = (first[:, 0], mean_pool(h, mask))
+        out = (*out, self.pooler(first)) if self.pooler is not None else out
+        return (*out, h)  # tokens
+
+
+def shared_until(keys: Sequence[str], adapter_drop: int) -> str | None:
+    """Where the first adapted layer K stops being the same for every task: the first of its sub-layers
+    (``attn``, ``ffn``, or ``layer`` = after the whole layer) that reads bank rows, None when its attention
+    already does (PEFT on query / key / value or any linear: then the rows are gathered before layer K).
+
+    Everything before that point runs once per unique text in the adapted graph: for ``after_layer`` the
+    whole of layer K, for Pfeiffer / seq_bn its attention and feed-forward up to the output dense, for
+    Houlsby / double_seq_bn its self-attention and the attention output dense.
+    """
+    sites = [k.split(".") for k in keys if k.split(".")[1] == str(adapter_drop)]
+    if any(leaf in LORA_LEAVES for _, _, _, leaf in sites):
+        return None
+    for site in ("attn", "ffn", "layer"):
+        if any(name == site or name.startswith((site + "_", site + LOWER_SUFFIX)) for _, _, name, _ in sites):
+            return site
+    return None
 
 
 class HeadGraph(nn.Module):
