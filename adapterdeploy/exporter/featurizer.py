@@ -24,7 +24,6 @@ the padded units compute ``act(0)`` and meet zero rows of ``up``, so the padding
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -399,15 +398,9 @@ class AdaptedLayer(nn.Module):
         self._key = key
         self._ctx = ctx
 
-    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None, first_only: bool = False) -> Tensor:
-        """``rows``: gather the layer's output to the batch's rows before the adapter (the layer itself ran once
-        per unique text). ``first_only``: the output at the first token (CLS) only, ``[B, 1, H]``: its query
-        attends to every token's key and value; everything after attention is per token, so the rest runs
-        on one token instead of S (what the cls / pooled outputs read of the last layer)."""
-        if first_only:
-            h = self.layer.feed_forward_chunk(_first_token_attention(self.layer.attention, h, ext))
-        else:
-            h = self.layer(h, attention_mask=ext)[0]
+    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``rows``: the layer ran once per unique text; gather its output to the batch's rows before the adapter."""
+        h = self.layer(h, attention_mask=ext)[0]
         if rows is not None:
             h = torch.index_select(h, 0, rows)
         p = self._ctx.params.get(self._key)
@@ -415,38 +408,6 @@ class AdaptedLayer(nn.Module):
         if lower is not None:
             return site_with_lower(h, None, None, p, lower, self._ctx.opts, self._ctx.act)
         return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
-
-
-def _first_token_attention(attention: nn.Module, h: Tensor, ext: Tensor) -> Tensor:
-    """A BERT attention block's output at the first token only, ``[B, 1, H]``: its query against every token.
-
-    Written with elementwise products and sums rather than HF's matmul form, and with key / value projections
-    of its own (:func:`_projection`), so that onnxruntime's Attention fusion of the full last layer neither
-    matches nor consumes this branch (with shared nodes it wrote a graph with a cycle, onnxruntime 1.32).
-    Relative position scores (``position_embedding_type`` other than absolute) are not written here: that
-    attention runs whole and its first token is kept.
-    """
-    sa = attention.self
-    if getattr(sa, "position_embedding_type", "absolute") != "absolute":
-        return attention(h, attention_mask=ext)[0][:, :1]
-    B, nh, d = h.shape[0], sa.num_attention_heads, sa.attention_head_size
-    first = h[:, :1]
-    q = sa.query(first).reshape(B, nh, 1, d)
-    k = _projection(sa.key, h).reshape(B, -1, nh, d).transpose(1, 2)
-    v = _projection(sa.value, h).reshape(B, -1, nh, d).transpose(1, 2)
-    scores = (q * k).sum(-1) / math.sqrt(d) + ext[:, :, 0]  # [B, nh, S]; ext is [B, 1, 1, S]
-    probs = torch.softmax(scores, dim=-1)
-    context = (probs.unsqueeze(-1) * v).sum(-2).reshape(B, 1, nh * d)
-    return attention.output(context, first)
-
-
-def _projection(linear: nn.Module, h: Tensor) -> Tensor:
-    """``linear(h)`` as its own MatMul node: the exporter merges two identical ``linear`` calls into one node,
-    and onnxruntime's transformer optimizer then folds that node into the full layer's Attention and leaves
-    this branch reading a removed output. (A PEFT-wrapped projection is called as it is.)"""
-    if isinstance(linear, LoraLinear) and linear._key in linear._ctx.params:  # type: ignore[attr-defined]
-        return linear(h)
-    return torch.matmul(h, linear.weight.t()) + linear.bias
 
 
 class Trunk(nn.Module):
@@ -515,11 +476,7 @@ class Adapted(nn.Module):
                 params.setdefault(f"{layer}.{site}", {})[leaf] = g
         return params, {k: (v[0], v[1]) for k, v in lns.items()}
 
-    def encode(self, h: Tensor, mask: Tensor, params: dict, lns: dict) -> Tensor:
-        """Layers [K, L) over ``h`` (one row per row of ``params``), every token (standalone graphs)."""
-        return self._layers(h, mask, params, lns)[0]
-
-    def _layers(
+    def encode(
         self,
         h: Tensor,
         mask: Tensor,
@@ -527,39 +484,34 @@ class Adapted(nn.Module):
         lns: dict,
         rows: Tensor | None = None,
         unique_mask: Tensor | None = None,
-        first: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """(every token's last hidden state, and with ``first`` the last layer's CLS token alone ``[B, 1, H]``).
+    ) -> Tensor:
+        """Layers [K, L) with ``params`` / ``lns`` (one row each per row of the batch); every token's last state.
 
-        With ``rows`` (row_source), ``h`` and ``unique_mask`` are per unique text and ``mask`` per row: layer K
-        runs once per text up to :attr:`shared_until` and the gather to the rows happens there (fan-out: one
-        text, n tasks, computes that part once instead of n times). The CLS-only last layer is a second branch
-        of the graph: onnxruntime runs only the nodes the requested outputs need, so a batch whose heads read
-        cls / pooled skips the full last layer's per-token attention output and feed-forward.
+        Without ``rows``, ``h`` has one row per batch row (standalone graphs). With ``rows`` (row_source),
+        ``h`` and ``unique_mask`` are per unique text and ``mask`` per row: layer K runs once per text up to
+        :attr:`shared_until` and the gather to the rows happens there, so a fan-out of one text to n tasks
+        computes that part once instead of n times (for after_layer adapters all of layer K).
         """
         if rows is not None and self.shared_until is None:
-            h, rows, unique_mask = torch.index_select(h, 0, rows), None, None
+            h, rows = torch.index_select(h, 0, rows), None
         ext = _extended_mask(self.hf, mask, h.dtype)
-        ext_k = _extended_mask(self.hf, unique_mask, h.dtype) if unique_mask is not None and rows is not None else ext
-        layers = list(self.layers.values())
+        ext_k = _extended_mask(self.hf, unique_mask, h.dtype) if rows is not None and unique_mask is not None else ext
         self.ctx.params, self.ctx.layernorms = params, lns
         try:
-            for i, layer in enumerate(layers[:-1]):
-                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None, False)
-            last_rows, last_ext = (rows, ext_k) if len(layers) == 1 else (None, ext)
-            cls = self._layer(layers[-1], h, last_ext, last_rows, True) if first else None
-            return self._layer(layers[-1], h, last_ext, last_rows, False), cls
+            for i, layer in enumerate(self.layers.values()):
+                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None)
         finally:
             self.ctx.clear()
+        return h
 
-    def _layer(self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None, first: bool) -> Tensor:
-        """One adapted layer; ``rows`` gathers to the batch's rows where :attr:`shared_until` says."""
+    def _layer(self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None) -> Tensor:
+        """One adapted layer; ``rows`` are gathered where :attr:`shared_until` says (set on that sub-layer)."""
         site = self.shared_until if rows is not None else None
         module = {"attn": layer.layer.attention.output, "ffn": layer.layer.output}.get(site or "")
         if module is not None:
             module.rows = rows
         try:
-            return layer(h, ext, rows if site == "layer" else None, first)
+            return layer(h, ext, rows if site == "layer" else None)
         finally:
             if module is not None:
                 module.rows = None
@@ -574,11 +526,7 @@ class Adapted(nn.Module):
     ) -> tuple[Tensor, ...]:
         mask = torch.index_select(attention_mask, 0, row_source)
         params, lns = self.gather(bank, task_index)
-        h, first = self._layers(hidden, mask, params, lns, row_source, attention_mask, first=True)
-        first = h if first is None else first
-        out = (first[:, 0], mean_pool(h, mask))
-        out = (*out, self.pooler(first)) if self.pooler is not None else out
-        return (*out, h)  # tokens
+        return self.features(self.encode(hidden, mask, params, lns, row_source, attention_mask), mask)
 
 
 def shared_until(keys: Sequence[str], adapter_drop: int) -> str | None:
