@@ -223,6 +223,7 @@ class TorchAdapterHubParallel:
                     p.normal_(0.0, float(spec.get("init_std", 0.05)))
         self.model = model.eval()
         self.parallel = adapters.composition.Parallel(*self.names)
+        self.active: Any = None
         self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
 
     def prepare(self, payload: dict[str, Any]) -> Callable[[], object]:
@@ -237,18 +238,26 @@ class TorchAdapterHubParallel:
                 return model(**{k: torch.from_numpy(v) for k, v in enc.items()})
 
         def fanout() -> list[np.ndarray]:
-            model.set_active_adapters(self.parallel)  # the cases share one model: set on every call (cheap)
+            self._activate(self.parallel)
             return [softmax(o.logits.numpy()) for o in forward()]
 
         def separate() -> list[np.ndarray]:
             out = []
             for name in self.names[:n]:
-                model.set_active_adapters(name)
-                model.active_head = name
+                self._activate(name)
                 out.append(softmax(forward().logits.numpy()))
             return out
 
         return fanout if kind == "fanout" else separate
+
+    def _activate(self, setup: Any) -> None:
+        """Switch the model's active composition only when it changes: the library walks every layer to set
+        it, which a user running one setup does once, not per call."""
+        if self.active != setup:
+            self.model.set_active_adapters(setup)
+            if isinstance(setup, str):
+                self.model.active_head = setup
+            self.active = setup
 
 
 # -------------------------------------------------------------------------------------- onnxruntime
