@@ -530,20 +530,22 @@ class Adapted(nn.Module):
 
 
 def shared_until(keys: Sequence[str], adapter_drop: int) -> str | None:
-    """Where the first adapted layer K stops being the same for every task: the first of its sub-layers
-    (``attn``, ``ffn``, or ``layer`` = after the whole layer) that reads bank rows, None when its attention
-    already does (PEFT on query / key / value or any linear: then the rows are gathered before layer K).
+    """Where the first adapted layer K stops being the same for every task, when that is late enough to share:
+    ``layer`` (after the whole layer: ``after_layer`` adapters) or ``ffn`` (after the feed-forward output
+    dense: Pfeiffer / seq_bn). Everything before it runs once per unique text in the adapted graph.
 
-    Everything before that point runs once per unique text in the adapted graph: for ``after_layer`` the
-    whole of layer K, for Pfeiffer / seq_bn its attention and feed-forward up to the output dense, for
-    Houlsby / double_seq_bn its self-attention and the attention output dense.
+    None (the rows are gathered before layer K, as before) when layer K reads bank rows earlier: PEFT deltas
+    on its linear layers, a Houlsby / double_seq_bn site or per-task LayerNorm at the attention output.
+    Gathering there would share the self-attention too, but the Gather between the attention's output
+    projection and its LayerNorm cost layer K its fused Attention (measured: 2 of 3 Attention fusions and
+    +33 nodes on the tiny model's Houlsby graph), which every single-task call would pay.
     """
     sites = [k.split(".") for k in keys if k.split(".")[1] == str(adapter_drop)]
     if any(leaf in LORA_LEAVES for _, _, _, leaf in sites):
         return None
     for site in ("attn", "ffn", "layer"):
         if any(name == site or name.startswith((site + "_", site + LOWER_SUFFIX)) for _, _, name, _ in sites):
-            return site
+            return None if site == "attn" else site
     return None
 
 
