@@ -25,8 +25,12 @@ Graph I/O (names are part of the contract; dynamic axes are named):
     trunk:   input_ids, attention_mask, token_type_ids  int64 [batch, sequence]
              -> hidden  float [batch, sequence, H]
     adapted: hidden float [unique, sequence, H], attention_mask int64 [unique, sequence],
-             row_source int64 [rows], task_index int64 [rows], bank inputs (below)
-             -> cls, mean float [rows, H] (+ pooled [rows, H] when the base has a pooler)
+             row_source int64 [rows], task_index int64 [rows], bank inputs (below),
+             optional cls_only bool [] (an input with a same-named initializer, default False; graphs exported
+             before it have none): True computes the last layer at the first token only, ``cls`` / ``pooled``
+             exact, ``mean`` / ``tokens`` then over that token alone (the runtime feeds True only for batches
+             that read neither)
+             -> cls, mean float [rows, H] (+ pooled [rows, H] when the base has a pooler), tokens [rows, S, H]
     head:    features float [rows, H] -> logits float [rows, out]
     standalone: input_ids, attention_mask, token_type_ids int64 [batch, sequence] -> logits [batch, out]
     The bank's T (``tasks``) and m (``bottleneck``) axes are dynamic. ``VariantSpec.io_dtypes`` gives each

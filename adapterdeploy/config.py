@@ -32,6 +32,8 @@ from adapterdeploy.validation import MAX_BOTTLENECK, MAX_LABELS
 
 __all__ = [
     "ACTIVATIONS",
+    "CLS_ONLY_FEATURES",
+    "CLS_ONLY_INPUT",
     "FUSION_SLOT",
     "FUSION_SUFFIX",
     "LORA_MODULES",
@@ -80,6 +82,10 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 # Which output of the adapted graph a head reads: a sequence head its pooling's, a token head every token's.
 FEATURE_OF_POOLING = {"cls": "cls", "mean": "mean", "pooler": "pooled"}
 TOKENS_OUTPUT = "tokens"
+# The adapted graph's optional bool input (default False): True computes its last layer at the first token only,
+# for batches that read only the first-token features (CLS_ONLY_FEATURES); then "mean" / "tokens" are not valid.
+CLS_ONLY_INPUT = "cls_only"
+CLS_ONLY_FEATURES = frozenset({"cls", "pooled"})
 HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 

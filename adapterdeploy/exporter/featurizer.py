@@ -24,6 +24,7 @@ the padded units compute ``act(0)`` and meet zero rows of ``up``, so the padding
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,8 +63,10 @@ __all__ = [
     "head_rows",
     "is_fusion_key",
     "outputs_for",
+    "query_attention",
     "shared_until",
     "stack_bank",
+    "supports_query_subset",
     "task_rows",
     "zero_adapter_is_identity",
 ]
@@ -398,9 +401,13 @@ class AdaptedLayer(nn.Module):
         self._key = key
         self._ctx = ctx
 
-    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None) -> Tensor:
-        """``rows``: the layer ran once per unique text; gather its output to the batch's rows before the adapter."""
-        h = self.layer(h, attention_mask=ext)[0]
+    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
+        """``rows``: the layer ran once per unique text; gather its output to the batch's rows before the adapter.
+        ``queries``: the token positions whose output is computed (:func:`query_attention`); None: every token."""
+        if queries is None:
+            h = self.layer(h, attention_mask=ext)[0]
+        else:
+            h = self.layer.feed_forward_chunk(query_attention(self.layer.attention, h, ext, queries))
         if rows is not None:
             h = torch.index_select(h, 0, rows)
         p = self._ctx.params.get(self._key)
@@ -408,6 +415,41 @@ class AdaptedLayer(nn.Module):
         if lower is not None:
             return site_with_lower(h, None, None, p, lower, self._ctx.opts, self._ctx.act)
         return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
+
+
+def query_attention(attention: nn.Module, h: Tensor, ext: Tensor, queries: Tensor) -> Tensor:
+    """A BERT attention block's output at the token positions ``queries`` only, ``[B, q, H]``: their queries
+    against every token's key and value (under the full mask ``ext``), then the attention output sub-layer
+    (with its adapter site) on those positions, the residual taken from ``h`` at them.
+
+    Everything after the attention is per token, so the adapted graph's last layer with ``queries = [0]``
+    gives the exact CLS state that ``cls`` / ``pooled`` read at a fraction of the work (the ``cls_only``
+    input). HF's eager self-attention math, written out because HF's module has no query subset; the
+    layer's own ``query`` / ``key`` / ``value`` modules are called, so PEFT wrappers still apply. Only for
+    absolute position embeddings (:func:`supports_query_subset`).
+    """
+    sa = attention.self
+    B, nh, d = h.shape[0], sa.num_attention_heads, sa.attention_head_size
+    hq = torch.index_select(h, 1, queries)
+    q = sa.query(hq).view(B, -1, nh, d).transpose(1, 2)
+    k = sa.key(h).view(B, -1, nh, d).transpose(1, 2)
+    v = sa.value(h).view(B, -1, nh, d).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + ext  # ext [B, 1, 1, S]
+    context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(B, -1, nh * d)
+    return attention.output(context, hq)
+
+
+def supports_query_subset(layer: nn.Module) -> bool:
+    """Whether :func:`query_attention` is exact for this HF layer: BERT-style self-attention with absolute
+    positions (relative position scores depend on the query positions: those layers always run whole)."""
+    sa = getattr(getattr(layer, "attention", None), "self", None)
+    return (
+        sa is not None
+        and all(hasattr(sa, a) for a in ("query", "key", "value", "num_attention_heads", "attention_head_size"))
+        and getattr(sa, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(sa, "is_decoder", False)
+        and hasattr(layer, "feed_forward_chunk")
+    )
 
 
 class Trunk(nn.Module):
@@ -461,6 +503,14 @@ class Adapted(nn.Module):
         self.pooler = hf.pooler if base.has_pooler else None
         self.output_names = outputs_for(base)
         self.shared_until = shared_until(self.keys, adapter_drop)
+        # The adapted graph takes the optional ``cls_only`` input (query_attention on the last layer) when that is
+        # exact; not when the last layer is also layer K and the rows are gathered inside it (fan-out sharing):
+        # that layer then runs whole, as before.
+        self.cls_only = (
+            bool(self.adapted_layers)
+            and all(supports_query_subset(hf.encoder.layer[i]) for i in self.adapted_layers[-1:])
+            and (len(self.adapted_layers) > 1 or self.shared_until is None)
+        )
 
     def gather(self, bank: Sequence[Tensor], task_index: Tensor) -> tuple[dict, dict]:
         """Per-row weights: ``bank[task_index]``; 2-D bank inputs come out as ``[B, 1, X]``."""
@@ -484,6 +534,7 @@ class Adapted(nn.Module):
         lns: dict,
         rows: Tensor | None = None,
         unique_mask: Tensor | None = None,
+        queries: Tensor | None = None,
     ) -> Tensor:
         """Layers [K, L) with ``params`` / ``lns`` (one row each per row of the batch); every token's last state.
 
@@ -491,6 +542,7 @@ class Adapted(nn.Module):
         ``h`` and ``unique_mask`` are per unique text and ``mask`` per row: layer K runs once per text up to
         :attr:`shared_until` and the gather to the rows happens there, so a fan-out of one text to n tasks
         computes that part once instead of n times (for after_layer adapters all of layer K).
+        ``queries``: the last layer's output only at these token positions (``[B, q, H]``; see :attr:`cls_only`).
         """
         if rows is not None and self.shared_until is None:
             h, rows = torch.index_select(h, 0, rows), None
@@ -498,20 +550,24 @@ class Adapted(nn.Module):
         ext_k = _extended_mask(self.hf, unique_mask, h.dtype) if rows is not None and unique_mask is not None else ext
         self.ctx.params, self.ctx.layernorms = params, lns
         try:
+            last = len(self.layers) - 1
             for i, layer in enumerate(self.layers.values()):
-                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None)
+                q = queries if i == last else None
+                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None, q)
         finally:
             self.ctx.clear()
         return h
 
-    def _layer(self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None) -> Tensor:
+    def _layer(
+        self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None, queries: Tensor | None = None
+    ) -> Tensor:
         """One adapted layer; ``rows`` are gathered where :attr:`shared_until` says (set on that sub-layer)."""
         site = self.shared_until if rows is not None else None
         module = {"attn": layer.layer.attention.output, "ffn": layer.layer.output}.get(site or "")
         if module is not None:
             module.rows = rows
         try:
-            return layer(h, ext, rows if site == "layer" else None)
+            return layer(h, ext, rows if site == "layer" else None, queries)
         finally:
             if module is not None:
                 module.rows = None
@@ -524,9 +580,20 @@ class Adapted(nn.Module):
     def forward(
         self, hidden: Tensor, attention_mask: Tensor, row_source: Tensor, task_index: Tensor, *bank: Tensor
     ) -> tuple[Tensor, ...]:
+        """The adapted graph. With :attr:`cls_only`, ``bank`` ends with the bool scalar ``cls_only`` (one more
+        than :attr:`keys`): True computes the last layer at the first token only (``queries = [0]``), so ``cls``
+        and ``pooled`` are exact and ``mean`` / ``tokens`` cover that one token (a caller that reads them feeds
+        False, the default the exported graph holds as an initializer)."""
+        flag = bank[len(self.keys)] if len(bank) > len(self.keys) else None
+        bank = bank[: len(self.keys)]
         mask = torch.index_select(attention_mask, 0, row_source)
         params, lns = self.gather(bank, task_index)
-        return self.features(self.encode(hidden, mask, params, lns, row_source, attention_mask), mask)
+        queries = None
+        if flag is not None:
+            seq = torch._shape_as_tensor(hidden)[1]  # traced: the sequence length stays dynamic in the graph
+            queries = torch.arange(torch.where(flag, torch.ones_like(seq), seq))
+        h = self.encode(hidden, mask, params, lns, row_source, attention_mask, queries)
+        return self.features(h, mask if queries is None else torch.index_select(mask, 1, queries))
 
 
 def shared_until(keys: Sequence[str], adapter_drop: int) -> str | None:

@@ -17,7 +17,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import Tensor, nn
 
-from adapterdeploy.config import TOKENS_OUTPUT
+from adapterdeploy.config import CLS_ONLY_INPUT, TOKENS_OUTPUT
 from adapterdeploy.errors import ExportError
 from adapterdeploy.exporter.featurizer import Adapted, HeadGraph, StandaloneModel, Trunk, bank_dynamic_axes
 
@@ -33,7 +33,12 @@ __all__ = [
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _TEXT_AXES = {0: "batch", 1: "sequence"}
-_DTYPES = {torch.float32: TensorProto.FLOAT, torch.int64: TensorProto.INT64, torch.float16: TensorProto.FLOAT16}
+_DTYPES = {
+    torch.float32: TensorProto.FLOAT,
+    torch.int64: TensorProto.INT64,
+    torch.float16: TensorProto.FLOAT16,
+    torch.bool: TensorProto.BOOL,
+}
 
 
 def export_module(
@@ -145,15 +150,29 @@ def export_adapted(
     axes.update({k: bank_dynamic_axes(k) for k in adapted.keys})
     axes.update({o: {0: "rows"} for o in adapted.output_names})
     axes[TOKENS_OUTPUT] = {0: "rows", 1: "sequence"}
-    return export_module(
+    flag = (torch.tensor(False),) if adapted.cls_only else ()
+    model = export_module(
         adapted,
-        (hidden, mask, row_source, task_index, *bank),
+        (hidden, mask, row_source, task_index, *bank, *flag),
         path,
-        input_names=names,
+        input_names=(*names, CLS_ONLY_INPUT) if flag else names,
         output_names=adapted.output_names,
         dynamic_axes=axes,
         opset=opset,
     )
+    if flag:
+        model = _default_input(model, CLS_ONLY_INPUT, False)
+        onnx.save(model, str(path))
+    return model
+
+
+def _default_input(model: onnx.ModelProto, name: str, value: bool) -> onnx.ModelProto:
+    """Make graph input ``name`` optional: an initializer of the same name holds its default (an ONNX
+    "overridable initializer"; onnxruntime uses it when the input is not fed and does not list the input in
+    ``get_inputs()``), so every caller that does not know the input runs as before."""
+    model.graph.initializer.append(helper.make_tensor(name, TensorProto.BOOL, [], [value]))
+    onnx.checker.check_model(model)
+    return model
 
 
 def export_head(head: HeadGraph, path: str | Path, *, opset: int, hidden_size: int) -> onnx.ModelProto:

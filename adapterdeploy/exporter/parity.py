@@ -4,7 +4,9 @@ What is compared, per task and per output, on every parity batch:
 - features: each adapted output (cls, mean, pooled, tokens) of each row vs the PyTorch encoder of the row's task;
 - logits: ``head.onnx`` on the task's pooled feature (a tagging head: on every real token's hidden state)
   vs ``EncoderWithAdapters.forward``;
-- standalone graphs: their logits vs the same reference.
+- standalone graphs: their logits vs the same reference;
+- with the adapted graph's optional ``cls_only`` input set (when it has one), the features it keeps exact
+  (``cls``, ``pooled``) and the logits of the heads that read them, under the keys ``... (cls_only)``.
 The batches mix tasks in one forward (groups of ``PARITY_GROUP`` tasks), hold padded rows, an unpadded row
 at max length, single texts and pairs, and fan out every text to every task of the group (row_source), plus
 an unpadded batch of one short text fanned out to the group's tasks. fp32 refuses beyond the tolerance
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapterdeploy.config import TOKENS_OUTPUT
+from adapterdeploy.config import CLS_ONLY_FEATURES, CLS_ONLY_INPUT, TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
 
@@ -214,7 +216,12 @@ class GraphRunner:
         self.heads: dict[str, Any] = {}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
 
-    def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    @property
+    def cls_only(self) -> bool:
+        """Whether the adapted graph has the optional ``cls_only`` input (the last layer at token 0 only)."""
+        return CLS_ONLY_INPUT in {i.name for i in self.adapted.get_overridable_initializers()}
+
+    def features(self, batch: ParityBatch, bank: Sequence[np.ndarray], cls_only: bool = False) -> dict[str, np.ndarray]:
         text = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -228,7 +235,10 @@ class GraphRunner:
             "task_index": batch.task_index,
             **dict(zip(self.bank_names, bank, strict=True)),
         }
-        outs = self.adapted.run(None, _feed(self.adapted, values))
+        feed = _feed(self.adapted, values)
+        if cls_only:
+            feed[CLS_ONLY_INPUT] = np.array(True)
+        outs = self.adapted.run(None, feed)
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
 
     def keep_heads(self, tasks: Sequence[str]) -> None:
@@ -264,7 +274,7 @@ class ParityResult:
         """``{"logits_max_abs_diff", "features_max_abs_diff", "argmax_agreement", "rows"}`` (one or all tasks)."""
         tasks = [task] if task is not None else list(self.per_task)
         slots = [self.per_task[t] for t in tasks if t in self.per_task]
-        logits = max((s.get("logits", 0.0) for s in slots), default=0.0)
+        logits = max((v for s in slots for k, v in s.items() if k.startswith("logits")), default=0.0)
         feats = max((v for s in slots for k, v in s.items() if k.startswith("features.")), default=0.0)
         n = sum(s.get("_n", 0.0) for s in slots)
         out: dict[str, Any] = {"logits_max_abs_diff": _fmt(logits)}
@@ -309,6 +319,7 @@ def run_parity(
         local, bank = batch_bank(rows, keys, batch)
         runner.keep_heads([tasks[int(t)] for t in np.unique(batch.task_index)])
         feats = runner.features(local, bank)
+        first = runner.features(local, bank, cls_only=True) if runner.cls_only else None
         del bank
         result.rows += len(batch.row_source)
         for t in np.unique(batch.task_index).tolist():
@@ -332,6 +343,14 @@ def run_parity(
             result.add(task, "logits", np.abs(logits - expected).max())
             if classification[t]:
                 result.agreement(task, int((logits.argmax(-1) == expected.argmax(-1)).sum()), len(logits))
+            if first is not None:  # the same rows with cls_only: the features it keeps exact, and their heads
+                for name in CLS_ONLY_FEATURES & set(first):
+                    result.add(
+                        task, f"features.{name} (cls_only)", np.abs(first[name][sel] - ref.features[name][src]).max()
+                    )
+                if features[t] in CLS_ONLY_FEATURES:
+                    logits = runner.head(task, first[features[t]][sel])
+                    result.add(task, "logits (cls_only)", np.abs(logits - ref.logits[src]).max())
     runner.keep_heads([])
     return result
 

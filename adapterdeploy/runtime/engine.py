@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from adapterdeploy.artifacts import TaskSpec
-from adapterdeploy.config import TOKENS_OUTPUT
+from adapterdeploy.config import CLS_ONLY_FEATURES, CLS_ONLY_INPUT, TOKENS_OUTPUT
 from adapterdeploy.runtime.bank import BankLayout, TaskRows
 from adapterdeploy.runtime.embedding import Embed, Embedding, l2_normalize
 from adapterdeploy.runtime.heads import Head, predictions_from_logits
@@ -78,6 +78,10 @@ class Engine:
         self.trunk_inputs = {i.name for i in trunk.get_inputs()}
         self.trunk_output = trunk.get_outputs()[0].name
         self.output_names = [o.name for o in adapted.get_outputs()]
+        # Adapted graphs exported since the cls_only input (an optional input: an overridable initializer) can
+        # compute their last layer at the first token only; older deployments have no such input and run whole.
+        optional = getattr(adapted, "get_overridable_initializers", lambda: [])()
+        self.cls_only = CLS_ONLY_INPUT in {i.name for i in optional}
         self._snapshot: _Snapshot | None = None
         self._snap_lock = threading.Lock()
 
@@ -152,7 +156,11 @@ class Engine:
             )
             if k in self.trunk_inputs
         }
-        small = {"attention_mask": padded.attention_mask, "row_source": row_source, "task_index": task_index}
+        small: dict[str, np.ndarray] = {
+            "attention_mask": padded.attention_mask,
+            "row_source": row_source,
+            "task_index": task_index,
+        }
         # Only the pooled features this batch's heads and embeddings read are copied out. (onnxruntime still
         # runs every node of the graph: measured with 1.32, the same nodes per run whichever outputs are
         # fetched; RunOptions.only_execute_path_to_fetches works in training builds only.)
@@ -160,6 +168,8 @@ class Engine:
         wanted = {t.head.feature for t, e in zip(row_tasks, embeds, strict=True) if e is None and t is not None}
         wanted |= {e.feature for e in embeds if e is not None}
         names = [n for n in self.output_names if n in wanted]
+        if self.cls_only:  # the last layer at token 0 only, unless a row reads mean or tokens
+            small[CLS_ONLY_INPUT] = np.array(wanted <= CLS_ONLY_FEATURES)
         if self.device:
             outs = self._run_bound(trunk_feeds, small, bank, names)
         else:

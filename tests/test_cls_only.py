@@ -1,0 +1,224 @@
+"""The adapted graph's optional ``cls_only`` input: the last layer at the first token only.
+
+``cls`` and ``pooled`` read only the CLS state of the last layer, whose query needs every token's key and value
+but nothing else per token; with ``cls_only`` True the graph computes the rest of that layer (attention output,
+feed-forward, adapter sites) for token 0 alone. Checked in PyTorch against the full layer for each adapter
+form, through the exported ONNX graph (the input defaults to False: callers that do not feed it are unchanged),
+and through the runtime, which feeds True only when no row of a batch reads ``mean`` or ``tokens``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from adapterdeploy.config import CLS_ONLY_INPUT, AdapterConfig, HeadConfig, PeftSpec
+from adapterdeploy.exporter.featurizer import Adapted, stack_bank, task_rows
+from adapterdeploy.models.encoder import EncoderWithAdapters
+
+K = 1
+FORMS = {
+    "after_layer": {},
+    "pfeiffer": {"placement": "pfeiffer"},
+    "houlsby": {"placement": "houlsby"},
+    "pfeiffer_own_ln": {"placement": "pfeiffer", "per_task_layernorm": True},
+}
+
+
+def _models(base, kwargs: dict, n: int = 2, lora: tuple[str, ...] = ()) -> list[EncoderWithAdapters]:
+    torch.manual_seed(0)
+    models = []
+    for i in range(n):
+        cfg = AdapterConfig(layers=tuple(range(K, base.num_layers)), bottleneck=4 + 2 * i, **kwargs)
+        if lora:
+            cfg = dataclasses.replace(cfg, peft=PeftSpec(lora=lora, rank=2))
+        model = EncoderWithAdapters(base, cfg, HeadConfig(num_labels=2))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0.0, 0.3)
+        models.append(model.eval())
+    return models
+
+
+def _inputs(hidden_size: int) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 6, hidden_size)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 3:] = 0
+    return hidden, mask, torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 1])
+
+
+def _check_torch(base, models) -> Adapted:
+    signature = models[0].adapter_config.signature()
+    adapted = Adapted(base, K, signature)
+    assert adapted.cls_only
+    bank = stack_bank([task_rows(m, signature, adapted.adapted_layers) for m in models], adapted.keys)
+    args = (*_inputs(base.hidden_size), *bank)
+    with torch.no_grad():
+        full = dict(zip(adapted.output_names, adapted(*args), strict=True))
+        default = dict(zip(adapted.output_names, adapted(*args, torch.tensor(False)), strict=True))
+        first = dict(zip(adapted.output_names, adapted(*args, torch.tensor(True)), strict=True))
+    assert first["tokens"].shape[1] == 1 and full["tokens"].shape[1] == 6
+    for name in adapted.output_names:
+        torch.testing.assert_close(default[name], full[name], rtol=0, atol=1e-5)
+    for name in ("cls", "pooled"):
+        if name in full:
+            torch.testing.assert_close(first[name], full[name], rtol=0, atol=1e-5)
+    return adapted
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_cls_only_last_layer_gives_the_same_cls_and_pooled(tiny_base, form):
+    _check_torch(tiny_base, _models(tiny_base, FORMS[form]))
+
+
+def test_cls_only_with_lora_on_query_key_value(tiny_base):
+    _check_torch(
+        tiny_base,
+        _models(tiny_base, {"placement": "pfeiffer"}, lora=("query", "key", "value", "attn_out", "ffn_in", "ffn_out")),
+    )
+
+
+def test_relative_positions_keep_the_full_last_layer(tiny_base):
+    adapted = Adapted(tiny_base, K, AdapterConfig().signature())
+    adapted.hf.encoder.layer[-1].attention.self.position_embedding_type = "relative_key"
+    from adapterdeploy.exporter.featurizer import supports_query_subset
+
+    assert not supports_query_subset(adapted.hf.encoder.layer[-1])
+
+
+def test_exported_graph_defaults_to_the_full_computation(tiny_base, tmp_path):
+    from adapterdeploy.exporter.onnx_graphs import export_adapted
+
+    models = _models(tiny_base, {"placement": "houlsby"})
+    adapted = _check_torch(tiny_base, models)
+    signature = models[0].adapter_config.signature()
+    bank = stack_bank([task_rows(m, signature, adapted.adapted_layers) for m in models], adapted.keys)
+    path = tmp_path / "adapted.onnx"
+    export_adapted(adapted, path, opset=17, hidden_size=tiny_base.hidden_size, bank=bank)
+    model = onnx.load(str(path))
+    assert CLS_ONLY_INPUT in {i.name for i in model.graph.input}
+    assert CLS_ONLY_INPUT in {i.name for i in model.graph.initializer}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert CLS_ONLY_INPUT not in {i.name for i in session.get_inputs()}  # optional: old callers feed the rest
+    assert CLS_ONLY_INPUT in {i.name for i in session.get_overridable_initializers()}
+    hidden, mask, rows, tasks = _inputs(tiny_base.hidden_size)
+    feed = {"hidden": hidden.numpy(), "attention_mask": mask.numpy(), "row_source": rows.numpy()}
+    feed |= {"task_index": tasks.numpy(), **{k: b.numpy() for k, b in zip(adapted.keys, bank, strict=True)}}
+    names = [o.name for o in session.get_outputs()]
+    full = dict(zip(names, session.run(None, feed), strict=True))
+    first = dict(zip(names, session.run(None, {**feed, CLS_ONLY_INPUT: np.array(True)}), strict=True))
+    with torch.no_grad():
+        want = dict(zip(adapted.output_names, adapted(hidden, mask, rows, tasks, *bank), strict=True))
+    for name in names:
+        np.testing.assert_allclose(full[name], want[name].numpy(), rtol=0, atol=1e-5)
+    assert first["tokens"].shape[1] == 1
+    for name in ("cls", "pooled"):
+        if name in names:
+            np.testing.assert_allclose(first[name], want[name].numpy(), rtol=0, atol=1e-5)
+
+
+class _Spy:
+    """The adapted session, recording the ``cls_only`` value of each run (None: not fed)."""
+
+    def __init__(self, session) -> None:
+        self.session, self.fed = session, []
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feed):
+        self.fed.append(None if CLS_ONLY_INPUT not in feed else bool(feed[CLS_ONLY_INPUT]))
+        return self.session.run(names, feed)
+
+
+@pytest.fixture(scope="module")
+def cls_and_mean_dir(tiny_base_dir, tmp_path_factory) -> tuple:
+    """Two after_layer tasks, ``c`` reading cls and ``m`` mean, exported fp32 + int8 + fp16 (each variant passes
+    the exporter's parity, which checks cls_only against PyTorch too)."""
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.checkpoint import checkpoint_from_model, save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("cls_only")
+    base = load_base(tiny_base_dir)
+    dirs = []
+    for name, pooling in (("c", "cls"), ("m", "mean")):
+        cfg = AdapterConfig(layers=tuple(range(K, base.num_layers)), bottleneck=4)
+        model = EncoderWithAdapters(base, cfg, HeadConfig(num_labels=3, pooling=pooling)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0.0, 0.3)
+        ckpt = checkpoint_from_model(model, name, max_length=16, text_pair=False)
+        dirs.append(save_checkpoint(ckpt, tmp / name))
+    manifest = export_deployment(
+        tiny_base_dir, dirs, tmp / "dep", adapter_drop=K, max_length=16, precisions=("fp32", "int8", "fp16")
+    )
+    return tmp / "dep", manifest
+
+
+def test_every_variant_keeps_the_optional_input(cls_and_mean_dir):
+    dep, manifest = cls_and_mean_dir
+    files = [dep / v.adapted for v in manifest.featurizer.variants.values()]
+    assert len(files) >= 3
+    for path in files:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert CLS_ONLY_INPUT in {i.name for i in session.get_overridable_initializers()}, path.name
+
+
+def test_runtime_feeds_cls_only_only_when_no_row_reads_mean_or_tokens(cls_and_mean_dir):
+    from adapterdeploy.runtime import Deployment
+    from adapterdeploy.runtime.embedding import Embed
+
+    texts = ["the movie was good", "a very bad film that went on and on"]
+    with Deployment.open(cls_and_mean_dir[0]) as d:
+        spy = d._engine.adapted = _Spy(d._engine.adapted)
+        alone_c = d.predict(texts, task="c")
+        alone_m = d.predict(texts, task="m")
+        emb_mean = d.embed(texts, task="c", pooling="mean")
+        emb_cls = d.embed(texts, task="c", pooling="cls")
+        assert spy.fed == [True, False, False, True]
+        mixed = d.predict_mixed([("c", texts[0]), ("m", texts[1]), (Embed("c", "mean"), texts[0]), ("c", texts[1])])
+        assert spy.fed[-1] is False  # a mean row in the batch: the full last layer for every row
+        both = d.predict_mixed([("c", texts[1]), (Embed("c", "cls"), texts[0])])
+        assert spy.fed[-1] is True
+    for got, want in ((mixed[0], alone_c[0]), (mixed[1], alone_m[1]), (mixed[3], alone_c[1]), (both[0], alone_c[1])):
+        np.testing.assert_allclose(list(got.probabilities.values()), list(want.probabilities.values()), atol=1e-5)
+    np.testing.assert_allclose(mixed[2].vector, emb_mean[0], atol=1e-5)
+    np.testing.assert_allclose(both[1].vector, emb_cls[0], atol=1e-5)
+
+
+def test_a_graph_without_the_input_runs_whole(cls_and_mean_dir, tmp_path):
+    """An adapted graph exported before cls_only (no such input): the runtime feeds nothing new."""
+    from adapterdeploy.runtime import Deployment
+    from adapterdeploy.runtime.engine import Engine
+
+    dep, manifest = cls_and_mean_dir
+    model = onnx.load(str(dep / manifest.featurizer.variants["fp32"].adapted))
+    keep = [i for i in model.graph.initializer if i.name != CLS_ONLY_INPUT]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    model.graph.initializer.append(onnx.helper.make_tensor("old_false", onnx.TensorProto.BOOL, [], [False]))
+    for node in model.graph.node:
+        node.input[:] = ["old_false" if x == CLS_ONLY_INPUT else x for x in node.input]
+    inputs = [i for i in model.graph.input if i.name != CLS_ONLY_INPUT]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    old = ort.InferenceSession(str(tmp_path / "old.onnx"), providers=["CPUExecutionProvider"])
+    texts = ["the movie was good", "a very bad film"]
+    with Deployment.open(dep) as d:
+        want = {t: d.predict(texts, task=t) for t in ("c", "m")}
+        d._engine = Engine(d._engine.trunk, _Spy(old), d._engine.layout, bank_mode=d._engine.bank_mode)
+        assert not d._engine.cls_only
+        for task in ("c", "m"):
+            for p, q in zip(d.predict(texts, task=task), want[task], strict=True):
+                np.testing.assert_allclose(list(p.probabilities.values()), list(q.probabilities.values()), atol=1e-5)
+        assert d._engine.adapted.fed == [None, None]
