@@ -80,7 +80,7 @@ class Engine:
         self.output_names = [o.name for o in adapted.get_outputs()]
         # Adapted graphs exported since the cls_only input (an optional input: an overridable initializer) can
         # compute their last layer at the first token only; older deployments have no such input and run whole.
-        optional = getattr(adapted, "get_overridable_initializers", lambda: [])()
+        optional: list[Any] = getattr(adapted, "get_overridable_initializers", list)()
         self.cls_only = CLS_ONLY_INPUT in {i.name for i in optional}
         self._snapshot: _Snapshot | None = None
         self._snap_lock = threading.Lock()
