@@ -168,7 +168,10 @@ class Engine:
         wanted = {t.head.feature for t, e in zip(row_tasks, embeds, strict=True) if e is None and t is not None}
         wanted |= {e.feature for e in embeds if e is not None}
         names = [n for n in self.output_names if n in wanted]
-        if self.cls_only:  # the last layer at token 0 only, unless a row reads mean or tokens
+        # The last layer at token 0 only, unless a row reads mean or tokens. Not on the I/O-binding path:
+        # onnxruntime 1.32's IOBinding cannot bind an input that has an initializer ("Failed to find NodeArg"),
+        # so that path runs the graph's default (the full last layer).
+        if self.cls_only and not self.device:
             small[CLS_ONLY_INPUT] = np.array(wanted <= CLS_ONLY_FEATURES)
         if self.device:
             outs = self._run_bound(trunk_feeds, small, bank, names)
