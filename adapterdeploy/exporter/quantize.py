@@ -7,10 +7,10 @@ become int8 and embedding Gathers become int8. The adapter MatMuls read their we
 ``down_w`` / ``up_w`` inputs become int8 with per-column fp32 scales (``<name>_scale``, quantized by the
 runtime at load, runtime/bank.py), and each ``MatMul(x, Gather(w))`` becomes
 ``DynamicQuantizeLinear(x)`` + ``MatMulInteger(x_q, Gather(w_q), x_zp)`` + ``Cast`` + ``x_scale * Gather(scale)``.
-Measured on MiniLM (issue 15, docs/performance.md section 4): as fast as the fp32 adapter MatMuls (their
-cost is per-node dispatch, not arithmetic), a quarter of the bank's memory, and inside the int8 tolerance.
-com.microsoft's ``DynamicQuantizeMatMul`` on the gathered rows (one node instead of four) was slower at
-batch 32 (345 vs 319 ms at 32 x 46, one thread), so the standard-op form is kept.
+onnxruntime fuses those four nodes into one ``DynamicQuantizeMatMul`` per MatMul at session load (writing
+that op directly measured the same). Measured on MiniLM (issue 15, docs/performance.md section 4): as fast
+as the fp32 adapter MatMuls end to end (their cost is per-node dispatch, not arithmetic), bank rows 3.5x
+smaller, and inside the int8 tolerance.
 
 Per-channel scales for the base, measured on MiniLM + the trained SST-2 adapter (256 dev rows, vs the
 fp32 graphs): argmax agreement 97.7% vs 94.5% per-tensor, max logit diff 0.74 vs 1.51, same size and speed.
