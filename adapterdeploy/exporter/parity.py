@@ -32,6 +32,7 @@ import torch
 from adapterdeploy.config import CLS_ONLY_FEATURES, CLS_ONLY_INPUT, TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
+from adapterdeploy.runtime.bank import SCALE_SUFFIX, quantize_columns
 
 __all__ = [
     "PARITY_GROUP",
@@ -214,14 +215,36 @@ class GraphRunner:
         self.threads = threads
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
-        self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
+        self._int8 = {i.name for i in self.adapted.get_inputs() if i.type == "tensor(int8)"}
+        # The bank keys in graph order; an int8 variant's <key>_scale inputs are derived from their key's rows.
+        self.bank_names = [
+            n
+            for n in [i.name for i in self.adapted.get_inputs()][4:]
+            if not (n.endswith(SCALE_SUFFIX) and n.removesuffix(SCALE_SUFFIX) in self._int8)
+        ]
 
     @property
     def cls_only(self) -> bool:
         """Whether the adapted graph has the optional ``cls_only`` input (the last layer at token 0 only)."""
         return CLS_ONLY_INPUT in {i.name for i in self.adapted.get_overridable_initializers()}
 
-    def features(self, batch: ParityBatch, bank: Sequence[np.ndarray], cls_only: bool = False) -> dict[str, np.ndarray]:
+    def bank_feeds(self, bank: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``bank_names``' fp32 arrays as the graph's feeds: int8 inputs quantized as the runtime does it at load."""
+        if isinstance(bank, Mapping):
+            return dict(bank)
+        feeds = {}
+        for name, arr in zip(self.bank_names, bank, strict=True):
+            if name in self._int8:
+                feeds[name], feeds[name + SCALE_SUFFIX] = quantize_columns(arr)
+            else:
+                feeds[name] = arr
+        return feeds
+
+    def features(
+        self, batch: ParityBatch, bank: Sequence[np.ndarray] | Mapping[str, np.ndarray], cls_only: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Pooled features of ``batch``; ``bank``: fp32 arrays in ``bank_names`` order, or :meth:`bank_feeds`.
+        ``cls_only``: feed the adapted graph's optional input of that name True (the last layer at token 0)."""
         text = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -233,7 +256,7 @@ class GraphRunner:
             "attention_mask": batch.attention_mask,
             "row_source": batch.row_source,
             "task_index": batch.task_index,
-            **dict(zip(self.bank_names, bank, strict=True)),
+            **self.bank_feeds(bank),
         }
         feed = _feed(self.adapted, values)
         if cls_only:
