@@ -171,11 +171,15 @@ def torch_reference(models: Mapping[int, EncoderWithAdapters], batch: ParityBatc
     return refs
 
 
-def _session(path: str | Path, threads: int | None = None):
+def _session(path: str | Path, threads: int | None = None, *, arena: bool = True):
+    """A plain CPU session. ``arena=False`` (the parity runs): activations go back to the allocator after each
+    run instead of staying in onnxruntime's arena for the session's life, so a session kept open across the
+    parity groups holds its weights only (with the arena, an fp32 MiniLM runner kept ~200 MB more)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -202,14 +206,16 @@ class GraphRunner:
         threads: int | None = None,
         *,
         factory: Any = None,
+        arena: bool = True,
     ) -> None:
         """``factory``: a runtime ``SessionFactory`` to open the two graphs exactly as ``Deployment.open``
-        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads."""
+        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads (``arena``: see
+        :func:`_session`)."""
         if factory is not None:
             self.trunk, self.adapted = factory.session(Path(trunk)), factory.session(Path(adapted))
         else:
-            self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
-        self.threads = threads
+            self.trunk, self.adapted = _session(trunk, threads, arena=arena), _session(adapted, threads, arena=arena)
+        self.threads, self.arena = threads, arena
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
@@ -231,6 +237,11 @@ class GraphRunner:
         outs = self.adapted.run(None, _feed(self.adapted, values))
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
 
+    def use_heads(self, heads: Mapping[str, str | Path]) -> None:
+        """Check another set of task heads with the same trunk and adapted sessions (add-task: the next group)."""
+        self.keep_heads([])
+        self.head_paths = dict(heads)
+
     def keep_heads(self, tasks: Sequence[str]) -> None:
         """Close the head sessions of tasks not in ``tasks``."""
         keep = set(tasks)
@@ -240,7 +251,7 @@ class GraphRunner:
     def head(self, task: str, features: np.ndarray) -> np.ndarray:
         session = self.heads.get(task)
         if session is None:
-            session = self.heads[task] = _session(self.head_paths[task], self.threads)
+            session = self.heads[task] = _session(self.head_paths[task], self.threads, arena=self.arena)
         return session.run(None, _feed(session, {"features": features}))[0].astype(np.float32)
 
 
@@ -274,6 +285,11 @@ class ParityResult:
         if task is None:
             out["rows"] = self.rows
         return out
+
+    def merge(self, other: ParityResult) -> None:
+        """Add another group's result (its tasks are not in this one)."""
+        self.per_task.update(other.per_task)
+        self.rows += other.rows
 
     def failures(self, tolerance: float) -> dict[str, float]:
         return {
@@ -345,7 +361,7 @@ def compare_standalone(
     refs: Sequence[Mapping[int, _Reference]],
 ) -> ParityResult:
     """A standalone graph's logits on every unique text vs the task's PyTorch logits."""
-    session = _session(path)
+    session = _session(path, arena=False)
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
         ref = batch_refs.get(t)
