@@ -15,6 +15,7 @@ import pytest
 from exporter_helpers import make_checkpoint
 
 from adapterdeploy.artifacts import Manifest
+from adapterdeploy.errors import ParityError
 from adapterdeploy.exporter import parity, task_pieces
 from adapterdeploy.exporter.deployment import export_deployment
 from adapterdeploy.exporter.updates import add_tasks
@@ -111,3 +112,19 @@ def test_add_task_holds_one_group_of_checkpoints_rows_and_models(exported, tiny_
     for spec in specs:  # every task still checked against its PyTorch model, recorded in its task.json
         assert spec.parity["fp32"]["logits_max_abs_diff"] <= 1e-4
         assert manifest.parity["tasks"][spec.name]["fp32"]["argmax_agreement"] is not None
+
+
+def test_add_task_refusal_names_the_failing_tasks_of_every_group(exported, tiny_base, tmp_path, monkeypatch):
+    """Streaming keeps the check whole: an fp32 failure in one group does not stop the others being checked, the
+    ParityError names the tasks of every group, and nothing is installed."""
+    dep, _, ck = exported
+    shutil.copytree(dep, tmp_path / "dep")
+    before = (tmp_path / "dep" / "deployment.json").read_bytes()
+    ckpts = [make_checkpoint(tiny_base, ck, f"bad{i}", seed=20 + i) for i in range(GROUP + 1)]
+    monkeypatch.setattr(parity, "PARITY_GROUP", GROUP)
+    with pytest.raises(ParityError) as err:
+        add_tasks(tmp_path / "dep", ckpts, tolerance=1e-12)  # fp32 ONNX vs PyTorch is never exact
+    assert {key.split()[0] for key in err.value.failures} == {f"bad{i}" for i in range(GROUP + 1)}
+    assert (tmp_path / "dep" / "deployment.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "dep" / "tasks").iterdir()) == [f"t{i}" for i in range(N_TASKS)]
+    assert not list((tmp_path / "dep").glob(".staging-*"))
