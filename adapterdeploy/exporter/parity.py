@@ -171,15 +171,11 @@ def torch_reference(models: Mapping[int, EncoderWithAdapters], batch: ParityBatc
     return refs
 
 
-def _session(path: str | Path, threads: int | None = None, *, arena: bool = True):
-    """A plain CPU session. ``arena=False`` (the parity runs): activations go back to the allocator after each
-    run instead of staying in onnxruntime's arena for the session's life, so a session kept open across the
-    parity groups holds its weights only (with the arena, an fp32 MiniLM runner kept ~200 MB more)."""
+def _session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = arena
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -206,16 +202,26 @@ class GraphRunner:
         threads: int | None = None,
         *,
         factory: Any = None,
-        arena: bool = True,
+        shrink_arena: bool = False,
     ) -> None:
         """``factory``: a runtime ``SessionFactory`` to open the two graphs exactly as ``Deployment.open``
-        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads (``arena``: see
-        :func:`_session`)."""
+        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads.
+
+        ``shrink_arena``: every run hands the activations in onnxruntime's CPU arena back when it ends
+        (``memory.enable_memory_arena_shrinkage``), so sessions kept open across add-task's groups hold their
+        weights only, not the activations of their largest batch (measured: docs/performance.md, section 10;
+        a session with no arena at all peaked higher still).
+        """
+        import onnxruntime as ort
+
         if factory is not None:
             self.trunk, self.adapted = factory.session(Path(trunk)), factory.session(Path(adapted))
         else:
-            self.trunk, self.adapted = _session(trunk, threads, arena=arena), _session(adapted, threads, arena=arena)
-        self.threads, self.arena = threads, arena
+            self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
+        self.threads = threads
+        self.run_options = ort.RunOptions()
+        if shrink_arena:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
         self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
@@ -226,7 +232,7 @@ class GraphRunner:
             "attention_mask": batch.attention_mask,
             "token_type_ids": batch.token_type_ids,
         }
-        (hidden,) = self.trunk.run(None, _feed(self.trunk, text))
+        (hidden,) = self.trunk.run(None, _feed(self.trunk, text), self.run_options)
         values = {
             "hidden": hidden,
             "attention_mask": batch.attention_mask,
@@ -234,7 +240,7 @@ class GraphRunner:
             "task_index": batch.task_index,
             **dict(zip(self.bank_names, bank, strict=True)),
         }
-        outs = self.adapted.run(None, _feed(self.adapted, values))
+        outs = self.adapted.run(None, _feed(self.adapted, values), self.run_options)
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
 
     def use_heads(self, heads: Mapping[str, str | Path]) -> None:
@@ -251,8 +257,8 @@ class GraphRunner:
     def head(self, task: str, features: np.ndarray) -> np.ndarray:
         session = self.heads.get(task)
         if session is None:
-            session = self.heads[task] = _session(self.head_paths[task], self.threads, arena=self.arena)
-        return session.run(None, _feed(session, {"features": features}))[0].astype(np.float32)
+            session = self.heads[task] = _session(self.head_paths[task], self.threads)
+        return session.run(None, _feed(session, {"features": features}), self.run_options)[0].astype(np.float32)
 
 
 @dataclass
@@ -361,7 +367,7 @@ def compare_standalone(
     refs: Sequence[Mapping[int, _Reference]],
 ) -> ParityResult:
     """A standalone graph's logits on every unique text vs the task's PyTorch logits."""
-    session = _session(path, arena=False)
+    session = _session(path)
     result = ParityResult()
     for batch, batch_refs in zip(batches, refs, strict=True):
         ref = batch_refs.get(t)

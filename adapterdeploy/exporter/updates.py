@@ -219,7 +219,7 @@ def _check_and_write(
 
     Per group: its checkpoints are read again with their weights, its PyTorch models, references, heads and
     head sessions live only while it is checked and its pieces written into ``stage``; the featurizer sessions
-    (one runner per precision, without onnxruntime's arena) are opened once. Every group is checked even after
+    (one runner per precision, its arena shrunk after each run) are opened once. Every group is checked even after
     an fp32 failure, so the error the caller raises lists every failing task, as one run over all did; nothing
     more is written then (``stage`` is discarded on the error).
     """
@@ -242,7 +242,7 @@ def _check_and_write(
             log(f"checking {precision} parity of task(s) {inputs.tasks}")
             trunk, adapted = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
             try:
-                runner = runners.get(precision) or GraphRunner(trunk, adapted, {}, arena=False)
+                runner = runners.get(precision) or GraphRunner(trunk, adapted, {}, shrink_arena=True)
                 runners[precision] = runner
                 group[precision], _ = inputs.run(trunk, adapted, runner)
             except Exception:

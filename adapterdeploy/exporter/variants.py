@@ -59,7 +59,7 @@ class ParityInputs:
         """Parity of these graphs; ``runner``: sessions of them already open (add-task keeps one per precision
         across its task groups), given these heads."""
         if runner is None:
-            runner = GraphRunner(trunk, adapted, self.heads, arena=False)
+            runner = GraphRunner(trunk, adapted, self.heads)
         else:
             runner.use_heads(self.heads)
         return run_parity(
