@@ -13,7 +13,8 @@ an unpadded batch of one short text fanned out to the group's tasks. fp32 refuse
 Memory is bounded by the group, not by the number of tasks N (issue 16): each batch is given only its own
 tasks' bank rows (:func:`batch_bank`), head sessions live while their group's batches run
 (:meth:`GraphRunner.keep_heads`), and the PyTorch references are computed one group of task models at a time
-by the caller (``torch_reference`` takes the models of the tasks it should cover).
+by the caller (``torch_reference`` takes the models of the tasks it should cover). add-task goes further and
+checks one group at a time on runners it keeps open (``GraphRunner(shrink_arena=True)``, :meth:`GraphRunner.use_heads`).
 """
 
 from __future__ import annotations
