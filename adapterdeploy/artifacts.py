@@ -30,7 +30,10 @@ Graph I/O (names are part of the contract; dynamic axes are named):
     head:    features float [rows, H] -> logits float [rows, out]
     standalone: input_ids, attention_mask, token_type_ids int64 [batch, sequence] -> logits [batch, out]
     The bank's T (``tasks``) and m (``bottleneck``) axes are dynamic. ``VariantSpec.io_dtypes`` gives each
-    graph's float I/O dtypes: fp16 variants take float16 bank inputs, all activations stay float32.
+    graph's float I/O dtypes: fp16 variants take float16 bank inputs, all activations stay float32. int8
+    variants exported since issue 15 (optimization ``...+int8-bank``) take ``down_w`` / ``up_w`` as int8 plus
+    ``<key>_scale`` float32 ``[T, 1, N]`` inputs (per-column scales; the runtime quantizes task rows at load,
+    runtime/bank.py); older int8 variants take float32 bank inputs and still load.
     A head reads the adapted output named by its pooling: cls -> ``cls``, mean -> ``mean``, pooler -> ``pooled``.
 
 BANK KEYS: per adapted layer l and site s (attn / ffn / layer): ``bank.{l}.{s}.down_w [T, H, m]``,
@@ -349,8 +352,9 @@ class VariantSpec:
     parity: dict[str, Any] = field(default_factory=dict)
     # Added by the exporter: how the variant was chosen (candidate timings in ms, batch shape, chosen one).
     timings: dict[str, Any] = field(default_factory=dict)
-    # {"trunk" | "adapted": {graph input/output name: "float32" | "float16" | "int64"}}; fp16 variants take
-    # fp16 bank inputs (the runtime casts task rows once) while hidden / cls / mean / pooled stay float32.
+    # {"trunk" | "adapted": {graph input/output name: "float32" | "float16" | "int64" | "int8"}}; fp16 variants
+    # take fp16 bank inputs (the runtime casts task rows once) while hidden / cls / mean / pooled stay float32;
+    # int8 variants with "+int8-bank" take int8 adapter projections plus their "<key>_scale" inputs.
     io_dtypes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 

@@ -22,6 +22,15 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+def _ints(value: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in _csv(value) or ()) or None
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers", param_hint="--fanout-k"
+        ) from None
+
+
 @click.command("bench", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--quick",
@@ -56,6 +65,12 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     "rounds = tighter medians on a noisy machine, linearly longer.",
 )
 @click.option("--block-s", type=float, default=None, help="Target seconds per system per round (default 0.4).")
+@click.option(
+    "--fanout-k",
+    default=None,
+    help="Comma-separated AdapterDrop K values for the fanout section (default: every K; --quick: 0,2). "
+    "One export per K: '--sections fanout --fanout-k 3' measures the K = 3 fan-out and the Parallel comparison.",
+)
 @click.option("--no-compile", is_flag=True, help="Leave torch.compile out (its compilation takes minutes on 2 cores).")
 @click.option(
     "--ckpt-dir",
@@ -88,6 +103,7 @@ def main(
     threads: int | None,
     rounds: int | None,
     block_s: float | None,
+    fanout_k: str | None,
     no_compile: bool,
     ckpt_dir: Path | None,
     out: Path | None,
@@ -110,6 +126,7 @@ def main(
         threads=threads,
         rounds=rounds,
         block_s=block_s,
+        fanout_k=_ints(fanout_k),
         compile=False if no_compile else None,
         ckpt_dir=ckpt_dir,
     )

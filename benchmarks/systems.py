@@ -8,6 +8,7 @@ batch's longest row), the forward pass, and a softmax. Systems:
     torch_compile     the same model under torch.compile (compiled during warm-up)
     torch_adapterhub  eager PyTorch: the AdapterHub ``adapters`` library, seq_bn adapter + 1-layer head
     torch_adapterhub_composed  the same library running saved Stack / Fuse compositions (composition section)
+    torch_adapterhub_parallel  the same library's Parallel composition of n adapters (fan-out section)
     ort_model         one onnxruntime session over one exported ONNX file (optimum's export, O3 or not)
     ort_per_task      one onnxruntime session per task ("the common way" for many tasks), up to a memory budget
     ours              adapterdeploy.runtime.Deployment (fp32 or int8)
@@ -186,6 +187,77 @@ class TorchAdapterHub:
             return softmax(logits.numpy())
 
         return run
+
+
+class TorchAdapterHubParallel:
+    """The adapters library's ``Parallel`` composition: ``n`` seq_bn adapters, each with its own head, in one model.
+
+    What a user of the library does to answer one text for n tasks in one forward: ``Parallel(*names)``
+    replicates the batch at the first adapter layer, so with ``leave_out`` = layers [0, K) (the library's
+    own way to skip layers) the layers below K run once, like our AdapterDrop K. Same bottleneck and
+    activation as our tasks; random weights (``init_std``), which do not change the timing. A ``fanout``
+    payload's task names only count (one adapter per task); a ``separate`` payload runs one forward per task
+    with that task's adapter alone active (one task: the library's single-task call).
+    """
+
+    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+        _set_torch_threads(threads)
+        import adapters
+        import torch
+
+        torch.manual_seed(int(spec.get("seed", 0)))
+        self.torch = torch
+        model = adapters.AutoAdapterModel.from_pretrained(spec["base_dir"], local_files_only=True)
+        self.names = [f"a{i}" for i in range(int(spec["adapters"]))]
+        cfg = adapters.SeqBnConfig(
+            reduction_factor=float(spec["reduction_factor"]),
+            non_linearity=spec["activation"],
+            leave_out=list(range(int(spec.get("adapter_drop", 0)))),
+        )
+        for name in self.names:
+            model.add_adapter(name, config=cfg)
+            model.add_classification_head(name, num_labels=int(spec.get("num_labels", 2)), layers=1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".adapters." in name and p.dim() == 2:
+                    p.normal_(0.0, float(spec.get("init_std", 0.05)))
+        self.model = model.eval()
+        self.parallel = adapters.composition.Parallel(*self.names)
+        self.active: Any = None
+        self.encode = BatchEncoder(spec["tokenizer"], int(spec["max_length"]))
+
+    def prepare(self, payload: dict[str, Any]) -> Callable[[], object]:
+        kind, n = payload.get("kind"), len(payload["tasks"])
+        if kind not in ("fanout", "separate") or n > len(self.names) or (kind == "fanout" and n != len(self.names)):
+            raise ValueError(f"this system answers fanout payloads to its {len(self.names)} adapters, or separate ones")
+        rows, torch, model = [_row(payload["text"])], self.torch, self.model
+
+        def forward() -> Any:
+            enc = self.encode(rows)
+            with torch.inference_mode():
+                return model(**{k: torch.from_numpy(v) for k, v in enc.items()})
+
+        def fanout() -> list[np.ndarray]:
+            self._activate(self.parallel)
+            return [softmax(o.logits.numpy()) for o in forward()]
+
+        def separate() -> list[np.ndarray]:
+            out = []
+            for name in self.names[:n]:
+                self._activate(name)
+                out.append(softmax(forward().logits.numpy()))
+            return out
+
+        return fanout if kind == "fanout" else separate
+
+    def _activate(self, setup: Any) -> None:
+        """Switch the model's active composition only when it changes: the library walks every layer to set
+        it, which a user running one setup does once, not per call."""
+        if self.active != setup:
+            self.model.set_active_adapters(setup)
+            if isinstance(setup, str):
+                self.model.active_head = setup
+            self.active = setup
 
 
 # -------------------------------------------------------------------------------------- onnxruntime
@@ -477,6 +549,7 @@ SYSTEMS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "torch_compile": lambda spec, threads: TorchOurs({**spec, "compile": True}, threads),
     "torch_adapterhub": TorchAdapterHub,
     "torch_adapterhub_composed": TorchAdapterHubComposed,
+    "torch_adapterhub_parallel": TorchAdapterHubParallel,
     "ort_model": OrtModel,
     "ort_per_task": OrtPerTask,
     "ort_loader": OrtLoader,

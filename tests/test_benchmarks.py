@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.harness import interleave, summarize
@@ -131,3 +132,28 @@ def test_profile_runtime_reports_ops_and_breakdown(tmp_path: Path):
     out = result.output
     assert "model_run us/run: with adapters" in out and "MatMul" in out
     assert "adapted session" in out and "rest of predict (Python)" in out
+
+
+def test_adapterhub_parallel_system_answers_fanout_and_single_calls(tiny_base_dir: Path):
+    """The Parallel baseline of the fan-out section: n heads from one forward, equal to the library's own
+    one-adapter calls (so it computes the n tasks, not fewer)."""
+    from benchmarks.systems import create_system
+
+    spec = {
+        "base_dir": str(tiny_base_dir),
+        "adapters": 3,
+        "reduction_factor": 4,
+        "activation": "relu",
+        "adapter_drop": 1,
+        "tokenizer": str(tiny_base_dir / "tokenizer.json"),
+        "max_length": 16,
+    }
+    system = create_system("torch_adapterhub_parallel", spec, 1)
+    text, tasks = "the movie was good", ["a", "b", "c"]
+    fan = system.prepare({"kind": "fanout", "text": text, "tasks": tasks})()
+    one_by_one = system.prepare({"kind": "separate", "text": text, "tasks": tasks})()
+    assert len(fan) == 3 and not np.allclose(fan[0], fan[1])
+    for f, s in zip(fan, one_by_one, strict=True):
+        np.testing.assert_allclose(f, s, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="fanout payloads"):
+        system.prepare({"kind": "fanout", "text": text, "tasks": tasks[:2]})

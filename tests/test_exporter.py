@@ -194,7 +194,7 @@ def test_int8_and_fp16_variants_record_figures(tiny_base, dep, ckpts):
     manifest = Manifest.read(dep)
     assert manifest.precisions == ("fp32", "int8", "fp16")
     int8 = manifest.featurizer.variants["int8"]
-    assert int8.trunk == "featurizer/trunk.int8.onnx" and int8.optimization.endswith("+int8-dynamic")
+    assert int8.trunk == "featurizer/trunk.int8.onnx" and "+int8-dynamic" in int8.optimization
     assert 0 < int8.parity["logits_max_abs_diff"] < 1 and 0 <= int8.parity["argmax_agreement"] <= 1
     assert int8.parity["tolerance"] is None  # recorded, not enforced
     assert set(int8.timings["candidates"]) == {"plain", "fused"}
@@ -203,6 +203,68 @@ def test_int8_and_fp16_variants_record_figures(tiny_base, dep, ckpts):
     assert fp16.io_dtypes["adapted"]["bank.0.attn.down_w"] == "float16"
     assert fp16.io_dtypes["adapted"]["hidden"] == "float32" and fp16.io_dtypes["adapted"]["cls"] == "float32"
     assert "logits_max_abs_diff" in fp16.parity or fp16.parity.get("measured") is False
+
+
+def _fp32_adapter_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose weight is a per-row Gather of a bank input: the adapter projections left in fp32."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    bank = {i.name for i in model.graph.input if i.name.startswith("bank.")}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and (g := made_by.get(n.input[1])) is not None
+        and g.op_type == "Gather"
+        and g.input[0] in bank
+    ]
+
+
+def test_int8_variant_quantizes_the_adapter_bank(dep):
+    """Issue 15: the int8 featurizer has no fp32 adapter MatMul left; int8 bank rows (a quarter of the bytes)
+    give the fp32 variant's outputs within the int8 tolerance, mixed-task batch included."""
+    from adapterdeploy.runtime import Deployment
+
+    manifest = Manifest.read(dep)
+    variants = manifest.featurizer.variants
+    assert _fp32_adapter_matmuls(onnx.load(str(dep / variants["fp32"].adapted)))  # the probe finds them in fp32
+    assert _fp32_adapter_matmuls(onnx.load(str(dep / variants["int8"].adapted))) == []
+    assert variants["int8"].optimization.endswith("+int8-dynamic+int8-bank")
+    dtypes = variants["int8"].io_dtypes["adapted"]
+    projections = [k for k in manifest.featurizer.bank_inputs if k.endswith((".down_w", ".up_w"))]
+    assert projections and all(dtypes[k] == "int8" and dtypes[f"{k}_scale"] == "float32" for k in projections)
+    assert variants["fp32"].io_dtypes["adapted"][projections[0]] == "float32"  # fp32 / fp16 unchanged
+    rows = [("a", TEXTS[0]), ("b", PAIRS[0]), ("c", TEXTS[1]), ("a", TEXTS[2]), ("b", PAIRS[1])]
+    with Deployment.open(dep, precision="fp32") as d32, Deployment.open(dep, precision="int8") as d8:
+        r32, r8 = d32._task("b").rows, d8._task("b").rows
+        assert r8.arrays[projections[0]].dtype == np.int8 and r8.nbytes < 0.5 * r32.nbytes
+        p32, p8 = d32.predict_mixed(rows), d8.predict_mixed(rows)
+    for a, b in zip(p32, p8, strict=True):
+        assert abs(a.score - b.score) < 0.1 and (a.value is not None or a.label == b.label)
+
+
+def test_int8_variant_with_fp32_bank_inputs_still_loads(dep, tmp_path):
+    """A deployment exported before int8 bank rows (its int8 adapted graph takes fp32 bank inputs) still runs."""
+    import shutil
+
+    from adapterdeploy.artifacts import file_entry
+    from adapterdeploy.exporter.quantize import quantize_int8
+    from adapterdeploy.runtime import Deployment
+
+    old = tmp_path / "old"
+    shutil.copytree(dep, old)
+    manifest = Manifest.read(old)
+    variant = manifest.featurizer.variants["int8"]
+    fp32_graph = old / manifest.featurizer.variants["fp32"].adapted
+    quantize_int8(fp32_graph, old / variant.adapted)  # what the exporter wrote before issue 15
+    manifest.files[variant.adapted] = file_entry(old / variant.adapted)
+    manifest.write(old)
+    assert _fp32_adapter_matmuls(onnx.load(str(old / variant.adapted)))
+    with Deployment.open(old, precision="int8") as d_old, Deployment.open(dep, precision="int8") as d_new:
+        rows = d_old._task("a").rows
+        assert all(a.dtype == np.float32 for a in rows.arrays.values())
+        got, want = d_old.predict(TEXTS, task="a"), d_new.predict(TEXTS, task="a")
+    assert [p.label for p in got] == [p.label for p in want]
+    assert max(abs(p.score - q.score) for p, q in zip(got, want, strict=True)) < 0.1
 
 
 def test_standalone_graphs_run_in_plain_onnxruntime(tiny_base, dep, ckpts):

@@ -245,16 +245,29 @@ def test_length_buckets():
 # ---- bank ----------------------------------------------------------------------------------------------
 
 
-def _layout(H=4, fixed_m=None, signature=None):
+def _layout(H=4, fixed_m=None, signature=None, int8=False):
+    """A one-layer bank; ``int8``: the int8 variant's graph inputs (int8 projections plus their _scale inputs)."""
     sig = signature or AdapterSignature("after_layer", "relu", SiteOptions(), False)
     names = [f"bank.1.layer.{k}" for k in ("down_w", "down_b", "up_w", "up_b")]
+    m = fixed_m or "bottleneck"
     shapes = {
-        "down_w": ["tasks", H, fixed_m or "bottleneck"],
-        "down_b": ["tasks", fixed_m or "bottleneck"],
-        "up_w": ["tasks", fixed_m or "bottleneck", H],
+        "down_w": ["tasks", H, m],
+        "down_b": ["tasks", m],
+        "up_w": ["tasks", m, H],
         "up_b": ["tasks", H],
+        "down_w_scale": ["tasks", 1, m],
+        "up_w_scale": ["tasks", 1, H],
     }
-    args = [SimpleNamespace(name=n, shape=shapes[n.rsplit(".", 1)[1]], type="tensor(float)") for n in names]
+    quantized = ("down_w", "up_w") if int8 else ()
+    args = [
+        SimpleNamespace(name=n, shape=shapes[n.rsplit(".", 1)[1]], type=f"tensor({'int8' if q else 'float'})")
+        for n in names
+        for q in [n.rsplit(".", 1)[1] in quantized]
+    ]
+    args += [
+        SimpleNamespace(name=f"bank.1.layer.{k}_scale", shape=shapes[f"{k}_scale"], type="tensor(float)")
+        for k in quantized
+    ]
     return BankLayout.from_session_inputs(args, names, H, sig), names
 
 
@@ -309,6 +322,32 @@ def test_bank_fixed_m_and_errors():
         layout.task_rows("x", extra, 2)
     partial = {k: v for k, v in _task_tensors(2).items() if "up_b" not in k}
     assert not layout.task_rows("p", partial, 2).arrays["bank.1.layer.up_b"].any()  # zero row = no adapter
+
+
+def test_bank_int8_rows_quantized_per_column_at_load():
+    """The int8 variant's bank (issue 15): rows quantized once at load, one scale per output column; padding
+    and absent sites stay exact zeros; a graph without the scale input is a clear error."""
+    layout, _ = _layout(int8=True)
+    a = layout.task_rows("a", _task_tensors(2, seed=1), 2)
+    b = layout.task_rows("b", _task_tensors(3, seed=2), 3)
+    w = _task_tensors(3, seed=2)["bank.1.layer.down_w"]
+    q, scale = b.arrays["bank.1.layer.down_w"][0], b.arrays["bank.1.layer.down_w_scale"][0]
+    assert q.dtype == np.int8 and scale.shape == (1, 3) and np.abs(q).max() == 127
+    np.testing.assert_allclose(q * scale, w, rtol=0, atol=float(scale.max()) / 2 + 1e-7)
+    assert b.arrays["bank.1.layer.up_w_scale"].shape == (1, 1, 4)
+    feeds = layout.gather([a, b])
+    assert feeds["bank.1.layer.down_w"].shape == (2, 4, 3) and feeds["bank.1.layer.down_w_scale"].shape == (2, 1, 3)
+    assert not feeds["bank.1.layer.down_w"][0, :, 2].any() and feeds["bank.1.layer.down_w_scale"][0, 0, 2] == 0
+    zero = layout.task_rows("z", {}, 1)
+    assert not zero.arrays["bank.1.layer.up_w"].any() and not zero.arrays["bank.1.layer.up_w_scale"].any()
+    fp32, _ = _layout()
+    fp32_rows = fp32.task_rows("b", _task_tensors(3, seed=2), 3)
+    assert 4 * b.arrays["bank.1.layer.up_w"].nbytes == fp32_rows.arrays["bank.1.layer.up_w"].nbytes
+    sig = AdapterSignature("after_layer", "relu", SiteOptions(), False)
+    names = ["bank.1.layer.down_w"]
+    no_scale = [SimpleNamespace(name=names[0], shape=["tasks", 4, "bottleneck"], type="tensor(int8)")]
+    with pytest.raises(ArtifactError, match=r"no fp32 bank\.1\.layer\.down_w_scale input"):
+        BankLayout.from_session_inputs(no_scale, names, 4, sig)
 
 
 # ---- heads and predictions -----------------------------------------------------------------------------

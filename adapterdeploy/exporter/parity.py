@@ -31,6 +31,7 @@ import torch
 from adapterdeploy.config import TOKENS_OUTPUT
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
+from adapterdeploy.runtime.bank import SCALE_SUFFIX, quantize_columns
 
 __all__ = [
     "PARITY_GROUP",
@@ -225,9 +226,30 @@ class GraphRunner:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
-        self.bank_names = [i.name for i in self.adapted.get_inputs()][4:]
+        self._int8 = {i.name for i in self.adapted.get_inputs() if i.type == "tensor(int8)"}
+        # The bank keys in graph order; an int8 variant's <key>_scale inputs are derived from their key's rows.
+        self.bank_names = [
+            n
+            for n in [i.name for i in self.adapted.get_inputs()][4:]
+            if not (n.endswith(SCALE_SUFFIX) and n.removesuffix(SCALE_SUFFIX) in self._int8)
+        ]
 
-    def features(self, batch: ParityBatch, bank: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def bank_feeds(self, bank: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``bank_names``' fp32 arrays as the graph's feeds: int8 inputs quantized as the runtime does it at load."""
+        if isinstance(bank, Mapping):
+            return dict(bank)
+        feeds = {}
+        for name, arr in zip(self.bank_names, bank, strict=True):
+            if name in self._int8:
+                feeds[name], feeds[name + SCALE_SUFFIX] = quantize_columns(arr)
+            else:
+                feeds[name] = arr
+        return feeds
+
+    def features(
+        self, batch: ParityBatch, bank: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Pooled features of ``batch``; ``bank``: fp32 arrays in ``bank_names`` order, or :meth:`bank_feeds`."""
         text = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -239,7 +261,7 @@ class GraphRunner:
             "attention_mask": batch.attention_mask,
             "row_source": batch.row_source,
             "task_index": batch.task_index,
-            **dict(zip(self.bank_names, bank, strict=True)),
+            **self.bank_feeds(bank),
         }
         outs = self.adapted.run(None, _feed(self.adapted, values), self.run_options)
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}

@@ -2,10 +2,19 @@
 
 int8: onnxruntime's ``quantize_dynamic`` (weights int8 per output channel, activations quantized per call).
 It quantizes MatMuls whose weight is an initializer (``MatMulConstBOnly``), so the base's projections
-become int8 while the adapter MatMuls, whose weights are bank *inputs*, stay fp32; embedding Gathers
-become int8. Per-channel scales, measured on MiniLM + the trained SST-2 adapter (256 dev rows, vs the
-fp32 graphs): argmax agreement 97.7% vs 94.5% per-tensor, max logit diff 0.74 vs 1.51, same size and
-speed. ``reduce_range`` (7-bit weights, for CPUs without VNNI) gave no gain on this VNNI CPU, so it is off.
+become int8 and embedding Gathers become int8. The adapter MatMuls read their weights from bank *inputs*
+(gathered per row by task), which it leaves fp32; :func:`quantize_bank_matmuls` then rewrites them: the
+``down_w`` / ``up_w`` inputs become int8 with per-column fp32 scales (``<name>_scale``, quantized by the
+runtime at load, runtime/bank.py), and each ``MatMul(x, Gather(w))`` becomes
+``DynamicQuantizeLinear(x)`` + ``MatMulInteger(x_q, Gather(w_q), x_zp)`` + ``Cast`` + ``x_scale * Gather(scale)``.
+onnxruntime fuses those four nodes into one ``DynamicQuantizeMatMul`` per MatMul at session load (writing
+that op directly measured the same). Measured on MiniLM (issue 15, docs/performance.md section 4): as fast
+as the fp32 adapter MatMuls end to end (their cost is per-node dispatch, not arithmetic), bank rows 3.5x
+smaller, and inside the int8 tolerance.
+
+Per-channel scales for the base, measured on MiniLM + the trained SST-2 adapter (256 dev rows, vs the
+fp32 graphs): argmax agreement 97.7% vs 94.5% per-tensor, max logit diff 0.74 vs 1.51, same size and speed.
+``reduce_range`` (7-bit weights, for CPUs without VNNI) gave no gain on this VNNI CPU, so it is off.
 
 fp16: ``onnxruntime.transformers``' float16 converter. Initializers are clipped to the fp16 range
 (HF's additive mask constant ``finfo(float32).min`` becomes -1e4, still a zero softmax weight);
@@ -24,11 +33,25 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["FP16_BLOCKED_OPS", "convert_fp16", "graph_io_dtypes", "quantize_int8"]
+__all__ = [
+    "FP16_BLOCKED_OPS",
+    "INT8_BANK_ROLES",
+    "convert_fp16",
+    "graph_io_dtypes",
+    "quantize_bank_matmuls",
+    "quantize_int8",
+]
 
 # Kept in fp32 when converting (numerically sensitive reductions in unfused graphs).
 FP16_BLOCKED_OPS = ("Softmax", "LayerNormalization", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Div")
-_ELEM = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
+_ELEM = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT8: "int8",
+}
+# Bank inputs whose rows become int8 in the int8 variant: the adapter projections (x @ w, w [T, K, N]).
+INT8_BANK_ROLES = ("down_w", "up_w")
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
@@ -50,6 +73,110 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
         )
     finally:
         root.setLevel(level)
+
+
+def quantize_bank_matmuls(src: str | Path, dst: str | Path) -> list[str]:
+    """Rewrite the adapter MatMuls of an int8 adapted graph onto int8 bank rows; return the inputs rewritten.
+
+    An input is rewritten only when every use is ``Gather(input, task_index, axis 0)`` feeding MatMuls as
+    their weight (the banked adapter form); any other use (none today) leaves it fp32, which stays correct.
+    An activation that already has a ``DynamicQuantizeLinear`` (from ``quantize_dynamic``) reuses it.
+    """
+    from onnx import TensorProto, helper
+
+    from adapterdeploy.runtime.bank import SCALE_SUFFIX
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    quantized_act = {n.input[0]: list(n.output) for n in graph.node if n.op_type == "DynamicQuantizeLinear"}
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    extra_inputs, gathered = [], set()
+    done: list[str] = []
+    for vi in graph.input:
+        name = vi.name
+        if not name.startswith("bank.") or name.rsplit(".", 1)[-1] not in INT8_BANK_ROLES:
+            continue
+        gathers = users.get(name, [])
+        if not gathers or not all(_banked_matmul_gather(g, users) for g in gathers):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        vi.type.tensor_type.elem_type = TensorProto.INT8
+        last = dims[-1].dim_param or dims[-1].dim_value
+        extra_inputs.append(
+            helper.make_tensor_value_info(name + SCALE_SUFFIX, TensorProto.FLOAT, [dims[0].dim_param, 1, last])
+        )
+        for g in gathers:
+            gathered.add(g.output[0])
+            scale = g.output[0] + SCALE_SUFFIX
+            new = [
+                helper.make_node(
+                    "Gather", [name + SCALE_SUFFIX, g.input[1]], [scale], name=g.name + SCALE_SUFFIX, axis=0
+                )
+            ]
+            for mm in users[g.output[0]]:
+                x, p = mm.input[0], mm.name or mm.output[0]
+                quant = []
+                if x not in quantized_act:
+                    quantized_act[x] = [f"{p}/x_q", f"{p}/x_scale", f"{p}/x_zp"]
+                    quant = [helper.make_node("DynamicQuantizeLinear", [x], quantized_act[x], name=f"{p}/quant")]
+                xq, xs, xz = quantized_act[x]
+                replace[id(mm)] = [
+                    *quant,
+                    helper.make_node("MatMulInteger", [xq, g.output[0], xz], [f"{p}/i32"], name=f"{p}/int8"),
+                    helper.make_node("Cast", [f"{p}/i32"], [f"{p}/f32"], name=f"{p}/cast", to=TensorProto.FLOAT),
+                    helper.make_node("Mul", [xs, scale], [f"{p}/scale"], name=f"{p}/scale"),
+                    helper.make_node("Mul", [f"{p}/f32", f"{p}/scale"], [mm.output[0]], name=f"{p}/rescale"),
+                ]
+            replace[id(g)] = [g, *new]
+        done.append(name)
+    if not done:
+        onnx.save(model, str(dst))
+        return done
+    nodes = [n for node in graph.node for n in replace.get(id(node), [node])]
+    del graph.node[:]
+    graph.node.extend(
+        _topological(
+            nodes, {i.name for i in graph.input} | {i.name for i in extra_inputs} | {t.name for t in graph.initializer}
+        )
+    )
+    graph.input.extend(extra_inputs)
+    keep = [v for v in graph.value_info if v.name not in gathered]  # their recorded type was fp32
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return done
+
+
+def _banked_matmul_gather(node: onnx.NodeProto, users: dict[str, list[onnx.NodeProto]]) -> bool:
+    """``Gather(bank, idx, axis=0)`` whose output is only ever a MatMul's weight (input B)."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    if node.op_type != "Gather" or axis != 0 or len(node.output) != 1:
+        return False
+    out = users.get(node.output[0], [])
+    return bool(out) and all(u.op_type == "MatMul" and list(u.input).index(node.output[0]) == 1 for u in out)
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input is produced before it is read (ONNX requires it): a reused
+    ``DynamicQuantizeLinear`` may sit after the MatMul it now feeds. Stable: an ordered graph is unchanged."""
+    ready, order, pending = set(available) | {""}, [], list(nodes)
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                order.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or an unknown input near node {rest[0].name!r}")
+        pending = rest
+    return order
 
 
 def convert_fp16(src: str | Path, dst: str | Path, *, keep_fp32_io: Sequence[str]) -> None:

@@ -35,7 +35,7 @@ from adapterdeploy.exporter.parity import (
     raise_on_failures,
     run_parity,
 )
-from adapterdeploy.exporter.quantize import convert_fp16, graph_io_dtypes, quantize_int8
+from adapterdeploy.exporter.quantize import convert_fp16, graph_io_dtypes, quantize_bank_matmuls, quantize_int8
 
 __all__ = ["ParityInputs", "build_variants"]
 
@@ -67,7 +67,7 @@ class ParityInputs:
         ), runner
 
 
-def _timer(runner: GraphRunner, batch: ParityBatch, bank: Sequence[np.ndarray]) -> Callable[[], object]:
+def _timer(runner: GraphRunner, batch: ParityBatch, bank: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: runner.features(batch, bank)
 
 
@@ -93,7 +93,7 @@ def _time_candidates(candidates: dict[str, tuple[Path, Path]], parity: ParityInp
     per_batch = {}
     for b in parity.timing:
         local, bank = batch_bank(parity.rows, keys, b)
-        fns = {n: _timer(r, local, bank) for n, r in runners.items()}
+        fns = {n: _timer(r, local, r.bank_feeds(bank)) for n, r in runners.items()}  # int8 rows: quantized once
         per_batch[b.name] = interleaved_medians(fns, repeats=TIMING_REPEATS, clock=time.perf_counter)
     totals = {n: round(sum(ms[n] for ms in per_batch.values()), 3) for n in candidates}
     return {"batches": per_batch, "candidates": totals, "threads": options.threads, "spin_us": options.spin_us}
@@ -150,14 +150,17 @@ def build_variants(
     if "int8" in precisions:
         log("quantizing to int8 (dynamic) and recording its parity")
         q = {name: (work / f"trunk.{name}.int8.onnx", work / f"adapted.{name}.int8.onnx") for name in candidates}
+        int8_bank: dict[str, list[str]] = {}
         for name, (t, a) in candidates.items():
             quantize_int8(t, q[name][0])
             quantize_int8(a, q[name][1])
+            int8_bank[name] = quantize_bank_matmuls(q[name][1], q[name][1])  # the adapters' MatMuls too
         qcounts = {
             n: {"trunk": op_counts(_onnx_load(p[0])), "adapted": op_counts(_onnx_load(p[1]))} for n, p in q.items()
         }
         chosen8, spec8, result8 = _choose(q, qcounts, parity, tolerance, enforce=False)
-        variants["int8"] = _place(spec8, q[chosen8], fz, ".int8", "int8", f"{chosen8}+int8-dynamic")
+        bank8 = "+int8-bank" if int8_bank[chosen8] else ""  # int8 bank rows (runtime/bank.py), since issue 15
+        variants["int8"] = _place(spec8, q[chosen8], fz, ".int8", "int8", f"{chosen8}+int8-dynamic{bank8}")
         results["int8"] = result8
     if "fp16" in precisions:
         log("converting to fp16")

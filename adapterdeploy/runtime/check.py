@@ -29,6 +29,7 @@ from adapterdeploy.artifacts import (
 )
 from adapterdeploy.errors import AdapterDeployError
 from adapterdeploy.multilabel import sigmoid
+from adapterdeploy.runtime.bank import SCALE_SUFFIX, quantize_columns
 from adapterdeploy.runtime.deployment import Deployment
 from adapterdeploy.runtime.embedding import Embed
 from adapterdeploy.runtime.heads import Head
@@ -132,9 +133,15 @@ def reference_outputs(dep: Deployment, task: str, rows: Sequence[Row]) -> np.nda
     H = dep.manifest.featurizer.hidden_size
     bank: dict[str, np.ndarray] = {}
     for k, inp in engine.layout.inputs.items():
+        if inp.scale:  # an int8 input's scales: set with its rows
+            continue
         t = tensors.get(k)
         if t is None:  # a plain task in a stacked deployment: zero lower-adapter rows (bottleneck 1)
             t = np.zeros([1 if ax == inp.m_axis else (d or H) for ax, d in enumerate(inp.shape) if ax > 0])
+        if inp.int8:  # int8 bank rows (runtime/bank.py), quantized as the runtime quantizes them
+            q, scale = quantize_columns(t)
+            bank[k], bank[k + SCALE_SUFFIX] = q[None], scale[None]
+            continue
         bank[k] = np.ascontiguousarray(t[None], dtype=inp.dtype)
     head_file = source / TASK_HEAD_FILE
     head = (
