@@ -20,7 +20,7 @@ from adapterdeploy.errors import (
     UnknownTaskError,
 )
 from adapterdeploy.runtime import Prediction, TaskInfo
-from adapterdeploy.runtime.bank import BankLayout
+from adapterdeploy.runtime.bank import INT8_ROW_LIMIT, BankLayout
 from adapterdeploy.runtime.heads import Head, erf, predictions_from_logits
 from adapterdeploy.runtime.providers import (
     CPU,
@@ -332,7 +332,7 @@ def test_bank_int8_rows_quantized_per_column_at_load():
     b = layout.task_rows("b", _task_tensors(3, seed=2), 3)
     w = _task_tensors(3, seed=2)["bank.1.layer.down_w"]
     q, scale = b.arrays["bank.1.layer.down_w"][0], b.arrays["bank.1.layer.down_w_scale"][0]
-    assert q.dtype == np.int8 and scale.shape == (1, 3) and np.abs(q).max() == 127
+    assert q.dtype == np.int8 and scale.shape == (1, 3) and np.abs(q).max() == INT8_ROW_LIMIT
     np.testing.assert_allclose(q * scale, w, rtol=0, atol=float(scale.max()) / 2 + 1e-7)
     assert b.arrays["bank.1.layer.up_w_scale"].shape == (1, 1, 4)
     feeds = layout.gather([a, b])

@@ -13,10 +13,11 @@ Order of work, so that bad input and failed parity leave nothing behind:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,19 +242,27 @@ class _Build:
 
     Tasks stream through PyTorch one parity group at a time (``parity.PARITY_GROUP``): each group's models are
     built on the one shared base, give their bank rows, head, PyTorch references and ``task.json`` samples,
-    and are freed before the next group's are built. What stays per task is its own bytes (rows, head, a
-    few reference vectors), so export memory does not grow with N beyond them (issue 16).
+    and are freed before the next group's are built. Export keeps what stays per task (rows, head, a few
+    reference vectors: its own bytes) for all N, since every candidate graph is checked and timed on them;
+    add-task keeps not even that: :meth:`groups` hands it one group at a time (issue 16).
     """
 
     def __init__(
-        self, base: Any, ckpts: Sequence[Any], signature: AdapterSignature, adapter_drop: int, max_length: int
+        self,
+        base: Any,
+        ckpts: Sequence[Any],
+        signature: AdapterSignature,
+        adapter_drop: int,
+        max_length: int,
+        *,
+        stream: bool = False,
     ) -> None:
-        from adapterdeploy.exporter.featurizer import Adapted, Trunk, copy_encoder, stack_bank
-        from adapterdeploy.exporter.parity import parity_batches, task_groups, timing_batches, torch_reference
-        from adapterdeploy.exporter.task_pieces import prepare_task, reference_model
+        """``stream``: prepare no task here; the caller takes them group by group from :meth:`groups`."""
+        from adapterdeploy.exporter.featurizer import Adapted, Trunk, copy_encoder
+        from adapterdeploy.exporter.parity import parity_batches, task_groups, timing_batches
 
         hf = copy_encoder(base)
-        self.base, self.max_length = base, max_length
+        self.base, self.max_length, self.adapter_drop, self.signature = base, max_length, adapter_drop, signature
         self.trunk = Trunk(base, adapter_drop, hf)
         self.adapted = Adapted(base, adapter_drop, signature, hf)
         self.tokenizer = base.load_tokenizer()
@@ -262,19 +271,50 @@ class _Build:
         self.tasks: list[Any] = []
         self.samples: list[list[dict[str, Any]]] = []
         self.refs: list[dict[int, Any]] = [{} for _ in self.batches]
+        if not stream:
+            for group in task_groups(len(ckpts)):
+                self._prepare({i: ckpts[i] for i in group})
+
+    def _prepare(self, ckpts: Mapping[int, Any]) -> None:
+        """Build the models of one group (``{task index in the batches: checkpoint}``), keep their rows, heads,
+        samples and references, and let the models go (the next group's are built on the same base)."""
+        from adapterdeploy.exporter.parity import torch_reference
+        from adapterdeploy.exporter.task_pieces import prepare_task, reference_model
+
+        models = {}
+        for i, ckpt in ckpts.items():
+            model = reference_model(self.base, ckpt, self.adapter_drop)
+            layers = self.adapted.adapted_layers
+            self.tasks.append(prepare_task(self.base, ckpt, self.signature, self.adapter_drop, layers, model))
+            self.samples.append(_samples(model, self.tokenizer, ckpt.text_pair, self.max_length))
+            models[i] = model
+        for refs, batch in zip(self.refs, self.batches, strict=True):
+            refs.update(torch_reference(models, batch))
+        del models
+
+    def groups(self, ckpts: Sequence[Any], load: Callable[[Any], Any]) -> Iterator[_Build]:
+        """add-task: one parity group at a time, as a ``_Build`` of only that group's tasks (``load(ckpt)`` gives
+        a checkpoint with its weights), sharing this one's featurizer modules and tokenizer. The group's batches
+        are renumbered to its own tasks; once the caller drops a group, nothing of it stays (issue 16)."""
+        from adapterdeploy.exporter.parity import task_groups
+
         for group in task_groups(len(ckpts)):
-            models = {}
-            for i in group:
-                model = reference_model(base, ckpts[i], adapter_drop)
-                layers = self.adapted.adapted_layers
-                self.tasks.append(prepare_task(base, ckpts[i], signature, adapter_drop, layers, model))
-                self.samples.append(_samples(model, self.tokenizer, ckpts[i].text_pair, max_length))
-                models[i] = model
-            for refs, batch in zip(self.refs, self.batches, strict=True):
-                refs.update(torch_reference(models, batch))
-            del models, model  # the group's task models go; the next group's are built on the same base
-        # The adapted graph is traced with a bank of a few tasks: its T axis is dynamic.
-        self.example_bank = stack_bank([t.rows for t in self.tasks[:2]], self.adapted.keys)
+            part = copy.copy(self)
+            part.batches = [
+                dataclasses.replace(b, task_index=b.task_index - group.start)
+                for b in self.batches
+                if group.start <= int(b.task_index.min()) and int(b.task_index.max()) < group.stop
+            ]
+            part.tasks, part.samples, part.refs = [], [], [{} for _ in part.batches]
+            part._prepare({i - group.start: load(ckpts[i]) for i in group})
+            yield part
+
+    @property
+    def example_bank(self) -> list[Any]:
+        """The bank the adapted graph is traced with (a few tasks: its T axis is dynamic)."""
+        from adapterdeploy.exporter.featurizer import stack_bank
+
+        return stack_bank([t.rows for t in self.tasks[:2]], self.adapted.keys)
 
     def parity_inputs(self, heads: dict[str, Path]) -> Any:
         from adapterdeploy.exporter.variants import ParityInputs
@@ -313,14 +353,21 @@ class _Build:
             write_task_piece(root / "tasks" / t.name, t, fingerprint=fingerprint, parity=figures)
 
 
-def _load_inputs(base_dir: Any, checkpoint_dirs: Sequence[str | Path]) -> tuple[Any, list[Any]]:
+def _load_inputs(
+    base_dir: Any, checkpoint_dirs: Sequence[str | Path], *, keep_weights: bool = True
+) -> tuple[Any, list[Any]]:
+    """The base and the checkpoints, each read and checked in full (checksum, shapes, names, base).
+
+    ``keep_weights=False`` drops each checkpoint's weights once it is checked (add-task reads them again, one
+    parity group at a time: :func:`reload_weights`), so N checkpoints never sit in memory at once.
+    """
     from adapterdeploy.models.base import load_base
     from adapterdeploy.models.checkpoint import load_checkpoint
 
     if not checkpoint_dirs:
         raise ConfigError("no task given: pass at least one --task CHECKPOINT_DIR")
     base = load_base(base_dir)
-    ckpts = [load_checkpoint(p) for p in checkpoint_dirs]
+    ckpts = [c if keep_weights else dataclasses.replace(c, weights={}) for c in map(load_checkpoint, checkpoint_dirs)]
     seen: dict[str, Any] = {}
     for c in ckpts:
         check_task_name(c.name)
@@ -332,6 +379,17 @@ def _load_inputs(base_dir: Any, checkpoint_dirs: Sequence[str | Path]) -> tuple[
         seen[c.name] = c.path
         c.check_base(base)
     return base, ckpts
+
+
+def reload_weights(ckpt: Any) -> Any:
+    """``ckpt`` read again from its directory, weights included (checksum and shapes checked again); refuses a
+    checkpoint that changed since it was first read and validated."""
+    from adapterdeploy.models.checkpoint import load_checkpoint
+
+    again = load_checkpoint(ckpt.path)
+    if again != ckpt:  # weights are not compared: the checksum check in load_checkpoint covers them
+        raise ArtifactError(f"task checkpoint {ckpt.path} changed while it was being exported; run the command again")
+    return again
 
 
 # ---------------------------------------------------------------------------------------------- public API

@@ -15,7 +15,8 @@ an unpadded batch of one short text fanned out to the group's tasks. fp32 refuse
 Memory is bounded by the group, not by the number of tasks N (issue 16): each batch is given only its own
 tasks' bank rows (:func:`batch_bank`), head sessions live while their group's batches run
 (:meth:`GraphRunner.keep_heads`), and the PyTorch references are computed one group of task models at a time
-by the caller (``torch_reference`` takes the models of the tasks it should cover).
+by the caller (``torch_reference`` takes the models of the tasks it should cover). add-task goes further and
+checks one group at a time on runners it keeps open (``GraphRunner(shrink_arena=True)``, :meth:`GraphRunner.use_heads`).
 """
 
 from __future__ import annotations
@@ -205,14 +206,26 @@ class GraphRunner:
         threads: int | None = None,
         *,
         factory: Any = None,
+        shrink_arena: bool = False,
     ) -> None:
         """``factory``: a runtime ``SessionFactory`` to open the two graphs exactly as ``Deployment.open``
-        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads."""
+        does (thread count, spin); default: plain sessions with ``threads`` intra-op threads.
+
+        ``shrink_arena``: every run hands the activations in onnxruntime's CPU arena back when it ends
+        (``memory.enable_memory_arena_shrinkage``), so sessions kept open across add-task's groups hold their
+        weights only, not the activations of their largest batch (measured: docs/performance.md, section 10;
+        a session with no arena at all peaked higher still).
+        """
+        import onnxruntime as ort
+
         if factory is not None:
             self.trunk, self.adapted = factory.session(Path(trunk)), factory.session(Path(adapted))
         else:
             self.trunk, self.adapted = _session(trunk, threads), _session(adapted, threads)
         self.threads = threads
+        self.run_options = ort.RunOptions()
+        if shrink_arena:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
         self._int8 = {i.name for i in self.adapted.get_inputs() if i.type == "tensor(int8)"}
@@ -250,7 +263,7 @@ class GraphRunner:
             "attention_mask": batch.attention_mask,
             "token_type_ids": batch.token_type_ids,
         }
-        (hidden,) = self.trunk.run(None, _feed(self.trunk, text))
+        (hidden,) = self.trunk.run(None, _feed(self.trunk, text), self.run_options)
         values = {
             "hidden": hidden,
             "attention_mask": batch.attention_mask,
@@ -261,8 +274,13 @@ class GraphRunner:
         feed = _feed(self.adapted, values)
         if cls_only:
             feed[CLS_ONLY_INPUT] = np.array(True)
-        outs = self.adapted.run(None, feed)
+        outs = self.adapted.run(None, feed, self.run_options)
         return {o.name: v.astype(np.float32) for o, v in zip(self.adapted.get_outputs(), outs, strict=True)}
+
+    def use_heads(self, heads: Mapping[str, str | Path]) -> None:
+        """Check another set of task heads with the same trunk and adapted sessions (add-task: the next group)."""
+        self.keep_heads([])
+        self.head_paths = dict(heads)
 
     def keep_heads(self, tasks: Sequence[str]) -> None:
         """Close the head sessions of tasks not in ``tasks``."""
@@ -274,7 +292,7 @@ class GraphRunner:
         session = self.heads.get(task)
         if session is None:
             session = self.heads[task] = _session(self.head_paths[task], self.threads)
-        return session.run(None, _feed(session, {"features": features}))[0].astype(np.float32)
+        return session.run(None, _feed(session, {"features": features}), self.run_options)[0].astype(np.float32)
 
 
 @dataclass
@@ -307,6 +325,11 @@ class ParityResult:
         if task is None:
             out["rows"] = self.rows
         return out
+
+    def merge(self, other: ParityResult) -> None:
+        """Add another group's result (its tasks are not in this one)."""
+        self.per_task.update(other.per_task)
+        self.rows += other.rows
 
     def failures(self, tolerance: float) -> dict[str, float]:
         return {

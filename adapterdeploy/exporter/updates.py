@@ -43,8 +43,9 @@ from adapterdeploy.artifacts import (
 )
 from adapterdeploy.config import signature_misfit
 from adapterdeploy.errors import ArtifactError, ChecksumError, ConfigError, FingerprintMismatchError, UnknownTaskError
-from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet
+from adapterdeploy.exporter.deployment import Log, _Build, _check_zero_fill, _load_inputs, _quiet, reload_weights
 from adapterdeploy.exporter.hf_folder import FolderSource
+from adapterdeploy.exporter.parity import ParityResult
 from adapterdeploy.writer_lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 
 __all__ = ["add_task", "add_tasks", "remove_task"]
@@ -67,10 +68,10 @@ def add_tasks(
     log: Log = _quiet,
 ) -> list[TaskSpec]:
     """Export task checkpoints against the existing featurizer (no re-export): one torch start, one base load,
-    one parity run for all of them, one manifest swap. Waits up to ``lock_timeout`` s for another writer."""
+    one manifest swap; the tasks stream through PyTorch and parity one group at a time (:func:`_check_and_write`),
+    so memory does not grow with their number. Waits up to ``lock_timeout`` s for another writer."""
     from adapterdeploy.exporter.adapter_drop import check_drop
     from adapterdeploy.exporter.parity import raise_on_failures
-    from adapterdeploy.exporter.standalone import export_standalone_graphs
 
     root = Path(deploy_dir).expanduser().absolute()
     Manifest.read(root)  # a clear error before waiting for a lock on something that is no deployment
@@ -85,33 +86,15 @@ def add_tasks(
             [p for v in fz.variants.values() for p in (v.trunk, v.adapted)]
             + ([manifest.tokenizer.file] if manifest.standalone else []),
         )  # standalone folders copy it
-        base, ckpts = _load_inputs(base_dir or manifest.base.path or None, ckpt_dirs)
+        # Checked in full, then held without weights: each parity group reads its own again (issue 16).
+        base, ckpts = _load_inputs(base_dir or manifest.base.path or None, ckpt_dirs, keep_weights=False)
         if base.fingerprint != manifest.base.fingerprint:
             raise FingerprintMismatchError(
                 f"the base at {base.path} is not the base {root} was exported from (fingerprint "
                 f"{base.fingerprint[:12]}… vs {manifest.base.fingerprint[:12]}…); "
                 "pass --base with that model"
             )
-        for ckpt in ckpts:
-            if ckpt.name in manifest.tasks and not replace:
-                raise ConfigError(
-                    f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
-                    f"(adapterdeploy remove-task {root} {ckpt.name})"
-                )
-            sig = ckpt.signature()
-            if sig.stack and not fz.signature.stack:
-                raise FingerprintMismatchError(
-                    f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer "
-                    f"of {root} has no lower-adapter slots (none of its tasks was stacked); export the deployment "
-                    "again with this task among its --task checkpoints"
-                )
-            sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
-            misfit = signature_misfit(sig, fz.signature)  # a task may use a subset of the PEFT modules
-            if misfit:
-                raise FingerprintMismatchError(
-                    f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
-                    "export it into its own deployment, or re-export this deployment with it"
-                )
+        _check_tasks(root, manifest, ckpts, replace)
         if featurizer_fingerprint(base.fingerprint, fz.adapter_drop, fz.signature, fz.num_layers) != fz.fingerprint:
             raise FingerprintMismatchError(
                 f"{root}'s featurizer fingerprint does not match its base, K and signature; "
@@ -120,46 +103,27 @@ def add_tasks(
         check_drop(ckpts, fz.adapter_drop, fz.num_layers, allow_drop)
         _check_zero_fill(fz.signature, ckpts, fz.adapter_drop, fz.num_layers)
         tolerance = tolerance if tolerance is not None else float(manifest.parity.get("tolerance", 1e-4))
-        log(f"building the PyTorch reference of {len(ckpts)} task(s)")
-        build = _Build(base, ckpts, fz.signature, fz.adapter_drop, manifest.tokenizer.max_length)
-        ckpts = [t.ckpt for t in build.tasks]  # without their weights: the prepared rows hold them now
+        build = _Build(base, ckpts, fz.signature, fz.adapter_drop, manifest.tokenizer.max_length, stream=True)
         if tuple(build.adapted.keys) != tuple(fz.bank_inputs):
             raise FingerprintMismatchError(
                 f"{root}'s bank inputs differ from what this featurizer layout needs; re-export"
             )
         names = [c.name for c in ckpts]
         with _staging(root) as stage:
-            inputs = build.parity_inputs(build.export_heads(stage, fz.opset))
-            results = {}
-            for precision, variant in fz.variants.items():
-                log(f"checking {precision} parity")
-                try:
-                    results[precision], _ = inputs.run(
-                        root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
-                    )
-                except Exception:
-                    if precision != "fp16":  # fp16 may lack CPU kernels; everything else must run
-                        raise
+            results, standalone, st_parity = _check_and_write(
+                root,
+                stage,
+                manifest,
+                build,
+                ckpts,
+                tolerance=tolerance,
+                vocab=int(base.model.config.vocab_size),
+                log=log,
+            )
             raise_on_failures(results["fp32"], tolerance, f"task(s) {names} on the featurizer of {root}")
             parity = dict(manifest.parity)
-            standalone: dict[str, dict[str, str]] = {}
-            if manifest.standalone:
-                standalone, st_parity = export_standalone_graphs(
-                    stage,
-                    build.trunk,
-                    build.adapted,
-                    build.tasks,
-                    source=FolderSource.of_deployment(root, manifest),
-                    opset=fz.opset,
-                    vocab_size=int(base.model.config.vocab_size),
-                    precisions=manifest.precisions,
-                    tolerance=tolerance,
-                    batches=build.batches,
-                    refs=build.refs,
-                    log=log,
-                )
+            if st_parity:
                 parity["standalone"] = {**parity.get("standalone", {}), **st_parity}
-            build.write_tasks(stage, fz.fingerprint, results, tolerance)
             parity["tasks"] = {
                 **parity.get("tasks", {}),
                 **{n: {p: r.summary(n) for p, r in results.items()} for n in names},
@@ -214,6 +178,104 @@ def remove_task(
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+def _check_tasks(root: Path, manifest: Manifest, ckpts: Sequence[Any], replace: bool) -> None:
+    """Refuse a task that exists (without ``replace``) or cannot use this featurizer (clear typed errors)."""
+    fz = manifest.featurizer
+    for ckpt in ckpts:
+        if ckpt.name in manifest.tasks and not replace:
+            raise ConfigError(
+                f"task {ckpt.name!r} already exists in {root}; pass --replace, or remove it first "
+                f"(adapterdeploy remove-task {root} {ckpt.name})"
+            )
+        sig = ckpt.signature()
+        if sig.stack and not fz.signature.stack:
+            raise FingerprintMismatchError(
+                f"task {ckpt.name!r} is stacked on the lower adapter {ckpt.stack_on.name!r}, but the featurizer "
+                f"of {root} has no lower-adapter slots (none of its tasks was stacked); export the deployment "
+                "again with this task among its --task checkpoints"
+            )
+        sig = dataclasses.replace(sig, stack=fz.signature.stack)  # a plain task runs on a stacked featurizer
+        misfit = signature_misfit(sig, fz.signature)  # a task may use a subset of the PEFT modules
+        if misfit:
+            raise FingerprintMismatchError(
+                f"task {ckpt.name!r} cannot use this featurizer: its adapter signature differs ({misfit}); "
+                "export it into its own deployment, or re-export this deployment with it"
+            )
+
+
+def _check_and_write(
+    root: Path,
+    stage: Path,
+    manifest: Manifest,
+    build: _Build,
+    ckpts: Sequence[Any],
+    *,
+    tolerance: float,
+    vocab: int,
+    log: Log,
+) -> tuple[dict[str, ParityResult], dict[str, dict[str, str]], dict[str, Any]]:
+    """Build, parity-check and stage the tasks one parity group at a time; return the parity of every precision,
+    the staged standalone graphs and their parity.
+
+    Per group: its checkpoints are read again with their weights, its PyTorch models, references, heads and
+    head sessions live only while it is checked and its pieces written into ``stage``; the featurizer sessions
+    (one runner per precision, its arena shrunk after each run) are opened once. Every group is checked even after
+    an fp32 failure, so the error the caller raises lists every failing task, as one run over all did; nothing
+    more is written then (``stage`` is discarded on the error).
+    """
+    from adapterdeploy.exporter.parity import GraphRunner
+    from adapterdeploy.exporter.standalone import export_standalone_graphs
+
+    fz = manifest.featurizer
+    results: dict[str, ParityResult] = {}
+    runners: dict[str, GraphRunner] = {}
+    standalone: dict[str, dict[str, str]] = {}
+    st_parity: dict[str, Any] = {}
+    failed: set[str] = set()  # precisions onnxruntime could not run (fp16 may lack CPU kernels)
+    log(f"building the PyTorch references of {len(ckpts)} task(s) and checking their parity, a group at a time")
+    for part in build.groups(ckpts, reload_weights):
+        inputs = part.parity_inputs(part.export_heads(stage, fz.opset))
+        group: dict[str, ParityResult] = {}
+        for precision, variant in fz.variants.items():
+            if precision in failed:
+                continue
+            log(f"checking {precision} parity of task(s) {inputs.tasks}")
+            trunk, adapted = root / safe_relpath(variant.trunk), root / safe_relpath(variant.adapted)
+            try:
+                runner = runners.get(precision) or GraphRunner(trunk, adapted, {}, shrink_arena=True)
+                runners[precision] = runner
+                group[precision], _ = inputs.run(trunk, adapted, runner)
+            except Exception:
+                if precision != "fp16":  # everything else must run
+                    raise
+                failed.add(precision)
+                results.pop(precision, None)
+        for precision, result in group.items():
+            results.setdefault(precision, ParityResult()).merge(result)
+        # After an fp32 failure the caller refuses: only keep checking, to name every failing task.
+        if not results["fp32"].failures(tolerance):
+            if manifest.standalone:
+                paths, figures = export_standalone_graphs(
+                    stage,
+                    part.trunk,
+                    part.adapted,
+                    part.tasks,
+                    source=FolderSource.of_deployment(root, manifest),
+                    opset=fz.opset,
+                    vocab_size=vocab,
+                    precisions=manifest.precisions,
+                    tolerance=tolerance,
+                    batches=part.batches,
+                    refs=part.refs,
+                    log=log,
+                )
+                standalone.update(paths)
+                st_parity.update(figures)
+            part.write_tasks(stage, fz.fingerprint, group, tolerance)
+        del part, inputs  # this group's rows, heads and references go before the next group's are built
+    return results, standalone, st_parity
+
+
 @contextlib.contextmanager
 def _staging(root: Path) -> Iterator[Path]:
     """A hidden directory inside the deployment (same filesystem: its pieces move in by rename); removed after."""

@@ -55,8 +55,13 @@ class ParityInputs:
     refs: Sequence[Mapping[int, Any]]
     timing: Sequence[ParityBatch]
 
-    def run(self, trunk: Path, adapted: Path) -> tuple[ParityResult, GraphRunner]:
-        runner = GraphRunner(trunk, adapted, self.heads)
+    def run(self, trunk: Path, adapted: Path, runner: GraphRunner | None = None) -> tuple[ParityResult, GraphRunner]:
+        """Parity of these graphs; ``runner``: sessions of them already open (add-task keeps one per precision
+        across its task groups), given these heads."""
+        if runner is None:
+            runner = GraphRunner(trunk, adapted, self.heads)
+        else:
+            runner.use_heads(self.heads)
         return run_parity(
             runner, self.tasks, self.features, self.classification, self.rows, self.batches, self.refs
         ), runner

@@ -50,7 +50,7 @@ import numpy as np
 from adapterdeploy.config import LOWER_SUFFIX, RANK_AXIS, AdapterSignature
 from adapterdeploy.errors import ArtifactError
 
-__all__ = ["SCALE_SUFFIX", "BankInput", "BankLayout", "LowerRows", "TaskRows", "quantize_columns"]
+__all__ = ["INT8_ROW_LIMIT", "SCALE_SUFFIX", "BankInput", "BankLayout", "LowerRows", "TaskRows", "quantize_columns"]
 
 # An int8 bank input's per-column scales: the graph input ``<name>_scale`` ([T, 1, N], fp32).
 SCALE_SUFFIX = "_scale"
@@ -80,18 +80,27 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 INT8 = "tensor(int8)"
 
 
+# Bank rows use 7 bits of int8 (+-63), as ``quantize_dynamic``'s ``reduce_range``: on CPUs without VNNI
+# onnxruntime's u8 x s8 kernels sum pairs of products in int16 (AVX2 ``vpmaddubsw``), which saturates past
+# 255 * 63 * 2. Measured on this session's AVX2-only container with the tiny Stack deployment of
+# tests/test_stack.py (wide language adapter): int8 parity logits diff 1.42 with +-127 rows, 0.60 with +-63
+# (0.098 with fp32 adapter rows).
+INT8_ROW_LIMIT = 63
+
+
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights per output column of ``x @ w``: ``w [..., K, N]`` -> (int8 ``[..., K, N]``,
-    fp32 scales ``[..., 1, N]``), ``w ~ q * scale``.
+    """Symmetric int8 weights per output column of ``x @ w``: ``w [..., K, N]`` -> (int8 ``[..., K, N]`` in
+    ``[-INT8_ROW_LIMIT, INT8_ROW_LIMIT]``, fp32 scales ``[..., 1, N]``), ``w ~ q * scale``.
 
     Hand-written (a few numpy lines) because onnxruntime's quantizer works on graph initializers, not on
-    the bank rows the runtime loads; it is the same scheme as its per-channel QInt8 weights (max |w| / 127,
-    zero point 0). An all-zero column (padding, a layer without adapter) gets scale 0: exactly zero.
+    the bank rows the runtime loads; it is the same scheme as its per-channel QInt8 weights with
+    ``reduce_range`` (max |w| / 63, zero point 0). An all-zero column (padding, a layer without adapter)
+    gets scale 0: exactly zero.
     """
     w = np.asarray(w, dtype=np.float32)
-    scale = np.abs(w).max(axis=-2, keepdims=True) / np.float32(127.0)
+    scale = np.abs(w).max(axis=-2, keepdims=True) / np.float32(INT8_ROW_LIMIT)
     q = np.divide(w, scale, out=np.zeros_like(w), where=scale > 0)
-    return np.clip(np.rint(q), -127, 127).astype(np.int8), scale.astype(np.float32)
+    return np.clip(np.rint(q), -INT8_ROW_LIMIT, INT8_ROW_LIMIT).astype(np.int8), scale.astype(np.float32)
 
 
 @dataclass(frozen=True)
