@@ -222,3 +222,29 @@ def test_a_graph_without_the_input_runs_whole(cls_and_mean_dir, tmp_path):
             for p, q in zip(d.predict(texts, task=task), want[task], strict=True):
                 np.testing.assert_allclose(list(p.probabilities.values()), list(q.probabilities.values()), atol=1e-5)
         assert d._engine.adapted.fed == [None, None]
+
+
+def test_parity_refuses_an_export_whose_cls_only_path_is_wrong(tiny_base_dir, tmp_path, monkeypatch):
+    """The exporter's parity runs the graph a second time with cls_only True; a wrong cls there refuses."""
+    from adapterdeploy.errors import ParityError
+    from adapterdeploy.exporter import parity
+    from adapterdeploy.exporter.deployment import export_deployment
+    from adapterdeploy.models.base import load_base
+    from adapterdeploy.models.checkpoint import checkpoint_from_model, save_checkpoint
+
+    base = load_base(tiny_base_dir)
+    (model,) = _models(base, {}, n=1)
+    ckpt = save_checkpoint(checkpoint_from_model(model, "c", max_length=16, text_pair=False), tmp_path / "c")
+    features = parity.GraphRunner.features
+
+    def broken(self, batch, bank, cls_only=False):
+        out = features(self, batch, bank, cls_only)
+        if cls_only:
+            out["cls"] = out["cls"] + 1.0
+        return out
+
+    monkeypatch.setattr(parity.GraphRunner, "features", broken)
+    with pytest.raises(ParityError, match=r"features\.cls \(cls_only\)") as err:
+        export_deployment(tiny_base_dir, [ckpt], tmp_path / "dep", adapter_drop=K, max_length=16)
+    assert "logits (cls_only)" in str(err.value)
+    assert not (tmp_path / "dep").exists()
