@@ -328,15 +328,44 @@ def deployment(
     return out
 
 
-def noadapter_featurizer(p: Prepared, optimization: str, precision: str) -> Path:
+def _cls_only_encoder(base: Any) -> Any:
+    """Embeddings + layers [0, L-1), then the last layer at token 0 only (keys and values of every token):
+    what a deployment's adapted graph computes with ``cls_only`` fed, minus the adapters. Its ``hidden`` is
+    ``[B, 1, H]``, the CLS state. (A factory: this module imports torch only when it builds graphs.)"""
+    import torch
+
+    from adapterdeploy.exporter.featurizer import Trunk, _extended_mask, copy_encoder, query_attention
+
+    class ClsOnlyEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            hf = copy_encoder(base)
+            self.trunk = Trunk(base, base.num_layers - 1, hf)
+            self.hf = hf
+            self.last = hf.encoder.layer[base.num_layers - 1]
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            h = self.trunk(input_ids, attention_mask, token_type_ids)
+            ext = _extended_mask(self.hf, attention_mask, h.dtype)
+            first = torch.zeros(1, dtype=torch.long)
+            return self.last.feed_forward_chunk(query_attention(self.last.attention, h, ext, first))
+
+    return ClsOnlyEncoder()
+
+
+def noadapter_featurizer(p: Prepared, optimization: str, precision: str, *, cls_only: bool = False) -> Path:
     """Our featurizer graph WITHOUT adapters: embeddings + all L layers, exported, fused and quantized
     exactly as the exporter does it for a deployment (its own Trunk module, export_trunk, optimize_graph,
     quantize_int8), so that the only difference to a deployment's graphs is the adapters.
 
     ``optimization`` is the deployment variant's choice (``plain`` / ``fused``, maybe ``+int8-dynamic``).
+    ``cls_only``: the last layer at the first token only (the exporter's ``query_attention``), as the runtime
+    runs a deployment whose adapted graph has the ``cls_only`` input for CLS heads; without it the reference
+    would do work the deployment skips, and the "overhead" would hide the adapters' cost.
     """
     fused = optimization.startswith("fused")
-    name = f"noadapter.{'fused' if fused else 'plain'}{'.int8' if precision == 'int8' else ''}.onnx"
+    tag = ("fused" if fused else "plain") + (".cls" if cls_only else "")
+    name = f"noadapter.{tag}{'.int8' if precision == 'int8' else ''}.onnx"
     out = p.work / "noadapter" / name
     if out.is_file():
         return out
@@ -347,13 +376,14 @@ def noadapter_featurizer(p: Prepared, optimization: str, precision: str) -> Path
     from adapterdeploy.models.base import load_base
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    plain = p.work / "noadapter" / "noadapter.plain.onnx"
+    plain = p.work / "noadapter" / f"noadapter.{'plain.cls' if cls_only else 'plain'}.onnx"
     if not plain.is_file():
         base = load_base(p.base_dir)
-        export_trunk(Trunk(base, base.num_layers), plain, opset=17, vocab_size=int(base.model.config.vocab_size))
+        module = _cls_only_encoder(base) if cls_only else Trunk(base, base.num_layers)
+        export_trunk(module, plain, opset=17, vocab_size=int(base.model.config.vocab_size))  # type: ignore[arg-type]
     fp32 = plain
     if fused:
-        fp32 = p.work / "noadapter" / "noadapter.fused.onnx"
+        fp32 = p.work / "noadapter" / f"noadapter.{tag}.onnx"
         if not fp32.is_file():
             cfg = json.loads((p.base_dir / "config.json").read_text())
             optimize_graph(plain, fp32, num_heads=int(cfg["num_attention_heads"]), hidden_size=p.hidden)
