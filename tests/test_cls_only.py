@@ -9,15 +9,14 @@ and through the runtime, which feeds True only when no row of a batch reads ``me
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from exporter_helpers import random_task_models
 
-from adapterdeploy.config import CLS_ONLY_INPUT, AdapterConfig, HeadConfig, PeftSpec
+from adapterdeploy.config import CLS_ONLY_INPUT, AdapterConfig, HeadConfig
 from adapterdeploy.exporter.featurizer import Adapted, stack_bank, task_rows
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
@@ -31,19 +30,7 @@ FORMS = {
 
 
 def _models(base, kwargs: dict, n: int = 2, lora: tuple[str, ...] = ()) -> list[EncoderWithAdapters]:
-    torch.manual_seed(0)
-    models = []
-    for i in range(n):
-        cfg = AdapterConfig(layers=tuple(range(K, base.num_layers)), bottleneck=4 + 2 * i, **kwargs)
-        if lora:
-            cfg = dataclasses.replace(cfg, peft=PeftSpec(lora=lora, rank=2))
-        model = EncoderWithAdapters(base, cfg, HeadConfig(num_labels=2))
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.normal_(0.0, 0.3)
-        models.append(model.eval())
-    return models
+    return random_task_models(base, K, kwargs, n, lora)
 
 
 def _inputs(hidden_size: int) -> tuple[torch.Tensor, ...]:
@@ -235,15 +222,15 @@ def test_parity_refuses_an_export_whose_cls_only_path_is_wrong(tiny_base_dir, tm
     base = load_base(tiny_base_dir)
     (model,) = _models(base, {}, n=1)
     ckpt = save_checkpoint(checkpoint_from_model(model, "c", max_length=16, text_pair=False), tmp_path / "c")
-    features = parity.GraphRunner.features
+    features = parity.GraphRunner.adapted_features
 
-    def broken(self, batch, bank, cls_only=False):
-        out = features(self, batch, bank, cls_only)
+    def broken(self, batch, hidden, feeds, cls_only=False):
+        out = features(self, batch, hidden, feeds, cls_only)
         if cls_only:
             out["cls"] = out["cls"] + 1.0
         return out
 
-    monkeypatch.setattr(parity.GraphRunner, "features", broken)
+    monkeypatch.setattr(parity.GraphRunner, "adapted_features", broken)
     with pytest.raises(ParityError, match=r"features\.cls \(cls_only\)") as err:
         export_deployment(tiny_base_dir, [ckpt], tmp_path / "dep", adapter_drop=K, max_length=16)
     assert "logits (cls_only)" in str(err.value)

@@ -50,8 +50,13 @@ def export_module(
     output_names: Sequence[str],
     dynamic_axes: dict[str, dict[int, str]],
     opset: int,
+    defaults: dict[str, bool] | None = None,
 ) -> onnx.ModelProto:
-    """Export, restore dropped declared inputs, check I/O names and named axes, save; return the model."""
+    """Export, restore dropped declared inputs, check I/O names and named axes, save; return the model.
+
+    ``defaults``: bool inputs made optional, each with an initializer of the same name holding its default
+    (an ONNX "overridable initializer": onnxruntime uses it when the input is not fed and does not list the
+    input in ``get_inputs()``), so every caller that does not know the input runs as before."""
     path = Path(path)
     module.eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -69,6 +74,8 @@ def export_module(
         )
     model = onnx.load(str(path))
     _restore_inputs(model, args, input_names, dynamic_axes)
+    for name, value in (defaults or {}).items():
+        model.graph.initializer.append(helper.make_tensor(name, TensorProto.BOOL, [], [value]))
     _check_io(model, input_names, output_names, dynamic_axes, path)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -151,7 +158,7 @@ def export_adapted(
     axes.update({o: {0: "rows"} for o in adapted.output_names})
     axes[TOKENS_OUTPUT] = {0: "rows", 1: "sequence"}
     flag = (torch.tensor(False),) if adapted.cls_only else ()
-    model = export_module(
+    return export_module(
         adapted,
         (hidden, mask, row_source, task_index, *bank, *flag),
         path,
@@ -159,20 +166,8 @@ def export_adapted(
         output_names=adapted.output_names,
         dynamic_axes=axes,
         opset=opset,
+        defaults={CLS_ONLY_INPUT: False} if flag else None,
     )
-    if flag:
-        model = _default_input(model, CLS_ONLY_INPUT, False)
-        onnx.save(model, str(path))
-    return model
-
-
-def _default_input(model: onnx.ModelProto, name: str, value: bool) -> onnx.ModelProto:
-    """Make graph input ``name`` optional: an initializer of the same name holds its default (an ONNX
-    "overridable initializer"; onnxruntime uses it when the input is not fed and does not list the input in
-    ``get_inputs()``), so every caller that does not know the input runs as before."""
-    model.graph.initializer.append(helper.make_tensor(name, TensorProto.BOOL, [], [value]))
-    onnx.checker.check_model(model)
-    return model
 
 
 def export_head(head: HeadGraph, path: str | Path, *, opset: int, hidden_size: int) -> onnx.ModelProto:

@@ -34,6 +34,7 @@ from adapterdeploy.config import CLS_ONLY_FEATURES, CLS_ONLY_INPUT, TOKENS_OUTPU
 from adapterdeploy.errors import ParityError
 from adapterdeploy.models.encoder import EncoderWithAdapters, mean_pool
 from adapterdeploy.runtime.bank import SCALE_SUFFIX, quantize_columns
+from adapterdeploy.runtime.sessions import optional_inputs
 
 __all__ = [
     "PARITY_GROUP",
@@ -228,6 +229,8 @@ class GraphRunner:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.head_paths = dict(heads)
         self.heads: dict[str, Any] = {}
+        # Whether the adapted graph has the optional ``cls_only`` input (the last layer at token 0 only).
+        self.cls_only = CLS_ONLY_INPUT in optional_inputs(self.adapted)
         self._int8 = {i.name for i in self.adapted.get_inputs() if i.type == "tensor(int8)"}
         # The bank keys in graph order; an int8 variant's <key>_scale inputs are derived from their key's rows.
         self.bank_names = [
@@ -235,11 +238,6 @@ class GraphRunner:
             for n in [i.name for i in self.adapted.get_inputs()][4:]
             if not (n.endswith(SCALE_SUFFIX) and n.removesuffix(SCALE_SUFFIX) in self._int8)
         ]
-
-    @property
-    def cls_only(self) -> bool:
-        """Whether the adapted graph has the optional ``cls_only`` input (the last layer at token 0 only)."""
-        return CLS_ONLY_INPUT in {i.name for i in self.adapted.get_overridable_initializers()}
 
     def bank_feeds(self, bank: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``bank_names``' fp32 arrays as the graph's feeds: int8 inputs quantized as the runtime does it at load."""
@@ -258,18 +256,29 @@ class GraphRunner:
     ) -> dict[str, np.ndarray]:
         """Pooled features of ``batch``; ``bank``: fp32 arrays in ``bank_names`` order, or :meth:`bank_feeds`.
         ``cls_only``: feed the adapted graph's optional input of that name True (the last layer at token 0)."""
+        return self.adapted_features(batch, self.hidden(batch), self.bank_feeds(bank), cls_only)
+
+    def hidden(self, batch: ParityBatch) -> np.ndarray:
+        """The trunk's output for ``batch`` (what the adapted graph reads)."""
         text = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "token_type_ids": batch.token_type_ids,
         }
         (hidden,) = self.trunk.run(None, _feed(self.trunk, text), self.run_options)
+        return hidden
+
+    def adapted_features(
+        self, batch: ParityBatch, hidden: np.ndarray, feeds: Mapping[str, np.ndarray], cls_only: bool = False
+    ) -> dict[str, np.ndarray]:
+        """The adapted graph on the trunk's ``hidden`` with the bank ``feeds`` (:meth:`bank_feeds`), so that a
+        second pass (``cls_only``) reuses the trunk's output and the quantized rows."""
         values = {
             "hidden": hidden,
             "attention_mask": batch.attention_mask,
             "row_source": batch.row_source,
             "task_index": batch.task_index,
-            **self.bank_feeds(bank),
+            **feeds,
         }
         feed = _feed(self.adapted, values)
         if cls_only:
@@ -364,9 +373,10 @@ def run_parity(
     for batch, batch_refs in zip(batches, refs, strict=True):
         local, bank = batch_bank(rows, keys, batch)
         runner.keep_heads([tasks[int(t)] for t in np.unique(batch.task_index)])
-        feats = runner.features(local, bank)
-        first = runner.features(local, bank, cls_only=True) if runner.cls_only else None
-        del bank
+        hidden, feeds = runner.hidden(local), runner.bank_feeds(bank)
+        feats = runner.adapted_features(local, hidden, feeds)
+        first = runner.adapted_features(local, hidden, feeds, cls_only=True) if runner.cls_only else None
+        del bank, feeds, hidden
         result.rows += len(batch.row_source)
         for t in np.unique(batch.task_index).tolist():
             task = tasks[t]

@@ -49,6 +49,7 @@ _ELEM = {
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.BOOL: "bool",
 }
 # Bank inputs whose rows become int8 in the int8 variant: the adapter projections (x @ w, w [T, K, N]).
 INT8_BANK_ROLES = ("down_w", "up_w")

@@ -34,6 +34,7 @@ from adapterdeploy.runtime.bank import BankLayout, TaskRows
 from adapterdeploy.runtime.embedding import Embed, Embedding, l2_normalize
 from adapterdeploy.runtime.heads import Head, predictions_from_logits
 from adapterdeploy.runtime.prediction import Prediction
+from adapterdeploy.runtime.sessions import optional_inputs
 from adapterdeploy.runtime.tagging import tagging_prediction
 from adapterdeploy.runtime.tokenization import Padded, TokenRow
 
@@ -80,8 +81,7 @@ class Engine:
         self.output_names = [o.name for o in adapted.get_outputs()]
         # Adapted graphs exported since the cls_only input (an optional input: an overridable initializer) can
         # compute their last layer at the first token only; older deployments have no such input and run whole.
-        optional: list[Any] = getattr(adapted, "get_overridable_initializers", list)()
-        self.cls_only = CLS_ONLY_INPUT in {i.name for i in optional}
+        self.cls_only = CLS_ONLY_INPUT in optional_inputs(adapted)
         self._snapshot: _Snapshot | None = None
         self._snap_lock = threading.Lock()
 

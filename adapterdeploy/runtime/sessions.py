@@ -52,13 +52,19 @@ from adapterdeploy.runtime.providers import (
     session_provider_list,
 )
 
-__all__ = ["SessionFactory", "global_pool_threads"]
+__all__ = ["SessionFactory", "global_pool_threads", "optional_inputs"]
 
 log = logging.getLogger(__name__)
 
 
 _POOL_LOCK = threading.Lock()
 _POOL: dict[str, Any] = {"configured": False, "threads": None, "usable": True}
+
+
+def optional_inputs(session: Any) -> set[str]:
+    """Names of a session's optional inputs: graph inputs that have a same-named initializer (their default),
+    which onnxruntime leaves out of ``get_inputs()`` (e.g. the adapted graph's ``cls_only``)."""
+    return {i.name for i in getattr(session, "get_overridable_initializers", list)()}
 
 
 def global_pool_threads() -> int | None:
