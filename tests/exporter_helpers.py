@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
+from adapterdeploy.config import AdapterConfig, HeadConfig, PeftSpec, SiteOptions
 from adapterdeploy.models.base import BaseModel
 from adapterdeploy.models.checkpoint import checkpoint_from_model, save_checkpoint
 from adapterdeploy.models.encoder import EncoderWithAdapters
@@ -82,3 +83,24 @@ def torch_logits(base: BaseModel, ckpt_dir: Path, items: list, max_length: int, 
             enc = tok(a, b, truncation=True, max_length=max_length, return_tensors="pt", return_token_type_ids=True)
             out.append(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[0].numpy())
     return np.stack(out)
+
+
+def random_task_models(
+    base: BaseModel, first_layer: int, kwargs: dict, n: int, lora: tuple[str, ...] = ()
+) -> list[EncoderWithAdapters]:
+    """``n`` task models with adapters on layers [first_layer, L) (bottlenecks 4, 6, ...; ``kwargs`` for
+    AdapterConfig, ``lora``: PEFT LoRA rank 2 on those modules) and every trainable weight drawn N(0, 0.3),
+    so that each task's adapters really change the output; seeded, the same models on every call."""
+    torch.manual_seed(0)
+    models = []
+    for i in range(n):
+        cfg = AdapterConfig(layers=tuple(range(first_layer, base.num_layers)), bottleneck=4 + 2 * i, **kwargs)
+        if lora:
+            cfg = dataclasses.replace(cfg, peft=PeftSpec(lora=lora, rank=2))
+        model = EncoderWithAdapters(base, cfg, HeadConfig(num_labels=2))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0.0, 0.3)
+        models.append(model.eval())
+    return models

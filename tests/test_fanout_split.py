@@ -13,8 +13,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from exporter_helpers import random_task_models
 
-from adapterdeploy.config import AdapterConfig, HeadConfig, SiteOptions
+from adapterdeploy.config import AdapterConfig, SiteOptions
 from adapterdeploy.exporter.featurizer import Adapted, bank_keys, shared_until, stack_bank, task_rows
 from adapterdeploy.models.encoder import EncoderWithAdapters
 
@@ -37,18 +38,7 @@ PLACEMENTS = {
 
 
 def _tasks(base, kwargs: dict, n: int = 3) -> list[EncoderWithAdapters]:
-    layers = tuple(range(K, base.num_layers))
-    torch.manual_seed(0)
-    models = []
-    for i in range(n):
-        cfg = AdapterConfig(layers=layers, bottleneck=4 + 2 * i, **kwargs)
-        model = EncoderWithAdapters(base, cfg, HeadConfig(num_labels=2))
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.normal_(0.0, 0.3)
-        models.append(model.eval())
-    return models
+    return random_task_models(base, K, kwargs, n)
 
 
 @pytest.mark.parametrize("name", list(PLACEMENTS))
