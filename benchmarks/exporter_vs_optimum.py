@@ -14,12 +14,13 @@ with one intra-op thread (``time.thread_time``), which other processes on a shar
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from adapterdeploy.exporter.optimize import interleaved_medians
 
 
 def _optimum_o3(base_dir: Path, out: Path) -> Path:
@@ -45,19 +46,6 @@ def _checkpoint(base, out: Path, placement: str) -> Path:
         out / placement,
         force=True,
     )
-
-
-def _medians(fns: dict, repeats: int, clock=time.perf_counter) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            samples[k].append((clock() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def main() -> None:
@@ -116,7 +104,7 @@ def main() -> None:
                 adapted.run(None, {"hidden": hidden, **rest, **bank})
 
             fns[p] = run
-        med = _medians(fns, repeats, clock)
+        med = interleaved_medians(fns, repeats=repeats, clock=clock)
         cells = " | ".join(f"{med[p]:.2f} | {med[p] / med['o3']:.3f}" for p in runs)
         rows.append(f"| {b} x {s} | {med['o3']:.2f} | {cells} |")
     print(f"clock: {args.clock}")

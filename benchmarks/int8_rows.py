@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 
 import click
 import numpy as np
+
+from adapterdeploy.exporter.optimize import interleaved_medians
 
 __all__ = ["int8_forms", "interleaved"]
 
@@ -43,18 +44,10 @@ def _load() -> str:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, threads: int) -> dict[str, float]:
-    """Median ms of each callable, A B C A B C ... after 3 warm-up calls each."""
+    """Median ms of each callable, A B C A B C ... after 3 warm-up calls each; CPU time of the calling thread
+    at 1 thread (steadier under load), wall time otherwise."""
     clock = time.thread_time if threads == 1 else time.perf_counter
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            samples[name].append((clock() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return interleaved_medians(fns, repeats=rounds, warmup=3, clock=clock)
 
 
 def int8_forms(dep_dir: Path, out: Path) -> dict[str, Path]:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from adapterdeploy.exporter.optimize import interleaved_medians
 
 REPO = Path(__file__).resolve().parent.parent
 SST2_DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -73,18 +74,6 @@ def _peft_adapter(base_dir: Path, out: Path, kind: str, rank: int):
                 p.normal_(0.0, 0.02)
     model.save_pretrained(str(out))
     return model.eval()
-
-
-def _median_interleaved(fns: dict, repeats: int, clock) -> dict[str, float]:
-    for fn in fns.values():
-        fn()  # warm-up
-    samples: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            samples[name].append((clock() - t0) * 1000)
-    return {n: round(statistics.median(v), 3) for n, v in samples.items()}
 
 
 def main() -> None:
@@ -157,7 +146,9 @@ def main() -> None:
                     "mixed": lambda rows=mixed_rows: d_mixed.predict_mixed(rows),
                     "peft-eager": run_peft,
                 }
-                ms = _median_interleaved(fns, args.repeats if batch == 1 else max(5, args.repeats // 2), clock)
+                ms = interleaved_medians(
+                    fns, repeats=args.repeats if batch == 1 else max(5, args.repeats // 2), warmup=1, clock=clock
+                )
                 rows.append(
                     {
                         "batch": batch,

@@ -8,9 +8,9 @@ covers the adapters' compute, the bank gathers and the split into two graphs; no
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from adapterdeploy.config import CLS_ONLY_INPUT
 from benchmarks.prepare import main_deployment, noadapter_featurizer, ours_available, signature_deployment
 from benchmarks.sections.common import LABELS, SectionResult, Table, monitored, ours_spec
 from benchmarks.sections.single import signature_workers
@@ -39,7 +39,7 @@ def run(ctx: Context) -> SectionResult:
         for prec in ("fp32", "int8"):
             # The reference skips what the runtime skips: with the adapted graph's cls_only input the runtime
             # computes the last layer at the CLS token only for these CLS-head tasks, so the reference does too.
-            cls_only = "cls_only" in graph_inputs(dep / variants[prec].adapted)
+            cls_only = CLS_ONLY_INPUT in variants[prec].io_dtypes.get("adapted", {})
             graph = noadapter_featurizer(p, variants[prec].optimization, prec, cls_only=cls_only)
             workers.append(ctx.worker(f"ours_{prec}", "ours", ours_spec(dep, prec)))
             spec = {"deployment": str(dep), "graph": str(graph), "precision": prec, "task": "t0000"}
@@ -164,10 +164,3 @@ def _signature_rows(
                 }
             )
     return rows
-
-
-def graph_inputs(path: Path) -> set[str]:
-    """Names of an ONNX graph's inputs, optional ones (inputs with an initializer) included."""
-    import onnx
-
-    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
