@@ -334,7 +334,13 @@ def _cls_only_encoder(base: Any) -> Any:
     ``[B, 1, H]``, the CLS state. (A factory: this module imports torch only when it builds graphs.)"""
     import torch
 
-    from adapterdeploy.exporter.featurizer import Trunk, _extended_mask, copy_encoder, query_attention
+    from adapterdeploy.exporter.featurizer import (
+        Trunk,
+        _extended_mask,
+        copy_encoder,
+        foldable_key_value,
+        query_attention,
+    )
 
     class ClsOnlyEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -348,7 +354,9 @@ def _cls_only_encoder(base: Any) -> Any:
             h = self.trunk(input_ids, attention_mask, token_type_ids)
             ext = _extended_mask(self.hf, attention_mask, h.dtype)
             first = torch.zeros(1, dtype=torch.long)
-            return self.last.feed_forward_chunk(query_attention(self.last.attention, h, ext, first))
+            # The folded form when the deployment's adapted graph would take it (design note 31).
+            folded = torch.tensor(True) if foldable_key_value(self.last, (), base.num_layers - 1) else None
+            return self.last.feed_forward_chunk(query_attention(self.last.attention, h, ext, first, folded))
 
     return ClsOnlyEncoder()
 

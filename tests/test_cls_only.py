@@ -235,3 +235,70 @@ def test_parity_refuses_an_export_whose_cls_only_path_is_wrong(tiny_base_dir, tm
         export_deployment(tiny_base_dir, [ckpt], tmp_path / "dep", adapter_drop=K, max_length=16)
     assert "logits (cls_only)" in str(err.value)
     assert not (tmp_path / "dep").exists()
+
+
+# ---- the folded CLS attention (design note 31) ---------------------------------------------------------------
+
+
+def test_folded_attention_equals_the_projected_one(tiny_base):
+    """Keys and values folded into the query give HF's context, masked keys and the value bias included."""
+    from adapterdeploy.exporter.featurizer import _folded_attention, _projected_attention
+
+    sa = tiny_base.model.encoder.layer[-1].attention.self
+    torch.manual_seed(3)
+    with torch.no_grad():
+        sa.key.bias.normal_(0.0, 1.0)  # a key bias changes every score of a query by the same amount
+        sa.value.bias.normal_(0.0, 1.0)
+        h = torch.randn(3, 5, tiny_base.hidden_size)
+        q = torch.randn(3, sa.num_attention_heads, 2, sa.attention_head_size)
+        mask = torch.ones(3, 5, dtype=torch.long)
+        mask[1, 2:] = 0
+        ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        want = _projected_attention(sa, q, h, ext)
+        got = _folded_attention(sa, q, h, ext)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_folding_is_left_out_where_the_last_layer_has_per_task_key_or_value_deltas(tiny_base):
+    plain = Adapted(tiny_base, K, AdapterConfig(placement="pfeiffer").signature())
+    assert plain.cls_only and plain.fold_last
+    for modules, folds in ((("query", "ffn_in"), True), (("key",), False), (("value",), False)):
+        (model,) = _models(tiny_base, {"placement": "pfeiffer"}, n=1, lora=modules)
+        adapted = Adapted(tiny_base, K, model.adapter_config.signature())
+        assert adapted.cls_only and adapted.fold_last is folds, modules
+
+
+def test_the_exported_graph_reads_zero_sizes_literally_only_where_cls_only_switches_them(tiny_base, tmp_path):
+    """Both forms are in the graph, the unchosen one on empty slices: the Reshapes that cls_only sizes have
+    allowzero=1 (an ONNX 0 would otherwise copy an input dimension); the folded MatMuls stay fp32 in int8."""
+    from adapterdeploy.exporter.onnx_graphs import export_adapted
+    from adapterdeploy.exporter.quantize import batched_weight_matmuls, quantize_int8
+
+    models = _models(tiny_base, {})
+    adapted = _check_torch(tiny_base, models)
+    signature = models[0].adapter_config.signature()
+    bank = stack_bank([task_rows(m, signature, adapted.adapted_layers) for m in models], adapted.keys)
+    path = tmp_path / "adapted.onnx"
+    model = export_adapted(adapted, path, opset=17, hidden_size=tiny_base.hidden_size, bank=bank)
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape"]
+    literal = [n.name for n in reshapes if any(a.name == "allowzero" and a.i == 1 for a in n.attribute)]
+    last = f"/layers.{tiny_base.num_layers - 1}/"
+    assert literal and all(name.startswith(last) for name in literal)
+    assert len(literal) < len(reshapes)
+    folded = batched_weight_matmuls(model)
+    assert len(folded) == 2 and all(name.startswith(last) for name in folded)  # W_k and W_v, per head
+    quantize_int8(path, tmp_path / "adapted.int8.onnx")
+    int8 = onnx.load(str(tmp_path / "adapted.int8.onnx"))
+    assert {n.name for n in int8.graph.node if n.op_type == "MatMul"} >= set(folded)
+    hidden, mask, rows, tasks = _inputs(tiny_base.hidden_size)
+    feed = {"hidden": hidden.numpy(), "attention_mask": mask.numpy(), "row_source": rows.numpy()}
+    feed |= {"task_index": tasks.numpy(), **{k: b.numpy() for k, b in zip(adapted.keys, bank, strict=True)}}
+    with torch.no_grad():
+        want = dict(zip(adapted.output_names, adapted(hidden, mask, rows, tasks, *bank), strict=True))
+    for graph, atol in ((path, 1e-5), (tmp_path / "adapted.int8.onnx", 0.1)):
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        for flag in (False, True):
+            got = dict(zip(names, session.run(None, {**feed, CLS_ONLY_INPUT: np.array(flag)}), strict=True))
+            np.testing.assert_allclose(got["cls"], want["cls"].numpy(), rtol=0, atol=atol)

@@ -152,7 +152,8 @@ def _layer_of(node_name: str) -> int | None:
 
 def test_adapter_drop_k2_graphs_hold_no_adapter_below_k(tiny_base, tiny_base_dir, ckpts, tmp_path):
     """K = 2: the trunk has no bank input at all; per layer, the plain graphs' MatMuls are 8 (base) below K and
-    8 + 2 per adapter site (down, up) from K on; every bank input feeds layers >= K only."""
+    8 + 2 per adapter site (down, up) from K on, + 4 in the last layer for its folded CLS attention (design
+    note 31); every bank input feeds layers >= K only."""
     from adapterdeploy.exporter.featurizer import Adapted, Trunk, stack_bank, task_rows
     from adapterdeploy.exporter.onnx_graphs import export_adapted, export_trunk
     from adapterdeploy.models.encoder import EncoderWithAdapters
@@ -177,7 +178,7 @@ def test_adapter_drop_k2_graphs_hold_no_adapter_below_k(tiny_base, tiny_base_dir
     bank = stack_bank([task_rows(model, sig, adapted_m.adapted_layers)], adapted_m.keys)
     export_trunk(trunk_m, tmp_path / "t.onnx", opset=17, vocab_size=tiny_base.model.config.vocab_size)
     export_adapted(adapted_m, tmp_path / "a.onnx", opset=17, hidden_size=32, bank=bank)
-    for path, expected in (("t.onnx", {0: 8, 1: 8, 2: 0, 3: 0}), ("a.onnx", {0: 0, 1: 0, 2: 10, 3: 10})):
+    for path, expected in (("t.onnx", {0: 8, 1: 8, 2: 0, 3: 0}), ("a.onnx", {0: 0, 1: 0, 2: 10, 3: 14})):
         graph = onnx.load(str(tmp_path / path)).graph
         counts = {i: sum(1 for n in graph.node if n.op_type == "MatMul" and _layer_of(n.name) == i) for i in range(4)}
         assert counts == expected, path

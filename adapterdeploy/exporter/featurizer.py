@@ -401,13 +401,21 @@ class AdaptedLayer(nn.Module):
         self._key = key
         self._ctx = ctx
 
-    def forward(self, h: Tensor, ext: Tensor, rows: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        ext: Tensor,
+        rows: Tensor | None = None,
+        queries: Tensor | None = None,
+        folded: Tensor | None = None,
+    ) -> Tensor:
         """``rows``: the layer ran once per unique text; gather its output to the batch's rows before the adapter.
-        ``queries``: the token positions whose output is computed (:func:`query_attention`); None: every token."""
+        ``queries``: the token positions whose output is computed (:func:`query_attention`); None: every token.
+        ``folded``: :func:`query_attention`'s bool scalar of that name."""
         if queries is None:
             h = self.layer(h, attention_mask=ext)[0]
         else:
-            h = self.layer.feed_forward_chunk(query_attention(self.layer.attention, h, ext, queries))
+            h = self.layer.feed_forward_chunk(query_attention(self.layer.attention, h, ext, queries, folded))
         if rows is not None:
             h = torch.index_select(h, 0, rows)
         p = self._ctx.params.get(self._key)
@@ -417,7 +425,9 @@ class AdaptedLayer(nn.Module):
         return h if p is None else adapter_site(h, None, None, p, self._ctx.opts, self._ctx.act)
 
 
-def query_attention(attention: nn.Module, h: Tensor, ext: Tensor, queries: Tensor) -> Tensor:
+def query_attention(
+    attention: nn.Module, h: Tensor, ext: Tensor, queries: Tensor, folded: Tensor | None = None
+) -> Tensor:
     """A BERT attention block's output at the token positions ``queries`` only, ``[B, q, H]``: their queries
     against every token's key and value (under the full mask ``ext``), then the attention output sub-layer
     (with its adapter site) on those positions, the residual taken from ``h`` at them.
@@ -427,16 +437,89 @@ def query_attention(attention: nn.Module, h: Tensor, ext: Tensor, queries: Tenso
     input). HF's eager self-attention math, written out because HF's module has no query subset; the
     layer's own ``query`` / ``key`` / ``value`` modules are called, so PEFT wrappers still apply. Only for
     absolute position embeddings (:func:`supports_query_subset`).
+
+    ``folded`` (a bool scalar, traced: the graph holds both forms): True computes the scores and the values
+    with the key and value projections folded into the few queries instead of projecting every token
+    (:func:`_folded_attention`); False, HF's form. Each form runs on its own slice of the queries and keys,
+    and the one not chosen gets empty slices, so it costs a few empty nodes. The caller passes it only when
+    the key and value projections have one weight for every row (no per-task PEFT delta on them:
+    :func:`foldable_key_value`).
     """
     sa = attention.self
     B, nh, d = h.shape[0], sa.num_attention_heads, sa.attention_head_size
     hq = torch.index_select(h, 1, queries)
-    q = sa.query(hq).view(B, -1, nh, d).transpose(1, 2)
+    q = sa.query(hq).view(B, -1, nh, d).transpose(1, 2)  # [B, nh, q, d]
+    if folded is None:
+        context = _projected_attention(sa, q, h, ext)
+    else:
+        # Two slices per axis, one of them empty: [0, split) for HF's form, [split, n) for the folded one.
+        n_q, n_k = torch._shape_as_tensor(q)[2], torch._shape_as_tensor(h)[1]
+        zero = torch.zeros_like(n_q)
+        split_q, split_k = torch.where(folded, zero, n_q), torch.where(folded, zero, n_k)
+        hf_q, fold_q = torch.arange(split_q), torch.arange(split_q, n_q)
+        hf_k, fold_k = torch.arange(split_k), torch.arange(split_k, n_k)
+        context = torch.cat(
+            (
+                _projected_attention(
+                    sa, torch.index_select(q, 2, hf_q), torch.index_select(h, 1, hf_k), torch.index_select(ext, 3, hf_k)
+                ),
+                _folded_attention(
+                    sa,
+                    torch.index_select(q, 2, fold_q),
+                    torch.index_select(h, 1, fold_k),
+                    torch.index_select(ext, 3, fold_k),
+                ),
+            ),
+            dim=2,
+        )
+    return attention.output(context.transpose(1, 2).reshape(B, -1, nh * d), hq)
+
+
+def _projected_attention(sa: nn.Module, q: Tensor, h: Tensor, ext: Tensor) -> Tensor:
+    """HF's form: every token's key and value projected, ``softmax(q k^T / sqrt(d) + ext) v`` ``[B, nh, q, d]``."""
+    B, nh, d = h.shape[0], sa.num_attention_heads, sa.attention_head_size
     k = sa.key(h).view(B, -1, nh, d).transpose(1, 2)
     v = sa.value(h).view(B, -1, nh, d).transpose(1, 2)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + ext  # ext [B, 1, 1, S]
-    context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(B, -1, nh * d)
-    return attention.output(context, hq)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _folded_attention(sa: nn.Module, q: Tensor, h: Tensor, ext: Tensor) -> Tensor:
+    """The same context as :func:`_projected_attention` without projecting the keys and values, ``[B, nh, q, d]``.
+
+    Per head, ``q . (W_k x + b_k) = (W_k^T q) . x + q . b_k``: the last term is the same for every key, so
+    softmax drops it, and the scores are ``x`` against the query folded into the hidden space. The context
+    is ``sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v sum_j p_j``. Per query that is ``O(S H nh)``
+    work instead of ``O(S H^2)`` for the projections: for the one CLS query, most of the last layer's
+    attention cost. Exact in real arithmetic; in fp32 the sums are only reordered.
+    """
+    # Sizes are spelled out, as tensors (no -1: one of the two forms runs on empty slices, where -1 is
+    # ambiguous; and the tracer keeps them dynamic instead of baking in the sample's). Heads and rows are laid
+    # out so that every product is one GEMM per head or per row (nh + B of them) rather than one per (row,
+    # head): onnxruntime runs a broadcast MatMul as one small GEMM per broadcast slice.
+    B, S, H = torch._shape_as_tensor(h)
+    nq = torch._shape_as_tensor(q)[2]
+    nh, d = sa.num_attention_heads, sa.attention_head_size
+    by_head = q.transpose(0, 1).reshape(nh, B * nq, d)  # [nh, B q, d]
+    w_k = sa.key.weight.view(nh, d, -1)  # per head: k_h = x W_k[h]^T (nn.Linear stores [out, in])
+    w_v = sa.value.weight.view(nh, d, -1).transpose(1, 2)  # [nh, H, d]
+    folded_q = torch.matmul(by_head, w_k).view(nh, B, nq, H).transpose(0, 1).reshape(B, nh * nq, H)  # [B, nh q, H]
+    scores = torch.matmul(folded_q, h.transpose(1, 2)).view(B, nh, nq, S) / math.sqrt(d) + ext
+    p = torch.softmax(scores, dim=-1)  # [B, nh, q, S]
+    mixed = torch.matmul(p.reshape(B, nh * nq, S), h).view(B, nh, nq, H)  # sum_j p_j x_j: [B, nh, q, H]
+    context = torch.matmul(mixed.transpose(0, 1).reshape(nh, B * nq, H), w_v).view(nh, B, nq, d).transpose(0, 1)
+    if sa.value.bias is None:
+        return context
+    return context + torch.sum(p, dim=-1, keepdim=True) * sa.value.bias.view(nh, 1, d)
+
+
+def foldable_key_value(layer: nn.Module, keys: Sequence[str], index: int) -> bool:
+    """Whether layer ``index``'s key and value projections have one weight for every row (what
+    :func:`_folded_attention` folds): linear layers (our LoRA sites are, adding nothing without deltas) that
+    no bank input of ``keys`` gives a per-task PEFT delta."""
+    sa = layer.attention.self
+    per_task = any(k.split(".")[1:3] in ([str(index), "key"], [str(index), "value"]) for k in keys)
+    return not per_task and all(isinstance(getattr(sa, a, None), nn.Linear) for a in ("key", "value"))
 
 
 def supports_query_subset(layer: nn.Module) -> bool:
@@ -511,6 +594,8 @@ class Adapted(nn.Module):
             and all(supports_query_subset(hf.encoder.layer[i]) for i in self.adapted_layers[-1:])
             and (len(self.adapted_layers) > 1 or self.shared_until is None)
         )
+        last = self.adapted_layers[-1] if self.adapted_layers else -1
+        self.fold_last = self.cls_only and foldable_key_value(hf.encoder.layer[last], self.keys, last)
 
     def gather(self, bank: Sequence[Tensor], task_index: Tensor) -> tuple[dict, dict]:
         """Per-row weights: ``bank[task_index]``; 2-D bank inputs come out as ``[B, 1, X]``."""
@@ -535,6 +620,7 @@ class Adapted(nn.Module):
         rows: Tensor | None = None,
         unique_mask: Tensor | None = None,
         queries: Tensor | None = None,
+        folded: Tensor | None = None,
     ) -> Tensor:
         """Layers [K, L) with ``params`` / ``lns`` (one row each per row of the batch); every token's last state.
 
@@ -542,7 +628,8 @@ class Adapted(nn.Module):
         ``h`` and ``unique_mask`` are per unique text and ``mask`` per row: layer K runs once per text up to
         :attr:`shared_until` and the gather to the rows happens there, so a fan-out of one text to n tasks
         computes that part once instead of n times (for after_layer adapters all of layer K).
-        ``queries``: the last layer's output only at these token positions (``[B, q, H]``; see :attr:`cls_only`).
+        ``queries``: the last layer's output only at these token positions (``[B, q, H]``; see :attr:`cls_only`),
+        its attention in :func:`query_attention`'s ``folded`` form when that bool scalar is True.
         """
         if rows is not None and self.shared_until is None:
             h, rows = torch.index_select(h, 0, rows), None
@@ -552,14 +639,20 @@ class Adapted(nn.Module):
         try:
             last = len(self.layers) - 1
             for i, layer in enumerate(self.layers.values()):
-                q = queries if i == last else None
-                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None, q)
+                q, f = (queries, folded) if i == last else (None, None)
+                h = self._layer(layer, h, ext_k if i == 0 else ext, rows if i == 0 else None, q, f)
         finally:
             self.ctx.clear()
         return h
 
     def _layer(
-        self, layer: AdaptedLayer, h: Tensor, ext: Tensor, rows: Tensor | None, queries: Tensor | None = None
+        self,
+        layer: AdaptedLayer,
+        h: Tensor,
+        ext: Tensor,
+        rows: Tensor | None,
+        queries: Tensor | None = None,
+        folded: Tensor | None = None,
     ) -> Tensor:
         """One adapted layer; ``rows`` are gathered where :attr:`shared_until` says (set on that sub-layer)."""
         site = self.shared_until if rows is not None else None
@@ -567,7 +660,7 @@ class Adapted(nn.Module):
         if module is not None:
             module.rows = rows
         try:
-            return layer(h, ext, rows if site == "layer" else None, queries)
+            return layer(h, ext, rows if site == "layer" else None, queries, folded)
         finally:
             if module is not None:
                 module.rows = None
@@ -592,7 +685,10 @@ class Adapted(nn.Module):
         if flag is not None:
             seq = torch._shape_as_tensor(hidden)[1]  # traced: the sequence length stays dynamic in the graph
             queries = torch.arange(torch.where(flag, torch.ones_like(seq), seq))
-        h = self.encode(hidden, mask, params, lns, row_source, attention_mask, queries)
+        # The one CLS query also takes the folded attention (query_attention): no key / value projection of
+        # every token in the last layer.
+        folded = flag if self.fold_last else None
+        h = self.encode(hidden, mask, params, lns, row_source, attention_mask, queries, folded)
         return self.features(h, mask if queries is None else torch.index_select(mask, 1, queries))
 
 

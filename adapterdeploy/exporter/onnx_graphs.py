@@ -29,6 +29,7 @@ __all__ = [
     "export_standalone",
     "export_trunk",
     "graph_io",
+    "literal_zero_reshapes",
 ]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,10 +77,34 @@ def export_module(
     _restore_inputs(model, args, input_names, dynamic_axes)
     for name, value in (defaults or {}).items():
         model.graph.initializer.append(helper.make_tensor(name, TensorProto.BOOL, [], [value]))
+    if defaults:
+        literal_zero_reshapes(model, tuple(defaults))
     _check_io(model, input_names, output_names, dynamic_axes, path)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return model
+
+
+def literal_zero_reshapes(model: onnx.ModelProto, inputs: Sequence[str]) -> int:
+    """Give ``allowzero=1`` to the Reshapes whose target shape depends on ``inputs``; return how many.
+
+    torch's ``view`` sizes are literal, but ONNX Reshape reads a 0 in the shape as "copy this input
+    dimension" unless ``allowzero`` is set, and the TorchScript exporter leaves it unset. The sizes that a
+    bool input such as ``cls_only`` switches can be 0 (:func:`~adapterdeploy.exporter.featurizer.query_attention`
+    runs the form it does not choose on empty slices), so those Reshapes need the literal reading; the others
+    keep the exporter's form, which onnxruntime's fusions were measured with.
+    """
+    tainted = set(inputs)
+    changed = 0
+    for node in model.graph.node:  # topological order (the exporter's, checked by onnx.checker)
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in tainted:
+            attrs = [a for a in node.attribute if a.name != "allowzero"]
+            del node.attribute[:]
+            node.attribute.extend([*attrs, helper.make_attribute("allowzero", 1)])
+            changed += 1
+        if tainted.intersection(node.input):
+            tainted.update(node.output)
+    return changed
 
 
 def _restore_inputs(

@@ -36,6 +36,7 @@ import onnx
 __all__ = [
     "FP16_BLOCKED_OPS",
     "INT8_BANK_ROLES",
+    "batched_weight_matmuls",
     "convert_fp16",
     "graph_io_dtypes",
     "quantize_bank_matmuls",
@@ -70,10 +71,23 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=False,
+            nodes_to_exclude=batched_weight_matmuls(onnx.load(str(src), load_external_data=False)),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
         root.setLevel(level)
+
+
+def batched_weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose constant weight has more than 2 dimensions (one matrix per head: the folded CLS attention
+    of ``featurizer.query_attention``). Per-channel dynamic quantization writes per-column zero points that
+    onnxruntime's ``DynamicQuantizeMatMul`` refuses for a batched weight ("b zero point is not valid"), and
+    these products cost one token's projection per query (H^2 multiply-adds), so they stay fp32."""
+    shapes = {i.name: len(i.dims) for i in model.graph.initializer}
+    for node in model.graph.node:  # a weight the exporter left as a Constant node
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            shapes[node.output[0]] = len(node.attribute[0].t.dims)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and shapes.get(n.input[1], 2) > 2]
 
 
 def quantize_bank_matmuls(src: str | Path, dst: str | Path) -> list[str]:

@@ -22,6 +22,7 @@ its rows get that exception in place of a Prediction and every other group is st
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,12 @@ from adapterdeploy.runtime.sessions import optional_inputs
 from adapterdeploy.runtime.tagging import tagging_prediction
 from adapterdeploy.runtime.tokenization import Padded, TokenRow
 
-__all__ = ["Engine", "LoadedTask"]
+__all__ = ["GATHER_CACHE_BYTES", "Engine", "LoadedTask"]
+
+# The few most recent multi-task bank gathers (rows mode), so that a client fanning one text out to the same
+# tasks call after call does not concatenate their rows every time (8 MiniLM tasks: ~0.15 ms per call, ~7% of
+# a fan-out's Python side). Bounded in bytes; an entry is used only while it holds the very same rows objects.
+GATHER_CACHE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class Engine:
         self.cls_only = CLS_ONLY_INPUT in optional_inputs(adapted)
         self._snapshot: _Snapshot | None = None
         self._snap_lock = threading.Lock()
+        self._gathered: OrderedDict[tuple[int, ...], tuple[tuple[TaskRows, ...], dict[str, np.ndarray], int]]
+        self._gathered = OrderedDict()
+        self._gathered_bytes = 0
 
     # ---- bank feeds --------------------------------------------------------------------------
     def snapshot(self, version: int, loaded: Sequence[LoadedTask]) -> _Snapshot:
@@ -119,7 +128,28 @@ class Engine:
         slots: dict[str | None, int] = {t.name: i for i, t in enumerate(tasks)}
         if base is not None:
             slots[None] = len(tasks)
-        return slots, self.layout.gather(rows)
+        return slots, self._gather(rows)
+
+    def _gather(self, rows: list[TaskRows]) -> dict[str, np.ndarray]:
+        """``layout.gather(rows)``, from the small cache of recent multi-task gathers when it has these rows."""
+        if len(rows) == 1:
+            return self.layout.gather(rows)  # the task's own arrays: no copy to save
+        key = tuple(map(id, rows))
+        with self._snap_lock:
+            hit = self._gathered.get(key)
+            if hit is not None and all(a is b for a, b in zip(hit[0], rows, strict=True)):
+                self._gathered.move_to_end(key)
+                return hit[1]
+        feeds = self.layout.gather(rows)
+        size = sum(a.nbytes for a in feeds.values())
+        if size <= GATHER_CACHE_BYTES // 4:
+            with self._snap_lock:
+                old = self._gathered.pop(key, None)
+                self._gathered_bytes += size - (old[2] if old is not None else 0)
+                self._gathered[key] = (tuple(rows), feeds, size)
+                while self._gathered_bytes > GATHER_CACHE_BYTES:
+                    self._gathered_bytes -= self._gathered.popitem(last=False)[1][2]
+        return feeds
 
     # ---- forward -----------------------------------------------------------------------------
     def run(

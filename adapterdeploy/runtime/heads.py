@@ -176,18 +176,19 @@ def predictions_from_logits(
     x = logits.astype(np.float64)
     x = np.exp(x - x.max(axis=1, keepdims=True))
     probs = x / x.sum(axis=1, keepdims=True)
-    best = probs.argmax(axis=1)
     labels = config.labels
+    # Python floats and bools once per array (tolist) rather than per element: a fan-out builds a few
+    # predictions for each of many tasks, where numpy's per-element conversions were a visible share.
     return [
         Prediction(
             task=task,
             label=labels[k],
-            score=float(p[k]),
-            probabilities={lab: float(v) for lab, v in zip(labels, p, strict=True)},
+            score=p[k],
+            probabilities=dict(zip(labels, p, strict=True)),
             value=None,
-            truncated=bool(tr),
+            truncated=tr,
         )
-        for p, k, tr in zip(probs, best, truncated, strict=True)
+        for p, k, tr in zip(probs.tolist(), probs.argmax(axis=1).tolist(), truncated.tolist(), strict=True)
     ]
 
 
