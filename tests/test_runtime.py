@@ -152,6 +152,32 @@ def test_mixed_and_fan_out_equal_single_task(dep):
         )
 
 
+def test_repeated_fan_outs_reuse_the_gathered_bank_but_never_stale_rows(deploy_dir, tmp_path, monkeypatch):
+    """The engine keeps recent multi-task gathers: the same tasks again reuse them; a task loaded again from a
+    changed file (new rows objects) is gathered afresh; the cache stays within its byte bound."""
+    from adapterdeploy.runtime import engine as engine_mod
+
+    changed = tmp_path / "sent"
+    shutil.copytree(deploy_dir / "tasks" / "sent", changed)
+    with Deployment.open(deploy_dir) as d:
+        calls = []
+        gather = d._engine.layout.gather
+        monkeypatch.setattr(d._engine.layout, "gather", lambda rows: calls.append(len(rows)) or gather(rows))
+        first = d.fan_out(TEXTS[:1], tasks=["sent", "topic"])
+        again = d.fan_out(TEXTS[:1], tasks=["sent", "topic"])
+        assert calls == [2] and _vec(first["sent"][0]).tolist() == _vec(again["sent"][0]).tolist()
+        d.unload_task("sent")
+        d.load_task(changed)  # the same name, new rows objects: the cached gather must not be used
+        d.fan_out(TEXTS[:1], tasks=["sent", "topic"])
+        assert calls == [2, 2]
+        monkeypatch.setattr(engine_mod, "GATHER_CACHE_BYTES", 1)  # nothing fits: every call gathers
+        d._engine._gathered.clear()
+        d._engine._gathered_bytes = 0
+        d.fan_out(TEXTS[:1], tasks=["sent", "topic"])
+        d.fan_out(TEXTS[:1], tasks=["sent", "topic"])
+        assert calls == [2, 2, 2, 2] and not d._engine._gathered
+
+
 def test_bucketing_and_bank_modes_give_the_same_results(deploy_dir, dep):
     rows = [("sent" if i % 3 else "topic", f"the movie was good {'very ' * (i % 7)}fun {i}") for i in range(23)]
     ref = dep.predict_mixed(rows)
