@@ -242,9 +242,11 @@ def test_parity_refuses_an_export_whose_cls_only_path_is_wrong(tiny_base_dir, tm
 
 def test_folded_attention_equals_the_projected_one(tiny_base):
     """Keys and values folded into the query give HF's context, masked keys and the value bias included."""
+    import copy
+
     from adapterdeploy.exporter.featurizer import _folded_attention, _projected_attention
 
-    sa = tiny_base.model.encoder.layer[-1].attention.self
+    sa = copy.deepcopy(tiny_base.model.encoder.layer[-1].attention.self)  # tiny_base is shared: never mutate it
     torch.manual_seed(3)
     with torch.no_grad():
         sa.key.bias.normal_(0.0, 1.0)  # a key bias changes every score of a query by the same amount
