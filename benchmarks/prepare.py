@@ -15,6 +15,7 @@ classification head, and the whole model with one task's adapters), and deployme
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -486,7 +487,12 @@ def find_real_tasks(p: Prepared, ckpt_dir: Path) -> list[dict[str, Any]]:
         return []
     fingerprint = load_base(p.base_dir).fingerprint
     found: list[dict[str, Any]] = []
-    for meta in sorted(ckpt_dir.rglob("task.json")):
+    # os.walk with followlinks: a folder of symlinks to checkpoints (one per task, picked from several runs)
+    # is a natural way to choose them, and Path.rglob (Python 3.11) does not enter symlinked folders.
+    metas = sorted(
+        Path(root) / "task.json" for root, _, files in os.walk(ckpt_dir, followlinks=True) if "task.json" in files
+    )
+    for meta in metas:
         try:
             data = json.loads(meta.read_text())
         except (OSError, json.JSONDecodeError):

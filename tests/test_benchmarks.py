@@ -157,3 +157,33 @@ def test_adapterhub_parallel_system_answers_fanout_and_single_calls(tiny_base_di
         np.testing.assert_allclose(f, s, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="fanout payloads"):
         system.prepare({"kind": "fanout", "text": text, "tasks": tasks[:2]})
+
+
+def test_real_checkpoints_are_found_through_a_folder_of_symlinks(tiny_base_dir: Path, tmp_path: Path, monkeypatch):
+    """A --ckpt-dir made of symlinks to checkpoints picked from several training runs finds them (Path.rglob
+    alone does not enter symlinked folders); a checkpoint for another base does not count."""
+    from types import SimpleNamespace
+
+    from adapterdeploy.models.base import load_base
+    from benchmarks import prepare
+
+    data = tmp_path / "data"
+    (data / "cola").mkdir(parents=True)
+    (data / "cola" / "dev.tsv").write_text("sentence\tlabel\n")
+    monkeypatch.setattr(prepare, "DATA_DIR", data)
+    runs = tmp_path / "runs"
+    base = {"fingerprint": load_base(tiny_base_dir).fingerprint}
+    for name, fingerprint in (("cola-e8", base["fingerprint"]), ("sst2", "0" * 64)):
+        (runs / name).mkdir(parents=True)
+        meta = {
+            "format": "adapterdeploy.task-checkpoint",
+            "name": name.split("-")[0],
+            "base": {"fingerprint": fingerprint},
+        }
+        (runs / name / "task.json").write_text(json.dumps(meta))
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    (chosen / "cola").symlink_to(runs / "cola-e8", target_is_directory=True)
+    (chosen / "sst2").symlink_to(runs / "sst2", target_is_directory=True)
+    found = prepare.find_real_tasks(SimpleNamespace(base_dir=tiny_base_dir), chosen)  # type: ignore[arg-type]
+    assert [(t["name"], t["dataset"], t["ckpt"]) for t in found] == [("cola", "cola", chosen / "cola")]
