@@ -7,15 +7,23 @@ Two views of one case (a model prepared by ``python -m benchmarks --prepare-only
    runtime's session options. The difference is what the adapters cost, operator by operator.
 2. **End to end** (``time.perf_counter`` around the pieces): tokenize + pad, trunk, adapted, heads, and
    the rest of ``Deployment.predict`` (Python), medians over many calls.
+3. **Thread scaling** (``--scaling``): the session runs alone (no tokenizer, no Python of ours) of optimum's
+   O3 export of the plain model, our featurizer without adapters (whole last layer, and CLS-only), and the
+   native, ``seq_bn`` and ``double_seq_bn`` deployments (CLS-only), each at 1 thread and at ``--threads``,
+   wall time, every system interleaved in one process. It separates what the adapters cost from what a
+   graph loses when a second thread joins (batch 1 runs many small operators, each a thread-pool sync).
 
 The profiler adds its own per-node cost, so its absolute numbers are inflated; compare within a column.
-Example: ``python -m benchmarks.profile_runtime --model minilm --precision int8 --batch 1 --seq 53``.
+Example: ``python -m benchmarks.profile_runtime --model minilm --precision int8 --batch 1 --seq 53``;
+``python -m benchmarks.profile_runtime --scaling --seq 42 --rounds 15`` for the third view.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -26,7 +34,7 @@ from typing import Any
 import click
 import numpy as np
 
-__all__ = ["op_profile", "predict_breakdown", "session_feeds"]
+__all__ = ["interleaved_ms", "op_profile", "predict_breakdown", "session_feeds", "thread_scaling"]
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -109,6 +117,79 @@ def predict_breakdown(dep: Any, rows: list[Any], task: str, calls: int) -> dict[
     return out
 
 
+def interleaved_ms(systems: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Per-round mean wall ms per call of each system, the systems in a fresh random order every round."""
+    for fn in systems.values():
+        for _ in range(max(3, calls // 2)):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name in random.sample(list(systems), len(systems)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                systems[name]()
+            out[name].append((time.perf_counter() - t0) / calls * 1e3)
+    return out
+
+
+def _trunk_then_adapted(eng: Any, trunk_feeds: dict[str, Any], adapted_feeds: dict[str, Any]) -> object:
+    """The engine's two session runs for a single-task batch, CLS features only."""
+    hidden = eng.trunk.run([eng.trunk_output], trunk_feeds)[0]
+    return eng.adapted.run(["cls"], {**adapted_feeds, "hidden": hidden})
+
+
+def thread_scaling(
+    p: Any, tokens: dict[str, np.ndarray], threads: int, rounds: int, calls: int, precision: str = "fp32"
+) -> list[dict[str, Any]]:
+    """Session time at 1 thread and at ``threads`` of O3 plain, our featurizer without adapters (whole and
+    CLS-only last layer) and the native / seq_bn / double_seq_bn deployments, one row per system."""
+    import onnxruntime as ort
+
+    from adapterdeploy.artifacts import Manifest
+    from adapterdeploy.runtime import Deployment
+    from benchmarks.prepare import main_deployment, noadapter_featurizer, optimum_export, signature_deployment
+
+    deployments = {"native": main_deployment(p)}
+    deployments.update({kind: signature_deployment(p, kind) for kind in ("seq_bn", "double_seq_bn")})
+    optimization = Manifest.read(deployments["native"]).featurizer.variants[precision].optimization
+    graphs = {
+        "optimum O3 (plain model)": optimum_export(p, "plain"),
+        "ours, no adapters": noadapter_featurizer(p, optimization, precision),
+        "ours, no adapters, CLS-only": noadapter_featurizer(p, optimization, precision, cls_only=True),
+    }
+    systems: dict[str, Callable[[], object]] = {}
+    for n in (1, threads):
+        for name, graph in graphs.items():
+            options = Deployment.open(deployments["native"], precision=precision, threads=n)._factory.options()
+            sess = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            feeds = {k: v for k, v in tokens.items() if k in {i.name for i in sess.get_inputs()}}
+            systems[f"{name}/{n}"] = functools.partial(sess.run, None, feeds)
+        for name, path in deployments.items():
+            dep = Deployment.open(path, precision=precision, threads=n)
+            eng = dep._engine
+            trunk_feeds, adapted_feeds = session_feeds(dep, "t0000", tokens)
+            if eng.cls_only:
+                adapted_feeds["cls_only"] = np.array(True)
+            systems[f"{name}/{n}"] = functools.partial(_trunk_then_adapted, eng, trunk_feeds, adapted_feeds)
+    samples = interleaved_ms(systems, rounds, calls)
+    times = {k: statistics.median(v) for k, v in samples.items()}
+    spread = {k: (max(v) - min(v)) / times[k] for k, v in samples.items()}
+    o3 = "optimum O3 (plain model)"
+    return [
+        {
+            "system": name,
+            "ms_1": times[f"{name}/1"],
+            f"ms_{threads}": times[f"{name}/{threads}"],
+            "speedup": times[f"{name}/1"] / times[f"{name}/{threads}"],
+            "vs_o3_1": times[f"{name}/1"] / times[f"{o3}/1"],
+            f"vs_o3_{threads}": times[f"{name}/{threads}"] / times[f"{o3}/{threads}"],
+            "spread_1": spread[f"{name}/1"],
+            f"spread_{threads}": spread[f"{name}/{threads}"],
+        }
+        for name in [*graphs, *deployments]
+    ]
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", default="minilm", show_default=True, help="A model prepared in --work (minilm, bertbase).")
 @click.option(
@@ -119,8 +200,13 @@ def predict_breakdown(dep: Any, rows: list[Any], task: str, calls: int) -> dict[
 @click.option("--seq", default=53, show_default=True, type=int, help="Tokens per row (random ids).")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--runs", default=300, show_default=True, type=int, help="Profiled runs per graph.")
-def main(model: str, work: Path, precision: str, batch: int, seq: int, threads: int, runs: int) -> None:
-    """Print the operator profile (with vs without adapters) and the end-to-end breakdown of one case."""
+@click.option("--scaling", is_flag=True, help="Only the thread-scaling view (1 thread against --threads).")
+@click.option("--rounds", default=15, show_default=True, type=int, help="Interleaved rounds (--scaling).")
+def main(
+    model: str, work: Path, precision: str, batch: int, seq: int, threads: int, runs: int, scaling: bool, rounds: int
+) -> None:
+    """Print the operator profile (with vs without adapters) and the end-to-end breakdown of one case, or
+    (``--scaling``) the thread-scaling view."""
     from adapterdeploy.artifacts import Manifest
     from adapterdeploy.runtime import Deployment
     from benchmarks.prepare import main_deployment, noadapter_featurizer, prepare_model
@@ -128,13 +214,28 @@ def main(model: str, work: Path, precision: str, batch: int, seq: int, threads: 
     p = prepare_model(model, work)
     dep_dir = main_deployment(p)
     variant = Manifest.read(dep_dir).featurizer.variants[precision]
-    plain = noadapter_featurizer(p, variant.optimization, precision)
     dep = Deployment.open(dep_dir, precision=precision, threads=threads)
     rng = np.random.default_rng(0)
     vocab = dep._encoder._plain.get_vocab_size()
     ids = rng.integers(min(1000, vocab // 2), min(20000, vocab), (batch, seq)).astype(np.int64)
     mask = np.ones((batch, seq), np.int64)
     tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    if scaling:
+        rows = thread_scaling(p, tokens, threads, rounds, calls=20, precision=precision)
+        click.echo(f"{model} {precision}, batch {batch} x {seq} tokens, sessions only, wall ms, {rounds} rounds")
+        n = f"{threads}t"
+        click.echo(
+            f"{'system':30} {'1t ms':>9} {n + ' ms':>10} {'speedup':>8} {'/O3 1t':>7} {'/O3 ' + n:>7} "
+            f"{'round spread 1t / ' + n:>22}"
+        )
+        for r in rows:
+            click.echo(
+                f"{r['system']:30} {r['ms_1']:9.3f} {r[f'ms_{threads}']:10.3f} {r['speedup']:8.2f} "
+                f"{r['vs_o3_1']:7.3f} {r[f'vs_o3_{threads}']:7.3f} "
+                f"{r['spread_1']:>14.0%} / {r[f'spread_{threads}']:.0%}"
+            )
+        return
+    plain = noadapter_featurizer(p, variant.optimization, precision)
     feeds = {**tokens, **session_feeds(dep, "t0000", tokens)[1]}  # op_profile keeps what each graph reads
     with_ = op_profile(dep_dir / variant.adapted, feeds, dep._factory.options(), runs)
     without = op_profile(plain, feeds, dep._factory.options(), runs)

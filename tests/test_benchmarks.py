@@ -187,3 +187,22 @@ def test_real_checkpoints_are_found_through_a_folder_of_symlinks(tiny_base_dir: 
     (chosen / "sst2").symlink_to(runs / "sst2", target_is_directory=True)
     found = prepare.find_real_tasks(SimpleNamespace(base_dir=tiny_base_dir), chosen)  # type: ignore[arg-type]
     assert [(t["name"], t["dataset"], t["ckpt"]) for t in found] == [("cola", "cola", chosen / "cola")]
+
+
+@pytest.mark.timeout(400)
+def test_profile_runtime_scaling_times_every_signature_at_both_thread_counts(tmp_path: Path):
+    """``--scaling``: O3, our featurizer without adapters (whole and CLS-only) and the three adapter
+    signatures, each at 1 thread and at --threads, with ratios to O3 (O3's own is exactly 1)."""
+    from click.testing import CliRunner
+
+    from benchmarks.profile_runtime import main
+
+    args = ["--model", "tiny", "--work", str(tmp_path), "--scaling", "--rounds", "2", "--seq", "12", "--threads", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = {line.split("  ")[0].strip(): line.split() for line in result.output.splitlines()}
+    for system in ("optimum O3 (plain model)", "ours, no adapters, CLS-only", "native", "seq_bn", "double_seq_bn"):
+        assert system in lines, result.output
+    o3 = lines["optimum O3 (plain model)"]
+    assert o3[-5:-3] == ["1.000", "1.000"], result.output
+    assert all(float(x) > 0 for x in lines["double_seq_bn"][1:4]), result.output
