@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import random
 import statistics
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import click
 import numpy as np
 
-__all__ = ["interleaved_ms", "op_profile", "predict_breakdown", "session_feeds", "thread_scaling"]
+__all__ = ["op_profile", "predict_breakdown", "session_feeds", "thread_scaling"]
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -117,19 +116,10 @@ def predict_breakdown(dep: Any, rows: list[Any], task: str, calls: int) -> dict[
     return out
 
 
-def interleaved_ms(systems: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, list[float]]:
-    """Per-round mean wall ms per call of each system, the systems in a fresh random order every round."""
-    for fn in systems.values():
-        for _ in range(max(3, calls // 2)):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(rounds):
-        for name in random.sample(list(systems), len(systems)):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                systems[name]()
-            out[name].append((time.perf_counter() - t0) / calls * 1e3)
-    return out
+def _calls(fn: Callable[[], object], n: int) -> None:
+    """``n`` calls of ``fn``: one timed block of :func:`thread_scaling` (a round's time is per block)."""
+    for _ in range(n):
+        fn()
 
 
 def _trunk_then_adapted(eng: Any, trunk_feeds: dict[str, Any], adapted_feeds: dict[str, Any]) -> object:
@@ -146,6 +136,7 @@ def thread_scaling(
     import onnxruntime as ort
 
     from adapterdeploy.artifacts import Manifest
+    from adapterdeploy.exporter.optimize import interleaved_samples
     from adapterdeploy.runtime import Deployment
     from benchmarks.prepare import main_deployment, noadapter_featurizer, optimum_export, signature_deployment
 
@@ -159,19 +150,23 @@ def thread_scaling(
     }
     systems: dict[str, Callable[[], object]] = {}
     for n in (1, threads):
+        deps = {name: Deployment.open(path, precision=precision, threads=n) for name, path in deployments.items()}
+        options = deps["native"]._factory.options  # the session options the runtime uses at n threads
         for name, graph in graphs.items():
-            options = Deployment.open(deployments["native"], precision=precision, threads=n)._factory.options()
-            sess = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(graph), options(), providers=["CPUExecutionProvider"])
             feeds = {k: v for k, v in tokens.items() if k in {i.name for i in sess.get_inputs()}}
             systems[f"{name}/{n}"] = functools.partial(sess.run, None, feeds)
-        for name, path in deployments.items():
-            dep = Deployment.open(path, precision=precision, threads=n)
+        for name, dep in deps.items():
             eng = dep._engine
             trunk_feeds, adapted_feeds = session_feeds(dep, "t0000", tokens)
             if eng.cls_only:
                 adapted_feeds["cls_only"] = np.array(True)
             systems[f"{name}/{n}"] = functools.partial(_trunk_then_adapted, eng, trunk_feeds, adapted_feeds)
-    samples = interleaved_ms(systems, rounds, calls)
+    blocks: dict[str, Callable[[], object]] = {k: functools.partial(_calls, fn, calls) for k, fn in systems.items()}
+    samples = {
+        k: [ms / calls for ms in v]
+        for k, v in interleaved_samples(blocks, repeats=rounds, warmup=1, shuffle=True).items()
+    }
     times = {k: statistics.median(v) for k, v in samples.items()}
     spread = {k: (max(v) - min(v)) / times[k] for k, v in samples.items()}
     o3 = "optimum O3 (plain model)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ __all__ = [
     "FUSED_OPS",
     "constants_to_initializers",
     "interleaved_medians",
+    "interleaved_samples",
     "op_counts",
     "optimize_graph",
 ]
@@ -113,13 +115,28 @@ def interleaved_medians(
     With ``time.thread_time`` and single-threaded sessions this is the CPU time of one call, which other
     processes on a shared machine barely disturb (wall time on 2 busy cores varied by 2x between runs).
     """
+    samples = interleaved_samples(candidates, repeats=repeats, warmup=warmup, clock=clock)
+    return {k: round(statistics.median(v), 3) for k, v in samples.items()}
+
+
+def interleaved_samples(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    repeats: int = 9,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+    shuffle: bool = False,
+) -> dict[str, list[float]]:
+    """Every timed call of :func:`interleaved_medians` in ms (for spreads as well as medians); ``shuffle``
+    runs the candidates of each round in a fresh random order instead of always the same one."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {k: [] for k in candidates}
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        for name in random.sample(list(candidates), len(candidates)) if shuffle else list(candidates):
+            fn = candidates[name]
             t0 = clock()
             fn()
             samples[name].append((clock() - t0) * 1e3)
-    return {k: round(statistics.median(v), 3) for k, v in samples.items()}
+    return samples
